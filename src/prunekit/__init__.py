@@ -1,0 +1,51 @@
+"""prunekit: prune PyTorch networks, and measure that they are really smaller and faster."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .analysis.report import Report, report
+from .api import finalize, prune
+from .config import PruneConfig
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    PrunekitError,
+    TargetError,
+    UnknownChoiceError,
+    VerificationError,
+    WeightError,
+)
+from .granularity.block import Block
+from .granularity.nm import NM
+from .granularity.unstructured import Unstructured
+from .masks import MaskState
+from .pruner import Pruner
+from .schedule import Cubic, Iterative, OneShot
+
+try:
+    __version__ = version("prunekit")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+src"
+
+__all__ = [
+    "NM",
+    "Block",
+    "CheckpointError",
+    "ConfigError",
+    "Cubic",
+    "Iterative",
+    "MaskState",
+    "OneShot",
+    "PruneConfig",
+    "Pruner",
+    "PrunekitError",
+    "Report",
+    "TargetError",
+    "UnknownChoiceError",
+    "Unstructured",
+    "VerificationError",
+    "WeightError",
+    "__version__",
+    "finalize",
+    "prune",
+    "report",
+]

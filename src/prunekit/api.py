@@ -1,0 +1,48 @@
+"""The one-call API: ``prune``, ``finalize``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import PruneConfig
+from .granularity import Granularity
+from .masks import MaskState, unmask
+from .pruner import Pruner
+from .targets import Selector
+
+
+def prune(
+    model: nn.Module,
+    sparsity: float | None = None,
+    granularity: str | Granularity = "unstructured",
+    criterion: str = "magnitude",
+    scope: str = "layer",
+    include: Sequence[Selector] | Selector | None = None,
+    exclude: Sequence[Selector] | Selector | None = None,
+    seed: int = 0,
+    data: Iterable[Any] | None = None,
+) -> Pruner:
+    """Prune ``model`` once, now: masks are attached and enforced; returns the :class:`Pruner`.
+
+    Example: ``pk.prune(model, granularity="2:4")`` or ``pk.prune(model, 0.9, scope="global")``.
+    """
+    config = PruneConfig(
+        sparsity=sparsity, granularity=granularity, criterion=criterion, scope=scope,
+        include=include, exclude=exclude, seed=seed,
+    )
+    pruner = Pruner(model, config, data=data)
+    pruner.step()
+    return pruner
+
+
+@torch.no_grad()
+def finalize(model: nn.Module) -> nn.Module:
+    """Bake the masks into the weights and drop them. ``state_dict`` keys stay the unpruned ones."""
+    for _, module, pname, mask in list(MaskState(model).items()):
+        getattr(module, pname).mul_(mask)
+        unmask(module)
+    return model

@@ -1,0 +1,51 @@
+"""The criterion contract: how important is each weight?"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from ..targets import Target
+
+CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+
+
+@dataclass
+class ScoreContext:
+    """What a criterion may use besides the weight itself."""
+
+    model: nn.Module
+    seed: int = 0
+    #: calibration batches, for data-aware criteria
+    data: Iterable[Any] | None = None
+    #: per-target statistics gathered by :meth:`Criterion.collect`, keyed by ``Target.qualname``
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def generator(self, target: Target) -> torch.Generator:
+        """A generator seeded from the run's seed and the target's name (deterministic)."""
+        gen = torch.Generator(device=target.weight.device)
+        gen.manual_seed(self.seed * 1_000_003 + zlib.crc32(target.qualname.encode()))
+        return gen
+
+
+class Criterion(ABC):
+    """Scores weights; higher means more important. Scores are summed within a unit."""
+
+    #: True when the criterion needs calibration ``data``
+    requires_data: ClassVar[bool] = False
+    #: True when units compete only within their output row (Wanda's comparison group)
+    per_row: ClassVar[bool] = False
+
+    def collect(self, targets: list[Target], ctx: ScoreContext) -> None:
+        """Gather statistics into ``ctx.stats`` before scoring (data-aware criteria)."""
+
+    @abstractmethod
+    def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
+        """Element scores as an ``[out, in]`` matrix (see :meth:`Target.to_matrix`)."""

@@ -1,0 +1,40 @@
+"""Unstructured: every weight is its own unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import GRANULARITIES, Granularity
+
+
+@GRANULARITIES.register("unstructured")
+@dataclass(frozen=True)
+class Unstructured(Granularity):
+    """Single weights. With ``per_row=True`` every output row gets the same sparsity (Wanda)."""
+
+    per_row: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: str) -> Unstructured | None:
+        return cls() if spec == "unstructured" else None
+
+    @property
+    def spec(self) -> str:
+        return "unstructured"
+
+    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+    def expand(self, unit_keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return unit_keep.reshape(shape)
+
+    def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+        if not self.per_row:
+            return super().select(scores, sparsity)
+        k = round(sparsity * scores.shape[1])
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        if k > 0:
+            keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        return keep

@@ -1,0 +1,108 @@
+"""The Pruner: applies a PruneConfig to a model, once or on a schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import PruneConfig
+from .criteria import ScoreContext
+from .errors import ConfigError, TargetError, WeightError
+from .granularity.unstructured import Unstructured
+from .masks import MaskState, get_mask, shrink_mask
+from .targets import Target, select_targets
+
+INFO = "_pk_info"
+
+
+def granularity_of(module: nn.Module, param: str) -> str | None:
+    """The granularity spec a parameter was pruned with, if prunekit pruned it."""
+    return module.__dict__.get(INFO, {}).get(param)
+
+
+class Pruner:
+    """Attaches masks to ``model`` according to ``config``.
+
+    Everything is validated in the constructor, before the model is touched. Call :meth:`step`
+    once per training step; the schedule decides when masks shrink.
+    """
+
+    def __init__(
+        self, model: nn.Module, config: PruneConfig | None = None, *, data: Iterable[Any] | None = None
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.config = config if config is not None else PruneConfig()
+        if not isinstance(self.config, PruneConfig):
+            raise ConfigError(f"config must be a PruneConfig, got {type(self.config).__name__}")
+        self.resolved = self.config.resolve()
+        self.targets: list[Target] = select_targets(model, self.config.include, self.config.exclude)
+        for t in self.targets:
+            self.resolved.granularity.check(t)
+        if self.resolved.criterion.requires_data and data is None:
+            raise ConfigError(
+                f"criterion {self.config.criterion!r} is data-aware: pass data=<calibration batches>"
+            )
+        self.data = data
+        self._step = 0
+
+    @property
+    def sparsity(self) -> float:
+        """The achieved sparsity over all targets."""
+        kept = total = 0
+        for t in self.targets:
+            kept += int(torch.count_nonzero(t.weight))
+            total += t.weight.numel()
+        return 1.0 - kept / total
+
+    def step(self) -> float | None:
+        """Advance the schedule by one step; prune if due. Returns the sparsity applied, if any."""
+        target = self.config.schedule.sparsity_at(self._step, self.resolved.sparsity)
+        self._step += 1
+        if target is not None and target > 0:
+            self.apply(target)
+        return target
+
+    @torch.no_grad()
+    def apply(self, sparsity: float) -> None:
+        """Shrink every target's mask to ``sparsity`` now. Masks only shrink."""
+        for t in self.targets:
+            if not torch.isfinite(t.weight).all():
+                raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
+        res = self.resolved
+        ctx = ScoreContext(self.model, seed=self.config.seed, data=self.data)
+        res.criterion.collect(self.targets, ctx)
+        scores = {}
+        for t in self.targets:
+            s = res.criterion.scores(t, ctx).float()
+            old = get_mask(t.module, t.param)
+            scores[t.qualname] = s if old is None else s.masked_fill(~t.to_matrix(old), -torch.inf)
+        gran = res.granularity
+        if res.criterion.per_row and isinstance(gran, Unstructured) and self.config.scope == "layer":
+            gran = Unstructured(per_row=True)
+        keep = res.allocation.masks(scores, sparsity, gran)
+        for t in self.targets:
+            shrink_mask(t.module, t.param, t.from_matrix(keep[t.qualname]))
+            t.module.__dict__.setdefault(INFO, {})[t.param] = res.granularity.spec
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, masks and config, so that training can resume."""
+        return {
+            "step": self._step,
+            "masks": MaskState(self.model).state_dict(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"pruner state has an invalid step {step!r}")
+        MaskState(self.model).load_state_dict(state.get("masks", {}))
+        for t in self.targets:
+            if get_mask(t.module, t.param) is not None:
+                t.module.__dict__.setdefault(INFO, {})[t.param] = self.resolved.granularity.spec
+        self._step = step
