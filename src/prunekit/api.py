@@ -31,8 +31,13 @@ def prune(
     Example: ``pk.prune(model, granularity="2:4")`` or ``pk.prune(model, 0.9, scope="global")``.
     """
     config = PruneConfig(
-        sparsity=sparsity, granularity=granularity, criterion=criterion, scope=scope,
-        include=include, exclude=exclude, seed=seed,
+        sparsity=sparsity,
+        granularity=granularity,
+        criterion=criterion,
+        scope=scope,
+        include=include,
+        exclude=exclude,
+        seed=seed,
     )
     pruner = Pruner(model, config, data=data)
     pruner.step()

@@ -163,7 +163,8 @@ class MaskState:
                 raise ConfigError(f"mask {qualname!r} names no parameter of this model")
             if tuple(mask.shape) != tuple(p.shape):
                 raise ConfigError(
-                    f"mask {qualname!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}"
+                    f"mask {qualname!r} has shape {tuple(mask.shape)}, "
+                    f"parameter has {tuple(p.shape)}"
                 )
             plan.append((module, pname, mask))
         for module, pname, mask in plan:

@@ -13,6 +13,7 @@ from .criteria import ScoreContext
 from .errors import ConfigError, TargetError, WeightError
 from .granularity.unstructured import Unstructured
 from .masks import MaskState, get_mask, shrink_mask
+from .progress import track
 from .targets import Target, select_targets
 
 INFO = "_pk_info"
@@ -31,7 +32,12 @@ class Pruner:
     """
 
     def __init__(
-        self, model: nn.Module, config: PruneConfig | None = None, *, data: Iterable[Any] | None = None
+        self,
+        model: nn.Module,
+        config: PruneConfig | None = None,
+        *,
+        data: Iterable[Any] | None = None,
+        progress: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -45,9 +51,11 @@ class Pruner:
             self.resolved.granularity.check(t)
         if self.resolved.criterion.requires_data and data is None:
             raise ConfigError(
-                f"criterion {self.config.criterion!r} is data-aware: pass data=<calibration batches>"
+                f"criterion {self.config.criterion!r} is data-aware: "
+                "pass data=<calibration batches>"
             )
         self.data = data
+        self.progress = progress
         self._step = 0
 
     @property
@@ -77,12 +85,16 @@ class Pruner:
         ctx = ScoreContext(self.model, seed=self.config.seed, data=self.data)
         res.criterion.collect(self.targets, ctx)
         scores = {}
-        for t in self.targets:
+        for t in track(self.targets, "scoring layers", self.progress):
             s = res.criterion.scores(t, ctx).float()
             old = get_mask(t.module, t.param)
             scores[t.qualname] = s if old is None else s.masked_fill(~t.to_matrix(old), -torch.inf)
         gran = res.granularity
-        if res.criterion.per_row and isinstance(gran, Unstructured) and self.config.scope == "layer":
+        if (
+            res.criterion.per_row
+            and isinstance(gran, Unstructured)
+            and self.config.scope == "layer"
+        ):
             gran = Unstructured(per_row=True)
         keep = res.allocation.masks(scores, sparsity, gran)
         for t in self.targets:
