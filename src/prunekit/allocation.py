@@ -16,6 +16,12 @@ ALLOCATIONS: Registry[type[Allocation]] = Registry("scope")
 class Allocation(ABC):
     """Turns per-layer element scores into per-layer keep-masks at an overall sparsity."""
 
+    #: True when each layer's sparsity is set before its masks are chosen, so units may compete
+    #: within a layer (or a row, for per-row criteria such as Wanda)
+    layerwise: bool = False
+    #: True when per-layer sparsities depend on the scores of every layer (a dense pre-pass)
+    needs_scores: bool = True
+
     def check(self, granularity: Granularity) -> None:
         """Raise :class:`ConfigError` if this allocation cannot serve ``granularity``."""
 
@@ -25,10 +31,22 @@ class Allocation(ABC):
     ) -> dict[str, torch.Tensor]:
         """``scores`` maps names to ``[out, in]`` scores (``-inf`` where already pruned)."""
 
+    def layer_sparsities(
+        self, scores: dict[str, torch.Tensor], sparsity: float, granularity: Granularity
+    ) -> dict[str, float]:
+        """Each layer's sparsity, for the block runner, which masks one block at a time."""
+        return {
+            name: 1.0 - int(m.sum()) / m.numel()
+            for name, m in self.masks(scores, sparsity, granularity).items()
+        }
+
 
 @ALLOCATIONS.register("layer")
 class LayerUniform(Allocation):
     """Every targeted layer gets the same sparsity."""
+
+    layerwise = True
+    needs_scores = False
 
     def masks(self, scores, sparsity, granularity):
         return {name: granularity.select(s, sparsity) for name, s in scores.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -25,10 +25,15 @@ def prune(
     exclude: Sequence[Selector] | Selector | None = None,
     seed: int = 0,
     data: Iterable[Any] | None = None,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    progress: bool = False,
 ) -> Pruner:
     """Prune ``model`` once, now: masks are attached and enforced; returns the :class:`Pruner`.
 
     Example: ``pk.prune(model, granularity="2:4")`` or ``pk.prune(model, 0.9, scope="global")``.
+    Data-aware criteria (``"wanda"``, ``"sparsegpt"``, ...) take calibration batches as ``data``
+    (tensors, tuples or dicts of keyword arguments); ``"obd"`` uses ``loss_fn(output, batch)``
+    or the model's own loss.
     """
     config = PruneConfig(
         sparsity=sparsity,
@@ -39,7 +44,7 @@ def prune(
         exclude=exclude,
         seed=seed,
     )
-    pruner = Pruner(model, config, data=data)
+    pruner = Pruner(model, config, data=data, loss_fn=loss_fn, progress=progress)
     pruner.step()
     return pruner
 

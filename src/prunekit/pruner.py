@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ class Pruner:
         *,
         data: Iterable[Any] | None = None,
         progress: bool = False,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -56,6 +57,7 @@ class Pruner:
             )
         self.data = data
         self.progress = progress
+        self.loss_fn = loss_fn
         self._step = 0
 
     @property
@@ -82,24 +84,39 @@ class Pruner:
             if not torch.isfinite(t.weight).all():
                 raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
         res = self.resolved
-        ctx = ScoreContext(self.model, seed=self.config.seed, data=self.data)
+        ctx = ScoreContext(
+            self.model,
+            seed=self.config.seed,
+            data=self.data,
+            loss_fn=self.loss_fn,
+            progress=self.progress,
+        )
+        gran = res.granularity
+        if res.criterion.per_row and isinstance(gran, Unstructured) and res.allocation.layerwise:
+            gran = Unstructured(per_row=True)
+        if res.criterion.layerwise:  # calibrate and prune block by block
+            from .oneshot import prune_layerwise
+
+            prune_layerwise(self, ctx, sparsity, gran)
+            return
         res.criterion.collect(self.targets, ctx)
         scores = {}
         for t in track(self.targets, "scoring layers", self.progress):
-            s = res.criterion.scores(t, ctx).float()
-            old = get_mask(t.module, t.param)
-            scores[t.qualname] = s if old is None else s.masked_fill(~t.to_matrix(old), -torch.inf)
-        gran = res.granularity
-        if (
-            res.criterion.per_row
-            and isinstance(gran, Unstructured)
-            and self.config.scope == "layer"
-        ):
-            gran = Unstructured(per_row=True)
+            scores[t.qualname] = self.scores(t, ctx)
         keep = res.allocation.masks(scores, sparsity, gran)
         for t in self.targets:
-            shrink_mask(t.module, t.param, t.from_matrix(keep[t.qualname]))
-            t.module.__dict__.setdefault(INFO, {})[t.param] = res.granularity.spec
+            self.attach(t, keep[t.qualname])
+
+    def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
+        """The criterion's ``[out, in]`` scores for ``target``, ``-inf`` where already pruned."""
+        s = self.resolved.criterion.scores(target, ctx).float()
+        old = get_mask(target.module, target.param)
+        return s if old is None else s.masked_fill(~target.to_matrix(old), -torch.inf)
+
+    def attach(self, target: Target, keep: torch.Tensor) -> None:
+        """AND the ``[out, in]`` keep-mask into ``target``'s mask and enforce it."""
+        shrink_mask(target.module, target.param, target.from_matrix(keep))
+        target.module.__dict__.setdefault(INFO, {})[target.param] = self.resolved.granularity.spec
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, masks and config, so that training can resume."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +27,10 @@ class ScoreContext:
     data: Iterable[Any] | None = None
     #: per-target statistics gathered by :meth:`Criterion.collect`, keyed by ``Target.qualname``
     stats: dict[str, Any] = field(default_factory=dict)
+    #: ``loss_fn(output, batch) -> scalar`` for gradient-based criteria (else the model's own loss)
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    #: show progress bars while calibrating
+    progress: bool = False
 
     def generator(self, target: Target) -> torch.Generator:
         """A generator seeded from the run's seed and the target's name (deterministic)."""
@@ -42,9 +46,21 @@ class Criterion(ABC):
     requires_data: ClassVar[bool] = False
     #: True when units compete only within their output row (Wanda's comparison group)
     per_row: ClassVar[bool] = False
+    #: calibration statistics the criterion reads (see :mod:`prunekit.calibrate`)
+    stats: ClassVar[frozenset[str]] = frozenset()
+    #: True when those statistics are per-layer, so the block runner can gather them block by
+    #: block and prune each block before calibrating the next (see :mod:`prunekit.oneshot`)
+    layerwise: ClassVar[bool] = False
 
     def collect(self, targets: list[Target], ctx: ScoreContext) -> None:
-        """Gather statistics into ``ctx.stats`` before scoring (data-aware criteria)."""
+        """Gather statistics into ``ctx.stats`` before scoring (data-aware criteria).
+
+        The default runs whole-model forward hooks for the :attr:`stats` this criterion names.
+        """
+        if self.stats:
+            from ..calibrate import collect
+
+            ctx.stats.update(collect(ctx.model, targets, ctx.data, self.stats, ctx.progress))
 
     @abstractmethod
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""SparseGPT as a criterion: solves each block's layers with the OBS solver of
+:mod:`prunekit.reconstruct.sparsegpt`, sharing one Hessian between layers that share inputs."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..granularity import Granularity
+from ..granularity.nm import NM
+from ..granularity.unstructured import Unstructured
+from ..masks import get_mask
+from ..reconstruct.base import Solver
+from ..reconstruct.sparsegpt import Segment, sparsegpt
+from ..targets import Target
+from .base import CRITERIA, ScoreContext
+from .wanda import input_norms
+
+
+def nm_keep(granularity: NM, sparsity: float) -> tuple[int, int]:
+    """(weights kept per group, M) at ``sparsity``: as :meth:`NM.select` does."""
+    keep = granularity.select(torch.arange(granularity.m, dtype=torch.float32)[None], sparsity)
+    return int(keep.sum()), granularity.m
+
+
+@CRITERIA.register("sparsegpt")
+class SparseGPT(Solver):
+    """OBS reconstruction, column blocks of 128, 1% damping; unstructured and N:M.
+
+    Its :meth:`scores` (used only to spread sparsity across layers, e.g. ``scope="owl"``) are
+    |W|·‖X_j‖₂, the diagonal-Hessian approximation of the OBS saliency.
+    """
+
+    stats: ClassVar[frozenset[str]] = frozenset({"hessian"})
+    blocksize: ClassVar[int] = 128
+    damp: ClassVar[float] = 0.01
+
+    def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
+        return target.matrix().abs().float() * input_norms(target, ctx)
+
+    def solve(
+        self,
+        targets: list[Target],
+        ctx: ScoreContext,
+        sparsities: dict[str, float],
+        granularity: Granularity,
+    ) -> dict[str, torch.Tensor]:
+        if not isinstance(granularity, (Unstructured, NM)):
+            raise ConfigError(
+                f"criterion 'sparsegpt' supports unstructured and N:M, not {granularity.spec}"
+            )
+        groups: dict[int, list[Target]] = {}  # targets sharing one input -> one Hessian
+        for t in targets:
+            st = ctx.stats[t.qualname].inputs
+            groups.setdefault(id(st), []).append(t)
+        keep: dict[str, torch.Tensor] = {}
+        for members in groups.values():
+            keep.update(self._solve_shared(members, ctx, sparsities, granularity))
+        return keep
+
+    def _solve_shared(
+        self,
+        targets: list[Target],
+        ctx: ScoreContext,
+        sparsities: dict[str, float],
+        granularity: Granularity,
+    ) -> dict[str, torch.Tensor]:
+        """Stack the rows of layers sharing one input and solve them against its Hessian.
+
+        With G conv groups the Hessian is ``[G, cols, cols]`` and output rows split into G
+        chunks; chunk g of every layer is solved against ``H[g]``.
+        """
+        H = ctx.stats[targets[0].qualname].inputs.hessian()  # [G, cols, cols]
+        G = H.shape[0]
+        name = ", ".join(t.qualname for t in targets)
+        new = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.float32) for t in targets}
+        kept = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.bool) for t in targets}
+        for g in range(G):
+            parts, segments, forced, start = [], [], [], 0
+            for t in targets:
+                m = t.matrix()  # [out, cols]
+                rows = m.shape[0] // G
+                chunk = m[g * rows : (g + 1) * rows].float()
+                parts.append(chunk)
+                old = get_mask(t.module, t.param)
+                forced.append(
+                    torch.zeros_like(chunk, dtype=torch.bool)
+                    if old is None
+                    else ~t.to_matrix(old)[g * rows : (g + 1) * rows]
+                )
+                total = round(sparsities[t.qualname] * m.numel())
+                share = total // G + (g < total % G)
+                segments.append(Segment(start, start + rows, share))
+                start += rows
+            nm = (
+                nm_keep(granularity, max(sparsities.values()))
+                if isinstance(granularity, NM)
+                else None
+            )
+            W, mask = sparsegpt(
+                torch.cat(parts),
+                H[g].to(parts[0].device),
+                segments,
+                nm=nm,
+                forced=torch.cat(forced) if any(f.any() for f in forced) else None,
+                blocksize=self.blocksize,
+                damp=self.damp,
+                name=name,
+            )
+            for t, seg in zip(targets, segments, strict=True):
+                rows = seg.stop - seg.start
+                new[t.qualname][g * rows : (g + 1) * rows] = W[seg.start : seg.stop]
+                kept[t.qualname][g * rows : (g + 1) * rows] = mask[seg.start : seg.stop]
+        for t in targets:
+            w = t.weight
+            w.data.copy_(t.from_matrix(new[t.qualname]).to(w.dtype))
+        return kept

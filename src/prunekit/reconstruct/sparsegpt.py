@@ -1,0 +1,182 @@
+"""SparseGPT (Frantar & Alistarh 2023): optimal-brain-surgeon pruning with lazy column updates.
+
+For a layer ``W [rows, cols]`` whose inputs ``X`` give the Hessian ``H = 2XᵀX/N [cols, cols]`` of
+the reconstruction error ‖WX − ŴX‖², the columns are pruned left to right. Pruning weight
+``w_rj`` costs ``w_rj² / [H⁻¹]_jj²``; its error is spread over the row's later columns through the
+upper Cholesky factor ``U`` of ``H⁻¹`` (``H⁻¹ = UᵀU``), which gives every step's inverse Hessian
+without re-inverting. Columns go in blocks of 128: inside a block, updates are applied column by
+column; the block's accumulated error is applied to the later columns in one matrix product.
+
+Masks are chosen per block (unstructured: the lowest-saliency weights of the block's columns,
+per row segment, at that segment's sparsity) or per group of M columns inside the column loop
+(N:M). Rows of several layers that share one Hessian (q/k/v) are solved together, each layer a
+row segment with its own count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import WeightError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows ``[start, stop)`` of the stacked weight, of which ``prune`` weights are to go."""
+
+    start: int
+    stop: int
+    prune: int
+
+
+def inverse_hessian_factor(
+    hessian: torch.Tensor, damp: float = 0.01, name: str = "layer", retries: int = 6
+) -> torch.Tensor:
+    """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹``, ``λ = damp · mean(diag H)``.
+
+    A Hessian that is not positive definite at this damping is retried with ten times more,
+    with a warning; one that still fails raises :class:`WeightError`.
+    """
+    if not torch.isfinite(hessian).all():
+        raise WeightError(f"{name}: the calibration Hessian holds NaN or inf values")
+    cols = hessian.shape[0]
+    mean_diag = hessian.diagonal().mean().clamp_min(1e-8)
+    eye = torch.eye(cols, dtype=hessian.dtype, device=hessian.device)
+    for attempt in range(retries + 1):
+        frac = damp * 10**attempt
+        h = hessian + (frac * mean_diag) * eye
+        chol, info = torch.linalg.cholesky_ex(h)
+        if not info:
+            inv = torch.cholesky_inverse(chol)
+            upper, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if not info and torch.isfinite(upper).all():
+                if attempt:
+                    warnings.warn(
+                        f"{name}: the Hessian is not positive definite at {damp:g} damping; "
+                        f"solved with damping {frac:g} of its mean diagonal instead",
+                        stacklevel=3,
+                    )
+                return upper
+    raise WeightError(
+        f"{name}: the Hessian is not positive definite even at damping {frac:g}; "
+        "the calibration data may be degenerate"
+    )
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """The column loop's operations are too small to split: on CPU, run them on one thread
+    (several threads only add contention, badly so on a loaded machine)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _column_loop(
+    Wt: torch.Tensor,
+    U1: torch.Tensor,
+    d: torch.Tensor,
+    dead1: torch.Tensor,
+    forced1: torch.Tensor | None,
+    Pt: torch.Tensor,
+    scale: torch.Tensor,
+    Et: torch.Tensor,
+    nm: tuple[int, int] | None,
+) -> None:
+    """One block's sequential OBS updates, in place. ``Wt``, ``Pt``, ``scale``, ``Et`` are
+    ``[b, rows]`` (block columns as rows); N:M masks are chosen here, every M columns."""
+    for i in range(Wt.shape[0]):
+        if nm is not None and i % nm[1] == 0:
+            keep_n, m = nm
+            grp = Wt[i : i + m].square() / d[i : i + m].square()  # [m, rows]
+            grp[dead1[i : i + m]] = 0.0
+            if forced1 is not None:
+                grp[forced1[i : i + m]] = -1.0
+            idx = torch.topk(grp, m - keep_n, dim=0, largest=False).indices
+            Pt[i : i + m].scatter_(0, idx, True)
+            if forced1 is not None:
+                Pt[i : i + m] |= forced1[i : i + m]
+            scale[i : i + m] = Pt[i : i + m].float() / d[i : i + m]
+        torch.mul(Wt[i], scale[i], out=Et[i])
+        Wt[i:].addr_(U1[i, i:], Et[i], alpha=-1.0)  # also turns row i into its pruned q
+
+
+@torch.no_grad()
+def sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    segments: list[Segment],
+    nm: tuple[int, int] | None = None,
+    forced: torch.Tensor | None = None,
+    blocksize: int = 128,
+    damp: float = 0.01,
+    name: str = "layer",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune and reconstruct ``weight [rows, cols]``; returns ``(new weight, keep mask)``.
+
+    ``nm = (keep, m)`` keeps ``keep`` of every ``m`` consecutive columns (``segments``' counts
+    are then ignored). ``forced [rows, cols]`` marks weights that must be pruned (an earlier
+    mask). Inputs that never fired (``H_jj = 0``) score zero, so they go first; they receive no
+    error updates. Float32 throughout; the input is not modified.
+    """
+    W = weight.detach().float().clone()
+    H = hessian.detach().float().clone()
+    rows, cols = W.shape
+    if H.shape != (cols, cols):
+        raise WeightError(f"{name}: Hessian {tuple(H.shape)} does not fit weight {(rows, cols)}")
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    U = inverse_hessian_factor(H, damp, name)  # [cols, cols] upper
+    if nm is not None:
+        blocksize = max(nm[1], blocksize - blocksize % nm[1])
+    prune = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
+    done = [0] * len(segments)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        # transposed block [b, rows]: column i of the block is the contiguous row Wt[i]
+        Wt = W[:, i1:i2].t().contiguous()
+        U1 = U[i1:i2, i1:i2]
+        d = U1.diagonal().unsqueeze(1)  # [b, 1]
+        dead1 = dead[i1:i2]
+        forced1 = forced[:, i1:i2].t() if forced is not None else None  # [b, rows]
+        Pt = torch.zeros_like(Wt, dtype=torch.bool)  # pruned in this block
+        if nm is None:
+            saliency = Wt.square() / d.square()
+            saliency[dead1] = 0.0
+            if forced1 is not None:
+                saliency[forced1] = -1.0
+            for s, seg in enumerate(segments):
+                # cumulative targeting: exact count per segment once all blocks are done
+                width = seg.stop - seg.start
+                goal = round(seg.prune * i2 / cols) if i2 < cols else seg.prune
+                k = min(max(goal - done[s], 0), width * (i2 - i1))
+                if forced1 is not None:
+                    k = max(k, int(forced1[:, seg.start : seg.stop].sum()))
+                if k:
+                    flat = saliency[:, seg.start : seg.stop].reshape(-1)
+                    idx = torch.topk(flat, k, largest=False, sorted=False).indices
+                    part = torch.zeros(flat.shape, dtype=torch.bool, device=W.device)
+                    Pt[:, seg.start : seg.stop] = part.index_fill_(0, idx, True).view(-1, width)
+                done[s] += k
+        scale = Pt.float() / d  # err_i = w_i * P_i / d_i
+        Et = torch.empty_like(Wt)  # [b, rows] scaled errors
+        with _one_thread(W.device):
+            _column_loop(Wt, U1, d, dead1, forced1, Pt, scale, Et, nm)
+        W[:, i1:i2] = Wt.t()
+        prune[:, i1:i2] = Pt.t()
+        W[:, i2:] -= Et.t() @ U[i1:i2, i2:]
+    W.masked_fill_(prune, 0.0)
+    if not torch.isfinite(W).all():
+        raise WeightError(f"{name}: SparseGPT produced non-finite weights; raise the damping")
+    return W, ~prune
