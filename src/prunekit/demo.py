@@ -67,7 +67,7 @@ def digits_cnn() -> nn.Sequential:
 
 
 def load_digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled digits as tensors: a stratified 70/30 split, images scaled to [0, 1]."""
+    """Bundled digits as tensors: a stratified 70/30 split, images scaled to [0, 1]."""
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
