@@ -64,14 +64,28 @@ def part_key(name: str, part: str) -> str:
 # ---- save --------------------------------------------------------------------------------------
 
 
-def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with masks applied (pruned entries exactly ``+0.0``)."""
-    state = dict(model.state_dict())
-    for qualname, _, _, mask in MaskState(model).items():
-        if qualname in state:
-            w = state[qualname]
-            state[qualname] = torch.where(mask, w, torch.zeros((), dtype=w.dtype))
-    return state
+def _identity(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _effective_state(model: nn.Module) -> dict[str, torch.Tensor | str]:
+    """``model.state_dict()`` with masks applied (pruned entries exactly ``+0.0``).
+
+    A tensor seen under an earlier name (tied weights) maps to that name instead.
+    """
+    state = model.state_dict()
+    masks = {_identity(state[q]): m for q, _, _, m in MaskState(model).items() if q in state}
+    out: dict[str, torch.Tensor | str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in state.items():
+        ident = _identity(t)
+        if t.numel() and ident in seen:
+            out[name] = seen[ident]
+            continue
+        seen[ident] = name
+        mask = masks.get(ident)
+        out[name] = t if mask is None else torch.where(mask, t, torch.zeros((), dtype=t.dtype))
+    return out
 
 
 def _layouts(model: nn.Module) -> dict[str, list[int]]:
@@ -156,32 +170,25 @@ def _encode_state(
     perms = _layouts(model)
     parts: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, Any]] = {}
-    seen: dict[tuple, str] = {}
     for name, t in _effective_state(model).items():
         if SEP in name:
             raise ConfigError(
                 f"state_dict key {name!r} contains {SEP!r}, which checkpoints reserve"
             )
-        if str(t.dtype).removeprefix("torch.") not in DTYPES:
+        if isinstance(t, torch.Tensor) and str(t.dtype).removeprefix("torch.") not in DTYPES:
             raise ConfigError(
                 f"{name}: dtype {t.dtype} cannot be saved; supported: {sorted(DTYPES)}"
             )
-        ident = (
-            t.untyped_storage().data_ptr(),
-            t.storage_offset(),
-            tuple(t.shape),
-            t.stride(),
-            t.dtype,
-        )
-        if t.numel() and ident in seen:  # tied weights are stored once
-            entries[name] = {**entries[seen[ident]], "alias": seen[ident]}
+        if isinstance(t, str):  # tied weights are stored once
+            entries[name] = {**entries[t], "alias": t}
             continue
-        seen[ident] = name
         t = t.detach().cpu()
         if t.is_floating_point():
             t = t.masked_fill(t == 0, 0)  # -0.0 -> +0.0, so that pruned weights compress
         perm = perms.get(name)
         fmt_name, enc = encode(t.permute(perm) if perm else t, fmt)
+        if fmt_name == "dense":  # dense tensors keep their own layout (and their plain name)
+            perm, enc = None, encode(t, "dense")[1]
         for pname, p in enc.parts.items():
             parts[part_key(name, pname)] = p.contiguous()
         entries[name] = {
@@ -328,7 +335,11 @@ def _check_entry(name: str, e: Any, entries: dict[str, Any]) -> None:
     if not _is_int(e["nnz"]) or e["nnz"] > math.prod(shape) or not _is_int(e.get("bytes", 0)):
         raise _bad(f"tensor {name!r} has a malformed non-zero count or size")
     perm = e.get("perm")
-    if perm is not None and (not isinstance(perm, list) or sorted(perm) != list(range(len(shape)))):
+    if perm is not None and (
+        e["format"] == "dense"
+        or not isinstance(perm, list)
+        or sorted(perm) != list(range(len(shape)))
+    ):
         raise _bad(f"tensor {name!r} has a malformed layout {perm!r}")
     alias = e.get("alias")
     if alias is not None:
@@ -444,7 +455,7 @@ def _build_hf_model(directory: Path, header: dict[str, Any], verify: bool) -> nn
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise CheckpointError(f"transformers has no model class {archs[0]!r}")
     try:
-        return cls._from_config(cls.config_class.from_dict(cfg))
+        return cls._from_config(cls.config_class.from_dict(cfg)).eval()  # as from_pretrained
     except Exception as e:  # transformers validating an untrusted config
         raise CheckpointError(f"cannot build {archs[0]} from {HF_CONFIG_FILE}: {e}") from None
 
@@ -499,14 +510,15 @@ def load(
         model = _build_hf_model(directory, header, verify)
     elif not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    apply_shape_manifest(model, header["manifest"])
-    state = model.state_dict()
-    missing, unexpected = sorted(set(state) - set(entries)), sorted(set(entries) - set(state))
+    keys = set(model.state_dict())
+    missing, unexpected = sorted(keys - set(entries)), sorted(set(entries) - keys)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint does not match {type(model).__name__}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
+    apply_shape_manifest(model, header["manifest"])
+    state = model.state_dict()
     for name, e in entries.items():
         if tuple(e["shape"]) != tuple(state[name].shape):
             raise CheckpointError(

@@ -1,6 +1,10 @@
 """``nm``: N:M packed. Every group of M consecutive weights along the last dimension keeps
-exactly N slots: their values and their in-group indices (``ceil(log2 M)`` bits each, so 2 bits
-per kept value for 2:4). Groups with fewer than N non-zeros pad with zero-valued slots.
+exactly N slots: their values, and which N of the M positions they occupy.
+
+The positions are stored as the rank of the group's N-of-M pattern among all ``C(M, N)`` patterns,
+in ``ceil(log2 C(M, N))`` bits per group: 3 bits per group of 4 for 2:4 (0.75 bits per weight,
+below the 2 bits per kept value of per-slot indices). Groups with fewer than N non-zeros pad with
+zero-valued slots.
 
 The checkpoint writer lays weights out with the input dimension last (``Target.to_matrix``), so
 groups here are the groups the N:M granularity pruned.
@@ -9,6 +13,7 @@ groups here are the groups the N:M granularity pruned.
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -30,13 +35,24 @@ from .base import (
     values_tensor,
 )
 
-#: group sizes tried by the encoder
+#: group sizes tried by the encoder (patterns are ranked through a table of 2**M entries)
 GROUP_SIZES = (4, 8, 16)
-MAX_M = 256
 
 
-def index_bits(m: int) -> int:
-    return max(1, math.ceil(math.log2(m)))
+@cache
+def patterns(n: int, m: int) -> np.ndarray:
+    """Every M-bit group mask with N bits set, ascending; a pattern's rank is its index."""
+    masks = np.arange(1 << m, dtype=np.int64)
+    popcount = ((masks[:, None] >> np.arange(m)) & 1).sum(1)  # [2**M]
+    return masks[popcount == n]
+
+
+def rank_bits(n: int, m: int) -> int:
+    return max(1, math.ceil(math.log2(math.comb(m, n))))
+
+
+def _bits_per_weight(n: int, m: int, value_bits: int) -> float:
+    return (n * value_bits + rank_bits(n, m)) / m
 
 
 @FORMATS.register("nm")
@@ -47,26 +63,24 @@ class NMPacked(Format):
         if t.dim() == 0 or t.numel() == 0:
             return None
         r = raw(t)
-        best = None
         vbits = 8 * t.element_size()
+        fits = []
         for m in GROUP_SIZES:
-            if t.shape[-1] % m:
-                continue
-            n = max(int((r.reshape(-1, m) != 0).sum(1).max()), 1)  # groups [numel/M, M]
-            if n < m and (best is None or n * (vbits + index_bits(m)) / m < best[2]):
-                best = (n, m, n * (vbits + index_bits(m)) / m)
-        if best is None:
+            if t.shape[-1] % m == 0:
+                n = max(int((r.reshape(-1, m) != 0).sum(1).max()), 1)  # groups [numel/M, M]
+                if n < m:
+                    fits.append((_bits_per_weight(n, m, vbits), n, m))
+        if not fits:
             return None
-        n, m, _ = best
+        _, n, m = min(fits)
         groups = r.reshape(-1, m)  # [G, M]
-        # non-zeros first (stable), then the earliest zeros as padding; slots in index order
-        idx = np.sort(np.argsort(groups == 0, axis=1, kind="stable")[:, :n], axis=1)  # [G, N]
-        vals = np.take_along_axis(groups, idx, axis=1).reshape(-1)
+        # non-zeros first (stable), then the earliest zeros as padding; slots in position order
+        slots = np.sort(np.argsort(groups == 0, axis=1, kind="stable")[:, :n], axis=1)  # [G, N]
+        mask = (np.int64(1) << slots).sum(1)  # [G] the group's pattern
+        rank = np.searchsorted(patterns(n, m), mask)
+        vals = np.take_along_axis(groups, slots, axis=1).reshape(-1)  # [G*N]
         return Encoded(
-            {
-                "index": pack_uint(idx.reshape(-1), index_bits(m)),
-                "values": values_tensor(vals, t.dtype),
-            },
+            {"index": pack_uint(rank, rank_bits(n, m)), "values": values_tensor(vals, t.dtype)},
             {"n": n, "m": m},
         )
 
@@ -78,16 +92,17 @@ class NMPacked(Format):
         dtype: torch.dtype,
     ) -> torch.Tensor:
         check_keys(meta, ("n", "m"))
-        m = meta_int(meta, "m", 2, MAX_M)
+        m = meta_int(meta, "m", 2, max(GROUP_SIZES))
         n = meta_int(meta, "n", 1, m - 1)
         if not shape or shape[-1] % m:
             raise fail(f"nm: last dimension of {shape} is not a multiple of M={m}")
         groups = math.prod(shape) // m
         values = part(parts, "values", dtype, groups * n)
-        idx = unpack_uint(part(parts, "index", torch.uint8), groups * n, index_bits(m), "nm index")
-        idx = idx.reshape(groups, n)  # [G, N]
-        if (idx >= m).any() or (np.diff(idx, axis=1) <= 0).any():
-            raise fail("nm in-group indices are out of range or not strictly increasing")
+        rank = unpack_uint(part(parts, "index", torch.uint8), groups, rank_bits(n, m), "nm index")
+        table = patterns(n, m)
+        if (rank >= table.size).any():
+            raise fail(f"nm pattern ranks exceed the {table.size} patterns of {n}:{m}")
+        keep = ((table[rank][:, None] >> np.arange(m)) & 1).astype(bool)  # [G, M], N set per row
         out = np.zeros((groups, m), dtype=raw_dtype(dtype))
-        np.put_along_axis(out, idx, raw(values).reshape(groups, n), axis=1)
+        out[keep] = raw(values)  # row-major: each group's slots in position order
         return from_raw(out, dtype, shape)
