@@ -283,3 +283,20 @@ def test_hf_dense_export_loads_with_plain_transformers(tmp_path, gpt2):
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
     x = torch.randint(0, 64, (2, 8))
     assert torch.equal(gpt2(x).logits, plain(x).logits)
+
+
+def test_hf_dense_export_of_a_shrunk_model_warns(tmp_path, gpt2):
+    import copy
+
+    small = pk.finalize(copy.deepcopy(gpt2))
+    mlp = small.transformer.h[0].mlp
+    mlp.c_fc.weight.data = mlp.c_fc.weight.data[:, :64].clone()  # Conv1D [in, out]: 128 -> 64
+    mlp.c_fc.bias.data = mlp.c_fc.bias.data[:64].clone()
+    mlp.c_fc.nf = 64
+    mlp.c_proj.weight.data = mlp.c_proj.weight.data[:64].clone()
+    with pytest.warns(UserWarning, match="shrunk"):
+        pk.save(small, tmp_path, dense=True)
+    loaded = pk.load(tmp_path)  # the manifest resizes the freshly built class
+    assert loaded.transformer.h[0].mlp.c_fc.nf == 64
+    x = torch.randint(0, 64, (2, 8))
+    assert torch.equal(small(x).logits, loaded(x).logits)

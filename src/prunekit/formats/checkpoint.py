@@ -29,6 +29,7 @@ import math
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ def _effective_state(model: nn.Module) -> dict[str, torch.Tensor | str]:
     out: dict[str, torch.Tensor | str] = {}
     seen: dict[tuple, str] = {}
     for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise ConfigError(f"state_dict entry {name!r} is not a tensor; it cannot be saved")
         ident = _identity(t)
         if t.numel() and ident in seen:
             out[name] = seen[ident]
@@ -161,6 +164,22 @@ def _hf_config_json(model: nn.Module) -> str | None:
     config = copy.deepcopy(config)
     config.architectures = [type(model).__name__]
     return config.to_json_string()
+
+
+def _warn_if_not_transformers_loadable(model: nn.Module) -> None:
+    """A dense export of a physically shrunk HF model no longer matches its config.json."""
+    try:
+        with torch.device("meta"):
+            fresh = type(model)._from_config(model.config)
+    except Exception:  # some classes cannot be built on the meta device: skip the check
+        return
+    fresh_shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+    if any(fresh_shapes.get(k) != v.shape for k, v in model.state_dict().items()):
+        warnings.warn(
+            "this model's shapes differ from what its config describes (was it shrunk?): plain "
+            "transformers cannot load the dense export, but pk.load(DIR) can",
+            stacklevel=3,
+        )
 
 
 def _encode_state(
@@ -270,6 +289,8 @@ def save(
     token = secrets.token_hex(6)
     pending = {MODEL_FILE: directory / f".pk-{token}.{MODEL_FILE}.tmp"}
     hf_config = _hf_config_json(model)
+    if dense and hf_config is not None:
+        _warn_if_not_transformers_loadable(model)
     header_tmp = directory / f".pk-{token}.{HEADER_FILE}.tmp"
     try:
         save_file(parts, pending[MODEL_FILE], metadata={"format": "pt"})

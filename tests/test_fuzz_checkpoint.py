@@ -1,0 +1,110 @@
+"""Loading is safe: mutated or truncated checkpoints raise CheckpointError, never anything else.
+
+Each example copies a real checkpoint, flips bytes of one of its files (or cuts it short) and
+loads it. With verification on (the default), a load either fails with CheckpointError or returns
+exactly the saved weights. With the checksums switched off, the structural checks alone must still
+turn every inconsistency into CheckpointError: no crash, hang, or oversized allocation.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import prunekit as pk
+from ckpt_models import Net, trained
+from prunekit.errors import CheckpointError
+from prunekit.formats import FORMATS
+
+FILES = ["model.safetensors", "prunekit.json"]
+CASES = ["auto", *FORMATS.names()]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
+    """One checkpoint per format (``auto`` mixes them), with the state it must load back."""
+    net = trained()
+    pk.prune(net, granularity="2:4", include=["fc1", "conv"])
+    pk.prune(net, 0.9, include=["fc2"])
+    out = {}
+    for case in CASES:
+        directory = tmp_path_factory.mktemp(case)
+        pk.save(net, directory, format=case)
+        out[case] = (directory, {k: v.clone() for k, v in net.state_dict().items()})
+    return out
+
+
+def mutated_copy(src: Path, dst: Path, name: str, edits: list[tuple[int, int]], cut: int | None):
+    shutil.copytree(src, dst)
+    path = dst / name
+    data = bytearray(path.read_bytes())
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: cut % len(data)]
+    path.write_bytes(bytes(data))
+
+
+def load_or_refuse(directory: Path, verify: bool) -> dict[str, torch.Tensor] | None:
+    try:
+        return pk.load(directory, model=Net(), verify=verify).state_dict()
+    except CheckpointError:
+        return None
+
+
+mutations = st.tuples(
+    st.sampled_from(FILES),
+    st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), min_size=1, max_size=4),
+    st.none() | st.integers(0, 2**20),
+)
+fuzz = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("verify", [True, False])
+@fuzz
+@given(mutation=mutations)
+def test_mutated_checkpoint_loads_exactly_or_raises(
+    saved, tmp_path_factory, case, verify, mutation
+):
+    src, expected = saved[case]
+    dst = tmp_path_factory.mktemp("fuzz") / "ck"
+    mutated_copy(src, dst, *mutation)
+    state = load_or_refuse(dst, verify)
+    if state is None:
+        return
+    assert state.keys() == expected.keys()
+    for k, v in expected.items():
+        assert state[k].shape == v.shape and state[k].dtype == v.dtype
+        if verify:
+            assert torch.equal(state[k], v), f"verified load changed {k}"
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_files_raise(saved, tmp_path, case, name, verify):
+    src, _ = saved[case]
+    size = (src / name).stat().st_size
+    for cut in sorted({0, 1, 7, 8, 9, size // 2, size - 1}):
+        dst = tmp_path / f"cut{cut}"
+        mutated_copy(src, dst, name, [], cut)
+        with pytest.raises(CheckpointError):
+            pk.load(dst, model=Net(), verify=verify)
+
+
+def test_missing_files_raise(saved, tmp_path):
+    src, _ = saved["auto"]
+    for name in FILES:
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        (dst / name).unlink()
+        with pytest.raises(CheckpointError):
+            pk.load(dst, model=Net())
