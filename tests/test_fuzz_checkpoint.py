@@ -8,6 +8,7 @@ turn every inconsistency into CheckpointError: no crash, hang, or oversized allo
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import prunekit as pk
 from ckpt_models import Net, trained
 from prunekit.errors import CheckpointError
 from prunekit.formats import FORMATS
+from prunekit.formats import checkpoint as ckpt
 
 FILES = ["model.safetensors", "prunekit.json"]
 CASES = ["auto", *FORMATS.names()]
@@ -108,3 +110,46 @@ def test_missing_files_raise(saved, tmp_path):
         (dst / name).unlink()
         with pytest.raises(CheckpointError):
             pk.load(dst, model=Net())
+
+
+def of_format(header: dict, fmt: str) -> dict:
+    return next(e for e in header["tensors"].values() if e["format"] == fmt and "alias" not in e)
+
+
+TAMPERING = {
+    "format is a list": lambda h: of_format(h, "rice").update(format=["rice"]),
+    "unknown dtype": lambda h: of_format(h, "rice").update(dtype="complex64"),
+    "other dtype": lambda h: of_format(h, "rice").update(dtype="float16"),
+    "huge shape": lambda h: of_format(h, "rice").update(shape=[10**12, 32]),
+    "negative shape": lambda h: of_format(h, "nm").update(shape=[-16, -12]),
+    "huge nnz": lambda h: of_format(h, "rice").update(nnz=10**30),
+    "not a permutation": lambda h: of_format(h, "nm").update(perm=[0, 0, 1]),
+    "dense with a layout": lambda h: of_format(h, "dense").update(perm=[0]),
+    "huge rice parameter": lambda h: of_format(h, "rice")["meta"].update(k=10**9),
+    "nm with M above the table": lambda h: of_format(h, "nm")["meta"].update(m=64, n=2),
+    "nm with N equal to M": lambda h: of_format(h, "nm")["meta"].update(n=4),
+    "alias to itself": lambda h: h["tensors"]["head.weight"].update(alias="head.weight"),
+    "alias to another shape": lambda h: h["tensors"]["head.weight"].update(alias="fc2.weight"),
+    "path traversal": lambda h: h["files"]["model.safetensors"].update(pending="../../x"),
+    "schema from the future": lambda h: h["prunekit"].update(schema=2),
+    "tensors is a list": lambda h: h.update(tensors=[]),
+    "a tensor the model lacks": lambda h: h["tensors"].update(ghost=of_format(h, "dense")),
+    "manifest grows a layer": lambda h: h["manifest"]["modules"]["fc2"]["tensors"].update(
+        weight=[4096, 32]
+    ),
+    "manifest sets a method": lambda h: h["manifest"]["modules"]["fc2"]["attrs"].update(forward=1),
+}
+
+
+@pytest.mark.parametrize("edit", TAMPERING.values(), ids=TAMPERING.keys())
+def test_tampered_headers_with_valid_checksums_raise(saved, tmp_path, edit):
+    """Edits that keep the JSON well-formed and re-sign it are caught by the structural checks."""
+    src, _ = saved["auto"]
+    shutil.copytree(src, tmp_path / "ck")
+    path = tmp_path / "ck" / "prunekit.json"
+    header = json.loads(path.read_text())
+    edit(header)
+    header["checksum"] = ckpt._checksum(header)
+    path.write_text(json.dumps(header))
+    with pytest.raises(CheckpointError):
+        pk.load(tmp_path / "ck", model=Net())

@@ -126,9 +126,15 @@ def _report(model: nn.Module) -> dict[str, Any] | None:
         return None
 
 
-def _canonical(header: dict[str, Any]) -> bytes:
+def _checksum(header: dict[str, Any]) -> str | None:
+    """SHA-256 of the header's canonical JSON without its ``checksum`` field."""
     body = {k: v for k, v in header.items() if k != "checksum"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    try:
+        return hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+    except (ValueError, RecursionError):  # not canonically serialisable: cannot match
+        return None
 
 
 def _sha256(path: Path) -> str:
@@ -303,7 +309,7 @@ def save(
             name: {"sha256": _sha256(p), "bytes": p.stat().st_size, "pending": p.name}
             for name, p in pending.items()
         }
-        header["checksum"] = hashlib.sha256(_canonical(header)).hexdigest()
+        header["checksum"] = _checksum(header)
         _write_durably(header_tmp, json.dumps(header, indent=1).encode())
         os.replace(header_tmp, directory / HEADER_FILE)  # the commit
     except BaseException:
@@ -348,8 +354,11 @@ def _check_entry(name: str, e: Any, entries: dict[str, Any]) -> None:
         raise _bad(f"tensor {name!r} has a malformed entry")
     if set(e) - _ENTRY_KEYS:
         raise _bad(f"tensor {name!r} has unknown fields {sorted(set(e) - _ENTRY_KEYS)}")
-    if e["format"] not in FORMATS or e["dtype"] not in DTYPES or not isinstance(e["meta"], dict):
+    fmt, dtype = e["format"], e["dtype"]
+    if not (isinstance(fmt, str) and fmt in FORMATS and isinstance(dtype, str) and dtype in DTYPES):
         raise _bad(f"tensor {name!r} has an unknown format or dtype")
+    if not isinstance(e["meta"], dict):
+        raise _bad(f"tensor {name!r} has malformed meta")
     shape = e["shape"]
     if not isinstance(shape, list) or len(shape) > 32 or not all(_is_int(d) for d in shape):
         raise _bad(f"tensor {name!r} has a malformed shape {shape!r}")
@@ -409,10 +418,7 @@ def read_header(directory: str | os.PathLike, *, verify: bool = True) -> dict[st
             f"{directory} holds no prunekit checkpoint ({HEADER_FILE} is missing)"
         )
     header = _read_json(directory / HEADER_FILE)
-    if verify and (
-        not isinstance(header, dict)
-        or header.get("checksum") != hashlib.sha256(_canonical(header)).hexdigest()
-    ):
+    if verify and (not isinstance(header, dict) or header.get("checksum") != _checksum(header)):
         raise _bad(f"checksum mismatch: {HEADER_FILE} is corrupt or was edited")
     _check_header(header)
     return header
