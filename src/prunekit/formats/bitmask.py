@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 
-from .base import (
-    FORMATS,
-    Encoded,
-    Format,
-    check_keys,
-    fail,
-    pack_bits,
-    part,
-    raw,
-    scatter,
-    unpack_bits,
-    values_tensor,
-)
+from ._bits import pack_bits, raw, scatter, unpack_bits, values_tensor
+from .base import FORMATS, Encoded, Format, Meta, Parts, Shape, check_keys, fail, part
 
 
 @FORMATS.register("bitmask")
@@ -32,13 +20,7 @@ class Bitmask(Format):
         keep = r != 0
         return Encoded({"mask": pack_bits(keep), "values": values_tensor(r[keep], t.dtype)})
 
-    def decode(
-        self,
-        parts: dict[str, torch.Tensor],
-        meta: dict[str, Any],
-        shape: tuple[int, ...],
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
+    def decode(self, parts: Parts, meta: Meta, shape: Shape, dtype: torch.dtype) -> torch.Tensor:
         check_keys(meta, ())
         numel = math.prod(shape)
         keep = unpack_bits(part(parts, "mask", torch.uint8), numel, "mask")

@@ -12,12 +12,12 @@ indices, and the values in row-major order. Column indices are stored whichever 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 
-from .base import FORMATS, Encoded, Format, check_keys, fail, nonzeros, part, scatter
+from ._bits import nonzeros, scatter
+from .base import FORMATS, Encoded, Format, Meta, Parts, Shape, check_keys, fail, part
 
 _ESC = 255
 
@@ -71,13 +71,7 @@ class CSR(Format):
             indices, kind = torch.from_numpy(delta8), "delta8"
         return Encoded({"counts": counts, "indices": indices, "values": values}, {"index": kind})
 
-    def decode(
-        self,
-        parts: dict[str, torch.Tensor],
-        meta: dict[str, Any],
-        shape: tuple[int, ...],
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
+    def decode(self, parts: Parts, meta: Meta, shape: Shape, dtype: torch.dtype) -> torch.Tensor:
         check_keys(meta, ("index",))
         rows, cols = matrix_shape(shape)
         values = part(parts, "values", dtype)

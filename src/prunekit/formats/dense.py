@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .base import FORMATS, Encoded, Format, check_keys, fail
+from .base import FORMATS, Encoded, Format, Meta, Parts, Shape, check_keys, fail
 
 
 @FORMATS.register("dense")
@@ -16,13 +14,7 @@ class Dense(Format):
     def encode(self, t: torch.Tensor) -> Encoded:
         return Encoded({"": t})
 
-    def decode(
-        self,
-        parts: dict[str, torch.Tensor],
-        meta: dict[str, Any],
-        shape: tuple[int, ...],
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
+    def decode(self, parts: Parts, meta: Meta, shape: Shape, dtype: torch.dtype) -> torch.Tensor:
         check_keys(meta, ())
         t = parts.get("")
         if t is None or t.dtype != dtype or tuple(t.shape) != shape:

@@ -14,26 +14,12 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from typing import Any
 
 import numpy as np
 import torch
 
-from .base import (
-    FORMATS,
-    Encoded,
-    Format,
-    check_keys,
-    fail,
-    from_raw,
-    meta_int,
-    pack_uint,
-    part,
-    raw,
-    raw_dtype,
-    unpack_uint,
-    values_tensor,
-)
+from ._bits import from_raw, pack_uint, raw, raw_dtype, unpack_uint, values_tensor
+from .base import FORMATS, Encoded, Format, Meta, Parts, Shape, check_keys, fail, meta_int, part
 
 #: group sizes tried by the encoder (patterns are ranked through a table of 2**M entries)
 GROUP_SIZES = (4, 8, 16)
@@ -84,13 +70,7 @@ class NMPacked(Format):
             {"n": n, "m": m},
         )
 
-    def decode(
-        self,
-        parts: dict[str, torch.Tensor],
-        meta: dict[str, Any],
-        shape: tuple[int, ...],
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
+    def decode(self, parts: Parts, meta: Meta, shape: Shape, dtype: torch.dtype) -> torch.Tensor:
         check_keys(meta, ("n", "m"))
         m = meta_int(meta, "m", 2, max(GROUP_SIZES))
         n = meta_int(meta, "n", 1, m - 1)

@@ -12,25 +12,12 @@ Both streams are plain packed bits, so encoding and decoding are vectorised nump
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 
-from .base import (
-    FORMATS,
-    Encoded,
-    Format,
-    check_keys,
-    fail,
-    meta_int,
-    nonzeros,
-    pack_bits,
-    pack_uint,
-    part,
-    scatter,
-    unpack_uint,
-)
+from ._bits import nonzeros, pack_bits, pack_uint, scatter, unpack_uint
+from .base import FORMATS, Encoded, Format, Meta, Parts, Shape, check_keys, fail, meta_int, part
 
 MAX_K = 40
 
@@ -58,13 +45,7 @@ class Rice(Format):
         low = pack_uint(gaps & ((1 << k) - 1), k)
         return Encoded({"high": pack_bits(high), "low": low, "values": values}, {"k": k})
 
-    def decode(
-        self,
-        parts: dict[str, torch.Tensor],
-        meta: dict[str, Any],
-        shape: tuple[int, ...],
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
+    def decode(self, parts: Parts, meta: Meta, shape: Shape, dtype: torch.dtype) -> torch.Tensor:
         check_keys(meta, ("k",))
         k = meta_int(meta, "k", 0, MAX_K)
         numel = math.prod(shape)
