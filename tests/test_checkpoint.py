@@ -215,6 +215,7 @@ def test_manifest_round_trips_tuple_attributes():
         lambda m: m["modules"]["layers.0"]["attrs"].update(out_features="16"),
         lambda m: m["modules"].update(ghost={"tensors": {}, "attrs": {}}),
         lambda m: m["modules"]["layers.0"]["tensors"].update(gamma=[1]),
+        lambda m: m["modules"]["layers.0"]["dtypes"].update(weight="float16"),  # persistent
     ],
 )
 def test_malformed_manifests_are_refused_before_touching_the_model(edit):
@@ -300,3 +301,19 @@ def test_hf_dense_export_of_a_shrunk_model_warns(tmp_path, gpt2):
     assert loaded.transformer.h[0].mlp.c_fc.nf == 64
     x = torch.randint(0, 64, (2, 8))
     assert torch.equal(small(x).logits, loaded(x).logits)
+
+
+def test_hf_half_precision_llama_round_trips_with_its_rotary_tables(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval().half()
+    pk.prune(model, granularity="2:4")
+    pk.save(model, tmp_path)
+    loaded = pk.load(tmp_path)
+    assert loaded.model.rotary_emb.inv_freq.dtype == torch.float16  # a non-persistent buffer
+    x = torch.randint(0, 64, (1, 8))
+    assert torch.equal(model(x).logits, loaded(x).logits)

@@ -24,14 +24,21 @@ from ..registry import Registry
 
 FORMATS: Registry[type[Format]] = Registry("format")
 
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``, as checkpoints write it."""
+    return str(dtype).removeprefix("torch.")
+
+
 #: dtypes a checkpoint may hold, by the name written in ``prunekit.json``
 DTYPES: dict[str, torch.dtype] = {
-    str(d).removeprefix("torch."): d
+    dtype_name(d): d
     for d in (
         torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
         torch.int16, torch.int8, torch.uint8, torch.bool, torch.float8_e4m3fn, torch.float8_e5m2,
     )
 }  # fmt: skip
+
 
 Parts = dict[str, torch.Tensor]
 Meta = dict[str, Any]

@@ -42,7 +42,7 @@ from ..errors import CheckpointError, ConfigError, PrunekitError
 from ..masks import MaskState
 from ..targets import is_hf_conv1d, is_prunable
 from .auto import AUTO, encode
-from .base import DTYPES, FORMATS, entropy_limit_bits
+from .base import DTYPES, FORMATS, dtype_name, entropy_limit_bits
 from .manifest import apply_shape_manifest, shape_manifest
 
 MODEL_FILE = "model.safetensors"
@@ -200,7 +200,7 @@ def _encode_state(
             raise ConfigError(
                 f"state_dict key {name!r} contains {SEP!r}, which checkpoints reserve"
             )
-        if isinstance(t, torch.Tensor) and str(t.dtype).removeprefix("torch.") not in DTYPES:
+        if isinstance(t, torch.Tensor) and dtype_name(t.dtype) not in DTYPES:
             raise ConfigError(
                 f"{name}: dtype {t.dtype} cannot be saved; supported: {sorted(DTYPES)}"
             )
@@ -217,7 +217,7 @@ def _encode_state(
         for pname, p in enc.parts.items():
             parts[part_key(name, pname)] = p.contiguous()
         entries[name] = {
-            "format": fmt_name, "dtype": str(t.dtype).removeprefix("torch."),
+            "format": fmt_name, "dtype": dtype_name(t.dtype),
             "shape": list(t.shape), "meta": enc.meta, "nnz": int(torch.count_nonzero(t)),
             "bytes": enc.nbytes, **({"perm": perm} if perm else {}),
         }  # fmt: skip

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..masks import SUFFIX
+from .base import DTYPES, dtype_name
 
 #: size attributes recorded and restored. Add names here for modules that keep sizes elsewhere.
 MANIFEST_ATTRS: set[str] = {
@@ -28,6 +29,9 @@ MANIFEST_ATTRS: set[str] = {
     "all_head_size", "intermediate_size", "nf", "nx", "split_size", "inner_dim", "n_heads",
     "n_head", "key_value_proj_dim", "d_model",
 }  # fmt: skip
+
+
+_ENTRY = {"tensors", "attrs", "dtypes"}
 
 
 def _size_value(v: Any) -> int | list[int] | None:
@@ -49,17 +53,26 @@ def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def shape_manifest(model: nn.Module) -> dict[str, Any]:
-    """``{"modules": {name: {"tensors": {param: shape}, "attrs": {attr: value}}}}`` (JSON-able)."""
+    """The model's sizes, JSON-able: ``{"modules": {name: entry}}``, where an entry holds
+    ``"tensors"`` (own parameter and buffer shapes), ``"attrs"`` (size attributes) and ``"dtypes"``
+    (of non-persistent buffers, such as rotary tables, which no checkpoint tensor restores: so
+    that ``model.half()`` survives a round trip)."""
     modules = {}
     for name, module in model.named_modules():
-        tensors = {n: list(t.shape) for n, t in _tensors(module).items() if t is not None}
+        own = {n: t for n, t in _tensors(module).items() if t is not None}
+        tensors = {n: list(t.shape) for n, t in own.items()}
+        dtypes = {
+            n: dtype_name(t.dtype)
+            for n, t in own.items()
+            if n in module._non_persistent_buffers_set and dtype_name(t.dtype) in DTYPES
+        }
         attrs = {}
         for a in sorted(MANIFEST_ATTRS):
             v = _size_value(module.__dict__.get(a))
             if v is not None:
                 attrs[a] = v
         if tensors or attrs:
-            modules[name] = {"tensors": tensors, "attrs": attrs}
+            modules[name] = {"tensors": tensors, "attrs": attrs, "dtypes": dtypes}
     return {"modules": modules}
 
 
@@ -82,21 +95,31 @@ def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
     Resized tensors are left uninitialised: load the checkpoint's weights next. Everything is
     checked before the model is touched. A recorded tensor may only shrink (no dimension grows,
     the rank stays), so a tampered manifest cannot make the loader allocate more than the model.
-    Non-persistent buffers cannot be restored from weights, so they must keep their shape.
+    Non-persistent buffers cannot be restored from weights: they must keep their shape, and take
+    the recorded dtype.
     """
     if not isinstance(manifest, dict) or not isinstance(manifest.get("modules"), dict):
         raise _bad("it is not a {'modules': {...}} mapping")
     modules = dict(model.named_modules())
     plan: list[tuple[nn.Module, str, tuple[int, ...]]] = []
     attrs: list[tuple[nn.Module, str, Any]] = []
+    casts: list[tuple[nn.Module, str, torch.dtype]] = []
     for name, entry in manifest["modules"].items():
         module = modules.get(name)
-        if module is None or not isinstance(entry, dict) or set(entry) - {"tensors", "attrs"}:
+        if module is None or not isinstance(entry, dict) or set(entry) - _ENTRY:
             raise _bad(f"module {name!r} is missing from the model or its entry is malformed")
         own = _tensors(module)
         tensors, recorded_attrs = entry.get("tensors", {}), entry.get("attrs", {})
-        if not isinstance(tensors, dict) or not isinstance(recorded_attrs, dict):
+        dtypes = entry.get("dtypes", {})
+        if not all(isinstance(x, dict) for x in (tensors, recorded_attrs, dtypes)):
             raise _bad(f"module {name!r} has a malformed entry")
+        for bname, dtype in dtypes.items():
+            if bname not in module._non_persistent_buffers_set or own.get(bname) is None:
+                raise _bad(f"{name}.{bname} is not a non-persistent buffer")
+            if not isinstance(dtype, str) or dtype not in DTYPES:
+                raise _bad(f"{name}.{bname} has an unknown dtype {dtype!r}")
+            if DTYPES[dtype] != own[bname].dtype:
+                casts.append((module, bname, DTYPES[dtype]))
         for pname, shape in tensors.items():
             t = own.get(pname)
             where = f"{name}.{pname}" if name else pname
@@ -125,6 +148,8 @@ def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
             module._parameters[pname].data = new  # keeps the Parameter, so tied weights stay tied
         else:
             module._buffers[pname] = new
+    for module, bname, dtype in casts:
+        module._buffers[bname] = module._buffers[bname].to(dtype)
     for module, attr, value in attrs:
         setattr(module, attr, value)
     return model
