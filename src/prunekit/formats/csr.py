@@ -33,6 +33,8 @@ def count_dtype(cols: int) -> torch.dtype:
 
 def encode_delta8(gaps: np.ndarray) -> np.ndarray:
     """Gaps ``[nnz]`` as bytes: ``g // 255`` escapes (255) then ``g % 255``."""
+    if not gaps.size or gaps.max() < _ESC:
+        return gaps.astype(np.uint8)
     ends = np.cumsum(gaps // _ESC + 1) - 1  # position of each gap's final byte
     out = np.full(int(ends[-1]) + 1 if gaps.size else 0, _ESC, dtype=np.uint8)
     out[ends] = gaps % _ESC
@@ -59,12 +61,14 @@ class CSR(Format):
         if t.numel() == 0 or cols >= 2**31:
             return None
         pos, values = nonzeros(t)
-        row, col = np.divmod(pos, cols)
-        counts = torch.from_numpy(np.bincount(row, minlength=rows)).to(count_dtype(cols))
-        new_row = np.ones(pos.size, dtype=bool)
-        new_row[1:] = row[1:] != row[:-1]
-        prev = np.where(new_row, -1, np.roll(col, 1))
-        delta8 = encode_delta8(col - prev - 1)
+        per_row = np.bincount(pos // cols, minlength=rows) if rows > 1 else np.array([pos.size])
+        counts = torch.from_numpy(per_row).to(count_dtype(cols))
+        row = np.repeat(np.arange(rows, dtype=np.int64), per_row)
+        col = pos - row * cols
+        gaps = np.diff(pos, prepend=-1) - 1  # zeros since the previous non-zero ...
+        first = (np.cumsum(per_row) - per_row)[per_row > 0]
+        gaps[first] = col[first]  # ... or since the start of its row
+        delta8 = encode_delta8(gaps)
         if cols <= 2**15 and 2 * pos.size <= delta8.size:
             indices, kind = torch.from_numpy(col.astype(np.int16)), "int16"
         else:

@@ -33,6 +33,23 @@ def patterns(n: int, m: int) -> np.ndarray:
     return masks[popcount == n]
 
 
+@cache
+def pattern_ranks(n: int, m: int) -> np.ndarray:
+    """The inverse of :func:`patterns`: rank by group mask (``[2**M]``, -1 where not N set)."""
+    ranks = np.full(1 << m, -1, dtype=np.int64)
+    ranks[patterns(n, m)] = np.arange(math.comb(m, n))
+    return ranks
+
+
+def group_masks(keep: np.ndarray) -> np.ndarray:
+    """Boolean groups ``[G, M]`` (M <= 16) as integers, bit j set for position j (``[G]``)."""
+    packed = np.packbits(keep, axis=1, bitorder="little")  # [G, ceil(M/8)]
+    out = packed[:, 0].astype(np.int64)
+    if packed.shape[1] > 1:
+        out |= packed[:, 1].astype(np.int64) << 8
+    return out
+
+
 def rank_bits(n: int, m: int) -> int:
     return max(1, math.ceil(math.log2(math.comb(m, n))))
 
@@ -49,22 +66,24 @@ class NMPacked(Format):
         if t.dim() == 0 or t.numel() == 0:
             return None
         r = raw(t)
+        nz = r != 0
         vbits = 8 * t.element_size()
         fits = []
         for m in GROUP_SIZES:
             if t.shape[-1] % m == 0:
-                n = max(int((r.reshape(-1, m) != 0).sum(1).max()), 1)  # groups [numel/M, M]
+                n = max(int(nz.reshape(-1, m).sum(1, dtype=np.int8).max()), 1)  # [numel/M, M]
                 if n < m:
                     fits.append((_bits_per_weight(n, m, vbits), n, m))
         if not fits:
             return None
         _, n, m = min(fits)
-        groups = r.reshape(-1, m)  # [G, M]
-        # non-zeros first (stable), then the earliest zeros as padding; slots in position order
-        slots = np.sort(np.argsort(groups == 0, axis=1, kind="stable")[:, :n], axis=1)  # [G, N]
-        mask = (np.int64(1) << slots).sum(1)  # [G] the group's pattern
-        rank = np.searchsorted(patterns(n, m), mask)
-        vals = np.take_along_axis(groups, slots, axis=1).reshape(-1)  # [G*N]
+        nonzero = nz.reshape(-1, m)  # [G, M]
+        # pad groups with fewer than N non-zeros with their earliest zeros
+        room = n - nonzero.sum(1, keepdims=True, dtype=np.int8)  # [G, 1]
+        keep = nonzero | (np.cumsum(~nonzero, axis=1, dtype=np.int8) <= room)  # N set per row
+        mask = group_masks(keep)  # [G] the group's pattern
+        rank = pattern_ranks(n, m)[mask]
+        vals = r.reshape(-1, m)[keep]  # [G*N], each group's slots in position order
         return Encoded(
             {"index": pack_uint(rank, rank_bits(n, m)), "values": values_tensor(vals, t.dtype)},
             {"n": n, "m": m},
@@ -82,7 +101,12 @@ class NMPacked(Format):
         table = patterns(n, m)
         if (rank >= table.size).any():
             raise fail(f"nm pattern ranks exceed the {table.size} patterns of {n}:{m}")
-        keep = ((table[rank][:, None] >> np.arange(m)) & 1).astype(bool)  # [G, M], N set per row
+        keep = np.unpackbits(  # [G, M], N set per row
+            table[rank].astype("<u2").view(np.uint8).reshape(groups, 2),
+            axis=1,
+            count=m,
+            bitorder="little",
+        ).astype(bool)
         out = np.zeros((groups, m), dtype=raw_dtype(dtype))
         out[keep] = raw(values)  # row-major: each group's slots in position order
         return from_raw(out, dtype, shape)
