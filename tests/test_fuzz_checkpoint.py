@@ -153,3 +153,19 @@ def test_tampered_headers_with_valid_checksums_raise(saved, tmp_path, edit):
     path.write_text(json.dumps(header))
     with pytest.raises(CheckpointError):
         pk.load(tmp_path / "ck", model=Net())
+
+
+def test_values_turned_to_nan_are_caught_without_checksums(saved, tmp_path):
+    """Checkpoints record which tensors were finite; garbage that decodes to NaN is refused."""
+    src, _ = saved["auto"]
+    shutil.copytree(src, tmp_path / "ck")
+    path = tmp_path / "ck" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    begin, _ = json.loads(data[8 : 8 + n])["fc2.bias"]["data_offsets"]  # a dense fp32 tensor
+    data[8 + n + begin : 8 + n + begin + 4] = b"\xff\xff\xff\xff"  # a NaN
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="NaN"):
+        pk.load(tmp_path / "ck", model=Net(), verify=False)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        pk.load(tmp_path / "ck", model=Net())

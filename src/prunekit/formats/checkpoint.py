@@ -54,7 +54,7 @@ SEP = "::"
 MAX_JSON_BYTES = 256 * 2**20
 _TEMP = re.compile(r"\.pk-[0-9a-f]{12}\.(model\.safetensors|config\.json|prunekit\.json)\.tmp")
 _RESERVED = {"prunekit", "tensors", "manifest", "config", "report", "storage", "files", "checksum"}
-_ENTRY_KEYS = {"format", "dtype", "shape", "meta", "perm", "alias", "nnz", "bytes"}
+_ENTRY_KEYS = {"format", "dtype", "shape", "meta", "perm", "alias", "nnz", "bytes", "finite"}
 
 
 def part_key(name: str, part: str) -> str:
@@ -219,7 +219,8 @@ def _encode_state(
         entries[name] = {
             "format": fmt_name, "dtype": dtype_name(t.dtype),
             "shape": list(t.shape), "meta": enc.meta, "nnz": int(torch.count_nonzero(t)),
-            "bytes": enc.nbytes, **({"perm": perm} if perm else {}),
+            "bytes": enc.nbytes, "finite": bool(torch.isfinite(t).all()),
+            **({"perm": perm} if perm else {}),
         }  # fmt: skip
     return parts, entries
 
@@ -500,6 +501,8 @@ def _decode(name: str, e: dict[str, Any], stored: dict[str, torch.Tensor]) -> to
         raise CheckpointError(f"{name}: corrupt {e['format']} data: {err}") from None
     if perm:
         t = t.permute([perm.index(i) for i in range(len(perm))])
+    if e.get("finite") is True and not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{name}: decodes to NaN or inf, but was saved finite")
     if int(torch.count_nonzero(t)) != e["nnz"]:
         raise CheckpointError(
             f"{name}: decodes to {int(torch.count_nonzero(t))} non-zeros, header says {e['nnz']}"
