@@ -124,6 +124,7 @@ TAMPERING = {
     "negative shape": lambda h: of_format(h, "nm").update(shape=[-16, -12]),
     "huge nnz": lambda h: of_format(h, "rice").update(nnz=10**30),
     "not a permutation": lambda h: of_format(h, "nm").update(perm=[0, 0, 1]),
+    "layout of mixed types": lambda h: of_format(h, "nm").update(perm=[0, "1", 2]),
     "dense with a layout": lambda h: of_format(h, "dense").update(perm=[0]),
     "huge rice parameter": lambda h: of_format(h, "rice")["meta"].update(k=10**9),
     "nm with M above the table": lambda h: of_format(h, "nm")["meta"].update(m=64, n=2),
@@ -169,3 +170,15 @@ def test_values_turned_to_nan_are_caught_without_checksums(saved, tmp_path):
         pk.load(tmp_path / "ck", model=Net(), verify=False)
     with pytest.raises(CheckpointError, match="SHA-256"):
         pk.load(tmp_path / "ck", model=Net())
+
+
+@pytest.mark.parametrize(
+    "text", ['{"a": 1' + "0" * 5000 + "}", "[" * 100_000, '{"a": "\\ud800"}', "\xff"]
+)
+def test_hostile_json_raises(saved, tmp_path, text):
+    src, _ = saved["auto"]
+    shutil.copytree(src, tmp_path / "ck")
+    (tmp_path / "ck" / "prunekit.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    for verify in (True, False):
+        with pytest.raises(CheckpointError):
+            pk.load(tmp_path / "ck", model=Net(), verify=verify)

@@ -342,7 +342,7 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is {size} bytes, larger than any checkpoint header")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurdly long numbers
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
 
 
@@ -369,6 +369,7 @@ def _check_entry(name: str, e: Any, entries: dict[str, Any]) -> None:
     if perm is not None and (
         e["format"] == "dense"
         or not isinstance(perm, list)
+        or not all(_is_int(i) for i in perm)
         or sorted(perm) != list(range(len(shape)))
     ):
         raise _bad(f"tensor {name!r} has a malformed layout {perm!r}")
