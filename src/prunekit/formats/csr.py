@@ -36,7 +36,7 @@ def encode_delta8(gaps: np.ndarray) -> np.ndarray:
     if not gaps.size or gaps.max() < _ESC:
         return gaps.astype(np.uint8)
     ends = np.cumsum(gaps // _ESC + 1) - 1  # position of each gap's final byte
-    out = np.full(int(ends[-1]) + 1 if gaps.size else 0, _ESC, dtype=np.uint8)
+    out = np.full(int(ends[-1]) + 1, _ESC, dtype=np.uint8)
     out[ends] = gaps % _ESC
     return out
 
