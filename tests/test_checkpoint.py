@@ -62,6 +62,11 @@ def test_header_records_version_formats_config_report_and_sizes(tmp_path):
     assert storage["bits_per_weight"] < 0.3 * 32
     assert storage["limit_bits_per_weight"] <= storage["bits_per_weight"]
     assert header["tensors"]["head.weight"]["alias"] == "embed.weight"
+    rows = {r["name"]: r for r in ckpt.storage_rows(header)}
+    assert "head.weight" not in rows and rows["fc1.weight"]["numel"] == 64 * 32
+    assert (
+        rows["fc1.weight"]["bits_per_weight"] <= 1.15 * rows["fc1.weight"]["limit_bits_per_weight"]
+    )
 
 
 @pytest.mark.parametrize("name", FORMATS.names())

@@ -225,23 +225,34 @@ def _encode_state(
     return parts, entries
 
 
+def storage_rows(header: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per stored tensor (tied copies once): format, bits per weight and the entropy limit."""
+    rows = []
+    for name, e in header["tensors"].items():
+        if "alias" in e:
+            continue
+        numel = math.prod(e["shape"])
+        vbits = 8 * torch.empty((), dtype=DTYPES[e["dtype"]]).element_size()
+        limit = entropy_limit_bits(numel, e["nnz"], vbits)
+        rows.append({
+            "name": name, "format": e["format"], "shape": e["shape"], "dtype": e["dtype"],
+            "numel": numel, "nnz": e["nnz"], "bytes": e["bytes"], "dense_bytes": numel * vbits // 8,
+            "bits_per_weight": 8 * e["bytes"] / max(numel, 1),
+            "limit_bits_per_weight": limit / max(numel, 1),
+        })  # fmt: skip
+    return rows
+
+
 def _storage_summary(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Sizes in bits per original weight, next to the entropy limit."""
-    stored = [e for e in entries.values() if "alias" not in e]
-    numel = sum(math.prod(e["shape"]) for e in stored)
-    vbits = {
-        e["dtype"]: 8 * torch.empty((), dtype=DTYPES[e["dtype"]]).element_size() for e in stored
-    }
-    limit = sum(
-        entropy_limit_bits(math.prod(e["shape"]), e["nnz"], vbits[e["dtype"]]) for e in stored
-    )
-    dense = sum(math.prod(e["shape"]) * vbits[e["dtype"]] for e in stored) / 8
-    nbytes = sum(e["bytes"] for e in stored)
+    """Sizes of the whole checkpoint, in bits per original weight next to the entropy limit."""
+    rows = storage_rows({"tensors": entries})
+    numel, nbytes = sum(r["numel"] for r in rows), sum(r["bytes"] for r in rows)
+    limit = sum(r["limit_bits_per_weight"] * r["numel"] for r in rows)
     formats: dict[str, int] = {}
-    for e in stored:
-        formats[e["format"]] = formats.get(e["format"], 0) + 1
+    for r in rows:
+        formats[r["format"]] = formats.get(r["format"], 0) + 1
     return {
-        "bytes": nbytes, "dense_bytes": int(dense), "numel": numel,
+        "bytes": nbytes, "dense_bytes": sum(r["dense_bytes"] for r in rows), "numel": numel,
         "bits_per_weight": 8 * nbytes / numel if numel else 0.0,
         "limit_bits_per_weight": limit / numel if numel else 0.0, "formats": formats,
     }  # fmt: skip
