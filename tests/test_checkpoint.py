@@ -18,6 +18,7 @@ from ckpt_models import MLP, Net, ids, trained
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.formats import FORMATS
 from prunekit.formats import checkpoint as ckpt
+from prunekit.formats import header as hdr
 from prunekit.formats.manifest import MANIFEST_ATTRS, apply_shape_manifest, shape_manifest
 
 TESTS = Path(__file__).parent
@@ -62,7 +63,7 @@ def test_header_records_version_formats_config_report_and_sizes(tmp_path):
     assert storage["bits_per_weight"] < 0.3 * 32
     assert storage["limit_bits_per_weight"] <= storage["bits_per_weight"]
     assert header["tensors"]["head.weight"]["alias"] == "embed.weight"
-    rows = {r["name"]: r for r in ckpt.storage_rows(header)}
+    rows = {r["name"]: r for r in hdr.storage_rows(header)}
     assert "head.weight" not in rows and rows["fc1.weight"]["numel"] == 64 * 32
     assert (
         rows["fc1.weight"]["bits_per_weight"] <= 1.15 * rows["fc1.weight"]["limit_bits_per_weight"]

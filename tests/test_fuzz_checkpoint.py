@@ -21,7 +21,7 @@ import prunekit as pk
 from ckpt_models import Net, trained
 from prunekit.errors import CheckpointError
 from prunekit.formats import FORMATS
-from prunekit.formats import checkpoint as ckpt
+from prunekit.formats import header as hdr
 
 FILES = ["model.safetensors", "prunekit.json"]
 CASES = ["auto", *FORMATS.names()]
@@ -150,7 +150,7 @@ def test_tampered_headers_with_valid_checksums_raise(saved, tmp_path, edit):
     path = tmp_path / "ck" / "prunekit.json"
     header = json.loads(path.read_text())
     edit(header)
-    header["checksum"] = ckpt._checksum(header)
+    header["checksum"] = hdr.checksum(header)
     path.write_text(json.dumps(header))
     with pytest.raises(CheckpointError):
         pk.load(tmp_path / "ck", model=Net())
