@@ -17,7 +17,10 @@ commit leaves the earlier checkpoint untouched.
 
 Loading is safe: JSON and safetensors only, never pickle. Every header field is checked against the
 tensors and the model before anything is decoded, and every decoded part is range-checked; any
-inconsistency raises :class:`~prunekit.errors.CheckpointError`.
+inconsistency raises :class:`~prunekit.errors.CheckpointError`. Declared shapes must match the
+model (the instance passed, or the class rebuilt from a checksummed ``config.json``), and the
+manifest may only shrink it, so the model bounds every allocation. SHA-256 checksums of every
+file catch the corruption that no structural check can see, such as a flipped bit in a weight.
 """
 
 from __future__ import annotations
