@@ -74,14 +74,14 @@ class PruneCommand(Command):
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
 
     def run(self, args: argparse.Namespace) -> int:
-        from .. import save
-
         config = config_from_args(args)
         config.resolve()  # fail on a bad config before loading a large model
         model = load_model(args.model, args.weights)
         pruner = Pruner(model, config, progress=True)
         pruner.step()
         finalize(model)
+        from .. import save
+
         save(model, args.output, dense=True, config=config)
         Console().print(report(model))
         print(f"wrote {args.output}")

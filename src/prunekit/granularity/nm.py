@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,8 @@ _SPEC = re.compile(r"(\d+):(\d+)")
 @dataclass(frozen=True)
 class NM(Granularity):
     """Keep the N best of every M consecutive input weights (NVIDIA 2:4 for ``NM(2, 4)``)."""
+
+    examples: ClassVar[tuple[str, ...]] = ("2:4", "1:4", "4:8")
 
     n: int
     m: int
@@ -47,12 +50,6 @@ class NM(Granularity):
                 f"{target.qualname}: input dimension {cols} is not a multiple of M={self.m} "
                 f"for {self.spec}; exclude this layer or pick an M that divides it"
             )
-
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
-    def expand(self, unit_keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return unit_keep.reshape(shape)
 
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Keep ``max(N, M - floor(sparsity*M))`` per group, so a schedule can pass 3:4 on the way

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -14,6 +15,8 @@ from .base import GRANULARITIES, Granularity
 class Unstructured(Granularity):
     """Single weights. With ``per_row=True`` every output row gets the same sparsity (Wanda)."""
 
+    examples: ClassVar[tuple[str, ...]] = ("unstructured",)
+
     per_row: bool = False
 
     @classmethod
@@ -23,12 +26,6 @@ class Unstructured(Granularity):
     @property
     def spec(self) -> str:
         return "unstructured"
-
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
-    def expand(self, unit_keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return unit_keep.reshape(shape)
 
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         if not self.per_row:
