@@ -1,9 +1,9 @@
 """One-shot pruning of a real pretrained encoder (all-MiniLM-L6-v2): quality and time.
 
 Prunes every encoder linear to 50% unstructured and to 2:4 with magnitude, Wanda and SparseGPT,
-calibrated on 128 sequences x 128 tokens of Python stdlib docstrings, and evaluated on sentences of
-disjoint docstrings: the mean cosine between dense and pruned mean-pooled sentence embeddings, and top-1
-nearest-neighbour agreement. Needs ``pip install 'prunekit[eval]'``.
+calibrated on 128 sequences x 128 tokens of Python stdlib docstrings, and evaluated on 512
+sentences of disjoint docstrings: the mean cosine between dense and pruned mean-pooled sentence
+embeddings, and top-1 nearest-neighbour agreement. Needs ``pip install 'prunekit[eval]'``.
 
     python benchmarks/oneshot.py [--threads 2] [--nsamples 128]
 """

@@ -552,3 +552,56 @@ def _call_block(block: nn.Module, inp: _Inputs, device: torch.device, offload: b
     )
     h = _first_output(block(*args, **kwargs))
     return h.to("cpu") if offload else h
+
+
+# ----------------------------------------------------------------------------------- gradients
+def model_loss(output: Any, batch: Any, loss_fn: Callable[[Any, Any], torch.Tensor] | None) -> Any:
+    """The scalar loss of one batch: ``loss_fn(output, batch)``, else the model's own loss
+    (``output.loss``, ``output["loss"]``, or a scalar output)."""
+    if loss_fn is not None:
+        loss = loss_fn(output, batch)
+    elif getattr(output, "loss", None) is not None:
+        loss = output.loss
+    elif isinstance(output, Mapping) and output.get("loss") is not None:
+        loss = output["loss"]
+    else:
+        loss = output
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ConfigError(
+            "this criterion needs a loss: pass loss_fn=<fn(output, batch) -> scalar>, or batches "
+            "from which the model computes its own loss (e.g. Hugging Face labels=...)"
+        )
+    return loss.reshape(())
+
+
+def squared_gradients(
+    model: nn.Module,
+    targets: list[Target],
+    data: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Σ over batches of (∂loss/∂W)², per target weight (a diagonal empirical Fisher, unscaled).
+
+    Gradients are taken with ``torch.autograd.grad``: the parameters' ``.grad`` are untouched.
+    """
+    raw = [data] if isinstance(data, (torch.Tensor, Mapping)) else list(data or [])
+    batches = as_batches(raw)
+    device = model_device(model)
+    params = [t.weight for t in targets]
+    flags = [p.requires_grad for p in params]
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad(), calibration_mode(model):
+            for i, batch in enumerate(track(batches, "gradients", progress)):
+                loss = model_loss(run_batch(model, batch, i, device), raw[i], loss_fn)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for s, g in zip(sums, grads, strict=True):
+                    if g is not None:
+                        s.add_(g.detach().float().square())
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+    return {t.qualname: s for t, s in zip(targets, sums, strict=True)}

@@ -30,8 +30,11 @@ class Unstructured(Granularity):
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         if not self.per_row:
             return super().select(scores, sparsity)
-        k = round(sparsity * scores.shape[1])
-        keep = torch.ones_like(scores, dtype=torch.bool)
-        if k > 0:
-            keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
-        return keep
+        # round(sparsity * numel) in all, spread over the rows: the first rows take one more
+        rows, cols = scores.shape
+        base, extra = divmod(round(sparsity * scores.numel()), rows)
+        k = torch.full((rows, 1), base, device=scores.device)
+        k[:extra] += 1
+        drop = torch.arange(cols, device=scores.device) < k  # [rows, cols], in score order
+        keep = torch.empty_like(scores, dtype=torch.bool)
+        return keep.scatter_(1, torch.argsort(scores, dim=1, stable=True), ~drop)
