@@ -138,7 +138,7 @@ def test_hf_llama_blocks_get_their_rotary_embeddings_and_masks():
     seen = {}
     run_blockwise(model, targets, data, {"norms"}, lambda ts, st: seen.update(st) or False)
     for name, st in whole.items():
-        torch.testing.assert_close(seen[name].inputs.sq, st.inputs.sq, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(seen[name].inputs.sumsq, st.inputs.sumsq, rtol=1e-4, atol=1e-4)
     assert model.config.use_cache  # restored after calibration
 
 

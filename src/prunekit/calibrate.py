@@ -216,16 +216,23 @@ class InputStats:
         self._last = weakref.ref(x)
         cols = input_columns(module, x.detach())  # [G, N, cols]
         self.n += cols.shape[1]
-        if "norms" in self.kinds or "hessian" in self.kinds:
+        if "hessian" in self.kinds:  # Σ x² is then the diagonal of XᵀX
+            if self.xtx is None:
+                self.xtx = cols.transpose(1, 2) @ cols  # [G, cols, cols]
+            else:
+                self.xtx.baddbmm_(cols.transpose(1, 2), cols)
+        elif "norms" in self.kinds:
             sq = cols.square().sum(1)
             self.sq = sq if self.sq is None else self.sq + sq
-        if "hessian" in self.kinds:
-            xtx = cols.transpose(1, 2) @ cols  # [G, cols, cols]
-            self.xtx = xtx if self.xtx is None else self.xtx.add_(xtx)
+
+    @property
+    def sumsq(self) -> torch.Tensor | None:
+        """Σ x_j² per input column, ``[G, cols]``."""
+        return self.xtx.diagonal(dim1=1, dim2=2) if self.xtx is not None else self.sq
 
     def norms(self) -> torch.Tensor:
         """‖X_j‖₂ per input column, ``[G, cols]`` (root mean square, scale-free for ranking)."""
-        return (self.sq / max(self.n, 1)).sqrt()
+        return (self.sumsq / max(self.n, 1)).sqrt()
 
     def hessian(self) -> torch.Tensor:
         """H = 2XᵀX/N, ``[G, cols, cols]`` float32."""

@@ -18,7 +18,7 @@ def input_norms(target: Target, ctx: ScoreContext) -> torch.Tensor:
     ``r // (out / G)``.
     """
     st = ctx.stats.get(target.qualname)
-    if st is None or st.inputs is None or st.inputs.sq is None:
+    if st is None or st.inputs is None or st.inputs.sumsq is None:
         raise ConfigError(f"no input statistics for {target.qualname}: calibration did not run")
     norms = st.inputs.norms()  # [G, in]
     out = target.matrix().shape[0]

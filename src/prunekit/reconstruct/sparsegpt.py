@@ -39,10 +39,13 @@ def inverse_hessian_factor(
 ) -> torch.Tensor:
     """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹``, ``λ = damp · mean(diag H)``.
 
+    Computed without forming the inverse: with J the order reversal, ``JHJ = MMᵀ`` (Cholesky)
+    gives ``H = RRᵀ`` with ``R = JMJ`` upper triangular, so ``H⁻¹ = UᵀU`` with ``U = R⁻¹ = JM⁻¹J``.
     A Hessian that is not positive definite at this damping is retried with ten times more,
     with a warning; one that still fails raises :class:`WeightError`.
     """
-    if not torch.isfinite(hessian).all():
+    # a NaN or inf input shows on the diagonal of XᵀX
+    if not torch.isfinite(hessian.diagonal()).all():
         raise WeightError(f"{name}: the calibration Hessian holds NaN or inf values")
     cols = hessian.shape[0]
     mean_diag = hessian.diagonal().mean().clamp_min(1e-8)
@@ -50,11 +53,10 @@ def inverse_hessian_factor(
     for attempt in range(retries + 1):
         frac = damp * 10**attempt
         h = hessian + (frac * mean_diag) * eye
-        chol, info = torch.linalg.cholesky_ex(h)
+        m, info = torch.linalg.cholesky_ex(h.flip(0, 1))  # JHJ = MMᵀ
         if not info:
-            inv = torch.cholesky_inverse(chol)
-            upper, info = torch.linalg.cholesky_ex(inv, upper=True)
-            if not info and torch.isfinite(upper).all():
+            upper = torch.linalg.solve_triangular(m, eye, upper=False).flip(0, 1)  # JM⁻¹J
+            if torch.isfinite(upper.diagonal()).all():
                 if attempt:
                     warnings.warn(
                         f"{name}: the Hessian is not positive definite at {damp:g} damping; "
