@@ -62,9 +62,11 @@ def calibration_batches(tokenizer, nsamples: int = 128, seqlen: int = 128, batch
     ]
 
 
-def evaluation_batches(tokenizer, ntexts: int = 512, batch_size: int = 128):
-    """The first ``ntexts`` sentences of the evaluation docstrings, padded per batch."""
+def evaluation_batches(tokenizer, ntexts: int = 512, batch_size: int = 64):
+    """The first ``ntexts`` sentences of the evaluation docstrings, batched by length (little
+    padding) in a fixed order."""
     texts = sentences(docstring_corpus(EVALUATION_MODULES))[:ntexts]
+    texts = sorted(texts, key=lambda t: (len(tokenizer.tokenize(t)), t))
     return [
         dict(tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=128,
                        return_tensors="pt"))

@@ -25,14 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import prunekit as pk  # noqa: E402
-from oneshot import (  # noqa: E402
+import prunekit as pk
+from oneshot import (
     ENCODER,
     calibration_batches,
     evaluation_batches,
     load_minilm,
 )
-from prunekit.evaluate import embedding_agreement, mean_pooled  # noqa: E402
+from prunekit.evaluate import embedding_agreement, mean_pooled
 
 
 def run_prunekit(model, batches, granularity: str) -> float:
