@@ -1,0 +1,84 @@
+"""``prunekit_csr``: CSR with 16-bit column indices and a compiled AVX-512/OpenMP kernel.
+
+Bytes moved per non-zero: 4 (fp32 value) + 2 (uint16 column) against 4 per weight dense, so at
+90% sparsity about 6.7x less weight traffic than dense GEMV. Layers wider than 65,536 inputs use
+int32 columns. The C++ source is ``csr.cpp`` beside this file (see :mod:`._build`); where it cannot
+be compiled this kernel reports itself unavailable and ``torch_csr`` remains.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ...errors import ConfigError
+from ._build import load_library
+from .base import KERNELS, Kernel
+from .torch_csr import csr_dense, csr_parts
+
+SOURCE = Path(__file__).with_name("csr.cpp")
+_ARGTYPES = [ctypes.c_int64, ctypes.c_int64, *[ctypes.c_void_p] * 6, ctypes.c_int]
+
+
+def _library() -> ctypes.CDLL | None:
+    lib = load_library(SOURCE)
+    if lib is not None and not hasattr(lib.pk_csr_u16, "_pk_ready"):
+        for fn in (lib.pk_csr_u16, lib.pk_csr_i32):
+            fn.argtypes, fn.restype = _ARGTYPES, None
+        lib.pk_csr_u16._pk_ready = True
+    return lib
+
+
+@KERNELS.register("prunekit_csr")
+class PrunekitCSR(Kernel):
+    """Row-parallel CSR: uint16 (or int32) columns, int32 row pointers, fp32 values."""
+
+    version = 1
+
+    def available(self) -> bool:
+        return _library() is not None
+
+    def pack(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, inp = weight.shape
+        rowptr, col, values = csr_parts(weight)
+        if values.numel() >= 2**31:
+            raise ConfigError(f"{out}x{inp} weight has too many non-zeros for int32 row pointers")
+        narrow = torch.uint16 if inp <= 2**16 else torch.int32
+        return {
+            "rowptr": rowptr.to(torch.int32),
+            "col": col.to(narrow),
+            "values": values.to(torch.float32).contiguous().clone(),
+        }
+
+    def linear(self, x, packed: Mapping[str, torch.Tensor], bias, shape):
+        lib = _library()
+        if lib is None:
+            raise ConfigError("the prunekit_csr library is not available in this process")
+        out, inp = shape
+        n = x.shape[0]
+        # n == 1: x [1, in] as is; n > 1: the kernel reads xt = x^T [in, n]
+        xx = x.contiguous() if n == 1 else x.t().contiguous()
+        y = torch.empty(n, out, dtype=torch.float32)
+        if n == 0:
+            return y
+        col = packed["col"]
+        fn = lib.pk_csr_u16 if col.dtype == torch.uint16 else lib.pk_csr_i32
+        b = bias.contiguous() if bias is not None else None
+        fn(
+            out,
+            n,
+            packed["rowptr"].data_ptr(),
+            col.data_ptr(),
+            packed["values"].data_ptr(),
+            xx.data_ptr(),
+            b.data_ptr() if b is not None else None,
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return y
+
+    def unpack(self, packed, shape):
+        return csr_dense(packed["rowptr"], packed["col"].to(torch.int64), packed["values"], shape)
