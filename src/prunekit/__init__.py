@@ -19,6 +19,7 @@ from .granularity.nm import NM
 from .granularity.unstructured import Unstructured
 from .masks import MaskState
 from .pruner import Pruner
+from .runtime import sparsify
 from .schedule import Cubic, Iterative, OneShot
 
 try:
@@ -48,4 +49,5 @@ __all__ = [
     "finalize",
     "prune",
     "report",
+    "sparsify",
 ]

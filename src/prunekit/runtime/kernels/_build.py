@@ -52,7 +52,7 @@ def _compiler() -> str | None:
 
 @cache
 def load_library(source: Path) -> ctypes.CDLL | None:
-    """The compiled ``source`` as a loaded library, or ``None`` (with one warning) if unavailable."""
+    """The compiled ``source`` as a loaded library, or ``None`` (warning once) if unavailable."""
     if os.environ.get("PRUNEKIT_NO_COMPILE") == "1":
         return None
     cxx = _compiler()

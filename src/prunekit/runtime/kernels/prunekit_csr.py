@@ -57,7 +57,7 @@ class PrunekitCSR(Kernel):
         lib = _library()
         if lib is None:
             raise ConfigError("the prunekit_csr library is not available in this process")
-        out, inp = shape
+        out = shape[0]
         n = x.shape[0]
         # n == 1: x [1, in] as is; n > 1: the kernel reads xt = x^T [in, n]
         xx = x.contiguous() if n == 1 else x.t().contiguous()
