@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 
@@ -23,6 +24,8 @@ class Granularity(ABC):
     fixed_sparsity: float | None = None
     #: number of weights in one unit
     unit_size: int = 1
+    #: specs the registry-driven contract tests exercise
+    examples: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

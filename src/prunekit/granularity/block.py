@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +19,8 @@ _SPEC = re.compile(r"block:(\d+)x(\d+)")
 @dataclass(frozen=True)
 class Block(Granularity):
     """R output rows by C input columns per block."""
+
+    examples: ClassVar[tuple[str, ...]] = ("block:4x4", "block:2x8")
 
     rows: int
     cols: int
