@@ -134,6 +134,17 @@ def test_pointwise_conv_and_hf_conv1d_are_swapped_and_match():
         assert torch.allclose(hf(x), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_every_zoo_model_keeps_its_outputs(model_and_input):
+    model, x = model_and_input
+    pk.prune(model, 0.9)
+    pk.finalize(model)
+    ref = model(x).detach()
+    sparsify(model, example_inputs=x, timer=FakeTimer(SPARSE_WINS), cache=DecisionCache())
+    assert any(isinstance(m, SparseLinear) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_example_inputs_give_rows_and_an_end_to_end_speedup():
     model = pruned_mlp()
     x = torch.randn(2, 7, 64)
