@@ -9,7 +9,6 @@ Dense and sparse latency are measured interleaved in one run (sparsify's end-to-
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from ..errors import ConfigError
 from ..runtime import DecisionCache, SparsifyReport, Timer, sparsify, sparsify_report
+from ..runtime.report import as_text, fmt_ms, fmt_x
 
 
 @dataclass
@@ -70,8 +69,8 @@ class BenchResult:
         )
         table.add_row(
             "latency",
-            _ms(rep.model_dense_s),
-            _ms(rep.model_sparse_s),
+            fmt_ms(rep.model_dense_s),
+            fmt_ms(rep.model_sparse_s),
             _ratio(rep.model_sparse_s, rep.model_dense_s),
         )
         swapped = sum(r.swapped for r in rep.layers)
@@ -79,14 +78,12 @@ class BenchResult:
         table.caption = (
             f"input {'x'.join(map(str, self.input_shape))}, {rep.threads} thread(s) | "
             f"{swapped}/{len(rep.layers)} layers on sparse kernels | speedup realized "
-            f"{_x(rep.realized_model_speedup)}, simulated {_x(sim)} (non-zero MACs)"
+            f"{fmt_x(rep.realized_model_speedup)}, simulated {fmt_x(sim)} (non-zero MACs)"
         )
         return table
 
     def __str__(self) -> str:
-        buf = io.StringIO()
-        Console(file=buf, width=120, color_system=None).print(self)
-        return buf.getvalue()
+        return as_text(self)
 
 
 def directory_bytes(path: str | os.PathLike) -> int:
@@ -201,13 +198,5 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.2f} MiB"
 
 
-def _ms(s: float | None) -> str:
-    return "-" if s is None else f"{s * 1e3:.3f} ms"
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.1%}"
-
-
-def _x(r: float | None) -> str:
-    return "-" if r is None else f"{r:.2f}x"

@@ -128,14 +128,15 @@ class SparsifyReport:
                 str(r.rows),
                 f"{r.sparsity:.1%}",
                 kernel,
-                _ms(r.dense_s),
-                _ms(r.sparse_s),
-                _x(r.speedup) + (" (cached)" if r.cached else ""),
+                fmt_ms(r.dense_s),
+                fmt_ms(r.sparse_s),
+                fmt_x(r.speedup) + (" (cached)" if r.cached else ""),
             )
         table.caption = (
             f"swapped {sum(r.swapped for r in self.layers)}/{len(self.layers)} layers | "
-            f"speedup simulated {_x(self.simulated_speedup)}, realized (layers) "
-            f"{_x(self.realized_layer_speedup)}, realized (model) {_x(self.realized_model_speedup)}"
+            f"speedup simulated {fmt_x(self.simulated_speedup)}, "
+            f"realized (layers) {fmt_x(self.realized_layer_speedup)}, "
+            f"realized (model) {fmt_x(self.realized_model_speedup)}"
             f" | weights {self.weight_bytes_before / 2**20:.2f} -> "
             f"{self.weight_bytes_after / 2**20:.2f} MiB ({self.memory_ratio:.1%}) | "
             f"batch {self.batch_size}, {self.threads} thread(s)"
@@ -143,14 +144,19 @@ class SparsifyReport:
         return table
 
     def __str__(self) -> str:
-        buf = io.StringIO()
-        Console(file=buf, width=140, color_system=None).print(self)
-        return buf.getvalue()
+        return as_text(self, width=140)
 
 
-def _ms(seconds: float | None) -> str:
+def as_text(renderable: object, width: int = 120) -> str:
+    """A rich renderable as plain text (no colour), ``width`` columns wide."""
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None).print(renderable)
+    return buf.getvalue()
+
+
+def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.3f} ms"
 
 
-def _x(ratio: float | None) -> str:
+def fmt_x(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
