@@ -74,7 +74,8 @@ class SparseLinear(nn.Module):
 
     @property
     def packed(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in self._packed_names}
+        bufs = self._buffers  # direct access: this runs on every forward call
+        return {name: bufs[name] for name in self._packed_names}
 
     def weight_matrix(self) -> torch.Tensor:
         """The dense ``[out, in]`` weight, rebuilt from the packed tensors."""
@@ -87,14 +88,15 @@ class SparseLinear(nn.Module):
                 "sparse-kernel modules are inference-only; run under torch.no_grad() or "
                 "torch.inference_mode()"
             )
-        values = self.packed["values"]
-        if x2.dtype != values.dtype or x2.device != values.device:
+        packed = self.packed
+        values = packed["values"]
+        if x2.dtype is not values.dtype or x2.get_device() != values.get_device():
             raise ConfigError(
                 f"input is {x2.dtype} on {x2.device}, the sparse weight is {values.dtype} on "
                 f"{values.device}"
             )
         kernel = get_kernel(self.kernel)
-        return kernel.linear(x2, self.packed, self.bias, (self.out_features, self.in_features))
+        return kernel.linear(x2, packed, self.bias, (self.out_features, self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
