@@ -93,6 +93,6 @@ def test_broken_compiler_warns_and_falls_back(monkeypatch, tmp_path):
 def test_unavailable_kernel_is_not_a_candidate(monkeypatch):
     from prunekit.runtime import available_kernels
 
-    monkeypatch.setattr(prunekit_csr, "_library", lambda: None)
+    monkeypatch.setattr(prunekit_csr, "_function", lambda name: None)
     names = [k.name for k in available_kernels(torch.float32, torch.device("cpu"))]
     assert "prunekit_csr" not in names and "torch_csr" in names

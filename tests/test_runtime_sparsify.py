@@ -248,7 +248,7 @@ def test_kernel_choice_can_be_restricted_and_fallback_is_used(monkeypatch):
     model = pruned_mlp()
     sparsify(model, kernels=["torch_csr"], timer=FakeTimer(SPARSE_WINS), cache=DecisionCache())
     assert model[0].kernel == "torch_csr"
-    monkeypatch.setattr(prunekit_csr, "_library", lambda: None)  # as if no compiler
+    monkeypatch.setattr(prunekit_csr, "_function", lambda name: None)  # as if no compiler
     model = pruned_mlp()
     x = torch.randn(4, 64)
     ref = model(x).detach()

@@ -130,7 +130,11 @@ def _decide(
     if sparsity < min_sparsity:
         row.reason = f"sparsity below {min_sparsity:.0%}"
         return row, None
-    kernels = [k for k in available_kernels(w.dtype, w.device) if names is None or k.name in names]
+    kernels = [
+        k
+        for k in available_kernels(w.dtype, w.device)
+        if (names is None or k.name in names) and k.accepts((out, inp))
+    ]
     if not kernels:
         row.reason = f"no kernel for {w.dtype} on {w.device.type}"
         return row, None

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -81,6 +82,21 @@ def load_library(source: Path) -> ctypes.CDLL | None:
         stacklevel=2,
     )
     return None
+
+
+def library_function(source: Path, name: str, argtypes: tuple) -> Callable[..., None] | None:
+    """Function ``name`` of the compiled ``source`` with its argument types set, or ``None``."""
+    return _bind(source, name, argtypes)
+
+
+@cache
+def _bind(source: Path, name: str, argtypes: tuple) -> Callable[..., None] | None:
+    lib = load_library(source)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.argtypes, fn.restype = list(argtypes), None
+    return fn
 
 
 def _compile(cxx: str, source: Path, flags: list[str], target: Path) -> str | None:

@@ -36,6 +36,10 @@ class Kernel(ABC):
         """Whether this kernel runs weights of ``dtype`` on ``device``."""
         return device.type == "cpu" and dtype == torch.float32
 
+    def accepts(self, shape: tuple[int, int]) -> bool:
+        """Whether this kernel can hold an ``[out, in]`` weight of ``shape``."""
+        return True
+
     @abstractmethod
     def pack(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """Compress a dense ``[out, in]`` weight into named tensors (fresh storage, not views)."""

@@ -15,21 +15,17 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError
-from ._build import load_library
+from ._build import library_function
 from .base import KERNELS, Kernel
 from .torch_csr import csr_dense, csr_parts
 
 SOURCE = Path(__file__).with_name("csr.cpp")
-_ARGTYPES = [ctypes.c_int64, ctypes.c_int64, *[ctypes.c_void_p] * 6, ctypes.c_int]
+#: (out, n, rowptr, col, values, x, bias, y, threads)
+ARGTYPES = (ctypes.c_int64, ctypes.c_int64, *[ctypes.c_void_p] * 6, ctypes.c_int)
 
 
-def _library() -> ctypes.CDLL | None:
-    lib = load_library(SOURCE)
-    if lib is not None and not hasattr(lib.pk_csr_u16, "_pk_ready"):
-        for fn in (lib.pk_csr_u16, lib.pk_csr_i32):
-            fn.argtypes, fn.restype = _ARGTYPES, None
-        lib.pk_csr_u16._pk_ready = True
-    return lib
+def _function(name: str):
+    return library_function(SOURCE, name, ARGTYPES)
 
 
 @KERNELS.register("prunekit_csr")
@@ -39,7 +35,7 @@ class PrunekitCSR(Kernel):
     version = 1
 
     def available(self) -> bool:
-        return _library() is not None
+        return _function("pk_csr_u16") is not None
 
     def pack(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         out, inp = weight.shape
@@ -54,8 +50,9 @@ class PrunekitCSR(Kernel):
         }
 
     def linear(self, x, packed: Mapping[str, torch.Tensor], bias, shape):
-        lib = _library()
-        if lib is None:
+        col = packed["col"]
+        fn = _function("pk_csr_u16" if col.dtype == torch.uint16 else "pk_csr_i32")
+        if fn is None:
             raise ConfigError("the prunekit_csr library is not available in this process")
         out = shape[0]
         n = x.shape[0]
@@ -64,8 +61,6 @@ class PrunekitCSR(Kernel):
         y = torch.empty(n, out, dtype=torch.float32)
         if n == 0:
             return y
-        col = packed["col"]
-        fn = lib.pk_csr_u16 if col.dtype == torch.uint16 else lib.pk_csr_i32
         b = bias.contiguous() if bias is not None else None
         fn(
             out,
