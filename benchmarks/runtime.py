@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -131,7 +132,7 @@ def main() -> None:
     shapes, sparsities, batches = SHAPES, SPARSITIES, BATCHES
     if args.quick:
         shapes, sparsities, batches = [SHAPES[0], SHAPES[2]], [0.5, 0.9, 0.95], [1, 8]
-    start = time.perf_counter()
+    start, load0 = time.perf_counter(), os.getloadavg()[0]
     rows = run(shapes, sparsities, batches, args.budget)
     kernels = [k for k in KERNELS.names() if f"{k}_ms" in rows[0]]
     console = Console(width=160)
@@ -144,7 +145,10 @@ def main() -> None:
     )
     for line in goal_lines(rows):
         console.print(line)
-    console.print(f"took {time.perf_counter() - start:.0f} s")
+    console.print(
+        f"took {time.perf_counter() - start:.0f} s; 1-minute load average {load0:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -76,6 +76,17 @@ def test_compiled_kernel_narrow_columns():
     assert packed["col"].dtype == torch.uint16
 
 
+def test_sell_declines_wide_layers_and_keeps_row_order():
+    kernel = get_kernel("prunekit_sell")
+    assert not kernel.accepts((4, 70_000)) and kernel.accepts((4, 65_536))
+    w = torch.zeros(33, 20)
+    w[torch.arange(33), torch.arange(33) % 20] = torch.arange(1.0, 34.0)  # one per row
+    w[5, :] = 1.0  # the longest row goes first in the permutation
+    packed = kernel.pack(w)
+    assert int(packed["perm"][0]) == 5
+    assert torch.equal(kernel.unpack(packed, (33, 20)), w)
+
+
 def test_no_compile_env_falls_back(monkeypatch):
     monkeypatch.setenv("PRUNEKIT_NO_COMPILE", "1")
     assert _build.load_library.__wrapped__(prunekit_csr.SOURCE) is None

@@ -291,6 +291,22 @@ def test_median_timer_runs_every_candidate():
     assert calls == {"a": 4, "b": 4}
 
 
+def test_median_timer_drops_far_slower_candidates():
+    clock = {"t": 0.0}
+    calls = {"fast": 0, "slow": 0}
+
+    def run(name, cost):
+        calls[name] += 1
+        clock["t"] += cost
+
+    timer = MedianTimer(
+        warmup=0, min_rounds=3, max_rounds=10, budget_s=1e9, clock=lambda: clock["t"]
+    )
+    times = timer({"fast": lambda: run("fast", 1.0), "slow": lambda: run("slow", 10.0)})
+    assert times == {"fast": 1.0, "slow": 10.0}
+    assert calls == {"fast": 10, "slow": 3}
+
+
 def test_real_sparsify_end_to_end_matches():
     """The real timer on a tiny model: only the outputs are checked, never the timings."""
     model = pruned_mlp(0.95)
@@ -300,3 +316,16 @@ def test_real_sparsify_end_to_end_matches():
     with torch.no_grad():
         assert torch.allclose(fast(x), ref, rtol=1e-5, atol=1e-6)
     assert sparsify_report(fast).realized_layer_speedup is not None
+
+
+def test_masked_model_before_finalize_and_the_top_level_export():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+    pk.prune(model, 0.9)  # masks attached, weights zeroed in place, not finalized
+    x = torch.randn(3, 64)
+    ref = model(x).detach()
+    assert pk.sparsify is sparsify
+    pk.sparsify(model, timer=FakeTimer(SPARSE_WINS), cache=DecisionCache())
+    assert isinstance(model[0], SparseLinear)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)
