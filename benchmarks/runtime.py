@@ -146,7 +146,7 @@ def main() -> None:
     for line in goal_lines(rows):
         console.print(line)
     console.print(
-        f"took {time.perf_counter() - start:.0f} s; 1-minute load average {load0:.1f} at the start, "
+        f"took {time.perf_counter() - start:.0f} s; load average {load0:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs"
     )
     if args.json:
