@@ -9,6 +9,12 @@ the result: they are measured side by side, so machine load mostly cancels.
     python benchmarks/runtime.py             # full grid, 1 thread (about 5 minutes)
     python benchmarks/runtime.py --quick     # 2 shapes, 3 sparsities, batch 1 and 8
     python benchmarks/runtime.py --threads 2 # the same grid at 2 threads
+    python benchmarks/runtime.py --warm      # without flushing caches between calls
+
+At 1 thread the clock is the calling thread's CPU time, which leaves out the time the OS gave to
+other processes (see prunekit.runtime.timing.default_clock); at 2+ threads it is wall-clock.
+Caches are flushed before every timed call, as each layer of a model larger than the last-level
+cache starts cold.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import nn
 
 from prunekit.runtime import DecisionCache, MedianTimer, get_kernel, sparsify, sparsify_report
 from prunekit.runtime.kernels import KERNELS
+from prunekit.runtime.timing import default_clock
 
 SHAPES = [(768, 768), (3072, 768), (4096, 4096), (11008, 4096)]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
@@ -42,9 +49,9 @@ def pruned_linear(out: int, inp: int, sparsity: float, gen: torch.Generator) -> 
     return lin
 
 
-def run(shapes, sparsities, batches, budget: float) -> list[dict]:
+def run(shapes, sparsities, batches, budget: float, cold: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
-    timer = MedianTimer(warmup=2, min_rounds=7, max_rounds=41, budget_s=budget)
+    timer = MedianTimer(warmup=2, min_rounds=7, max_rounds=41, budget_s=budget, flush=cold)
     kernels = [k for k in KERNELS.names() if get_kernel(k).available()]
     rows = []
     for out, inp in shapes:
@@ -79,7 +86,7 @@ def run(shapes, sparsities, batches, budget: float) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], kernels: list[str], title: str) -> Table:
+def table(rows: list[dict], kernels: list[str], title: str, cold: bool) -> Table:
     tab = Table(title=title)
     for col in ("shape", "sparsity", "batch", "dense"):
         tab.add_column(col, justify="right")
@@ -101,9 +108,10 @@ def table(rows: list[dict], kernels: list[str], title: str) -> Table:
             f"{r['picked']} {r['picked_x']:.2f}x",
             f"{min(r[f'{k}_mem'] for k in kernels):.0%}",
         )
+    clock = "thread CPU time" if default_clock() is time.thread_time else "wall-clock time"
     tab.caption = (
-        "ratio = dense time / kernel time, measured interleaved in this run (medians); "
-        "memory = smallest packed weight / dense fp32 weight"
+        f"ratio = dense time / kernel time, interleaved in this run, medians of {clock}; "
+        f"caches flushed before each call: {cold}; memory = smallest packed weight / dense fp32"
     )
     return tab
 
@@ -127,13 +135,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--budget", type=float, default=0.4, help="seconds of timing per cell")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="keep caches warm between calls (default: flush them, as inside a large model)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     shapes, sparsities, batches = SHAPES, SPARSITIES, BATCHES
     if args.quick:
         shapes, sparsities, batches = [SHAPES[0], SHAPES[2]], [0.5, 0.9, 0.95], [1, 8]
     start, load0 = time.perf_counter(), os.getloadavg()[0]
-    rows = run(shapes, sparsities, batches, args.budget)
+    rows = run(shapes, sparsities, batches, args.budget, not args.warm)
     kernels = [k for k in KERNELS.names() if f"{k}_ms" in rows[0]]
     console = Console(width=160)
     console.print(
@@ -141,6 +154,7 @@ def main() -> None:
             rows,
             kernels,
             f"sparse vs dense nn.Linear, fp32, {args.threads} thread(s), torch {torch.__version__}",
+            not args.warm,
         )
     )
     for line in goal_lines(rows):

@@ -23,7 +23,7 @@ from .kernels import KERNELS, available_kernels
 from .memory import weight_bytes
 from .module import SPARSIFIABLE, SparseLinear, is_pointwise_conv, is_sparsifiable
 from .report import DENSE, LayerDecision, SparsifyReport
-from .timing import MedianTimer, Timer
+from .timing import MedianTimer, Timer, last_level_cache_bytes
 
 REPORT_ATTR = "_pk_sparsify_report"
 
@@ -41,13 +41,16 @@ def sparsify(
     timer: Timer | None = None,
     cache: DecisionCache | None = None,
     cache_file: str | os.PathLike | None = None,
+    cold: bool | None = None,
 ) -> nn.Module:
     """Swap each pruned layer of ``model`` (in place) for a sparse kernel where measured faster.
 
     ``batch_size`` is the number of input rows each layer is timed at (batch x tokens). Passing
     ``example_inputs`` (a tensor or a tuple of positional inputs) instead records each layer's real
     input size and also times the whole model, dense against sparse. ``kernels`` limits the
-    candidates; ``min_speedup`` is the margin a kernel must beat dense by. Returns the model (a new
+    candidates; ``min_speedup`` is the margin a kernel must beat dense by. ``cold`` times each layer
+    with the CPU caches flushed, as it runs inside a model too large for them; by default that is
+    so when the model's weights exceed twice the last-level cache. Returns the model (a new
     module only when ``model`` itself is a single layer); :func:`sparsify_report` gives the report.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -64,12 +67,14 @@ def sparsify(
         names = [KERNELS.get(k) and k for k in ([kernels] if isinstance(kernels, str) else kernels)]
     if cache is None:
         cache = DecisionCache(cache_file) if cache_file is not None else DEFAULT_CACHE
-    timer = timer if timer is not None else MedianTimer()
     targets = select_targets(model, include, exclude)
+    before = weight_bytes(model)
+    if cold is None:
+        cold = before > 2 * last_level_cache_bytes()
+    timer = timer if timer is not None else MedianTimer(flush=cold)
     inputs = _as_tuple(example_inputs)
     shapes = _record_input_shapes(model, targets, inputs) if inputs is not None else {}
 
-    before = weight_bytes(model)
     decisions, swaps = [], {}
     for t in targets:
         decision, sparse = _decide(
@@ -82,6 +87,7 @@ def sparsify(
     rep = SparsifyReport(
         decisions, batch_size, torch.get_num_threads(), float(min_speedup), before, 0
     )
+    rep.extra["cold_cache_timing"] = bool(cold)
     if inputs is not None and swaps:
         times = timer(
             {DENSE: lambda: model(*inputs), "sparse": lambda: model(*inputs)},
