@@ -315,7 +315,26 @@ def test_real_sparsify_end_to_end_matches():
     fast = pk.sparsify(model, example_inputs=x, cache=DecisionCache())
     with torch.no_grad():
         assert torch.allclose(fast(x), ref, rtol=1e-5, atol=1e-6)
-    assert sparsify_report(fast).realized_layer_speedup is not None
+    rep = sparsify_report(fast)
+    assert rep.realized_layer_speedup is not None
+    assert rep.extra["cold_cache_timing"] is False  # a tiny model stays in cache
+
+
+def test_default_clock_and_cache_size(monkeypatch):
+    import time
+
+    from prunekit.runtime.timing import default_clock, last_level_cache_bytes
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert default_clock() is time.thread_time
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert default_clock() is time.perf_counter
+    assert last_level_cache_bytes() >= 2**20
+
+
+def test_median_timer_flush_runs():
+    times = MedianTimer(warmup=0, min_rounds=2, max_rounds=2, flush=True)({"a": lambda: None})
+    assert set(times) == {"a"}
 
 
 def test_masked_model_before_finalize_and_the_top_level_export():
