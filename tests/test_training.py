@@ -118,7 +118,7 @@ def test_torch_compile_keeps_outputs_and_masks():
     model, x = make("mlp")
     pk.prune(model, 0.6)
     eager = model(x)
-    compiled = torch.compile(model, backend="eager")
+    compiled = torch.compile(model, backend="aot_eager")  # dynamo + AOTAutograd
     torch.testing.assert_close(compiled(x), eager, rtol=1e-6, atol=1e-6)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for _ in range(3):
@@ -165,3 +165,56 @@ def test_masks_follow_to_and_stay_out_of_state_dict():
     assert all(m.dtype == torch.bool for m in MaskState(model).masks.values())
     assert not any(k.endswith("_pk_mask") for k in model.state_dict())
     assert [t.qualname for t in select_targets(model)] == list(MaskState(model).masks)
+
+
+class NoisyOptimizer(torch.optim.SGD):
+    """A non-elementwise update: it moves every weight, zero gradient or not."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(0.01)
+
+
+def test_zero_with_non_elementwise_optimizer():
+    model, x = make("mlp")
+    pk.prune(model, 0.5)
+    zeros = pruned_zeros(model)
+    train_steps(model, x, NoisyOptimizer(model.parameters(), lr=0.1), steps=4)
+    assert_zero(model, zeros)
+
+
+def test_elementwise_optimizer_state_is_cleaned_at_pruned_entries():
+    model, x = make("mlp")
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    train_steps(model, x, opt, steps=2)  # state at every entry
+    pk.prune(model, 0.5)
+    train_steps(model, x, opt, steps=3)
+    params = dict(model.named_parameters())
+    for q, z in pruned_zeros(model).items():
+        state = opt.state[params[q]]
+        assert (state["exp_avg"][z] == 0).all() and (state["exp_avg_sq"][z] == 0).all()
+        assert (params[q][z] == 0).all()
+
+
+def test_loaded_optimizer_state_cannot_revive_weights():
+    model, x = make("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_steps(model, x, opt, steps=2)
+    saved = copy.deepcopy(opt.state_dict())  # momentum at every entry
+    pk.prune(model, 0.5)
+    train_steps(model, x, opt, steps=2)
+    opt.load_state_dict(saved)
+    train_steps(model, x, opt, steps=2)
+    assert_zero(model, pruned_zeros(model))
+
+
+def test_loading_dense_weights_keeps_masks():
+    model, _ = make("mlp")
+    dense = copy.deepcopy(model.state_dict())
+    pk.prune(model, 0.5)
+    zeros = pruned_zeros(model)
+    model.load_state_dict(dense)
+    assert_zero(model, zeros)

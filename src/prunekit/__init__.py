@@ -14,6 +14,7 @@ from .errors import (
     VerificationError,
     WeightError,
 )
+from .formats.checkpoint import load, save
 from .granularity.block import Block
 from .granularity.nm import NM
 from .granularity.unstructured import Unstructured
@@ -47,7 +48,9 @@ __all__ = [
     "WeightError",
     "__version__",
     "finalize",
+    "load",
     "prune",
     "report",
+    "save",
     "sparsify",
 ]
