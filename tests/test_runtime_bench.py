@@ -113,7 +113,31 @@ def test_cli_bench_json(tmp_path, capsys, keep_threads):
     assert set(d["latency"]) >= {"dense_s", "sparse_s", "speedup", "simulated_speedup"}
 
 
-def test_cli_bench_errors(capsys):
+def test_cli_bench_on_a_compressed_checkpoint(tmp_path, capsys, keep_threads):
+    out = tmp_path / "ckpt"
+    pk.save(pruned_net(), out)  # compressed ("auto" format)
+    args = ["bench", str(out), "--factory", "tests.test_runtime_bench:net", "--threads", "1"]
+    assert main([*args, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["disk"]["bytes"] == directory_bytes(out)
+    assert d["disk"]["bytes"] < 0.5 * d["disk"]["dense_bytes"]
+    assert main([*args, "--layers"]) == 0
+    text = capsys.readouterr().out
+    assert "prunekit sparsify" in text and "size on disk" in text
+
+
+def test_cli_bench_on_a_prune_output(tmp_path, capsys, keep_threads):
+    out = tmp_path / "pruned"
+    spec = "tests.test_runtime_bench:net"
+    assert main(["prune", spec, "--sparsity", "0.9", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(out), "--threads", "1", "--json"]) == 0  # rebuilt from its source
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [1, 64]
+
+
+def test_cli_bench_errors(capsys, tmp_path):
+    assert main(["bench", str(tmp_path), "--factory", "tests.test_runtime_bench:net"]) == 2
+    assert "--factory" in capsys.readouterr().err
     assert main(["bench", "tests.test_runtime_bench:net", "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from ..analysis.bench import bench, example_input
 from ..errors import PrunekitError
-from ..modelio import SPEC_HELP, load_model
+from ..formats.checkpoint import load
+from ..modelio import SPEC_HELP, load_factory, load_model
 from ..runtime import DecisionCache
 from .base import COMMANDS, Command
 
@@ -41,6 +43,12 @@ class BenchCommand(Command):
             default=None,
             metavar="FILE.safetensors",
             help="weights for a package.module:factory model",
+        )
+        parser.add_argument(
+            "--factory",
+            default=None,
+            metavar="package.module:factory",
+            help="builds the model a checkpoint DIR was saved from (if it did not record one)",
         )
         parser.add_argument("--batch-size", type=int, default=1, help="input batch (default 1)")
         parser.add_argument(
@@ -75,10 +83,12 @@ class BenchCommand(Command):
             if args.threads < 1:
                 raise PrunekitError("--threads must be positive")
             torch.set_num_threads(args.threads)
-        try:
+        if args.factory is not None:
+            if not (Path(args.model) / "prunekit.json").is_file():
+                raise PrunekitError("--factory applies to a prunekit checkpoint directory")
+            model = load(args.model, model=load_factory(args.factory))
+        else:
             model = load_model(args.model, args.weights)
-        except ImportError as e:  # prunekit.load not available in this build
-            raise PrunekitError(f"cannot load {args.model}: {e}") from None
         path = args.weights if args.weights is not None else args.model
         x = example_input(model, args.batch_size, args.seq_len, args.input_shape)
         cache = DecisionCache(args.cache_file) if args.cache_file else None
