@@ -18,6 +18,7 @@ from prunekit.runtime import (
     SparsePointwiseConv,
     sparsify,
     sparsify_report,
+    unsparsify,
     weight_bytes,
 )
 from prunekit.runtime.kernels import prunekit_csr
@@ -145,6 +146,22 @@ def test_every_zoo_model_keeps_its_outputs(model_and_input):
         assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_unsparsify_restores_dense_layers_and_their_state_dict(model_and_input, tmp_path):
+    model, x = model_and_input
+    pk.prune(model, 0.9)
+    pk.finalize(model)
+    ref, state = model(x).detach(), {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    sparsify(model, timer=FakeTimer(SPARSE_WINS), cache=DecisionCache())
+    back = unsparsify(model)
+    assert back is model and not any(isinstance(m, SparseLinear) for m in model.modules())
+    assert [type(m) for m in back.modules()] == types
+    assert set(back.state_dict()) == set(state)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in state.items())
+    assert torch.allclose(back(x), ref, rtol=1e-5, atol=1e-6)
+    pk.save(back, tmp_path / "ckpt")  # saves like the model before sparsify
+
+
 def test_example_inputs_give_rows_and_an_end_to_end_speedup():
     model = pruned_mlp()
     x = torch.randn(2, 7, 64)
@@ -242,6 +259,8 @@ def test_a_single_layer_model_is_returned_swapped():
     out = sparsify(lin, timer=FakeTimer(SPARSE_WINS), cache=DecisionCache())
     assert isinstance(out, SparseLinear)
     assert sparsify_report(out).layers[0].name == ""
+    back = unsparsify(out)
+    assert type(back) is nn.Linear and torch.equal(back.weight, lin.weight)
 
 
 def test_kernel_choice_can_be_restricted_and_fallback_is_used(monkeypatch):

@@ -5,7 +5,7 @@ from .kernels import KERNELS, Kernel, available_kernels, get_kernel
 from .memory import weight_bytes
 from .module import SparseLinear, SparsePointwiseConv, is_sparsifiable
 from .report import LayerDecision, SparsifyReport
-from .sparsify import sparsify, sparsify_report
+from .sparsify import sparsify, sparsify_report, unsparsify
 from .timing import MedianTimer, Timer
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "is_sparsifiable",
     "sparsify",
     "sparsify_report",
+    "unsparsify",
     "weight_bytes",
 ]

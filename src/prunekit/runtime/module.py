@@ -81,6 +81,26 @@ class SparseLinear(nn.Module):
         """The dense ``[out, in]`` weight, rebuilt from the packed tensors."""
         return get_kernel(self.kernel).unpack(self.packed, (self.out_features, self.in_features))
 
+    def to_dense_module(self) -> nn.Module:
+        """A dense module of the type this one replaced, with the same weight and bias."""
+        w = self.weight_matrix()  # [out, in]
+        bias = self.bias is not None
+        if self.source == "Conv1D":  # Hugging Face GPT-2 style, weight [in, out]
+            from transformers.pytorch_utils import Conv1D
+
+            dense = Conv1D(self.out_features, self.in_features)
+            if not bias:
+                dense.bias = None
+            weight = w.t()
+        else:
+            dense = nn.Linear(self.in_features, self.out_features, bias=bias)
+            weight = w
+        with torch.no_grad():
+            dense.weight.copy_(weight)
+            if bias:
+                dense.bias.copy_(self.bias)
+        return dense.to(device=w.device, dtype=w.dtype)
+
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         """``x2 [n, in] -> [n, out]``."""
         if x2.requires_grad and torch.is_grad_enabled():
@@ -116,6 +136,16 @@ class SparsePointwiseConv(SparseLinear):
     """A 1x1 conv over channels: ``x [b, c, *spatial] -> [b, out, *spatial]`` (or unbatched)."""
 
     spatial_dims: int = 2
+
+    def to_dense_module(self) -> nn.Module:
+        conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.spatial_dims - 1]
+        dense = conv_cls(self.in_features, self.out_features, 1, bias=self.bias is not None)
+        w = self.weight_matrix()  # [out, in] -> [out, in, 1, ...]
+        with torch.no_grad():
+            dense.weight.copy_(w.reshape(*w.shape, *([1] * self.spatial_dims)))
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense.to(device=w.device, dtype=w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unbatched = x.dim() == self.spatial_dims + 1

@@ -105,6 +105,21 @@ def sparsify(
     return model
 
 
+def unsparsify(model: nn.Module) -> nn.Module:
+    """Put dense layers back in place of every sparse-kernel module (e.g. before ``pk.save``).
+
+    Returns the model (a new module only when ``model`` itself is a sparse layer).
+    """
+    if isinstance(model, SparseLinear):
+        return model.to_dense_module()
+    for name, m in list(model.named_modules()):
+        if isinstance(m, SparseLinear):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, m.to_dense_module())
+    model.__dict__.pop(REPORT_ATTR, None)
+    return model
+
+
 def sparsify_report(model: nn.Module) -> SparsifyReport:
     """The report of the last :func:`sparsify` call on ``model``."""
     rep = model.__dict__.get(REPORT_ATTR)
