@@ -22,6 +22,8 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+import torch
+
 #: tried in order; the first that compiles wins
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
@@ -60,7 +62,8 @@ def load_library(source: Path) -> ctypes.CDLL | None:
     if cxx is None:
         warnings.warn("prunekit: no C++ compiler found; using PyTorch sparse kernels", stacklevel=2)
         return None
-    text = source.read_bytes()
+    # the source and the headers beside it (which it may include)
+    text = b"\0".join(f.read_bytes() for f in [source, *sorted(source.parent.glob("*.h"))])
     errors = []
     for flags in FLAG_SETS:
         key = hashlib.sha256(
@@ -99,6 +102,25 @@ def _bind(source: Path, name: str, argtypes: tuple) -> Callable[..., None] | Non
     return fn
 
 
+def call_linear(
+    fn: Callable[..., None], out: int, x: torch.Tensor, bias: torch.Tensor | None, arrays: list
+) -> torch.Tensor:
+    """Run a compiled ``fn(out, n, *arrays, x, bias, y, threads)`` for ``x [n, in] -> y [n, out]``.
+
+    The kernels read ``x`` as is when ``n == 1`` and ``xt = x^T [in, n]`` when ``n > 1``.
+    """
+    n = x.shape[0]
+    xx = x.contiguous() if n == 1 else x.t().contiguous()
+    y = torch.empty(n, out, dtype=torch.float32)
+    if n == 0:
+        return y
+    b = bias.contiguous() if bias is not None else None
+    ptrs = [a.data_ptr() for a in arrays]
+    bias_ptr = b.data_ptr() if b is not None else None
+    fn(out, n, *ptrs, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
+    return y
+
+
 def _compile(cxx: str, source: Path, flags: list[str], target: Path) -> str | None:
     """Compile to a temporary file beside ``target`` and rename it; the error text on failure."""
     try:
@@ -107,7 +129,7 @@ def _compile(cxx: str, source: Path, flags: list[str], target: Path) -> str | No
         os.close(fd)
     except OSError as e:
         return str(e)
-    cmd = [cxx, *flags, "-shared", "-fPIC", "-o", tmp, str(source)]
+    cmd = [cxx, *flags, "-shared", "-fPIC", f"-I{source.parent}", "-o", tmp, str(source)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:

@@ -5,16 +5,15 @@
 // * n > 1: reads xt = x^T [in, n], so each non-zero scales one contiguous row of xt; a row's
 //   outputs for a tile of up to 64 batch columns stay in vector registers, then are written to
 //   y[n, out] with stride out.
-// Rows are split between OpenMP threads at equal non-zero counts. No torch headers, so it
-// compiles in about a second; it is loaded through ctypes.
+// Rows are split between OpenMP threads at equal non-zero counts (common.h). No torch headers,
+// so it compiles in about a second; it is loaded through ctypes.
 #include <cstdint>
 #include <cstring>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+
+#include "common.h"
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
@@ -25,16 +24,6 @@ static inline V loadu(const float *p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
     return v;
-}
-
-// first row whose start is >= target
-static int64_t split_row(const int32_t *rowptr, int64_t rows, int64_t target) {
-    int64_t lo = 0, hi = rows;
-    while (lo < hi) {
-        int64_t mid = (lo + hi) / 2;
-        if (rowptr[mid] < target) lo = mid + 1; else hi = mid;
-    }
-    return lo;
 }
 
 #ifdef __AVX512F__
@@ -123,20 +112,10 @@ template <typename I>
 static void csr_linear(int64_t out, int64_t n, const int32_t *rowptr, const I *col,
                        const float *val, const float *x, const float *bias, float *y,
                        int nthreads) {
-    const int64_t nnz = rowptr[out];
-    if (nthreads < 1 || nnz * (n < 8 ? n : 8) < 65536) nthreads = 1;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int t = 0, nt = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        const int64_t r0 = split_row(rowptr, out, nnz * t / nt);
-        const int64_t r1 = t + 1 == nt ? out : split_row(rowptr, out, nnz * (t + 1) / nt);
+    pk_parallel_split(rowptr, out, n, nthreads, [&](int64_t r0, int64_t r1) {
         if (n == 1) gemv_rows(r0, r1, rowptr, col, val, x, bias, y);
         else spmm_rows(r0, r1, n, rowptr, col, val, x, bias, y, out);
-    }
+    });
 }
 
 extern "C" {

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError
-from ._build import library_function
+from ._build import call_linear, library_function
 from .base import KERNELS, Kernel
 from .torch_csr import csr_dense, csr_parts
 
@@ -54,26 +54,8 @@ class PrunekitCSR(Kernel):
         fn = _function("pk_csr_u16" if col.dtype == torch.uint16 else "pk_csr_i32")
         if fn is None:
             raise ConfigError("the prunekit_csr library is not available in this process")
-        out = shape[0]
-        n = x.shape[0]
-        # n == 1: x [1, in] as is; n > 1: the kernel reads xt = x^T [in, n]
-        xx = x.contiguous() if n == 1 else x.t().contiguous()
-        y = torch.empty(n, out, dtype=torch.float32)
-        if n == 0:
-            return y
-        b = bias.contiguous() if bias is not None else None
-        fn(
-            out,
-            n,
-            packed["rowptr"].data_ptr(),
-            col.data_ptr(),
-            packed["values"].data_ptr(),
-            xx.data_ptr(),
-            b.data_ptr() if b is not None else None,
-            y.data_ptr(),
-            torch.get_num_threads(),
-        )
-        return y
+        arrays = [packed["rowptr"], col, packed["values"]]
+        return call_linear(fn, shape[0], x, bias, arrays)
 
     def unpack(self, packed, shape):
         return csr_dense(packed["rowptr"], packed["col"].to(torch.int64), packed["values"], shape)

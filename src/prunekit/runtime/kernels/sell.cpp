@@ -10,9 +10,8 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+
+#include "common.h"
 
 static const int C = 16;
 
@@ -87,28 +86,10 @@ void pk_sell16(int64_t out, int64_t n, const int32_t *sptr, const int32_t *perm,
                const uint16_t *col, const float *val, const float *x, const float *bias, float *y,
                int nthreads) {
     const int64_t slices = (out + C - 1) / C;
-    const int64_t work = static_cast<int64_t>(sptr[slices]) * C;
-    if (nthreads < 1 || work * (n < 8 ? n : 8) < 65536) nthreads = 1;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int t = 0, nt = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        // split slices at equal entry counts
-        int64_t lo = 0, hi = slices, target = sptr[slices] * t / nt;
-        while (lo < hi) { int64_t m = (lo + hi) / 2; if (sptr[m] < target) lo = m + 1; else hi = m; }
-        const int64_t s0 = lo;
-        int64_t s1 = slices;
-        if (t + 1 < nt) {
-            lo = 0, hi = slices, target = sptr[slices] * (t + 1) / nt;
-            while (lo < hi) { int64_t m = (lo + hi) / 2; if (sptr[m] < target) lo = m + 1; else hi = m; }
-            s1 = lo;
-        }
+    pk_parallel_split(sptr, slices, n, nthreads, [&](int64_t s0, int64_t s1) {
         if (n == 1) sell_gemv(s0, s1, out, sptr, perm, col, val, x, bias, y);
         else sell_spmm(s0, s1, out, n, sptr, perm, col, val, x, bias, y);
-    }
+    });
 }
 int pk_sell_abi_version(void) { return 1; }
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError
-from ._build import library_function
+from ._build import call_linear, library_function
 from .base import KERNELS, Kernel
 from .torch_csr import csr_parts
 
@@ -76,25 +76,8 @@ class PrunekitSELL(Kernel):
         fn = _function()
         if fn is None:
             raise ConfigError("the prunekit_sell library is not available in this process")
-        out, n = shape[0], x.shape[0]
-        xx = x.contiguous() if n == 1 else x.t().contiguous()  # n > 1: xt = x^T [in, n]
-        y = torch.empty(n, out, dtype=torch.float32)
-        if n == 0:
-            return y
-        b = bias.contiguous() if bias is not None else None
-        fn(
-            out,
-            n,
-            packed["sptr"].data_ptr(),
-            packed["perm"].data_ptr(),
-            packed["col"].data_ptr(),
-            packed["values"].data_ptr(),
-            xx.data_ptr(),
-            b.data_ptr() if b is not None else None,
-            y.data_ptr(),
-            torch.get_num_threads(),
-        )
-        return y
+        arrays = [packed["sptr"], packed["perm"], packed["col"], packed["values"]]
+        return call_linear(fn, shape[0], x, bias, arrays)
 
     def unpack(self, packed, shape):
         sptr, perm = packed["sptr"].long(), packed["perm"].long()
