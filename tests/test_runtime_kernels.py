@@ -43,6 +43,23 @@ def test_kernel_matches_dense(name, rows, sparsity, bias):
 
 
 @pytest.mark.parametrize("name", KERNELS.names())
+@pytest.mark.parametrize("rows", [1, 8, 37])
+def test_kernel_matches_dense_on_several_threads(name, rows):
+    """Big enough (work x rows >= 64K) for the compiled kernels to split rows between threads."""
+    kernel = kernel_or_skip(name)
+    w = sparse_weight(300, 900, 0.5)
+    b = torch.randn(300)
+    x = torch.randn(rows, 900)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        y = kernel.linear(x, kernel.pack(w), b, tuple(w.shape))
+    finally:
+        torch.set_num_threads(threads)
+    assert rel_err(y, torch.nn.functional.linear(x, w, b)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", KERNELS.names())
 def test_pack_is_compressed_fresh_storage_and_unpacks_exactly(name):
     kernel = kernel_or_skip(name)
     w = sparse_weight(64, 96, 0.9)
