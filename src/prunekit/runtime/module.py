@@ -124,7 +124,7 @@ class SparseLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        nnz = self.packed["values"].numel()
+        nnz = int(torch.count_nonzero(self.packed["values"]))  # some layouts store padding
         density = nnz / max(1, self.out_features * self.in_features)
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
