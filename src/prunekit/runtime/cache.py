@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class LayerKey:
     dtype: str
     device: str
     kernels: str  # "name@version,..." of the candidates measured
+    cold: bool  # timed with caches flushed before each call
 
     def text(self) -> str:
         return "|".join(str(v) for v in asdict(self).values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,11 +76,10 @@ def sparsify(
     inputs = _as_tuple(example_inputs)
     shapes = _record_input_shapes(model, targets, inputs) if inputs is not None else {}
 
+    opts = _Options(batch_size, names, min_sparsity, min_speedup, timer, cache, cold)
     decisions, swaps = [], {}
     for t in targets:
-        decision, sparse = _decide(
-            t, shapes.get(t.name), batch_size, names, min_sparsity, min_speedup, timer, cache
-        )
+        decision, sparse = _decide(t, shapes.get(t.name), opts)
         decisions.append(decision)
         if sparse is not None:
             swaps[t.name] = (t.module, sparse)
@@ -128,33 +128,37 @@ def sparsify_report(model: nn.Module) -> SparsifyReport:
     return rep
 
 
+@dataclass(frozen=True)
+class _Options:
+    batch_size: int
+    names: list[str] | None
+    min_sparsity: float
+    min_speedup: float
+    timer: Timer
+    cache: DecisionCache
+    cold: bool
+
+
 def _decide(
-    t: Target,
-    shape: tuple[int, ...] | None,
-    batch_size: int,
-    names: list[str] | None,
-    min_sparsity: float,
-    min_speedup: float,
-    timer: Timer,
-    cache: DecisionCache,
+    t: Target, shape: tuple[int, ...] | None, opts: _Options
 ) -> tuple[LayerDecision, SparseLinear | None]:
     """Time dense against each candidate kernel (or reuse a cached timing) and choose."""
     m, w = t.module, t.weight
     matrix = t.matrix()
     out, inp = matrix.shape
-    rows = _rows(shape, inp) if shape is not None else batch_size
+    rows = _rows(shape, inp) if shape is not None else opts.batch_size
     sparsity = 1.0 - int(torch.count_nonzero(matrix)) / max(1, matrix.numel())
     row = LayerDecision(t.name, type(m).__name__, [out, inp], rows, sparsity, DENSE, "")
     if not is_sparsifiable(m):
         row.reason = f"not {SPARSIFIABLE}"
         return row, None
-    if sparsity < min_sparsity:
-        row.reason = f"sparsity below {min_sparsity:.0%}"
+    if sparsity < opts.min_sparsity:
+        row.reason = f"sparsity below {opts.min_sparsity:.0%}"
         return row, None
     kernels = [
         k
         for k in available_kernels(w.dtype, w.device)
-        if (names is None or k.name in names) and k.accepts((out, inp))
+        if (opts.names is None or k.name in opts.names) and k.accepts((out, inp))
     ]
     if not kernels:
         row.reason = f"no kernel for {w.dtype} on {w.device.type}"
@@ -169,8 +173,9 @@ def _decide(
         str(w.dtype),
         w.device.type,
         ",".join(f"{k.name}@{k.version}" for k in kernels),
+        opts.cold,
     )
-    times = cache.get(key)
+    times = opts.cache.get(key)
     packed: dict[str, SparseLinear] = {}
     row.cached = times is not None
     if times is None:
@@ -178,13 +183,13 @@ def _decide(
         x = torch.randn(shape or _synthetic_shape(m, rows, inp), dtype=w.dtype, device=w.device)
         candidates = {DENSE: lambda: m(x)}
         candidates.update({name: (lambda s=s: s(x)) for name, s in packed.items()})
-        times = timer(candidates)
-        cache.put(key, times)
+        times = opts.timer(candidates)
+        opts.cache.put(key, times)
     row.candidates = times
     row.dense_s = times[DENSE]
     best = min((k.name for k in kernels), key=lambda n: times[n])
     row.best_kernel, row.sparse_s = best, times[best]
-    if row.dense_s < min_speedup * row.sparse_s:
+    if row.dense_s < opts.min_speedup * row.sparse_s:
         row.reason = "dense is faster" if row.dense_s <= row.sparse_s else "below min_speedup"
         return row, None
     row.kernel, row.reason = best, "faster"
