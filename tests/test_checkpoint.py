@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 import prunekit as pk
-from ckpt_models import MLP, Net, ids, trained
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.formats import FORMATS
 from prunekit.formats import checkpoint as ckpt
 from prunekit.formats import header as hdr
 from prunekit.formats.manifest import MANIFEST_ATTRS, apply_shape_manifest, shape_manifest
+from tests.ckpt_models import MLP, Net, ids, trained
 
 TESTS = Path(__file__).parent
 
@@ -35,6 +35,13 @@ def pruned_net(**kw) -> Net:
     net = trained()
     pk.prune(net, **({} if "granularity" in kw else {"sparsity": 0.9}), **kw)
     return net
+
+
+def test_granularity_travels_with_the_checkpoint(tmp_path):
+    net = pruned_net(granularity="2:4")
+    pk.save(net, tmp_path / "ck")
+    rows = pk.report(pk.load(tmp_path / "ck", model=Net())).layers
+    assert rows and all(r.granularity == "2:4" and r.nm_valid for r in rows)
 
 
 def test_masked_model_round_trip_restores_effective_weights(tmp_path):
@@ -244,11 +251,11 @@ def test_fresh_process_gives_identical_outputs(tmp_path):
     expected = net(ids())
     script = (
         "import sys, torch, prunekit as pk\n"
-        "from ckpt_models import Net, ids\n"
+        "from tests.ckpt_models import Net, ids\n"
         "model = pk.load(sys.argv[1], model=Net()).eval()\n"
         "torch.save(model(ids()), sys.argv[2])\n"  # a tensor only; read back weights_only
     )
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
     subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "ck"), str(tmp_path / "out.pt")],
         check=True, env=env, timeout=120,

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prunekit as pk
-from ckpt_models import Net, trained
 from prunekit.errors import CheckpointError
 from prunekit.formats import FORMATS
 from prunekit.formats import header as hdr
+from tests.ckpt_models import Net, trained
 
 FILES = ["model.safetensors", "prunekit.json"]
 CASES = ["auto", *FORMATS.names()]
@@ -139,6 +139,9 @@ TAMPERING = {
         weight=[4096, 32]
     ),
     "manifest sets a method": lambda h: h["manifest"]["modules"]["fc2"]["attrs"].update(forward=1),
+    "report with a bad granularity": lambda h: h["report"]["layers"][0].update(granularity="9:4"),
+    "report naming a ghost layer": lambda h: h["report"]["layers"][0].update(name="ghost.weight"),
+    "report rows not a list": lambda h: h["report"].update(layers={}),
 }
 
 

@@ -20,6 +20,7 @@ from .granularity.nm import NM
 from .granularity.unstructured import Unstructured
 from .masks import MaskState
 from .pruner import Pruner
+from .runtime import sparsify
 from .schedule import Cubic, Iterative, OneShot
 
 try:
@@ -51,4 +52,5 @@ __all__ = [
     "prune",
     "report",
     "save",
+    "sparsify",
 ]

@@ -24,6 +24,11 @@ def granularity_of(module: nn.Module, param: str) -> str | None:
     return module.__dict__.get(INFO, {}).get(param)
 
 
+def record_granularity(module: nn.Module, param: str, spec: str) -> None:
+    """Remember the granularity ``module.<param>`` was pruned with (for reports and checks)."""
+    module.__dict__.setdefault(INFO, {})[param] = spec
+
+
 class Pruner:
     """Attaches masks to ``model`` according to ``config``.
 
@@ -116,7 +121,7 @@ class Pruner:
     def attach(self, target: Target, keep: torch.Tensor) -> None:
         """AND the ``[out, in]`` keep-mask into ``target``'s mask and enforce it."""
         shrink_mask(target.module, target.param, target.from_matrix(keep))
-        target.module.__dict__.setdefault(INFO, {})[target.param] = self.resolved.granularity.spec
+        record_granularity(target.module, target.param, self.resolved.granularity.spec)
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, masks and config, so that training can resume."""
@@ -133,5 +138,5 @@ class Pruner:
         MaskState(self.model).load_state_dict(state.get("masks", {}))
         for t in self.targets:
             if get_mask(t.module, t.param) is not None:
-                t.module.__dict__.setdefault(INFO, {})[t.param] = self.resolved.granularity.spec
+                record_granularity(t.module, t.param, self.resolved.granularity.spec)
         self._step = step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
@@ -82,7 +83,9 @@ class PruneCommand(Command):
         finalize(model)
         from .. import save
 
-        save(model, args.output, dense=True, config=config)
+        is_directory = Path(args.model).is_dir()
+        source = {} if is_directory else {"source": args.model}  # lets `report OUT/` rebuild it
+        save(model, args.output, dense=True, config=config, extra=source)
         Console().print(report(model))
         print(f"wrote {args.output}")
         return 0

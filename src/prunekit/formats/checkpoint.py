@@ -40,7 +40,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, PrunekitError
+from ..granularity import parse_granularity
 from ..masks import MaskState
+from ..pruner import record_granularity
 from ..targets import is_hf_conv1d, is_prunable
 from .auto import AUTO, encode
 from .base import DTYPES, FORMATS, dtype_name
@@ -433,4 +435,30 @@ def load(
         raise CheckpointError(
             f"cannot load the checkpoint into {type(model).__name__}: {e}"
         ) from None
+    _restore_granularities(model, header.get("report"))
     return model
+
+
+def _restore_granularities(model: nn.Module, report: Any) -> None:
+    """Re-attach each pruned layer's granularity from the saved report (for N:M checks)."""
+    if report is None:
+        return
+    rows = report.get("layers") if isinstance(report, dict) else None
+    if not isinstance(rows, list):
+        raise CheckpointError("prunekit.json: report.layers must be a list")
+    modules = dict(model.named_modules())
+    for row in rows:
+        name, spec = (row.get("name"), row.get("granularity")) if isinstance(row, dict) else (0, 0)
+        if not isinstance(name, str) or not isinstance(spec, str):
+            raise CheckpointError(f"prunekit.json: malformed report row {row!r:.80}")
+        if spec == "-":
+            continue
+        mod_name, _, param = name.rpartition(".")
+        module = modules.get(mod_name)
+        if module is None or not isinstance(getattr(module, param, None), torch.Tensor):
+            raise CheckpointError(f"prunekit.json: report names unknown parameter {name!r}")
+        try:
+            parse_granularity(spec)
+        except PrunekitError as e:
+            raise CheckpointError(f"prunekit.json: report row {name!r}: {e}") from None
+        record_granularity(module, param, spec)
