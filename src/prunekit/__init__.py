@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import evaluate
 from .analysis.report import Report, report
 from .api import finalize, prune
 from .config import PruneConfig
@@ -47,6 +48,7 @@ __all__ = [
     "VerificationError",
     "WeightError",
     "__version__",
+    "evaluate",
     "finalize",
     "load",
     "prune",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -10,8 +11,11 @@ from rich.console import Console
 from ..analysis.report import report
 from ..api import finalize
 from ..config import PruneConfig
+from ..criteria import CRITERIA
+from ..errors import PrunekitError
 from ..modelio import SPEC_HELP, load_model
 from ..pruner import Pruner
+from ..textdata import load_calibration
 from .base import COMMANDS, Command
 
 
@@ -28,8 +32,10 @@ def add_prune_options(parser: argparse.ArgumentParser) -> None:
         default="unstructured",
         help="unstructured, N:M (e.g. 2:4), block:RxC (default: unstructured)",
     )
-    parser.add_argument("--criterion", default="magnitude", help="e.g. magnitude, l2, random")
-    parser.add_argument("--scope", default="layer", help="layer or global (default: layer)")
+    parser.add_argument(
+        "--criterion", default="magnitude", help=f"one of: {', '.join(CRITERIA.names())}"
+    )
+    parser.add_argument("--scope", default="layer", help="layer, global or owl (default: layer)")
     parser.add_argument(
         "--include",
         action="append",
@@ -59,6 +65,26 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
     )
 
 
+def calibration_batches(args: argparse.Namespace) -> list[dict]:
+    """Token batches from ``--calibration``, with the model directory's tokenizer (offline)."""
+    if args.calibration is None:
+        raise PrunekitError(
+            f"criterion {args.criterion!r} is data-aware: pass --calibration FILE.txt|.jsonl"
+        )
+    if not (Path(args.model) / "config.json").is_file():
+        raise PrunekitError("--calibration needs a Hugging Face model directory (its tokenizer)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise PrunekitError(
+            "--calibration needs transformers: pip install 'prunekit[hf]'"
+        ) from None
+    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    seqlen = min(args.seqlen, getattr(tokenizer, "model_max_length", args.seqlen) or args.seqlen)
+    return load_calibration(args.calibration, tokenizer, args.nsamples, seqlen)
+
+
 @COMMANDS.register("prune")
 class PruneCommand(Command):
     """Prune a model once and write OUT/model.safetensors (dense, finalized) + OUT/prunekit.json."""
@@ -72,13 +98,29 @@ class PruneCommand(Command):
             help="weights for a package.module:factory model",
         )
         add_prune_options(parser)
+        parser.add_argument(
+            "--calibration",
+            default=None,
+            metavar="FILE.txt|.jsonl",
+            help="text for data-aware criteria (wanda, sparsegpt, ...), tokenized with the "
+            "Hugging Face model directory's tokenizer",
+        )
+        parser.add_argument(
+            "--nsamples", type=int, default=128, help="calibration windows (default: 128)"
+        )
+        parser.add_argument(
+            "--seqlen", type=int, default=512, help="tokens per calibration window (default: 512)"
+        )
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
 
     def run(self, args: argparse.Namespace) -> int:
         config = config_from_args(args)
         config.resolve()  # fail on a bad config before loading a large model
+        data = None
+        if args.calibration is not None or config.resolve().criterion.requires_data:
+            data = calibration_batches(args)
         model = load_model(args.model, args.weights)
-        pruner = Pruner(model, config, progress=True)
+        pruner = Pruner(model, config, data=data, progress=True)
         pruner.step()
         finalize(model)
         from .. import save

@@ -1,0 +1,79 @@
+"""Text calibration files for language models: ``.txt`` (one text) or ``.jsonl`` (one JSON object
+per line with a ``"text"`` field, or a JSON string), tokenized into fixed-length windows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """The texts in a ``.txt`` or ``.jsonl`` file; empty or malformed files raise ConfigError."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".jsonl"):
+        raise ConfigError(f"calibration file {path} must be .txt or .jsonl, not {suffix or '?'}")
+    raw = path.read_text(encoding="utf-8")
+    if suffix == ".txt":
+        texts = [raw]
+    else:
+        texts = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            text = item.get("text") if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise ConfigError(f"{path}:{number}: expected a string or an object with 'text'")
+            texts.append(text)
+    if not any(t.strip() for t in texts):
+        raise ConfigError(f"calibration file {path} holds no text")
+    return texts
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a text (BERT: [CLS], [SEP]; GPT-2: none)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare) :])
+    return [], []
+
+
+def load_calibration(
+    path: str | Path, tokenizer: Any, n: int = 128, seqlen: int = 512, batch_size: int = 8
+) -> list[dict[str, torch.Tensor]]:
+    """Up to ``n`` windows of ``seqlen`` tokens from a text file, as batches of
+    ``{"input_ids": [B, seqlen], "attention_mask": [B, seqlen]}``.
+
+    The texts are joined by blank lines and tokenized once; each window gets the tokenizer's
+    special tokens (BERT's [CLS] ... [SEP], Llama's BOS, none for GPT-2) within ``seqlen``.
+    """
+    if n < 1 or seqlen < 2 or batch_size < 1:
+        raise ConfigError("calibration needs n >= 1, seqlen >= 2 and batch_size >= 1")
+    from .evaluate import token_windows
+
+    prefix, suffix = special_tokens(tokenizer)
+    body = token_windows(read_texts(path), tokenizer, seqlen - len(prefix) - len(suffix), n)
+    rows = body.shape[0]
+    ids = torch.cat(
+        [
+            torch.tensor(prefix, dtype=torch.long).expand(rows, -1),
+            body,
+            torch.tensor(suffix, dtype=torch.long).expand(rows, -1),
+        ],
+        dim=1,
+    )  # [n, seqlen]
+    return [
+        {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
+        for chunk in ids.split(batch_size)
+    ]
