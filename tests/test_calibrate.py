@@ -173,3 +173,19 @@ def test_collector_rejects_unknown_statistics():
     lin = nn.Linear(2, 2)
     with pytest.raises(pk.ConfigError, match="unknown statistics"):
         Collector(select_targets(lin), {"curvature"}, lin)
+
+
+def test_statistics_all_reduce_over_ranks(tmp_path):
+    """With torch.distributed initialised, statistics are summed over ranks (here: one)."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        model = Stack(n=2)
+        targets = select_targets(model, exclude="head")
+        stats = collect(model, targets, batches(), {"hessian"})
+    finally:
+        dist.destroy_process_group()
+    assert stats["layers.0.q.weight"].inputs.n == 3 * 2 * 7

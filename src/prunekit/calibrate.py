@@ -393,6 +393,7 @@ def collect(
             run_batch(model, batch, i, device)
             col.end_batch()
     _check_seen(col.stats)
+    all_reduce(col.stats)
     return col.stats
 
 
@@ -400,6 +401,28 @@ def _is_normalised(data: Any) -> bool:
     return isinstance(data, list) and all(
         isinstance(b, tuple) and len(b) == 2 and isinstance(b[1], dict) for b in data
     )
+
+
+def all_reduce(stats: dict[str, LayerStats]) -> None:
+    """Sum the statistics over ranks when ``torch.distributed`` is initialised (each rank
+    calibrated on its own batches). Shared accumulators are reduced once."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    done: set[int] = set()
+    for st in stats.values():
+        for acc in (st.inputs, st.outputs, st.raw_outputs):
+            if acc is None or id(acc) in done:
+                continue
+            done.add(id(acc))
+            for name in ("sq", "xtx", "zeros", "total"):
+                value = getattr(acc, name, None)
+                if isinstance(value, torch.Tensor):
+                    dist.all_reduce(value)
+            n = torch.tensor([acc.n], dtype=torch.float64)
+            dist.all_reduce(n)
+            acc.n = int(n.item())
 
 
 def _check_seen(stats: dict[str, LayerStats]) -> None:
@@ -541,6 +564,7 @@ def run_blockwise(
                         outputs.append(_call_block(block, inp, device, offload))
                         col.end_batch()
                 _check_seen(col.stats)
+                all_reduce(col.stats)
                 if process(block_targets, col.stats):
                     outputs = None
             if i == n - 1:
@@ -611,4 +635,9 @@ def squared_gradients(
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for s in sums:
+            dist.all_reduce(s)
     return {t.qualname: s for t, s in zip(targets, sums, strict=True)}
