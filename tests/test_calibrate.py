@@ -142,6 +142,7 @@ def test_hf_llama_blocks_get_their_rotary_embeddings_and_masks():
     assert model.config.use_cache  # restored after calibration
 
 
+@pytest.mark.filterwarnings("ignore:.*no recognisable block list")
 def test_bad_batches_get_clear_errors():
     model = nn.Sequential(nn.Linear(8, 4))
     with pytest.raises(pk.ConfigError, match="empty"):

@@ -13,6 +13,8 @@ from prunekit.criteria.base import ScoreContext
 from prunekit.targets import select_targets
 from prunekit.train.slimming import add_bn_l1_subgradient, bn_l1_penalty
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*no recognisable block list")
+
 
 def neuron_net() -> nn.Sequential:
     """fc1 neuron j outputs x * (j - 1.5): neurons 0, 1 are negative (zero after ReLU) for x > 0."""

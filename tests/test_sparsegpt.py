@@ -11,6 +11,8 @@ from torch import nn
 import prunekit as pk
 from prunekit.reconstruct.sparsegpt import Segment, inverse_hessian_factor, sparsegpt
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*no recognisable block list")
+
 
 def correlated_inputs(n: int = 512, d: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

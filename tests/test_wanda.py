@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import prunekit as pk
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*no recognisable block list")
 
 
 def layer(weight: list[list[float]]) -> nn.Linear:

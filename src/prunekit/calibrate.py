@@ -314,6 +314,8 @@ class Collector:
 
     def _input_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise ConfigError(f"{name} was called without a positional input tensor")
             x = args[0]
             st = self.stats[name]
             if st.inputs is None:  # first call: share with a layer that saw this very tensor

@@ -14,7 +14,7 @@ from .base import CRITERIA, Criterion, ScoreContext
 
 @CRITERIA.register("obd")
 class OBD(Criterion):
-    """½·w²·F_ii, F = mean over batches of (∂loss/∂w)².
+    """½·w²·F_ii, F = Σ over batches of (∂loss/∂w)² (the mean ranks the same).
 
     The loss is ``loss_fn(output, batch)`` when given (``pk.prune(..., loss_fn=...)``), else the
     model's own (e.g. a Hugging Face model called with ``labels``).
