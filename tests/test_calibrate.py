@@ -58,7 +58,8 @@ def test_find_blocks_picks_the_repeated_list():
     assert find_blocks(nn.Sequential(nn.Linear(4, 4)), select_targets(nn.Linear(4, 4))) is None
 
 
-def test_blockwise_statistics_equal_whole_model_statistics():
+@pytest.mark.parametrize("offload", [False, True])
+def test_blockwise_statistics_equal_whole_model_statistics(offload):
     """Captured kwargs (mask, bias, scale) are passed on: every block sees its true inputs."""
     torch.manual_seed(0)
     model = Stack()
@@ -70,7 +71,7 @@ def test_blockwise_statistics_equal_whole_model_statistics():
         seen.update(stats)
         return False
 
-    run_blockwise(model, targets, batches(), {"hessian"}, process)
+    run_blockwise(model, targets, batches(), {"hessian"}, process, offload=offload)
     assert set(seen) == set(whole)
     for name, st in whole.items():
         torch.testing.assert_close(seen[name].inputs.xtx, st.inputs.xtx, rtol=1e-4, atol=1e-4)
