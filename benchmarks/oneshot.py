@@ -74,24 +74,27 @@ def evaluation_batches(tokenizer, ntexts: int = 512, batch_size: int = 64):
     ]  # fmt: skip
 
 
-def run(criteria=CRITERIA, configs=CONFIGS, nsamples: int = 128) -> list[dict]:
-    """One row per (config, criterion): cosine, top-1 agreement, seconds to prune."""
+def run(criteria=CRITERIA, configs=CONFIGS, nsamples: int = 128, owl: bool = False) -> list[dict]:
+    """One row per (config, criterion): cosine, top-1 agreement, seconds to prune. ``owl`` adds
+    50% rows with OWL allocation for Wanda and SparseGPT."""
     dense, tokenizer = load_minilm()
     calib = calibration_batches(tokenizer, nsamples)
     evals = evaluation_batches(tokenizer)
     reference = mean_pooled(dense, evals)
     rows = []
-    for label, sparsity, granularity in configs:
-        for criterion in criteria:
-            model = copy.deepcopy(dense)
-            start = time.perf_counter()
-            pk.prune(
-                model, sparsity, granularity=granularity, criterion=criterion,
-                include=ENCODER, data=calib,
-            )  # fmt: skip
-            seconds = time.perf_counter() - start
-            scores = embedding_agreement(reference, mean_pooled(model, evals))
-            rows.append({"config": label, "criterion": criterion, "seconds": seconds, **scores})
+    jobs = [(label, sp, gran, crit, "layer") for label, sp, gran in configs for crit in criteria]
+    if owl:
+        jobs += [("50% owl", 0.5, "unstructured", crit, "owl") for crit in ("wanda", "sparsegpt")]
+    for label, sparsity, granularity, criterion, scope in jobs:
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        pk.prune(
+            model, sparsity, granularity=granularity, criterion=criterion, scope=scope,
+            include=ENCODER, data=calib,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        scores = embedding_agreement(reference, mean_pooled(model, evals))
+        rows.append({"config": label, "criterion": criterion, "seconds": seconds, **scores})
     return rows
 
 
@@ -99,10 +102,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--owl", action="store_true", help="add 50%% rows with scope='owl'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run(nsamples=args.nsamples)
+    rows = run(nsamples=args.nsamples, owl=args.owl)
     print(f"all-MiniLM-L6-v2, encoder linears, {args.nsamples} x 128 calibration tokens, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'config':8} {'criterion':10} {'cosine':>7} {'top-1':>6} {'seconds':>8}")
