@@ -65,3 +65,12 @@ def test_wanda_on_conv_uses_unfolded_patch_norms():
     pk.prune(conv, 0.75, criterion="wanda", data=[x])
     kept = conv.weight.detach() != 0  # [out, in, kh, kw]
     assert kept[:, 0].all() and not kept[:, 1:].any()
+
+
+def test_per_row_counts_add_up_to_the_exact_total():
+    """0.3 of a 7x5 layer is 10.5 -> 10 weights; rows lose 1 or 2 (not 7 * round(1.5) = 14)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 7)
+    pk.prune(lin, 0.3, criterion="wanda", data=[torch.randn(8, 5)])
+    pruned = (lin.weight == 0).sum(1)
+    assert int(pruned.sum()) == 10 and set(pruned.tolist()) <= {1, 2}
