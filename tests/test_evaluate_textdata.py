@@ -37,6 +37,17 @@ def test_perplexity_matches_a_direct_computation(tiny_gpt2):
     assert pk.evaluate.perplexity(tiny_gpt2, batches) == pytest.approx(expect, rel=1e-5)
 
 
+def test_perplexity_of_texts_scores_token_windows(tiny_gpt2):
+    texts = ["the quick brown fox", "jumps over the lazy dog"] * 4
+    tok = CharTokenizer()
+    ids = torch.tensor(tok("\n\n".join(texts), add_special_tokens=False)["input_ids"])
+    windows = ids[: ids.numel() // 16 * 16].view(-1, 16)
+    direct = pk.evaluate.perplexity(tiny_gpt2, list(windows.split(1)))
+    assert pk.evaluate.perplexity(tiny_gpt2, texts, tokenizer=tok, seqlen=16) == pytest.approx(
+        direct
+    )
+
+
 def test_perplexity_skips_padding(tiny_gpt2):
     ids = torch.randint(0, 50, (1, 10))
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
@@ -59,7 +70,7 @@ class CharTokenizer:
     """A stand-in tokenizer: one id per character, [BOS]=1 before every text."""
 
     def __call__(self, text, add_special_tokens=True, return_tensors=None):
-        ids = [ord(c) % 97 + 2 for c in text]
+        ids = [ord(c) % 48 + 2 for c in text]
         ids = [1, *ids] if add_special_tokens else ids
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
