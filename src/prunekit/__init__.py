@@ -15,11 +15,14 @@ from .errors import (
     WeightError,
 )
 from .granularity.block import Block
+from .granularity.channel import Channel
+from .granularity.head import Head
 from .granularity.nm import NM
 from .granularity.unstructured import Unstructured
 from .masks import MaskState
 from .pruner import Pruner
 from .schedule import Cubic, Iterative, OneShot
+from .structure.shrink import shrink
 
 try:
     __version__ = version("prunekit")
@@ -29,9 +32,11 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "NM",
     "Block",
+    "Channel",
     "CheckpointError",
     "ConfigError",
     "Cubic",
+    "Head",
     "Iterative",
     "MaskState",
     "OneShot",
@@ -48,4 +53,5 @@ __all__ = [
     "finalize",
     "prune",
     "report",
+    "shrink",
 ]

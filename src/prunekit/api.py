@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -25,16 +25,20 @@ def prune(
     exclude: Sequence[Selector] | Selector | None = None,
     seed: int = 0,
     data: Iterable[Any] | None = None,
+    example_inputs: Any = None,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
 ) -> Pruner:
     """Prune ``model`` once, now: masks are attached and enforced; returns the :class:`Pruner`.
 
     Example: ``pk.prune(model, granularity="2:4")`` or ``pk.prune(model, 0.9, scope="global")``.
+    Structured granularities (``"channel"``, ``"head"``) trace the model on ``example_inputs``;
+    ``loss_fn(output, batch)`` serves gradient criteria (``"taylor"``) with ``data``.
     """
     config = PruneConfig(
         sparsity=sparsity, granularity=granularity, criterion=criterion, scope=scope,
         include=include, exclude=exclude, seed=seed,
     )
-    pruner = Pruner(model, config, data=data)
+    pruner = Pruner(model, config, data=data, example_inputs=example_inputs, loss_fn=loss_fn)
     pruner.step()
     return pruner
 

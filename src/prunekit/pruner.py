@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from .criteria import ScoreContext
 from .errors import ConfigError, TargetError, WeightError
 from .granularity.unstructured import Unstructured
 from .masks import MaskState, get_mask, shrink_mask
+from .structure.select import prune_groups
 from .targets import Target, select_targets
 
 INFO = "_pk_info"
@@ -31,7 +32,13 @@ class Pruner:
     """
 
     def __init__(
-        self, model: nn.Module, config: PruneConfig | None = None, *, data: Iterable[Any] | None = None
+        self,
+        model: nn.Module,
+        config: PruneConfig | None = None,
+        *,
+        data: Iterable[Any] | None = None,
+        example_inputs: Any = None,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -47,8 +54,26 @@ class Pruner:
             raise ConfigError(
                 f"criterion {self.config.criterion!r} is data-aware: pass data=<calibration batches>"
             )
+        if self.resolved.granularity.structured and example_inputs is None:
+            raise ConfigError(
+                f"granularity {self.resolved.granularity.spec!r} traces the model: pass "
+                "example_inputs=<a tensor, tuple or dict of inputs the model accepts>"
+            )
         self.data = data
+        self.example_inputs = example_inputs
+        self.loss_fn = loss_fn
+        self._groups: list[Any] | None = None
         self._step = 0
+
+    def groups(self) -> list[Any]:
+        """The structured groups whose prunable layers are all targets (built once, lazily)."""
+        if self._groups is None:
+            chosen = {id(t.module) for t in self.targets}
+            self._groups = [
+                g for g in self.resolved.granularity.groups(self.model, self.example_inputs)
+                if all(s.target() is None or id(s.module) in chosen for s in g.slots)
+            ]
+        return self._groups
 
     @property
     def sparsity(self) -> float:
@@ -74,14 +99,21 @@ class Pruner:
             if not torch.isfinite(t.weight).all():
                 raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
         res = self.resolved
-        ctx = ScoreContext(self.model, seed=self.config.seed, data=self.data)
+        ctx = ScoreContext(self.model, seed=self.config.seed, data=self.data, loss_fn=self.loss_fn)
+        gran = res.granularity
+        if gran.structured:
+            prune_groups(self.groups(), sparsity, res.criterion, ctx, self.config.scope,
+                         gran.round_to, gran.max_ratio)
+            for t in self.targets:
+                if get_mask(t.module, t.param) is not None:
+                    t.module.__dict__.setdefault(INFO, {})[t.param] = gran.spec
+            return
         res.criterion.collect(self.targets, ctx)
         scores = {}
         for t in self.targets:
             s = res.criterion.scores(t, ctx).float()
             old = get_mask(t.module, t.param)
             scores[t.qualname] = s if old is None else s.masked_fill(~t.to_matrix(old), -torch.inf)
-        gran = res.granularity
         if res.criterion.per_row and isinstance(gran, Unstructured) and self.config.scope == "layer":
             gran = Unstructured(per_row=True)
         keep = res.allocation.masks(scores, sparsity, gran)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +27,8 @@ class ScoreContext:
     data: Iterable[Any] | None = None
     #: per-target statistics gathered by :meth:`Criterion.collect`, keyed by ``Target.qualname``
     stats: dict[str, Any] = field(default_factory=dict)
+    #: ``loss_fn(output, batch) -> scalar`` for gradient criteria; None: the model's own loss
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
 
     def generator(self, target: Target) -> torch.Generator:
         """A generator seeded from the run's seed and the target's name (deterministic)."""
@@ -49,3 +51,19 @@ class Criterion(ABC):
     @abstractmethod
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         """Element scores as an ``[out, in]`` matrix (see :meth:`Target.to_matrix`)."""
+
+    # -- structured pruning hooks (see prunekit.structure.select.unit_scores) ------------------
+    def channel_scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor | None:
+        """Optional: one score per *output channel* of ``target`` ``[out]``.
+
+        Structured pruning uses it, where given, for the output-channel slice of every layer in a
+        group instead of reducing :meth:`scores` (activation criteria such as APoZ or mean
+        activation, filter criteria such as FPGM). The default None means "reduce scores()".
+        """
+        return None
+
+    def group_scores(self, group: Any, ctx: ScoreContext) -> torch.Tensor | None:
+        """Optional: the importance of every unit of a :class:`~prunekit.structure.Group`
+        ``[units]``, for criteria that look at the group as a whole (BN scaling). None (the
+        default) sums the member slices' scores."""
+        return None
