@@ -47,8 +47,8 @@ class Heads:
 
 
 def _slot(prefix: str, module: nn.Module, path: str, attr: str, dim: int) -> Slot | None:
-    sub = module.get_submodule(path) if path else module
-    if getattr(sub, attr, None) is None:
+    sub = _get(module, path)
+    if sub is None or getattr(sub, attr, None) is None:
         return None
     name = ".".join(p for p in (prefix, path, attr) if p)
     return Slot(name, sub, attr, dim)

@@ -98,7 +98,8 @@ class State:
         a, b = torch.broadcast_tensors(a, b)
         both = (a >= 0) & (b >= 0) & (a != b)
         if both.any():
-            self.edges.append(torch.unique(torch.stack([a[both], b[both]]), dim=1))
+            keys = torch.unique((a[both] << 32) | b[both])  # pairs as one int64: fast dedup
+            self.edges.append(torch.stack([keys >> 32, keys & 0xFFFFFFFF]))
 
     def block(self, atoms: torch.Tensor | None, call: Call | None, why: str) -> None:
         if atoms is None:
@@ -390,6 +391,8 @@ def _consume(st: State, call: Call, x_atoms: torch.Tensor | None, cols: torch.Te
         st.block(cols, call, "fed by a model input or an untracked tensor")
         return
     xa = x_atoms.movedim(channel_dim, -1).reshape(-1, cols.numel())  # [rest, C]
+    if xa.shape[0] > 1 and bool((xa == xa[:1]).all()):
+        xa = xa[:1]  # the usual case: channel ids do not change along batch or space
     st.join(cols.expand_as(xa), xa)
     st.block(cols[(xa < 0).any(0)], call, "fed by a model input or an untracked tensor")
 
