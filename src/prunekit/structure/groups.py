@@ -205,6 +205,7 @@ EXPECTED = (
     "reduces or normalizes over a channel",
     "a channel dimension is split into several",
     "multiplies activations along their channels",
+    "nn.MultiheadAttention ties",
 )
 
 

@@ -544,3 +544,11 @@ def layer_norm(call: Call, st: State) -> None:
     st.set(call.out, c.view(*x.shape[-k:]).expand(call.out.shape))
 
 
+
+
+@rule("multi_head_attention_forward", "_native_multi_head_attention")
+def torch_mha(call: Call, st: State) -> None:
+    """``nn.MultiheadAttention`` derives its head size from its input width: neither can change."""
+    st.block_inputs(call, "nn.MultiheadAttention ties its width to its heads")
+    for t in tensors_of(call.out):
+        st.set(t, None)
