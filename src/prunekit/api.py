@@ -35,8 +35,13 @@ def prune(
     ``loss_fn(output, batch)`` serves gradient criteria (``"taylor"``) with ``data``.
     """
     config = PruneConfig(
-        sparsity=sparsity, granularity=granularity, criterion=criterion, scope=scope,
-        include=include, exclude=exclude, seed=seed,
+        sparsity=sparsity,
+        granularity=granularity,
+        criterion=criterion,
+        scope=scope,
+        include=include,
+        exclude=exclude,
+        seed=seed,
     )
     pruner = Pruner(model, config, data=data, example_inputs=example_inputs, loss_fn=loss_fn)
     pruner.step()

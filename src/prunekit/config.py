@@ -106,7 +106,9 @@ class PruneConfig:
         if isinstance(schedule, dict):
             kind = dict(schedule).pop("type", "OneShot")
             if kind not in _SCHEDULES:
-                raise ConfigError(f"unknown schedule {kind!r}; valid choices: {', '.join(_SCHEDULES)}")
+                raise ConfigError(
+                    f"unknown schedule {kind!r}; valid choices: {', '.join(_SCHEDULES)}"
+                )
             args = {k: v for k, v in schedule.items() if k != "type"}
             data["schedule"] = _SCHEDULES[kind](**args)
         return cls(**data)

@@ -4,12 +4,16 @@ A mask is a boolean, non-persistent buffer ``<param>_pk_mask`` on the pruned mod
 it follows ``.to()``, ``deepcopy`` and pickling; being non-persistent, it leaves
 ``model.state_dict()`` with exactly the unpruned model's keys.
 
-Enforcement costs nothing in the forward pass:
+Enforcement costs nothing in the forward pass and one masked multiply of the gradient per step:
 
-* the weight is zeroed in place whenever its mask changes;
+* the weight is zeroed in place whenever its mask changes, and after ``load_state_dict``;
 * a post-accumulate-grad hook zeroes the pruned entries of ``param.grad``;
-* one global optimizer step post-hook re-zeroes masked parameters after every ``step()`` of any
-  optimizer, so momentum, weight decay and optimizers created before pruning cannot revive them.
+* one global optimizer step post-hook keeps pruned weights at exactly zero after every ``step()``
+  of any optimizer. For optimizers whose update is elementwise (SGD, Adam, AdamW, ...), a zero
+  gradient, zero state and zero weight give a zero update, so after each mask change (or new
+  optimizer state) the hook zeroes the pruned entries of the weight and of its state once, and then
+  has nothing to do. Any other optimizer (Muon, Shampoo, a subclass with its own ``step``) has its
+  masked weights re-zeroed after every step.
 
 A copy made by ``deepcopy`` or pickling is re-armed on its first forward call by a cheap
 forward pre-hook (its arm token does not survive copying, by design).
@@ -17,21 +21,43 @@ forward pre-hook (its arm token does not survive copying, by design).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from typing import NamedTuple
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.hooks import RemovableHandle
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import ConfigError
 
 SUFFIX = "_pk_mask"
 _TOKEN = "_pk_armed"
-_HOOK_ID = "_pk_arm_hook"
+_HOOK_IDS = "_pk_hook_ids"
 
-#: armed parameter -> (its mask, its grad-hook handle)
+#: optimizers whose update of a weight with zero gradient and zero state is zero
+ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Rprop, torch.optim.Adagrad,
+    torch.optim.Adadelta, torch.optim.ASGD,
+)  # fmt: skip
+
+
+class _Enforced(NamedTuple):
+    mask: torch.Tensor
+    grad_hook: RemovableHandle
+    #: changes whenever the mask changes, so optimizers know to clean their state again
+    version: int
+
+
+_versions = itertools.count()
+#: armed parameter -> its enforcement
 _ENFORCED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+#: optimizer -> parameter -> (mask version, state dict) last cleaned
+_CLEAN: WeakKeyDictionary = WeakKeyDictionary()
 
 
 class _ArmToken:
@@ -50,23 +76,39 @@ class _ArmToken:
 def _mask_grad(param: torch.Tensor) -> None:
     entry = _ENFORCED.get(param)
     if entry is not None and param.grad is not None:
-        param.grad.mul_(entry[0])
+        param.grad.mul_(entry.mask)
+
+
+def _needs_remask(optimizer: torch.optim.Optimizer, p: torch.Tensor, entry: _Enforced) -> bool:
+    """False once an elementwise optimizer's state for ``p`` is clean under the current mask."""
+    if type(optimizer) not in ELEMENTWISE_OPTIMIZERS:
+        return True
+    state = optimizer.state.get(p)
+    clean = _CLEAN.setdefault(optimizer, WeakIdKeyDictionary())
+    last = clean.get(p)
+    if last is not None and last[0] == entry.version and last[1] is state:
+        return False
+    for value in (state or {}).values():
+        if isinstance(value, torch.Tensor) and value.shape == p.shape:
+            value.mul_(entry.mask)
+    clean[p] = (entry.version, state)
+    return True
 
 
 @torch.no_grad()
-def _remask_after_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+def _after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     params, masks = [], []
     for group in optimizer.param_groups:
         for p in group["params"]:
             entry = _ENFORCED.get(p)
-            if entry is not None:
+            if entry is not None and _needs_remask(optimizer, p, entry):
                 params.append(p)
-                masks.append(entry[0])
+                masks.append(entry.mask)
     if params:
         torch._foreach_mul_(params, masks)
 
 
-register_optimizer_step_post_hook(_remask_after_step)
+register_optimizer_step_post_hook(_after_optimizer_step)
 
 
 def mask_names(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -81,22 +123,28 @@ def get_mask(module: nn.Module, param: str) -> torch.Tensor | None:
 
 
 def arm(module: nn.Module) -> None:
-    """Enforce every mask of ``module``: zero the weights and hook grads and optimizers."""
+    """Enforce every mask of ``module``: zero the weights, hook grads, flag optimizer state."""
     with torch.no_grad():
         for pname, mask in mask_names(module):
             p = getattr(module, pname)
             p.mul_(mask)
             old = _ENFORCED.get(p)
-            if old is None or old[0] is not mask:
+            hook = old.grad_hook if old is not None and old.mask is mask else None
+            if hook is None:
                 if old is not None:
-                    old[1].remove()
-                _ENFORCED[p] = (mask, p.register_post_accumulate_grad_hook(_mask_grad))
+                    old.grad_hook.remove()
+                hook = p.register_post_accumulate_grad_hook(_mask_grad)
+            _ENFORCED[p] = _Enforced(mask, hook, next(_versions))
     module.__dict__.setdefault(_TOKEN, _ArmToken()).armed = True
 
 
 def _arm_on_forward(module: nn.Module, args) -> None:
     if not module.__dict__[_TOKEN].armed:
         arm(module)
+
+
+def _remask_after_load(module: nn.Module, incompatible_keys) -> None:
+    arm(module)
 
 
 def shrink_mask(module: nn.Module, param: str, keep: torch.Tensor) -> torch.Tensor:
@@ -111,8 +159,11 @@ def shrink_mask(module: nn.Module, param: str, keep: torch.Tensor) -> torch.Tens
     mask = get_mask(module, param)
     if mask is None:
         module.register_buffer(param + SUFFIX, keep.clone(), persistent=False)
-        if _HOOK_ID not in module.__dict__:
-            module.__dict__[_HOOK_ID] = module.register_forward_pre_hook(_arm_on_forward).id
+        if _HOOK_IDS not in module.__dict__:
+            module.__dict__[_HOOK_IDS] = (
+                module.register_forward_pre_hook(_arm_on_forward).id,
+                module.register_load_state_dict_post_hook(_remask_after_load).id,
+            )
     else:
         mask.logical_and_(keep)
     arm(module)
@@ -124,11 +175,12 @@ def unmask(module: nn.Module) -> None:
     for pname, _ in list(mask_names(module)):
         entry = _ENFORCED.pop(getattr(module, pname), None)
         if entry is not None:
-            entry[1].remove()
+            entry.grad_hook.remove()
         del module._buffers[pname + SUFFIX]
-    hook_id = module.__dict__.pop(_HOOK_ID, None)
-    if hook_id is not None:
-        module._forward_pre_hooks.pop(hook_id, None)
+    hook_ids = module.__dict__.pop(_HOOK_IDS, None)
+    if hook_ids is not None:
+        module._forward_pre_hooks.pop(hook_ids[0], None)
+        module._load_state_dict_post_hooks.pop(hook_ids[1], None)
     module.__dict__.pop(_TOKEN, None)
 
 
@@ -163,7 +215,8 @@ class MaskState:
                 raise ConfigError(f"mask {qualname!r} names no parameter of this model")
             if tuple(mask.shape) != tuple(p.shape):
                 raise ConfigError(
-                    f"mask {qualname!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}"
+                    f"mask {qualname!r} has shape {tuple(mask.shape)}, "
+                    f"parameter has {tuple(p.shape)}"
                 )
             plan.append((module, pname, mask))
         for module, pname, mask in plan:

@@ -14,6 +14,7 @@ from .errors import ConfigError, TargetError, WeightError
 from .granularity.unstructured import Unstructured
 from .masks import MaskState, get_mask, shrink_mask
 from .structure.select import prune_groups
+from .progress import track
 from .targets import Target, select_targets
 
 INFO = "_pk_info"
@@ -39,6 +40,7 @@ class Pruner:
         data: Iterable[Any] | None = None,
         example_inputs: Any = None,
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        progress: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -52,7 +54,8 @@ class Pruner:
             self.resolved.granularity.check(t)
         if self.resolved.criterion.requires_data and data is None:
             raise ConfigError(
-                f"criterion {self.config.criterion!r} is data-aware: pass data=<calibration batches>"
+                f"criterion {self.config.criterion!r} is data-aware: "
+                "pass data=<calibration batches>"
             )
         if self.resolved.granularity.structured and example_inputs is None:
             raise ConfigError(
@@ -63,6 +66,7 @@ class Pruner:
         self.example_inputs = example_inputs
         self.loss_fn = loss_fn
         self._groups: list[Any] | None = None
+        self.progress = progress
         self._step = 0
 
     def groups(self) -> list[Any]:
@@ -110,11 +114,15 @@ class Pruner:
             return
         res.criterion.collect(self.targets, ctx)
         scores = {}
-        for t in self.targets:
+        for t in track(self.targets, "scoring layers", self.progress):
             s = res.criterion.scores(t, ctx).float()
             old = get_mask(t.module, t.param)
             scores[t.qualname] = s if old is None else s.masked_fill(~t.to_matrix(old), -torch.inf)
-        if res.criterion.per_row and isinstance(gran, Unstructured) and self.config.scope == "layer":
+        if (
+            res.criterion.per_row
+            and isinstance(gran, Unstructured)
+            and self.config.scope == "layer"
+        ):
             gran = Unstructured(per_row=True)
         keep = res.allocation.masks(scores, sparsity, gran)
         for t in self.targets:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import nn
 
 from .errors import TargetError
 
-Selector = Union[str, type]
+Selector = str | type
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 

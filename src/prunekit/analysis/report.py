@@ -67,13 +67,21 @@ class Report:
         for r in self.layers:
             ok = "-" if r.nm_valid is None else ("yes" if r.nm_valid else "NO")
             table.add_row(
-                r.name, "x".join(map(str, r.shape)), r.granularity, f"{r.sparsity:.2%}", ok,
+                r.name,
+                "x".join(map(str, r.shape)),
+                r.granularity,
+                f"{r.sparsity:.2%}",
+                ok,
                 f"{r.nonzero:,}",
             )
         table.add_section()
         table.add_row(
-            "targets", "", "", f"{self.target_sparsity:.2%}", "",
-            f"{self.target_params - int(round(self.target_sparsity * self.target_params)):,}",
+            "targets",
+            "",
+            "",
+            f"{self.target_sparsity:.2%}",
+            "",
+            f"{sum(r.nonzero for r in self.layers):,}",
         )
         table.caption = (
             f"params {self.total_params:,} | nonzero {self.total_nonzero:,} | "
@@ -106,7 +114,9 @@ def report(model: nn.Module) -> Report:
         spec = granularity_of(t.module, t.param) or "-"
         gran = parse_granularity(spec) if spec != "-" else None
         valid = gran.holds(t.matrix()) if isinstance(gran, NM) else None
-        rows.append(LayerRow(t.qualname, list(w.shape), spec, 1 - nnz / w.numel(), nnz, w.numel(), valid))
+        rows.append(
+            LayerRow(t.qualname, list(w.shape), spec, 1 - nnz / w.numel(), nnz, w.numel(), valid)
+        )
     params = list(model.parameters())
     state = model.state_dict()
     return Report(

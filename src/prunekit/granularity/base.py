@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 
@@ -26,6 +27,8 @@ class Granularity(ABC):
     #: True for granularities that prune coupled groups (channels, heads) through the model's
     #: structure instead of one weight at a time; see :mod:`prunekit.granularity.structured`
     structured: bool = False
+    #: specs the registry-driven contract tests exercise
+    examples: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,8 @@ _SPEC = re.compile(r"block:(\d+)x(\d+)")
 class Block(Granularity):
     """R output rows by C input columns per block."""
 
+    examples: ClassVar[tuple[str, ...]] = ("block:4x4", "block:2x8")
+
     rows: int
     cols: int
 
@@ -32,7 +35,9 @@ class Block(Granularity):
             return None
         match = _SPEC.fullmatch(spec)
         if not match:
-            raise ConfigError(f"malformed block spec {spec!r}: expected 'block:RxC', e.g. block:4x4")
+            raise ConfigError(
+                f"malformed block spec {spec!r}: expected 'block:RxC', e.g. block:4x4"
+            )
         return cls(int(match[1]), int(match[2]))
 
     @property
@@ -48,7 +53,8 @@ class Block(Granularity):
         if out % self.rows or cols % self.cols:
             raise WeightError(
                 f"{target.qualname}: matrix {out}x{cols} is not divisible into "
-                f"{self.rows}x{self.cols} blocks; exclude this layer or pick a block that divides it"
+                f"{self.rows}x{self.cols} blocks; exclude this layer or pick a block that "
+                "divides it"
             )
 
     def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,8 @@ _SPEC = re.compile(r"(\d+):(\d+)")
 @dataclass(frozen=True)
 class NM(Granularity):
     """Keep the N best of every M consecutive input weights (NVIDIA 2:4 for ``NM(2, 4)``)."""
+
+    examples: ClassVar[tuple[str, ...]] = ("2:4", "1:4", "4:8")
 
     n: int
     m: int

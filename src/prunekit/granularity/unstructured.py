@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -13,6 +14,8 @@ from .base import GRANULARITIES, Granularity
 @dataclass(frozen=True)
 class Unstructured(Granularity):
     """Single weights. With ``per_row=True`` every output row gets the same sparsity (Wanda)."""
+
+    examples: ClassVar[tuple[str, ...]] = ("unstructured",)
 
     per_row: bool = False
 

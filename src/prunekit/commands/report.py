@@ -1,0 +1,30 @@
+"""``prunekit report``: per-layer sparsity of a model or checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+
+from ..analysis.report import report
+from ..modelio import SPEC_HELP, load_model
+from .base import COMMANDS, Command
+
+
+@COMMANDS.register("report")
+class ReportCommand(Command):
+    """Print per-layer sparsity, N:M validity, parameters and size of a model or checkpoint."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", metavar="MODEL_OR_DIR", help=SPEC_HELP)
+        parser.add_argument("--weights", default=None, metavar="FILE.safetensors")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        rep = report(load_model(args.model, args.weights))
+        if args.json:
+            print(json.dumps(rep.to_dict(), indent=2))
+        else:
+            Console().print(rep)
+        return 0
