@@ -149,37 +149,43 @@ def analyse(graph: Graph) -> ChannelAnalysis:
     entries: list[tuple[Slot, torch.Tensor]] = []  # slot, label per index along slot.dim
     for (pid, dim), atoms in st.wdims.items():
         entries.append((_slot(graph, pid, dim), lab[atoms]))
-    weight_labels = torch.unique(torch.cat([e[1] for e in entries])) if entries else lab[:0]
+    in_weights = torch.zeros(st.count, dtype=torch.bool)
+    for _, labels in entries:
+        in_weights[labels] = True
     blocked: dict[int, str] = {}
     for atoms, why in st.blocks:
         for label in torch.unique(lab[atoms]).tolist():
             blocked.setdefault(label, why)
     for pid, elem in st.data.items():
         el = lab[elem]
-        if not torch.isin(el, weight_labels).any():
+        if not in_weights[el].any():
             continue
         d = _separable_dim(el) if el.dim() else None
         if d is None:
-            for label in torch.unique(el[torch.isin(el, weight_labels)]).tolist():
+            for label in torch.unique(el[in_weights[el]]).tolist():
                 blocked.setdefault(label, f"{_slot(graph, pid, 0).name} couples channels along "
                                           "several dimensions")
             continue
         entries.append((_slot(graph, pid, d), el.movedim(d, 0).reshape(el.shape[d], -1)[:, 0]))
+    is_blocked = torch.zeros(st.count, dtype=torch.bool)
+    if blocked:
+        is_blocked[torch.tensor(list(blocked))] = True
+    reasons: dict[str, int] = defaultdict(int)
+    for label, why in blocked.items():
+        if in_weights[label]:
+            reasons[why] += 1
 
     # unit -> [(entry, positions)]
     units: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
     for e, (_, labels) in enumerate(entries):
         pos: dict[int, list[int]] = defaultdict(list)
-        for i, label in enumerate(labels.tolist()):
+        live = torch.nonzero(~is_blocked[labels]).flatten()
+        for i, label in zip(live.tolist(), labels[live].tolist()):
             pos[label].append(i)
         for label, where in pos.items():
             units[label].append((e, where))
-    reasons: dict[str, int] = defaultdict(int)
     by_sig: dict[tuple, list[list[tuple[int, list[int]]]]] = defaultdict(list)
-    for label, members in units.items():
-        if label in blocked:
-            reasons[blocked[label]] += 1
-            continue
+    for members in units.values():
         if not any(entries[e][0].target() is not None for e, _ in members):
             continue  # no prunable weight in it (e.g. a vocabulary row)
         sig = tuple((e, len(w)) for e, w in members)

@@ -95,7 +95,7 @@ class State:
     # -- links -----------------------------------------------------------------------------------
     def join(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge ``a`` and ``b`` elementwise (same shape) where both are tracked."""
-        a, b = torch.broadcast_tensors(a, b)
+        a, b = compact(*torch.broadcast_tensors(a, b))
         both = (a >= 0) & (b >= 0) & (a != b)
         if both.any():
             keys = torch.unique((a[both] << 32) | b[both])  # pairs as one int64: fast dedup
@@ -104,6 +104,7 @@ class State:
     def block(self, atoms: torch.Tensor | None, call: Call | None, why: str) -> None:
         if atoms is None:
             return
+        atoms = compact(atoms)[0]
         live = atoms[atoms >= 0]
         if live.numel():
             where = f" ({call.where()})" if call is not None else ""
@@ -114,6 +115,17 @@ class State:
             self.block(self.act.get(id(t)), call, why)
             if self.owned(t):
                 self.frozen.setdefault(id(t), f"{why} ({call.where()})")
+
+
+def compact(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the broadcast (stride 0) dimensions that all of ``ts`` share: same pairs, less work."""
+    dims = [d for d in range(ts[0].dim()) if all(t.stride(d) == 0 for t in ts)]
+    out = []
+    for t in ts:
+        for d in dims:
+            t = t.narrow(d, 0, 1)
+        out.append(t)
+    return tuple(out)
 
 
 def tensors_of(value: Any) -> list[torch.Tensor]:

@@ -109,10 +109,11 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     above ``rtol`` raises :class:`~prunekit.errors.VerificationError`. ``model`` is not changed.
     """
     check_inputs(example_inputs)
-    ref = _run(model, example_inputs)
     small = copy.deepcopy(model)
     heads = head_groups(small)
-    channels = channel_groups(small, example_inputs, warn=False).groups
+    analysis = channel_groups(small, example_inputs, warn=False)
+    ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace (eval mode)
+    channels = analysis.groups
     removals = _removals(channels + heads)
     _bake(small)
     for module in _slice(small, removals):
