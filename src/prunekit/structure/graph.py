@@ -93,30 +93,59 @@ def check_inputs(inputs: Any) -> None:
         )
 
 
+def is_rms_norm(module: nn.Module) -> bool:
+    """An RMS norm module (Llama, Mistral, Qwen2, T5 ...): ``w * x / sqrt(mean(x²) + eps)`` over
+    the last dimension. Its forward is recorded as one ``rms_norm_module`` call."""
+    name = type(module).__name__
+    w = getattr(module, "weight", None)
+    return (
+        (name.endswith("RMSNorm") or name == "T5LayerNorm")
+        and isinstance(w, torch.Tensor) and w.dim() == 1
+        and isinstance(_eps_attr(module), str)
+    )
+
+
+def _eps_attr(module: nn.Module) -> str | None:
+    for attr in ("variance_epsilon", "eps"):
+        if isinstance(getattr(module, attr, None), float):
+            return attr
+    return None
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self, stack: list[str]) -> None:
         super().__init__()
         self.stack = stack
         self.calls: list[Call] = []
+        #: > 0 while inside a module recorded as one call
+        self.opaque = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
-        if name not in _METADATA:
+        if name not in _METADATA and not self.opaque:
             leaves, _ = tree_flatten((args, kwargs))
             if any(isinstance(a, torch.Tensor) for a in leaves) or isinstance(out, torch.Tensor):
                 self.calls.append(Call(func, name, args, kwargs, out, self.stack[-1]))
         return out
 
 
-def _module_hooks(model: nn.Module, stack: list[str]) -> Iterator[Any]:
+def _module_hooks(model: nn.Module, stack: list[str], rec: _Recorder) -> Iterator[Any]:
     for name, module in model.named_modules():
-        def pre(mod, args, _name=name):
-            stack.append(_name)
+        opaque = is_rms_norm(module)
 
-        def post(mod, args, out):
+        def pre(mod, args, _name=name, _opaque=opaque):
+            stack.append(_name)
+            rec.opaque += _opaque
+
+        def post(mod, args, out, _opaque=opaque):
             stack.pop()
+            if _opaque:
+                rec.opaque -= 1
+                if not rec.opaque:
+                    rec.calls.append(Call(mod.forward, "rms_norm_module", (args[0], mod.weight),
+                                          {"module": mod}, out, stack[-1]))
 
         yield module.register_forward_pre_hook(pre)
         yield module.register_forward_hook(post, always_call=True)
@@ -137,8 +166,8 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     stack = [""]
     was_training = model.training
     model.eval()
-    handles = list(_module_hooks(model, stack))
     recorder = _Recorder(stack)
+    handles = list(_module_hooks(model, stack, recorder))
     try:
         with recorder:
             outputs = call_model(model, example_inputs)

@@ -564,3 +564,13 @@ def torch_mha(call: Call, st: State) -> None:
     st.block_inputs(call, "nn.MultiheadAttention ties its width to its heads")
     for t in tensors_of(call.out):
         st.set(t, None)
+
+
+@rule("rms_norm_module")
+def rms_norm_module(call: Call, st: State) -> None:
+    """An RMS norm module: channels stay separate up to one shared scale, which shrink folds
+    back exactly (weights times sqrt(D/D'), eps times D/D'; see shrink.rescale_rms_norms)."""
+    x, w = call.args
+    c = st.wdim(w, 0)
+    _consume(st, call, st.atoms(x), c, -1)
+    st.set(call.out, c.expand(call.out.shape))

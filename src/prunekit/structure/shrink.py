@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
-from .graph import call_model, check_inputs, flatten
+from .graph import _eps_attr, call_model, check_inputs, flatten, is_rms_norm
 from .groups import Group, channel_groups
 from .heads import head_groups, resize_heads
+from .hf_config import update_config
 from .resize import resize
 
 
@@ -75,6 +76,20 @@ def _bake(model: nn.Module) -> None:
     finalize(model)
 
 
+@torch.no_grad()
+def rescale_rms_norms(model: nn.Module, widths: dict[int, int]) -> None:
+    """An RMS norm over D' of D channels (the rest were zero) equals the original when its weight
+    is scaled by sqrt(D/D') and its eps by D/D': mean over D' = (D/D') * mean over D."""
+    for m in model.modules():
+        old = widths.get(id(m))
+        if old is None or m.weight.shape[0] == old:
+            continue
+        ratio = old / m.weight.shape[0]
+        m.weight.mul_(ratio**0.5)
+        attr = _eps_attr(m)
+        setattr(m, attr, getattr(m, attr) * ratio)
+
+
 def max_rel_error(ref: Any, out: Any) -> float:
     """max |a - b| / max |b| over all output tensors (caches excluded)."""
     a = [t for t in flatten(ref) if isinstance(t, torch.Tensor) and t.is_floating_point()]
@@ -116,9 +131,12 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     channels = analysis.groups
     removals = _removals(channels + heads)
     _bake(small)
+    widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
     for module in _slice(small, removals):
         resize(module)
+    rescale_rms_norms(small, widths)
     resize_heads(heads)
+    update_config(small, [m for g in heads for m in g.info.get("modules", [g.info.get("module")])])
     try:
         out = _run(small, example_inputs)
     except Exception as e:  # the shrunk model no longer runs: never hand it out
