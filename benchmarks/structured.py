@@ -130,10 +130,10 @@ def prune_torch_pruning(model: nn.Module, x: Any, ratio: float, attention: bool)
 
     ignored = [m for n, m in model.named_modules()
                if n.endswith(("classifier.1", "lm_head", "pooler.dense"))]
-    if attention:  # keep the normalized hidden width, as prunekit does (TP's default prunes it
-        # approximately, and crashes on BERT under transformers 5)
-        ignored += [m for m in model.modules()
-                    if isinstance(m, nn.Embedding) or "Norm" in type(m).__name__]
+    if any(isinstance(m, nn.LayerNorm) for m in model.modules()):
+        # keep the LayerNorm'd hidden width, as prunekit does (its removal is not exact; TP's
+        # default prunes it anyway, and crashes on BERT under transformers 5)
+        ignored += [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.LayerNorm))]
     heads = _tp_attention(model) if attention else {}
     pruner = tp.pruner.BasePruner(
         model, x, importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=ratio,

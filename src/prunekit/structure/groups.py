@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import groupby
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +82,11 @@ class Group:
             seen.setdefault(id(s.module), s.module)
         return list(seen.values())
 
-    def dead(self) -> torch.Tensor:
+    def dead(self, cache: dict | None = None) -> torch.Tensor:
         """Units already removed by masks: every masked slice of the unit is all False (and at
-        least one slice is masked). Returns a bool ``[units]``."""
+        least one slice is masked). Returns a bool ``[units]``. ``cache`` shares the per-slice
+        work between groups."""
+        cache = {} if cache is None else cache
         dead = torch.ones(self.units, dtype=torch.bool)
         masked = False
         for slot, idx in self.members():
@@ -91,8 +94,10 @@ class Group:
             if mask is None:
                 continue
             masked = True
-            alive = mask.movedim(slot.dim, 0).reshape(mask.shape[slot.dim], -1).any(1).cpu()
-            dead &= ~alive[idx].any(1)
+            key = (id(mask), slot.dim)
+            if key not in cache:
+                cache[key] = mask.movedim(slot.dim, 0).reshape(mask.shape[slot.dim], -1).any(1).cpu()
+            dead &= ~cache[key][idx].any(1)
         return dead if masked else torch.zeros(self.units, dtype=torch.bool)
 
     def __repr__(self) -> str:
@@ -175,21 +180,25 @@ def analyse(graph: Graph) -> ChannelAnalysis:
         if in_weights[label]:
             reasons[why] += 1
 
-    # unit -> [(entry, positions)]
-    units: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
-    for e, (_, labels) in enumerate(entries):
-        pos: dict[int, list[int]] = defaultdict(list)
-        live = torch.nonzero(~is_blocked[labels]).flatten()
-        for i, label in zip(live.tolist(), labels[live].tolist()):
-            pos[label].append(i)
-        for label, where in pos.items():
-            units[label].append((e, where))
+    # every live (entry, position, label), sorted by label then entry: one pass builds the units
+    weighty = torch.tensor([s.target() is not None for s, _ in entries] + [False])
+    ent = torch.cat([torch.full((len(l),), e) for e, (_, l) in enumerate(entries)])
+    pos = torch.cat([torch.arange(len(l)) for _, l in entries])
+    labs = torch.cat([l for _, l in entries])
+    live = ~is_blocked[labs]
+    ent, pos, labs = ent[live], pos[live], labs[live]
+    order = torch.argsort(labs * (len(entries) + 1) + ent, stable=True)
+    ent, pos, labs = ent[order], pos[order], labs[order]
+    has_weight = torch.zeros(st.count, dtype=torch.bool)
+    has_weight[labs[weighty[ent]]] = True
     by_sig: dict[tuple, list[list[tuple[int, list[int]]]]] = defaultdict(list)
-    for members in units.values():
-        if not any(entries[e][0].target() is not None for e, _ in members):
+    for _, rows in groupby(zip(labs.tolist(), ent.tolist(), pos.tolist(),
+                               has_weight[labs].tolist()), key=lambda r: r[0]):
+        rows = list(rows)
+        if not rows[0][3]:
             continue  # no prunable weight in it (e.g. a vocabulary row)
-        sig = tuple((e, len(w)) for e, w in members)
-        by_sig[sig].append(members)
+        members = [(e, [r[2] for r in rs]) for e, rs in groupby(rows, key=lambda r: r[1])]
+        by_sig[tuple((e, len(w)) for e, w in members)].append(members)
     groups = []
     for sig, members_list in by_sig.items():
         slots = [entries[e][0] for e, _ in sig]

@@ -61,8 +61,9 @@ class State:
     def owned(self, t: Any) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.graph.owners
 
-    def atoms(self, t: Any) -> torch.Tensor | None:
-        """The atoms of tensor ``t``; parameters and buffers get element atoms on first use."""
+    def small(self, t: Any) -> torch.Tensor | None:
+        """The stored atoms of ``t``: same number of dimensions, size 1 along every dimension on
+        which they do not change. Parameters and buffers get element atoms on first use."""
         if not isinstance(t, torch.Tensor):
             return None
         a = self.act.get(id(t))
@@ -73,16 +74,25 @@ class State:
             self.act[id(t)] = a
         return a
 
+    def atoms(self, t: Any) -> torch.Tensor | None:
+        """The atoms of ``t`` at its full shape (a broadcast view: free)."""
+        a = self.small(t)
+        return a.expand(t.shape) if a is not None else None
+
     def tracked(self, t: Any) -> bool:
         return isinstance(t, torch.Tensor) and (id(t) in self.act or self.owned(t))
 
     def set(self, t: Any, atoms: torch.Tensor | None) -> None:
         if not isinstance(t, torch.Tensor):
             return
-        if atoms is None or tuple(atoms.shape) != tuple(t.shape):
+        if atoms is not None and atoms.dim() < t.dim():
+            atoms = atoms.view((1,) * (t.dim() - atoms.dim()) + tuple(atoms.shape))
+        if atoms is None or atoms.dim() != t.dim() or any(
+            a not in (1, n) for a, n in zip(atoms.shape, t.shape)
+        ):
             self.act.pop(id(t), None)
         else:
-            self.act[id(t)] = atoms
+            self.act[id(t)] = compress(atoms)
 
     def wdim(self, p: torch.Tensor, dim: int) -> torch.Tensor:
         """Atoms of dimension ``dim`` of weight ``p`` (created once, shared by every use)."""
@@ -117,6 +127,14 @@ class State:
                 self.frozen.setdefault(id(t), f"{why} ({call.where()})")
 
 
+def compress(a: torch.Tensor) -> torch.Tensor:
+    """``a`` with size 1 along every dimension on which its values do not change."""
+    for d in range(a.dim()):
+        if a.shape[d] > 1 and (a.stride(d) == 0 or bool((a == a.narrow(d, 0, 1)).all())):
+            a = a.narrow(d, 0, 1)
+    return a
+
+
 def compact(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop the broadcast (stride 0) dimensions that all of ``ts`` share: same pairs, less work."""
     dims = [d for d in range(ts[0].dim()) if all(t.stride(d) == 0 for t in ts)]
@@ -134,7 +152,7 @@ def tensors_of(value: Any) -> list[torch.Tensor]:
 
 def varying(a: torch.Tensor) -> list[int]:
     """Dimensions along which the atoms of ``a`` change."""
-    return [d for d in range(a.dim()) if a.shape[d] > 1 and bool((a != a.narrow(d, 0, 1)).any())]
+    return [d for d, n in enumerate(compress(a).shape) if n > 1]
 
 
 def arg(call: Call, pos: int, name: str, default: Any = None) -> Any:
@@ -197,19 +215,22 @@ def elementwise(call: Call, st: State) -> None:
     ins = tensors_of((call.args, call.kwargs))
     known, unknown = [], []
     for t in ins:
-        a = st.atoms(t)
-        try:
-            b = torch.broadcast_to(a, shape) if a is not None else None
-        except RuntimeError:
-            st.block_inputs(call, "operands do not broadcast to the output")
-            st.set(out, None)
-            return
-        (known if b is not None else unknown).append((t, b))
+        a = st.small(t)
+        if a is not None and a.dim() < len(shape):
+            a = a.view((1,) * (len(shape) - a.dim()) + tuple(a.shape))
+        (known if a is not None else unknown).append((t, a))
     if not known:
         st.set(out, None)
         return
-    res = known[0][1]
-    for _, b in known[1:]:
+    try:
+        smalls = torch.broadcast_tensors(*[a for _, a in known])
+        torch.broadcast_shapes(smalls[0].shape, shape)
+    except RuntimeError:
+        st.block_inputs(call, "operands do not broadcast to the output")
+        st.set(out, None)
+        return
+    res = smalls[0]
+    for b in smalls[1:]:
         st.join(res, b)
         res = torch.where(res >= 0, res, b)
     vary = varying(res)
@@ -245,7 +266,7 @@ def setitem(call: Call, st: State) -> None:
 @rule("to", "type", "float", "half", "bfloat16", "double", "type_as", "detach", "contiguous",
       "clone", "cpu", "cuda", "requires_grad_", "__deepcopy__")
 def identity(call: Call, st: State) -> None:
-    st.set(call.out, st.atoms(call.args[0]))
+    st.set(call.out, st.small(call.args[0]))
 
 
 # -- data movement: replay the call on the atoms ---------------------------------------------
@@ -337,7 +358,7 @@ def _dims(call: Call, ndim: int, pos: int = 1) -> list[int]:
 
 def _reduce_dims(call: Call, st: State, dims: list[int]) -> None:
     x = call.args[0]
-    a = st.atoms(x)
+    a = st.small(x)
     outs = tensors_of(call.out)
     if a is None or not outs:
         for t in outs:
@@ -354,9 +375,7 @@ def _reduce_dims(call: Call, st: State, dims: list[int]) -> None:
     out = outs[0]
     if r.dim() != out.dim():
         r = r.squeeze(tuple(dims)) if dims else r
-    try:
-        r = torch.broadcast_to(r, out.shape)
-    except RuntimeError:
+    if r.dim() != out.dim():
         st.block(a, call, "could not map channels through this reduction")
         r = None
     st.set(out, r)
@@ -379,7 +398,7 @@ def reduction(call: Call, st: State) -> None:
 def along_dim(call: Call, st: State) -> None:
     x = call.args[0]
     dim = arg(call, 1, "dim", -1)
-    a = st.atoms(x)
+    a = st.small(x)
     if a is not None and dim is not None and (dim % x.dim()) in varying(a):
         st.block(a, call, "mixes values along a channel dimension")
         a = None
@@ -402,9 +421,10 @@ def _consume(st: State, call: Call, x_atoms: torch.Tensor | None, cols: torch.Te
     if x_atoms is None:
         st.block(cols, call, "fed by a model input or an untracked tensor")
         return
-    xa = x_atoms.movedim(channel_dim, -1).reshape(-1, cols.numel())  # [rest, C]
-    if xa.shape[0] > 1 and bool((xa == xa[:1]).all()):
-        xa = xa[:1]  # the usual case: channel ids do not change along batch or space
+    x_atoms = compress(x_atoms)
+    ch = channel_dim % x_atoms.dim()
+    x_atoms = x_atoms.expand(*[cols.numel() if d == ch else n for d, n in enumerate(x_atoms.shape)])
+    xa = x_atoms.movedim(ch, -1).reshape(-1, cols.numel())  # [rest, C]
     st.join(cols.expand_as(xa), xa)
     st.block(cols[(xa < 0).any(0)], call, "fed by a model input or an untracked tensor")
 
@@ -428,18 +448,18 @@ def linear(call: Call, st: State) -> None:
     x, w, b = call.args[0], arg(call, 1, "weight"), arg(call, 2, "bias")
     if _not_param(st, call, w):
         return
-    _consume(st, call, st.atoms(x), st.wdim(w, 1), -1)
+    _consume(st, call, st.small(x), st.wdim(w, 1), -1)
     rows = st.wdim(w, 0)
     _bind(st, b, 0, rows)
-    st.set(call.out, rows.expand(call.out.shape))
+    st.set(call.out, rows)
 
 
 def _matmul_weight(call: Call, st: State, x: Any, w: torch.Tensor, b: Any) -> None:
     """``x @ w`` with ``w`` a parameter stored ``[in, out]`` (Hugging Face ``Conv1D``)."""
-    _consume(st, call, st.atoms(x), st.wdim(w, 0), -1)
+    _consume(st, call, st.small(x), st.wdim(w, 0), -1)
     cols = st.wdim(w, 1)
     _bind(st, b, 0, cols)
-    st.set(call.out, cols.expand(call.out.shape))
+    st.set(call.out, cols)
 
 
 @rule("addmm")
@@ -471,7 +491,7 @@ def conv(call: Call, st: State) -> None:
         return
     cin, cout = x.shape[1], w.shape[0]
     rows = st.wdim(w, 0)
-    a = st.atoms(x)
+    a = st.small(x)
     if groups == 1:
         _consume(st, call, a, st.wdim(w, 1), 1)
     elif groups == cin:  # depthwise: output o reads input o // multiplier
@@ -487,8 +507,7 @@ def conv(call: Call, st: State) -> None:
         _consume(st, call, a, links, 1)
         st.join(rows.view(groups, wo), rows[:wo].expand(groups, wo))
     _bind(st, b, 0, rows)
-    shape = call.out.shape
-    st.set(call.out, rows.view(1, cout, *([1] * (len(shape) - 2))).expand(shape))
+    st.set(call.out, rows.view(1, cout, *([1] * (call.out.dim() - 2))))
 
 
 @rule("embedding")
@@ -496,7 +515,7 @@ def embedding(call: Call, st: State) -> None:
     idx, w = call.args[0], arg(call, 1, "weight")
     if _not_param(st, call, w):
         return
-    st.set(call.out, st.wdim(w, 1).expand(call.out.shape))
+    st.set(call.out, st.wdim(w, 1))
     del idx
 
 
@@ -504,11 +523,10 @@ def _per_channel(call: Call, st: State, params: list[Any]) -> None:
     """Ops that treat each channel (dim 1) separately: batch norm, instance norm."""
     x = call.args[0]
     c = st.fresh(x.shape[1])
-    _consume(st, call, st.atoms(x), c, 1)
+    _consume(st, call, st.small(x), c, 1)
     for p in params:
         _bind(st, p, 0, c)
-    shape = call.out.shape
-    st.set(call.out, c.view(1, -1, *([1] * (len(shape) - 2))).expand(shape))
+    st.set(call.out, c.view(1, -1, *([1] * (call.out.dim() - 2))))
 
 
 @rule("batch_norm")
@@ -532,12 +550,11 @@ def group_norm(call: Call, st: State) -> None:
     if groups == x.shape[1]:
         return _per_channel(call, st, params)
     c = st.fresh(x.shape[1])
-    _consume(st, call, st.atoms(x), c, 1)
+    _consume(st, call, st.small(x), c, 1)
     for p in params:
         _bind(st, p, 0, c)
     st.block(c, call, f"group_norm with {groups} groups mixes channels in its statistics")
-    shape = call.out.shape
-    st.set(call.out, c.view(1, -1, *([1] * (len(shape) - 2))).expand(shape))
+    st.set(call.out, c.view(1, -1, *([1] * (call.out.dim() - 2))))
 
 
 @rule("layer_norm", "rms_norm")
@@ -547,13 +564,15 @@ def layer_norm(call: Call, st: State) -> None:
     k = len(ns) if isinstance(ns, (tuple, list, torch.Size)) else 1
     size = math.prod(x.shape[-k:])
     c = st.fresh(size)
-    a = st.atoms(x)
-    _consume(st, call, a.reshape(*x.shape[:-k], size) if a is not None else None, c, -1)
+    a = st.small(x)
+    if a is not None:
+        a = a.expand(*a.shape[:-k], *x.shape[-k:]).reshape(*a.shape[:-k], size)
+    _consume(st, call, a, c, -1)
     for p in params:
         if isinstance(p, torch.Tensor) and st.owned(p):
             st.join(st.atoms(p).reshape(-1), c) if p.dim() > 1 else _bind(st, p, 0, c)
     st.block(c, call, f"{call.name} normalizes over the channel dimension")
-    st.set(call.out, c.view(*x.shape[-k:]).expand(call.out.shape))
+    st.set(call.out, c.view(*x.shape[-k:]))
 
 
 
@@ -572,5 +591,5 @@ def rms_norm_module(call: Call, st: State) -> None:
     back exactly (weights times sqrt(D/D'), eps times D/D'; see shrink.rescale_rms_norms)."""
     x, w = call.args
     c = st.wdim(w, 0)
-    _consume(st, call, st.atoms(x), c, -1)
-    st.set(call.out, c.expand(call.out.shape))
+    _consume(st, call, st.small(x), c, -1)
+    st.set(call.out, c)

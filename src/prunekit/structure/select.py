@@ -129,16 +129,9 @@ def prune_groups(groups: list[Group], sparsity: float, criterion: Criterion, ctx
         return
     criterion.collect(group_targets(groups), ctx)
     cache: dict[int, torch.Tensor] = {}
+    dead_cache: dict = {}
     scores = []
     for g in groups:
         s = unit_scores(criterion, g, ctx, cache)
-        scores.append(s.masked_fill(g.dead(), -torch.inf))
+        scores.append(s.masked_fill(g.dead(dead_cache), -torch.inf))
     apply_masks(groups, choose(groups, scores, sparsity, scope, round_to, max_ratio))
-
-
-def tied(groups: list[Group]) -> dict[str, list[Group]]:
-    out: dict[str, list[Group]] = defaultdict(list)
-    for g in groups:
-        if g.tie is not None:
-            out[g.tie].append(g)
-    return out

@@ -23,7 +23,8 @@ def _removals(groups: list[Group]) -> dict[int, dict[int, set[int]]]:
     Tied groups (GQA query heads of one layer) lose the same number of units: the fewest dead
     units among them.
     """
-    dead = {id(g): g.dead() for g in groups}
+    cache: dict = {}
+    dead = {id(g): g.dead(cache) for g in groups}
     quota: dict[str, int] = {}
     for g in groups:
         if g.tie is not None:
