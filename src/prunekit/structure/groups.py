@@ -14,7 +14,6 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from itertools import groupby
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..masks import get_mask
 from ..targets import Target, is_hf_conv1d, is_prunable
-from .graph import Graph, trace
+from .graph import Graph, flatten, trace
 from .rules import State, propagate
 
 
@@ -142,6 +141,50 @@ class ChannelAnalysis:
     blocked: dict[str, int]
 
 
+def _units(entries: list[tuple[Slot, torch.Tensor]], weighty: torch.Tensor, ent: torch.Tensor,
+           pos: torch.Tensor, labs: torch.Tensor) -> list[tuple[list[Slot], list[torch.Tensor]]]:
+    """Units with the same members (entry and count per entry) form one group.
+
+    ``ent``/``pos``/``labs`` list every live (entry, position, label), sorted by label then entry.
+    A unit's member list is hashed (two polynomial hashes over its runs, int64 wrap-around) so
+    that grouping needs no Python loop over units.
+    """
+    if not labs.numel():
+        return []
+    width = len(entries) + 1
+    keys, counts = torch.unique_consecutive(labs * width + ent, return_counts=True)
+    run_lab, run_ent = keys // width, keys % width
+    unit_ids, run_unit = torch.unique_consecutive(run_lab, return_inverse=True)
+    first = torch.zeros(len(unit_ids), dtype=torch.long)
+    first.scatter_reduce_(0, run_unit, torch.arange(len(run_unit)), "amin", include_self=False)
+    rank = torch.arange(len(run_unit)) - first[run_unit]
+    has_weight = torch.zeros(len(unit_ids), dtype=torch.bool)
+    has_weight[run_unit[weighty[run_ent]]] = True
+    sig = []
+    for a, b, c in ((1_000_003, 998_244_353, 0x9E3779B97F4A7C15 - 2**64),
+                    (2_147_483_647, 1_000_000_007, 0x632BE59BD9B4E019)):
+        term = (run_ent + 1) * a + counts * b
+        powers = torch.full((int(rank.max()) + 1,), c, dtype=torch.long).cumprod(0)
+        h = torch.zeros(len(unit_ids), dtype=torch.long)
+        sig.append(h.index_add_(0, run_unit, term * powers[rank]))
+    _, group_of = torch.unique(torch.stack(sig, 1), dim=0, return_inverse=True)
+    unit_of_row = torch.repeat_interleave(run_unit, counts)
+    out = []
+    for g in torch.unique(group_of[has_weight]).tolist():
+        members = torch.nonzero(group_of == g).flatten()
+        in_group = torch.zeros(len(unit_ids), dtype=torch.bool)
+        in_group[members] = True
+        runs = torch.nonzero(run_unit == members[0]).flatten()
+        rows = in_group[unit_of_row]
+        slots, index = [], []
+        for e, k in zip(run_ent[runs].tolist(), counts[runs].tolist()):
+            sel = rows & (ent == e)
+            slots.append(entries[e][0])
+            index.append(pos[sel].view(len(members), k))
+        out.append((slots, index))
+    return out
+
+
 def _slot(graph: Graph, pid: int, dim: int) -> Slot:
     mod_name, module, attr = graph.owners[pid][0]
     return Slot(f"{mod_name}.{attr}" if mod_name else attr, module, attr, dim)
@@ -189,24 +232,11 @@ def analyse(graph: Graph) -> ChannelAnalysis:
     ent, pos, labs = ent[live], pos[live], labs[live]
     order = torch.argsort(labs * (len(entries) + 1) + ent, stable=True)
     ent, pos, labs = ent[order], pos[order], labs[order]
-    has_weight = torch.zeros(st.count, dtype=torch.bool)
-    has_weight[labs[weighty[ent]]] = True
-    by_sig: dict[tuple, list[list[tuple[int, list[int]]]]] = defaultdict(list)
-    for _, rows in groupby(zip(labs.tolist(), ent.tolist(), pos.tolist(),
-                               has_weight[labs].tolist()), key=lambda r: r[0]):
-        rows = list(rows)
-        if not rows[0][3]:
-            continue  # no prunable weight in it (e.g. a vocabulary row)
-        members = [(e, [r[2] for r in rs]) for e, rs in groupby(rows, key=lambda r: r[1])]
-        by_sig[tuple((e, len(w)) for e, w in members)].append(members)
-    groups = []
-    for sig, members_list in by_sig.items():
-        slots = [entries[e][0] for e, _ in sig]
-        index = [
-            torch.tensor([m[j][1] for m in members_list], dtype=torch.long) for j in range(len(sig))
-        ]
-        lead = next((s for s in slots if s.out_dim), slots[0])
-        groups.append(Group(f"{lead.name}[{lead.dim}]", "channel", slots, index))
+    groups = [
+        Group(f"{lead.name}[{lead.dim}]", "channel", slots, index)
+        for slots, index in _units(entries, weighty, ent, pos, labs)
+        for lead in [next((s for s in slots if s.out_dim), slots[0])]
+    ]
     groups.sort(key=lambda g: g.name)
     return ChannelAnalysis(graph, groups, dict(reasons))
 
@@ -224,9 +254,33 @@ EXPECTED = (
 )
 
 
+_CACHE = "_pk_channel_groups"
+
+
+def _signature(model: nn.Module, example_inputs: Any) -> tuple:
+    """What the groups depend on: every tensor shape of the model and of the inputs."""
+    shapes = tuple((n, tuple(t.shape)) for n, t in model.state_dict(keep_vars=True).items())
+    leaves = tuple(
+        (tuple(x.shape), str(x.dtype)) if isinstance(x, torch.Tensor) else repr(x)
+        for x in flatten(example_inputs)
+    )
+    keys = tuple(sorted(example_inputs)) if isinstance(example_inputs, dict) else ()
+    return shapes, leaves, keys
+
+
+def cached_groups(model: nn.Module, example_inputs: Any) -> list[Group] | None:
+    """The groups of the last :func:`channel_groups` call on this model (or on the model it was
+    deep-copied from: the copy's groups point at the copy's modules), if nothing changed."""
+    found = model.__dict__.get(_CACHE)
+    if found is not None and found[0] == _signature(model, example_inputs):
+        return found[1]
+    return None
+
+
 def channel_groups(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> ChannelAnalysis:
     """Trace ``model`` on ``example_inputs`` and return its coupled channel groups."""
     analysis = analyse(trace(model, example_inputs))
+    model.__dict__[_CACHE] = (_signature(model, example_inputs), analysis.groups)
     unexpected = {w: n for w, n in analysis.blocked.items() if not w.startswith(EXPECTED)}
     if warn and unexpected:
         lines = "\n".join(f"  {n} channel(s): {why}" for why, n in sorted(unexpected.items()))

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import VerificationError
 from .graph import _eps_attr, call_model, check_inputs, flatten, is_rms_norm
-from .groups import Group, channel_groups
+from .groups import Group, cached_groups, channel_groups
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
 from .resize import resize
@@ -127,9 +127,14 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     check_inputs(example_inputs)
     small = copy.deepcopy(model)
     heads = head_groups(small)
-    analysis = channel_groups(small, example_inputs, warn=False)
-    ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace (eval mode)
-    channels = analysis.groups
+    channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
+    if channels is None:
+        analysis = channel_groups(small, example_inputs, warn=False)
+        ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
+        channels = analysis.groups
+    else:
+        ref = _run(small, example_inputs)
+    small.__dict__.pop("_pk_channel_groups", None)
     removals = _removals(channels + heads)
     _bake(small)
     widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
