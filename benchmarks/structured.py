@@ -60,8 +60,13 @@ def _resnet(quick: bool) -> nn.Module:
 def _bert(quick: bool) -> nn.Module:
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256) if quick else BertConfig()
+    cfg = (
+        BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
+        )
+        if quick
+        else BertConfig()
+    )
     return BertModel(cfg)
 
 
@@ -69,9 +74,15 @@ def _llama(quick: bool) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     layers, hidden = (2, 64) if quick else (4, 512)
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
-                      num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=2,
-                      max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        intermediate_size=hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -88,8 +99,12 @@ def cases(quick: bool) -> list[Case]:
     return [
         Case("ResNet-50" + (" (quick)" if quick else ""), lambda: _resnet(quick), image, False),
         Case("BERT-base" + (" (quick)" if quick else ""), lambda: _bert(quick), ids, True),
-        Case("Llama h512 L4 8q/2kv" + (" (quick)" if quick else ""), lambda: _llama(quick),
-             lambda b: ids(b, use_cache=False), True),
+        Case(
+            "Llama h512 L4 8q/2kv" + (" (quick)" if quick else ""),
+            lambda: _llama(quick),
+            lambda b: ids(b, use_cache=False),
+            True,
+        ),
     ]
 
 
@@ -133,17 +148,26 @@ def _tp_patch(model: nn.Module) -> None:
 def prune_torch_pruning(model: nn.Module, x: Any, ratio: float, attention: bool) -> nn.Module:
     import torch_pruning as tp
 
-    ignored = [m for n, m in model.named_modules()
-               if n.endswith(("classifier.1", "lm_head", "pooler.dense"))]
+    ignored = [
+        m
+        for n, m in model.named_modules()
+        if n.endswith(("classifier.1", "lm_head", "pooler.dense"))
+    ]
     if any(isinstance(m, nn.LayerNorm) for m in model.modules()):
         # keep the LayerNorm'd hidden width, as prunekit does (its removal is not exact; TP's
         # default prunes it anyway, and crashes on BERT under transformers 5)
         ignored += [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.LayerNorm))]
     heads = _tp_attention(model) if attention else {}
     pruner = tp.pruner.BasePruner(
-        model, x, importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=ratio,
-        ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(heads),
-        prune_head_dims=False, head_pruning_ratio=ratio if heads else 0.0,
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        ignored_layers=ignored,
+        num_heads=heads,
+        prune_num_heads=bool(heads),
+        prune_head_dims=False,
+        head_pruning_ratio=ratio if heads else 0.0,
         forward_fn=lambda m, inp: call_model(m, inp),
         output_transform=lambda out: _first_tensor(out),
     )
@@ -153,7 +177,7 @@ def prune_torch_pruning(model: nn.Module, x: Any, ratio: float, attention: bool)
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
-    for v in (out.values() if isinstance(out, dict) else out if isinstance(out, tuple) else [out]):
+    for v in out.values() if isinstance(out, dict) else out if isinstance(out, tuple) else [out]:
         if isinstance(v, torch.Tensor):
             return v.float().sum()
     raise TypeError("no tensor output")
@@ -210,8 +234,10 @@ def run_case(case: Case, ratio: float, rounds: int) -> list[Row]:
                 call_model(small, case.inputs(8))  # must run at another batch size too
             rows.append(Row(method, small, time.perf_counter() - t))
             if method == "prunekit":
-                rows[-1].status = (f"ok (mask {_split['mask']:.1f}s + shrink/verify "
-                                   f"{rows[-1].prune_s - _split['mask']:.1f}s)")
+                rows[-1].status = (
+                    f"ok (mask {_split['mask']:.1f}s + shrink/verify "
+                    f"{rows[-1].prune_s - _split['mask']:.1f}s)"
+                )
         except Exception as e:  # a peer's failure is a result, not a crash of the benchmark
             traceback.print_exc()
             rows.append(Row(method, None, time.perf_counter() - t, f"fails: {type(e).__name__}"))
@@ -231,28 +257,43 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="case name prefixes to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    table = Table(title=f"structured pruning at ratio {args.ratio} ({args.threads} threads, "
-                        f"median of {args.rounds} interleaved runs)")
-    for col in ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b8",
-                "prune s", "notes"):
+    table = Table(
+        title=f"structured pruning at ratio {args.ratio} ({args.threads} threads, "
+        f"median of {args.rounds} interleaved runs)"
+    )
+    for col in (
+        "model",
+        "method",
+        "params",
+        "MACs",
+        "lat b1",
+        "lat b8",
+        "lat/MACs b8",
+        "prune s",
+        "notes",
+    ):
         table.add_column(col, justify="left" if col in ("model", "method", "status") else "right")
     for case in cases(args.quick):
         if args.only and not any(case.name.startswith(o) for o in args.only):
             continue
         rows = run_case(case, args.ratio, args.rounds)
         base = rows[0]
-        med = {id(r): {b: statistics.median(r.lat[b]) if r.lat[b] else None for b in (1, 8)}
-               for r in rows}
+        med = {
+            id(r): {b: statistics.median(r.lat[b]) if r.lat[b] else None for b in (1, 8)}
+            for r in rows
+        }
         for r in rows:
             if r.model is None:
-                table.add_row(case.name, r.method, "-", "-", "-", "-", "-", f"{r.prune_s:.1f}",
-                              r.status)
+                table.add_row(
+                    case.name, r.method, "-", "-", "-", "-", "-", f"{r.prune_s:.1f}", r.status
+                )
                 continue
             m, b = med[id(r)], med[id(base)]
             mac_ratio = r.macs / base.macs
             lat8 = m[8] / b[8]
             table.add_row(
-                case.name, r.method,
+                case.name,
+                r.method,
                 f"{r.params / 1e6:.2f}M ({r.params / base.params:.2f})",
                 f"{r.macs / 1e9:.2f}G ({mac_ratio:.2f})",
                 f"{m[1] * 1e3:.1f}ms ({m[1] / b[1]:.2f})",

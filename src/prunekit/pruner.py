@@ -13,8 +13,8 @@ from .criteria import ScoreContext
 from .errors import ConfigError, TargetError, WeightError
 from .granularity.unstructured import Unstructured
 from .masks import MaskState, get_mask, shrink_mask
-from .structure.select import prune_groups
 from .progress import track
+from .structure.select import prune_groups
 from .targets import Target, _as_list, _matches, default_excluded, select_targets
 
 INFO = "_pk_info"
@@ -76,12 +76,18 @@ class Pruner:
             # vocabulary rows are the model's output and never part of a group
             explicit = _as_list(self.config.exclude)
             chosen = {id(t.module) for t in self.targets} | {
-                i for i in default_excluded(self.model)
-                if not any(_matches(s, n, m) for n, m in self.model.named_modules()
-                           if id(m) == i for s in explicit)
+                i
+                for i in default_excluded(self.model)
+                if not any(
+                    _matches(s, n, m)
+                    for n, m in self.model.named_modules()
+                    if id(m) == i
+                    for s in explicit
+                )
             }
             self._groups = [
-                g for g in self.resolved.granularity.groups(self.model, self.example_inputs)
+                g
+                for g in self.resolved.granularity.groups(self.model, self.example_inputs)
                 if all(s.target() is None or id(s.module) in chosen for s in g.slots)
             ]
         return self._groups
@@ -113,8 +119,15 @@ class Pruner:
         ctx = ScoreContext(self.model, seed=self.config.seed, data=self.data, loss_fn=self.loss_fn)
         gran = res.granularity
         if gran.structured:
-            prune_groups(self.groups(), sparsity, res.criterion, ctx, self.config.scope,
-                         gran.round_to, gran.max_ratio)
+            prune_groups(
+                self.groups(),
+                sparsity,
+                res.criterion,
+                ctx,
+                self.config.scope,
+                gran.round_to,
+                gran.max_ratio,
+            )
             for t in self.targets:
                 if get_mask(t.module, t.param) is not None:
                     t.module.__dict__.setdefault(INFO, {})[t.param] = gran.spec

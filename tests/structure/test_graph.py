@@ -19,6 +19,10 @@ def _slots(group):
     return {(s.name, s.dim) for s in group.slots}
 
 
+def _index(group):
+    return {(s.name, s.dim): i for s, i in group.members()}
+
+
 def _group_of(groups, name, dim=0):
     return next(g for g in groups if (name, dim) in _slots(g))
 
@@ -32,21 +36,22 @@ def test_residual_and_concat_couplings():
     left = _group_of(groups, "left.weight")
     # concat: the left branch's channels are the first 24 of the depthwise conv
     assert ("dw.weight", 0) in _slots(left)
-    dw = dict(zip([(s.name, s.dim) for s in left.slots], left.index))
+    dw = _index(left)
     assert dw[("dw.weight", 0)].max() < 24
     right = _group_of(groups, "right.0.weight")
-    assert dict(zip([(s.name, s.dim) for s in right.slots], right.index))[("dw.weight", 0)].min() >= 24
+    assert _index(right)[("dw.weight", 0)].min() >= 24
     # flatten after a 2x2 pool: each channel owns 4 columns of fc1
     fc1 = dw[("fc1.weight", 1)]
     assert fc1.shape[1] == 4
 
 
 def test_grouped_conv_removes_same_local_index_in_every_group():
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
-                          nn.Conv2d(8, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
     groups = channel_groups(model, torch.randn(1, 3, 6, 6)).groups
     first = _group_of(groups, "0.weight")
-    idx = dict(zip([(s.name, s.dim) for s in first.slots], first.index))
+    idx = _index(first)
     assert idx[("0.weight", 0)].shape == (4, 2)  # local index j of both groups: {j, 4 + j}
     assert (idx[("0.weight", 0)][:, 1] - idx[("0.weight", 0)][:, 0] == 4).all()
     x = torch.randn(1, 3, 6, 6)

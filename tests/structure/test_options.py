@@ -46,8 +46,11 @@ def test_global_scope_prunes_unevenly_but_to_the_budget():
 
 def test_iterative_schedule_shrinks_step_by_step():
     model, x = ZOO["cnn"](), INPUTS["cnn"]()
-    pruner = pk.Pruner(model, pk.PruneConfig(0.5, granularity="channel",
-                                             schedule=pk.Iterative(steps=2)), example_inputs=x)
+    pruner = pk.Pruner(
+        model,
+        pk.PruneConfig(0.5, granularity="channel", schedule=pk.Iterative(steps=2)),
+        example_inputs=x,
+    )
     pruner.step()
     first = sum(p.numel() for p in pk.shrink(model, x).parameters())
     pruner.step()
@@ -84,12 +87,25 @@ def test_bn_scaling_follows_gamma():
 
 def test_taylor_with_loss_fn_and_model_loss():
     model, x = ZOO["mlp"](), INPUTS["mlp"]()
-    pk.prune(model, 0.5, granularity="channel", criterion="taylor", example_inputs=x,
-             data=[x, x], loss_fn=lambda out, batch: out.square().mean())
+    pk.prune(
+        model,
+        0.5,
+        granularity="channel",
+        criterion="taylor",
+        example_inputs=x,
+        data=[x, x],
+        loss_fn=lambda out, batch: out.square().mean(),
+    )
     assert _widths(pk.shrink(model, x))[:2] == [32, 32]
     llama, ids = ZOO["llama"](), INPUTS["llama"]()
-    pk.prune(llama, 0.5, granularity="channel", criterion="taylor", example_inputs=ids,
-             data=[{**ids, "labels": ids["input_ids"]}])
+    pk.prune(
+        llama,
+        0.5,
+        granularity="channel",
+        criterion="taylor",
+        example_inputs=ids,
+        data=[{**ids, "labels": ids["input_ids"]}],
+    )
     assert pk.shrink(llama, ids).model.layers[0].mlp.up_proj.out_features == 64
 
 

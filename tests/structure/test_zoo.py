@@ -90,8 +90,9 @@ def test_save_load_round_trip_in_a_fresh_process(name, tmp_path):
     pk.save(small, tmp_path / "model")
     dump = tmp_path / "out.pt"
     root = str(Path(__file__).resolve().parents[2])
-    code = _SAVE_LOAD.format(root=root, path=str(tmp_path / "model"), name=name,
-                             cls=type(small).__name__, dump=str(dump))
+    code = _SAVE_LOAD.format(
+        root=root, path=str(tmp_path / "model"), name=name, cls=type(small).__name__, dump=str(dump)
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
     expected = [t for t in flatten(_outputs(small, inputs)) if isinstance(t, torch.Tensor)]
     got = torch.load(dump, weights_only=True)

@@ -63,8 +63,11 @@ class ResidualConcatCNN(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
         self.block = nn.Sequential(
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 16, 3, padding=1), nn.BatchNorm2d(16),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
         )
         self.left = nn.Conv2d(16, 24, 1)
         self.right = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU())
@@ -121,8 +124,13 @@ def mha() -> nn.Module:
 def resnet() -> nn.Module:
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    cfg = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                       layer_type="bottleneck", num_labels=5)
+    cfg = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32, 48, 64],
+        depths=[1, 1, 1, 1],
+        layer_type="bottleneck",
+        num_labels=5,
+    )
     return ResNetForImageClassification(cfg)
 
 
@@ -146,8 +154,9 @@ def mobilenet_v2() -> nn.Module:
 def efficientnet() -> nn.Module:
     from transformers import EfficientNetConfig, EfficientNetForImageClassification
 
-    cfg = EfficientNetConfig(width_coefficient=0.25, depth_coefficient=0.2, image_size=32,
-                             hidden_dim=320, num_labels=5)
+    cfg = EfficientNetConfig(
+        width_coefficient=0.25, depth_coefficient=0.2, image_size=32, hidden_dim=320, num_labels=5
+    )
     return EfficientNetForImageClassification(cfg)
 
 
@@ -155,8 +164,9 @@ def efficientnet() -> nn.Module:
 def regnet() -> nn.Module:
     from transformers import RegNetConfig, RegNetForImageClassification
 
-    cfg = RegNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8,
-                       num_labels=5)
+    cfg = RegNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, num_labels=5
+    )
     return RegNetForImageClassification(cfg)
 
 
@@ -164,8 +174,15 @@ def regnet() -> nn.Module:
 def vit() -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=128, image_size=32, patch_size=8, num_labels=5)
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
     return ViTForImageClassification(cfg)
 
 
@@ -173,8 +190,16 @@ def vit() -> nn.Module:
 def swin() -> nn.Module:
     from transformers import SwinConfig, SwinForImageClassification
 
-    cfg = SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
-                     window_size=4, mlp_ratio=4.0, num_labels=5)
+    cfg = SwinConfig(
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 4],
+        window_size=4,
+        mlp_ratio=4.0,
+        num_labels=5,
+    )
     return SwinForImageClassification(cfg)
 
 
@@ -183,8 +208,15 @@ def swin() -> nn.Module:
 def bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=16, type_vocab_size=2)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=16,
+        type_vocab_size=2,
+    )
     return BertModel(cfg)  # with its pooler
 
 
@@ -200,8 +232,15 @@ def gpt2() -> nn.Module:
 def llama() -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -209,9 +248,16 @@ def llama() -> nn.Module:
 def mistral() -> nn.Module:
     from transformers import MistralConfig, MistralForCausalLM
 
-    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                        max_position_embeddings=16, sliding_window=4)
+    cfg = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        sliding_window=4,
+    )
     return MistralForCausalLM(cfg)
 
 
@@ -219,8 +265,15 @@ def mistral() -> nn.Module:
 def qwen2() -> nn.Module:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    cfg = Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+    )
     return Qwen2ForCausalLM(cfg)
 
 
@@ -228,8 +281,15 @@ def qwen2() -> nn.Module:
 def opt() -> nn.Module:
     from transformers import OPTConfig, OPTForCausalLM
 
-    cfg = OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=128, num_hidden_layers=2,
-                    num_attention_heads=4, max_position_embeddings=16, word_embed_proj_dim=32)
+    cfg = OPTConfig(
+        vocab_size=64,
+        hidden_size=32,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        word_embed_proj_dim=32,
+    )
     return OPTForCausalLM(cfg)
 
 
@@ -245,6 +305,14 @@ def _t5_inputs() -> dict:
 def t5() -> nn.Module:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=128, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, decoder_start_token_id=0)
+    cfg = T5Config(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+    )
     return T5ForConditionalGeneration(cfg)

@@ -27,7 +27,11 @@ class Structured(Granularity):
     max_ratio: float = 1.0
 
     def _check_options(self) -> None:
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+        if (
+            isinstance(self.round_to, bool)
+            or not isinstance(self.round_to, int)
+            or self.round_to < 1
+        ):
             raise ConfigError(f"round_to must be an integer >= 1, got {self.round_to!r}")
         if not isinstance(self.max_ratio, (int, float)) or not 0.0 < self.max_ratio <= 1.0:
             raise ConfigError(f"max_ratio must be in (0, 1], got {self.max_ratio!r}")

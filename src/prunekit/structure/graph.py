@@ -1,10 +1,10 @@
 """Trace a real forward pass into a list of torch-level calls.
 
-The trace runs the model once on ``example_inputs`` under a :class:`torch.overrides.TorchFunctionMode`
-and records every torch function or tensor method that touches a tensor, with its real input and
-output tensors and the qualified name of the module whose ``forward`` issued it. Python control
-flow, Hugging Face attention dispatch and KV caches simply run: nothing is symbolically traced, so
-any model that runs can be analysed.
+The trace runs the model once on ``example_inputs`` under a
+:class:`torch.overrides.TorchFunctionMode` and records every torch function or tensor method that
+touches a tensor, with its real input and output tensors and the qualified name of the module whose
+``forward`` issued it. Python control flow, Hugging Face attention dispatch and KV caches simply
+run: nothing is symbolically traced, so any model that runs can be analysed.
 """
 
 from __future__ import annotations
@@ -23,11 +23,40 @@ from ..masks import arm, mask_names
 
 #: calls that only read metadata; never recorded
 _METADATA = {
-    "__get__", "size", "dim", "numel", "__len__", "is_floating_point", "data_ptr", "__bool__",
-    "item", "tolist", "__format__", "__repr__", "stride", "is_contiguous", "element_size",
-    "get_device", "nelement", "__hash__", "__iter__", "is_complex", "storage_offset", "ndimension",
-    "untyped_storage", "__index__", "__int__", "__float__", "requires_grad_", "__reduce_ex__",
-    "__setstate__", "__deepcopy__", "has_names", "is_nonzero", "_is_view", "__contains__",
+    "__get__",
+    "size",
+    "dim",
+    "numel",
+    "__len__",
+    "is_floating_point",
+    "data_ptr",
+    "__bool__",
+    "item",
+    "tolist",
+    "__format__",
+    "__repr__",
+    "stride",
+    "is_contiguous",
+    "element_size",
+    "get_device",
+    "nelement",
+    "__hash__",
+    "__iter__",
+    "is_complex",
+    "storage_offset",
+    "ndimension",
+    "untyped_storage",
+    "__index__",
+    "__int__",
+    "__float__",
+    "requires_grad_",
+    "__reduce_ex__",
+    "__setstate__",
+    "__deepcopy__",
+    "has_names",
+    "is_nonzero",
+    "_is_view",
+    "__contains__",
 }
 
 
@@ -100,7 +129,8 @@ def is_rms_norm(module: nn.Module) -> bool:
     w = getattr(module, "weight", None)
     return (
         (name.endswith("RMSNorm") or name == "T5LayerNorm")
-        and isinstance(w, torch.Tensor) and w.dim() == 1
+        and isinstance(w, torch.Tensor)
+        and w.dim() == 1
         and isinstance(_eps_attr(module), str)
     )
 
@@ -144,8 +174,16 @@ def _module_hooks(model: nn.Module, stack: list[str], rec: _Recorder) -> Iterato
             if _opaque:
                 rec.opaque -= 1
                 if not rec.opaque:
-                    rec.calls.append(Call(mod.forward, "rms_norm_module", (args[0], mod.weight),
-                                          {"module": mod}, out, stack[-1]))
+                    rec.calls.append(
+                        Call(
+                            mod.forward,
+                            "rms_norm_module",
+                            (args[0], mod.weight),
+                            {"module": mod},
+                            out,
+                            stack[-1],
+                        )
+                    )
 
         yield module.register_forward_pre_hook(pre)
         yield module.register_forward_hook(post, always_call=True)

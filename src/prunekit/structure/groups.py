@@ -73,7 +73,7 @@ class Group:
         return int(self.index[0].shape[0])
 
     def members(self) -> Iterator[tuple[Slot, torch.Tensor]]:
-        return zip(self.slots, self.index)
+        return zip(self.slots, self.index, strict=True)
 
     def modules(self) -> list[nn.Module]:
         seen: dict[int, nn.Module] = {}
@@ -95,7 +95,9 @@ class Group:
             masked = True
             key = (id(mask), slot.dim)
             if key not in cache:
-                cache[key] = mask.movedim(slot.dim, 0).reshape(mask.shape[slot.dim], -1).any(1).cpu()
+                cache[key] = (
+                    mask.movedim(slot.dim, 0).reshape(mask.shape[slot.dim], -1).any(1).cpu()
+                )
             dead &= ~cache[key][idx].any(1)
         return dead if masked else torch.zeros(self.units, dtype=torch.bool)
 
@@ -125,8 +127,7 @@ def components(count: int, edges: list[torch.Tensor]) -> torch.Tensor:
 def _separable_dim(lab: torch.Tensor) -> int | None:
     """The one dimension along which the labels of a parameter change, if there is one."""
     dims = [
-        d for d in range(lab.dim())
-        if lab.shape[d] > 1 and bool((lab != lab.narrow(d, 0, 1)).any())
+        d for d in range(lab.dim()) if lab.shape[d] > 1 and bool((lab != lab.narrow(d, 0, 1)).any())
     ]
     return dims[0] if len(dims) == 1 else None
 
@@ -141,8 +142,13 @@ class ChannelAnalysis:
     blocked: dict[str, int]
 
 
-def _units(entries: list[tuple[Slot, torch.Tensor]], weighty: torch.Tensor, ent: torch.Tensor,
-           pos: torch.Tensor, labs: torch.Tensor) -> list[tuple[list[Slot], list[torch.Tensor]]]:
+def _units(
+    entries: list[tuple[Slot, torch.Tensor]],
+    weighty: torch.Tensor,
+    ent: torch.Tensor,
+    pos: torch.Tensor,
+    labs: torch.Tensor,
+) -> list[tuple[list[Slot], list[torch.Tensor]]]:
     """Units with the same members (entry and count per entry) form one group.
 
     ``ent``/``pos``/``labs`` list every live (entry, position, label), sorted by label then entry.
@@ -161,8 +167,10 @@ def _units(entries: list[tuple[Slot, torch.Tensor]], weighty: torch.Tensor, ent:
     has_weight = torch.zeros(len(unit_ids), dtype=torch.bool)
     has_weight[run_unit[weighty[run_ent]]] = True
     sig = []
-    for a, b, c in ((1_000_003, 998_244_353, 0x9E3779B97F4A7C15 - 2**64),
-                    (2_147_483_647, 1_000_000_007, 0x632BE59BD9B4E019)):
+    for a, b, c in (
+        (1_000_003, 998_244_353, 0x9E3779B97F4A7C15 - 2**64),
+        (2_147_483_647, 1_000_000_007, 0x632BE59BD9B4E019),
+    ):
         term = (run_ent + 1) * a + counts * b
         powers = torch.full((int(rank.max()) + 1,), c, dtype=torch.long).cumprod(0)
         h = torch.zeros(len(unit_ids), dtype=torch.long)
@@ -177,7 +185,7 @@ def _units(entries: list[tuple[Slot, torch.Tensor]], weighty: torch.Tensor, ent:
         runs = torch.nonzero(run_unit == members[0]).flatten()
         rows = in_group[unit_of_row]
         slots, index = [], []
-        for e, k in zip(run_ent[runs].tolist(), counts[runs].tolist()):
+        for e, k in zip(run_ent[runs].tolist(), counts[runs].tolist(), strict=True):
             sel = rows & (ent == e)
             slots.append(entries[e][0])
             index.append(pos[sel].view(len(members), k))
@@ -211,8 +219,9 @@ def analyse(graph: Graph) -> ChannelAnalysis:
         d = _separable_dim(el) if el.dim() else None
         if d is None:
             for label in torch.unique(el[in_weights[el]]).tolist():
-                blocked.setdefault(label, f"{_slot(graph, pid, 0).name} couples channels along "
-                                          "several dimensions")
+                blocked.setdefault(
+                    label, f"{_slot(graph, pid, 0).name} couples channels along several dimensions"
+                )
             continue
         entries.append((_slot(graph, pid, d), el.movedim(d, 0).reshape(el.shape[d], -1)[:, 0]))
     is_blocked = torch.zeros(st.count, dtype=torch.bool)
@@ -225,9 +234,9 @@ def analyse(graph: Graph) -> ChannelAnalysis:
 
     # every live (entry, position, label), sorted by label then entry: one pass builds the units
     weighty = torch.tensor([s.target() is not None for s, _ in entries] + [False])
-    ent = torch.cat([torch.full((len(l),), e) for e, (_, l) in enumerate(entries)])
-    pos = torch.cat([torch.arange(len(l)) for _, l in entries])
-    labs = torch.cat([l for _, l in entries])
+    ent = torch.cat([torch.full((len(lab),), e) for e, (_, lab) in enumerate(entries)])
+    pos = torch.cat([torch.arange(len(lab)) for _, lab in entries])
+    labs = torch.cat([lab for _, lab in entries])
     live = ~is_blocked[labs]
     ent, pos, labs = ent[live], pos[live], labs[live]
     order = torch.argsort(labs * (len(entries) + 1) + ent, stable=True)

@@ -147,7 +147,7 @@ def register(*class_names: str):
 
 @register("LlamaAttention", "MistralAttention", "Qwen2Attention", "ViTAttention", "_Generic")
 class ProjAttention(HeadAdapter):
-    """``q_proj``/``k_proj``/``v_proj``/``o_proj`` with ``head_dim`` (Llama, Mistral, Qwen2, ViT)."""
+    """``q_proj``/``k_proj``/``v_proj``/``o_proj`` and ``head_dim`` (Llama, Mistral, Qwen2, ViT)."""
 
 
 @register("OPTAttention", "BartAttention", "WhisperAttention")
@@ -183,8 +183,10 @@ class GPT2Attention(HeadAdapter):
     """GPT-2: one fused ``c_attn`` Conv1D ``[in, 3E]`` holds q, k and v side by side."""
 
     def matches(self, module: nn.Module) -> bool:
-        return hasattr(module, "c_attn") and hasattr(module, "c_proj") and not getattr(
-            module, "is_cross_attention", False
+        return (
+            hasattr(module, "c_attn")
+            and hasattr(module, "c_proj")
+            and not getattr(module, "is_cross_attention", False)
         )
 
     def layout(self, prefix: str, module: nn.Module) -> Heads:
@@ -253,9 +255,12 @@ def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
             continue
         rep = heads.rep
         if kv_groups is not False or rep == 1:
-            g = _group(f"{name}.heads", heads,
-                       [list(range(k * rep, (k + 1) * rep)) for k in range(heads.hkv)],
-                       list(range(heads.hkv)))
+            g = _group(
+                f"{name}.heads",
+                heads,
+                [list(range(k * rep, (k + 1) * rep)) for k in range(heads.hkv)],
+                list(range(heads.hkv)),
+            )
             g.info.update(adapter=adapter, module=module)
             key = adapter.couple(name, module)
             if key is None:
@@ -264,8 +269,7 @@ def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
                 coupled.setdefault(key, []).append(g)
         if rep > 1 and kv_groups is not True:
             for k in range(heads.hkv):
-                g = _group(f"{name}.heads[kv{k}]", heads,
-                           [[k * rep + r] for r in range(rep)], None)
+                g = _group(f"{name}.heads[kv{k}]", heads, [[k * rep + r] for r in range(rep)], None)
                 g.tie = name
                 g.info.update(adapter=adapter, module=module)
                 groups.append(g)
@@ -273,9 +277,15 @@ def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
         if len({m.units for m in members}) != 1:
             continue
         first = members[0]
-        merged = Group(key, "head", [s for m in members for s in m.slots],
-                       [i for m in members for i in m.index])
-        merged.info.update(adapter=first.info["adapter"], modules=[m.info["module"] for m in members])
+        merged = Group(
+            key,
+            "head",
+            [s for m in members for s in m.slots],
+            [i for m in members for i in m.index],
+        )
+        merged.info.update(
+            adapter=first.info["adapter"], modules=[m.info["module"] for m in members]
+        )
         groups.append(merged)
     return groups
 

@@ -45,15 +45,28 @@ def update_config(model: nn.Module, attention: list[nn.Module]) -> None:
     for fld, suffixes in WIDTH_FIELDS.items():
         if not hasattr(config, fld):
             continue
-        widths = [w for n, m in model.named_modules()
-                  if n.endswith(suffixes) and (w := _width(m)) is not None]
+        widths = [
+            w
+            for n, m in model.named_modules()
+            if n.endswith(suffixes) and (w := _width(m)) is not None
+        ]
         value = _uniform(widths)
         if value is not None:
             setattr(config, fld, value)
-    hq = _uniform([a.q_proj.out_features // a.head_dim for a in attention
-                   if hasattr(a, "q_proj") and isinstance(getattr(a, "head_dim", None), int)])
-    hkv = _uniform([a.k_proj.out_features // a.head_dim for a in attention
-                    if hasattr(a, "k_proj") and isinstance(getattr(a, "head_dim", None), int)])
+    hq = _uniform(
+        [
+            a.q_proj.out_features // a.head_dim
+            for a in attention
+            if hasattr(a, "q_proj") and isinstance(getattr(a, "head_dim", None), int)
+        ]
+    )
+    hkv = _uniform(
+        [
+            a.k_proj.out_features // a.head_dim
+            for a in attention
+            if hasattr(a, "k_proj") and isinstance(getattr(a, "head_dim", None), int)
+        ]
+    )
     reads_head_dim = getattr(config, "head_dim", None) or config.model_type in HEAD_DIM_FROM_CONFIG
     if hq is not None and reads_head_dim:
         config.head_dim = next(a.head_dim for a in attention if hasattr(a, "q_proj"))

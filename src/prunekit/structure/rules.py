@@ -87,8 +87,10 @@ class State:
             return
         if atoms is not None and atoms.dim() < t.dim():
             atoms = atoms.view((1,) * (t.dim() - atoms.dim()) + tuple(atoms.shape))
-        if atoms is None or atoms.dim() != t.dim() or any(
-            a not in (1, n) for a, n in zip(atoms.shape, t.shape)
+        if (
+            atoms is None
+            or atoms.dim() != t.dim()
+            or any(a not in (1, n) for a, n in zip(atoms.shape, t.shape, strict=True))
         ):
             self.act.pop(id(t), None)
         else:
@@ -194,18 +196,104 @@ def propagate(graph: Graph) -> State:
 
 # -- elementwise -------------------------------------------------------------------------------
 @rule(
-    "add", "sub", "mul", "div", "true_divide", "rsub", "neg", "relu", "relu6", "gelu", "silu",
-    "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu", "selu",
-    "mish", "softplus", "dropout", "dropout1d", "dropout2d", "dropout3d", "pow", "sqrt", "rsqrt",
-    "exp", "log", "abs", "clamp", "clip", "sin", "cos", "erf", "masked_fill", "where", "square",
-    "reciprocal", "fill", "zero", "lerp", "addcmul", "addcdiv", "maximum", "minimum", "sign",
-    "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "floor_divide", "remainder", "fmod",
-    "__and__", "__or__", "__mul__", "__add__", "__sub__", "__truediv__", "__rmul__",
-    "__radd__", "__rsub__", "__rtruediv__", "__neg__", "__pow__", "__rpow__", "__iadd__",
-    "__imul__", "__isub__", "__itruediv__", "__eq__", "__ne__", "__lt__", "__gt__",
-    "__le__", "__ge__", "__invert__", "nan_to_num", "tril", "triu",
-    "alpha_dropout", "feature_alpha_dropout", "celu", "logsigmoid", "tanhshrink",
-    "softsign", "threshold", "rrelu", "copysign", "hypot", "atan2", "expm1", "log1p",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "true_divide",
+    "rsub",
+    "neg",
+    "relu",
+    "relu6",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "mish",
+    "softplus",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "pow",
+    "sqrt",
+    "rsqrt",
+    "exp",
+    "log",
+    "abs",
+    "clamp",
+    "clip",
+    "sin",
+    "cos",
+    "erf",
+    "masked_fill",
+    "where",
+    "square",
+    "reciprocal",
+    "fill",
+    "zero",
+    "lerp",
+    "addcmul",
+    "addcdiv",
+    "maximum",
+    "minimum",
+    "sign",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "logical_not",
+    "floor_divide",
+    "remainder",
+    "fmod",
+    "__and__",
+    "__or__",
+    "__mul__",
+    "__add__",
+    "__sub__",
+    "__truediv__",
+    "__rmul__",
+    "__radd__",
+    "__rsub__",
+    "__rtruediv__",
+    "__neg__",
+    "__pow__",
+    "__rpow__",
+    "__iadd__",
+    "__imul__",
+    "__isub__",
+    "__itruediv__",
+    "__eq__",
+    "__ne__",
+    "__lt__",
+    "__gt__",
+    "__le__",
+    "__ge__",
+    "__invert__",
+    "nan_to_num",
+    "tril",
+    "triu",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "celu",
+    "logsigmoid",
+    "tanhshrink",
+    "softsign",
+    "threshold",
+    "rrelu",
+    "copysign",
+    "hypot",
+    "atan2",
+    "expm1",
+    "log1p",
 )
 def elementwise(call: Call, st: State) -> None:
     out = _out(call)
@@ -263,8 +351,22 @@ def setitem(call: Call, st: State) -> None:
     st.set(dst, base)
 
 
-@rule("to", "type", "float", "half", "bfloat16", "double", "type_as", "detach", "contiguous",
-      "clone", "cpu", "cuda", "requires_grad_", "__deepcopy__")
+@rule(
+    "to",
+    "type",
+    "float",
+    "half",
+    "bfloat16",
+    "double",
+    "type_as",
+    "detach",
+    "contiguous",
+    "clone",
+    "cpu",
+    "cuda",
+    "requires_grad_",
+    "__deepcopy__",
+)
 def identity(call: Call, st: State) -> None:
     st.set(call.out, st.small(call.args[0]))
 
@@ -302,7 +404,7 @@ def _replay(call: Call, st: State, data_args: tuple[int, ...] = (0,), lists: boo
         return
     src = st.act.get(id(call.args[0])) if isinstance(call.args[0], torch.Tensor) else None
     before = len(varying(src)) if src is not None else 0
-    for t, a in zip(outs, got):
+    for t, a in zip(outs, got, strict=True):
         if call.name in _RESHAPES and src is not None and len(varying(a)) > before:
             st.block(src, call, "a channel dimension is split into several (reshape into heads)")
             st.set(t, None)
@@ -331,11 +433,40 @@ _RESHAPES = {"view", "reshape", "view_as", "reshape_as", "unflatten", "flatten"}
 
 
 @rule(
-    "view", "reshape", "flatten", "unflatten", "permute", "transpose", "t", "squeeze",
-    "unsqueeze", "expand", "__getitem__", "split", "chunk", "unbind", "narrow", "select",
-    "movedim", "moveaxis", "repeat", "repeat_interleave", "flip", "roll", "tile", "swapaxes",
-    "swapdims", "view_as", "reshape_as", "expand_as", "index_select", "gather", "split_with_sizes",
-    "tensor_split", "take_along_dim", "pad",
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "permute",
+    "transpose",
+    "t",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "__getitem__",
+    "split",
+    "chunk",
+    "unbind",
+    "narrow",
+    "select",
+    "movedim",
+    "moveaxis",
+    "repeat",
+    "repeat_interleave",
+    "flip",
+    "roll",
+    "tile",
+    "swapaxes",
+    "swapdims",
+    "view_as",
+    "reshape_as",
+    "expand_as",
+    "index_select",
+    "gather",
+    "split_with_sizes",
+    "tensor_split",
+    "take_along_dim",
+    "pad",
 )
 def replay(call: Call, st: State) -> None:
     _replay(call, st)
@@ -383,9 +514,29 @@ def _reduce_dims(call: Call, st: State, dims: list[int]) -> None:
         st.set(t, None)
 
 
-@rule("sum", "mean", "amax", "amin", "max", "min", "var", "std", "norm", "logsumexp", "prod",
-      "argmax", "argmin", "all", "any", "nansum", "nanmean", "var_mean", "std_mean", "median",
-      "count_nonzero")
+@rule(
+    "sum",
+    "mean",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "var",
+    "std",
+    "norm",
+    "logsumexp",
+    "prod",
+    "argmax",
+    "argmin",
+    "all",
+    "any",
+    "nansum",
+    "nanmean",
+    "var_mean",
+    "std_mean",
+    "median",
+    "count_nonzero",
+)
 def reduction(call: Call, st: State) -> None:
     x = call.args[0]
     if len(tensors_of(call.args[:2])) == 2 and call.name in ("max", "min"):
@@ -406,17 +557,32 @@ def along_dim(call: Call, st: State) -> None:
         st.set(t, a if a is not None and t.shape == x.shape and t.is_floating_point() else None)
 
 
-@rule("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "avg_pool1d",
-      "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
-      "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate",
-      "upsample", "max_pool2d_with_indices", "lp_pool2d")
+@rule(
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "interpolate",
+    "upsample",
+    "max_pool2d_with_indices",
+    "lp_pool2d",
+)
 def pool(call: Call, st: State) -> None:
     _reduce_dims(call, st, list(range(2, call.args[0].dim())))
 
 
 # -- weight ops ----------------------------------------------------------------------------------
-def _consume(st: State, call: Call, x_atoms: torch.Tensor | None, cols: torch.Tensor,
-             channel_dim: int) -> None:
+def _consume(
+    st: State, call: Call, x_atoms: torch.Tensor | None, cols: torch.Tensor, channel_dim: int
+) -> None:
     """Link the input channels of a weight op (``x`` along ``channel_dim``) to ``cols``."""
     if x_atoms is None:
         st.block(cols, call, "fed by a model input or an untracked tensor")
@@ -470,8 +636,20 @@ def addmm(call: Call, st: State) -> None:
     matmul(call, st)
 
 
-@rule("matmul", "mm", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention", "addbmm",
-      "__matmul__", "outer", "dot", "inner", "kron")
+@rule(
+    "matmul",
+    "mm",
+    "bmm",
+    "baddbmm",
+    "einsum",
+    "scaled_dot_product_attention",
+    "addbmm",
+    "__matmul__",
+    "outer",
+    "dot",
+    "inner",
+    "kron",
+)
 def matmul(call: Call, st: State) -> None:
     ins = tensors_of((call.args, call.kwargs))
     if call.name in ("matmul", "mm", "__matmul__") and len(ins) == 2:
@@ -501,9 +679,9 @@ def conv(call: Call, st: State) -> None:
         _consume(st, call, a, links, 1)
         st.join(rows, links[src])
     else:  # grouped: a local index is removed from every group, so groups stay equal
-        wi, wo = cin // groups, cout // groups
+        wo = cout // groups
         cols = st.wdim(w, 1)
-        links = cols.repeat(groups)  # input channel g*wi + j <- column j
+        links = cols.repeat(groups)  # input channel g * (cin // groups) + j <- column j
         _consume(st, call, a, links, 1)
         st.join(rows.view(groups, wo), rows[:wo].expand(groups, wo))
     _bind(st, b, 0, rows)
@@ -531,15 +709,19 @@ def _per_channel(call: Call, st: State, params: list[Any]) -> None:
 
 @rule("batch_norm")
 def batch_norm(call: Call, st: State) -> None:
-    params = [arg(call, i, n) for i, n in
-              ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
+    params = [
+        arg(call, i, n)
+        for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+    ]
     _per_channel(call, st, params)
 
 
 @rule("instance_norm")
 def instance_norm(call: Call, st: State) -> None:
-    params = [arg(call, i, n) for i, n in
-              ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
+    params = [
+        arg(call, i, n)
+        for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+    ]
     _per_channel(call, st, params)
 
 
@@ -573,8 +755,6 @@ def layer_norm(call: Call, st: State) -> None:
             st.join(st.atoms(p).reshape(-1), c) if p.dim() > 1 else _bind(st, p, 0, c)
     st.block(c, call, f"{call.name} normalizes over the channel dimension")
     st.set(call.out, c.view(*x.shape[-k:]))
-
-
 
 
 @rule("multi_head_attention_forward", "_native_multi_head_attention")

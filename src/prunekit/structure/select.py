@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import torch
 from torch import nn
@@ -15,8 +14,9 @@ from ..targets import Target
 from .groups import Group, Slot
 
 
-def _slot_scores(criterion: Criterion, slot: Slot, ctx: ScoreContext,
-                 cache: dict[int, torch.Tensor]) -> torch.Tensor | None:
+def _slot_scores(
+    criterion: Criterion, slot: Slot, ctx: ScoreContext, cache: dict[int, torch.Tensor]
+) -> torch.Tensor | None:
     """One score per index along the slot's dimension ``[size]``, or None (not a weight)."""
     target = slot.target()
     if target is None:
@@ -32,8 +32,12 @@ def _slot_scores(criterion: Criterion, slot: Slot, ctx: ScoreContext,
     return s.movedim(slot.dim, 0).reshape(s.shape[slot.dim], -1).sum(1)
 
 
-def unit_scores(criterion: Criterion, group: Group, ctx: ScoreContext,
-                cache: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+def unit_scores(
+    criterion: Criterion,
+    group: Group,
+    ctx: ScoreContext,
+    cache: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The importance of each unit of ``group`` ``[units]``: the criterion's own
     :meth:`~prunekit.criteria.Criterion.group_scores` if it has one, else the sum of its member
     slices' scores (per-channel scores where the criterion gives them)."""
@@ -68,8 +72,14 @@ def _keep_count(units: int, prune: int, round_to: int, max_ratio: float) -> int:
     return keep
 
 
-def choose(groups: list[Group], scores: list[torch.Tensor], sparsity: float, scope: str,
-           round_to: int = 1, max_ratio: float = 1.0) -> list[torch.Tensor]:
+def choose(
+    groups: list[Group],
+    scores: list[torch.Tensor],
+    sparsity: float,
+    scope: str,
+    round_to: int = 1,
+    max_ratio: float = 1.0,
+) -> list[torch.Tensor]:
     """A bool prune-mask ``[units]`` per group. Dead units score ``-inf`` and count as pruned."""
     if scope == "layer":
         prune = [round(sparsity * g.units) for g in groups]
@@ -88,14 +98,18 @@ def choose(groups: list[Group], scores: list[torch.Tensor], sparsity: float, sco
             prune.append(int(hit[start : start + g.units].sum()))
             start += g.units
     else:
-        raise ConfigError(f"scope must be 'layer' or 'global' for structured pruning, got {scope!r}")
-    keep = [_keep_count(g.units, p, round_to, max_ratio) for g, p in zip(groups, prune)]
+        raise ConfigError(
+            f"scope must be 'layer' or 'global' for structured pruning, got {scope!r}"
+        )
+    keep = [
+        _keep_count(g.units, p, round_to, max_ratio) for g, p in zip(groups, prune, strict=True)
+    ]
     ties: dict[str, int] = {}
-    for g, k in zip(groups, keep):
+    for g, k in zip(groups, keep, strict=True):
         if g.tie is not None:
             ties[g.tie] = max(ties.get(g.tie, 0), k)
     out = []
-    for g, s, k in zip(groups, scores, keep):
+    for g, s, k in zip(groups, scores, keep, strict=True):
         k = ties.get(g.tie, k) if g.tie is not None else k
         mask = torch.zeros(g.units, dtype=torch.bool)
         mask[torch.argsort(s, stable=True)[: g.units - k]] = True
@@ -107,7 +121,7 @@ def choose(groups: list[Group], scores: list[torch.Tensor], sparsity: float, sco
 def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
     """Zero the slices of the pruned units with masks (parameters only; buffers keep values)."""
     keeps: dict[int, tuple[nn.Module, str, torch.Tensor]] = {}
-    for g, mask in zip(groups, pruned):
+    for g, mask in zip(groups, pruned, strict=True):
         if not mask.any():
             continue
         for slot, idx in g.members():
@@ -115,15 +129,26 @@ def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
                 continue
             key = id(slot.tensor)
             if key not in keeps:
-                keeps[key] = (slot.module, slot.attr, torch.ones_like(slot.tensor, dtype=torch.bool))
+                keeps[key] = (
+                    slot.module,
+                    slot.attr,
+                    torch.ones_like(slot.tensor, dtype=torch.bool),
+                )
             keep = keeps[key][2]
             keep.index_fill_(slot.dim, idx[mask].reshape(-1).to(keep.device), False)
     for module, attr, keep in keeps.values():
         shrink_mask(module, attr, keep)
 
 
-def prune_groups(groups: list[Group], sparsity: float, criterion: Criterion, ctx: ScoreContext,
-                 scope: str = "layer", round_to: int = 1, max_ratio: float = 1.0) -> None:
+def prune_groups(
+    groups: list[Group],
+    sparsity: float,
+    criterion: Criterion,
+    ctx: ScoreContext,
+    scope: str = "layer",
+    round_to: int = 1,
+    max_ratio: float = 1.0,
+) -> None:
     """Prune ``sparsity`` of the units of every group (or of all groups together, ``global``)."""
     if not groups:
         return

@@ -47,9 +47,7 @@ def _slice(model: nn.Module, removals: dict[int, dict[int, set[int]]]) -> list[n
     touched: dict[int, nn.Module] = {}
     for module in model.modules():
         for store in (module._parameters, module._buffers):
-            for attr, t in list(store.items()):
-                if t is None or id(t) not in removals:
-                    continue
+            if any(t is not None and id(t) in removals for t in store.values()):
                 touched[id(module)] = module
     new: dict[int, torch.Tensor] = {}
     for module in touched.values():
@@ -65,7 +63,8 @@ def _slice(model: nn.Module, removals: dict[int, dict[int, set[int]]]) -> list[n
                     data = data.contiguous().clone()
                     new[id(t)] = (
                         nn.Parameter(data, requires_grad=t.requires_grad)
-                        if isinstance(t, nn.Parameter) else data
+                        if isinstance(t, nn.Parameter)
+                        else data
                     )
                 store[attr] = new[id(t)]
     return list(touched.values())
@@ -95,13 +94,13 @@ def max_rel_error(ref: Any, out: Any) -> float:
     """max |a - b| / max |b| over all output tensors (caches excluded)."""
     a = [t for t in flatten(ref) if isinstance(t, torch.Tensor) and t.is_floating_point()]
     b = [t for t in flatten(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         raise VerificationError(
             "the shrunk model's outputs differ in structure or shape from the masked model's: "
             f"{[tuple(x.shape) for x in a]} vs {[tuple(y.shape) for y in b]}"
         )
     worst = 0.0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         scale = x.detach().abs().max().clamp_min(1e-12)
         worst = max(worst, float((x.detach() - y.detach()).abs().max() / scale))
     return worst
