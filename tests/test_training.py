@@ -118,7 +118,7 @@ def test_torch_compile_keeps_outputs_and_masks():
     model, x = make("mlp")
     pk.prune(model, 0.6)
     eager = model(x)
-    compiled = torch.compile(model, backend="eager")
+    compiled = torch.compile(model, backend="aot_eager")  # dynamo + AOTAutograd
     torch.testing.assert_close(compiled(x), eager, rtol=1e-6, atol=1e-6)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for _ in range(3):

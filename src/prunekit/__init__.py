@@ -14,6 +14,7 @@ from .errors import (
     VerificationError,
     WeightError,
 )
+from .formats.checkpoint import load, save
 from .granularity.block import Block
 from .granularity.channel import Channel
 from .granularity.head import Head
@@ -51,7 +52,9 @@ __all__ = [
     "WeightError",
     "__version__",
     "finalize",
+    "load",
     "prune",
     "report",
+    "save",
     "shrink",
 ]

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         cls = COMMANDS.get(name)
-        doc = (cls.__doc__ or "").strip()
+        doc = (cls.__doc__ or "").strip().replace("%", "%%")  # argparse formats help with %
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc)
         command = cls()
         command.add_arguments(p)

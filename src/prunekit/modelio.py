@@ -66,6 +66,20 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
         ) from None
 
 
+def load_checkpoint_directory(path: Path) -> nn.Module:
+    """A prunekit checkpoint: rebuilt from the factory ``prunekit prune`` recorded as its
+    ``source``, or, for a Hugging Face checkpoint, from its config."""
+    from .formats.checkpoint import load
+    from .formats.header import read_header
+
+    source = read_header(path).get("source")
+    if source is None:
+        return load(path)
+    if not isinstance(source, str):
+        raise CheckpointError(f"{path}/prunekit.json: source must be a factory spec string")
+    return load(path, model=load_factory(source))
+
+
 def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
     """The model named by ``spec`` (see :data:`SPEC_HELP`)."""
     path = Path(spec)
@@ -73,9 +87,7 @@ def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
         if weights is not None:
             raise PrunekitError("--weights applies to package.module:factory specs only")
         if (path / "prunekit.json").is_file():
-            from . import load
-
-            return load(path)
+            return load_checkpoint_directory(path)
         if (path / "config.json").is_file():
             return load_hf_directory(path)
         raise PrunekitError(f"directory {path} holds neither prunekit.json nor config.json")

@@ -25,6 +25,11 @@ def granularity_of(module: nn.Module, param: str) -> str | None:
     return module.__dict__.get(INFO, {}).get(param)
 
 
+def record_granularity(module: nn.Module, param: str, spec: str) -> None:
+    """Remember the granularity ``module.<param>`` was pruned with (for reports and checks)."""
+    module.__dict__.setdefault(INFO, {})[param] = spec
+
+
 class Pruner:
     """Attaches masks to ``model`` according to ``config``.
 
@@ -147,7 +152,7 @@ class Pruner:
         keep = res.allocation.masks(scores, sparsity, gran)
         for t in self.targets:
             shrink_mask(t.module, t.param, t.from_matrix(keep[t.qualname]))
-            t.module.__dict__.setdefault(INFO, {})[t.param] = res.granularity.spec
+            record_granularity(t.module, t.param, res.granularity.spec)
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, masks and config, so that training can resume."""
@@ -164,5 +169,5 @@ class Pruner:
         MaskState(self.model).load_state_dict(state.get("masks", {}))
         for t in self.targets:
             if get_mask(t.module, t.param) is not None:
-                t.module.__dict__.setdefault(INFO, {})[t.param] = self.resolved.granularity.spec
+                record_granularity(t.module, t.param, self.resolved.granularity.spec)
         self._step = step

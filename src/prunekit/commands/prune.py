@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
@@ -74,15 +75,17 @@ class PruneCommand(Command):
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
 
     def run(self, args: argparse.Namespace) -> int:
-        from .. import save
-
         config = config_from_args(args)
         config.resolve()  # fail on a bad config before loading a large model
         model = load_model(args.model, args.weights)
         pruner = Pruner(model, config, progress=True)
         pruner.step()
         finalize(model)
-        save(model, args.output, dense=True, config=config)
+        from .. import save
+
+        is_directory = Path(args.model).is_dir()
+        source = {} if is_directory else {"source": args.model}  # lets `report OUT/` rebuild it
+        save(model, args.output, dense=True, config=config, extra=source)
         Console().print(report(model))
         print(f"wrote {args.output}")
         return 0

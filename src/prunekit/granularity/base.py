@@ -43,13 +43,14 @@ class Granularity(ABC):
     def check(self, target: Target) -> None:
         """Raise :class:`~prunekit.errors.WeightError` if the weight's shape does not fit."""
 
-    @abstractmethod
     def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """Element scores ``[out, in]`` summed into unit scores (any shape)."""
+        """Element scores ``[out, in]`` summed into unit scores (any shape); here units are
+        single weights."""
+        return scores
 
-    @abstractmethod
     def expand(self, unit_keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """A boolean unit mask (shape of :meth:`unit_scores`) back to an ``[out, in]`` mask."""
+        return unit_keep.reshape(shape)
 
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Layer scope: prune the ``round(sparsity * units)`` lowest-scoring units.

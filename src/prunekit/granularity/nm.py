@@ -51,12 +51,6 @@ class NM(Granularity):
                 f"for {self.spec}; exclude this layer or pick an M that divides it"
             )
 
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
-    def expand(self, unit_keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return unit_keep.reshape(shape)
-
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Keep ``max(N, M - floor(sparsity*M))`` per group, so a schedule can pass 3:4 on the way
         to 2:4; at the final sparsity ``1 - N/M`` this keeps exactly N."""

@@ -27,12 +27,6 @@ class Unstructured(Granularity):
     def spec(self) -> str:
         return "unstructured"
 
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
-    def expand(self, unit_keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return unit_keep.reshape(shape)
-
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         if not self.per_row:
             return super().select(scores, sparsity)
