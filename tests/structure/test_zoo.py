@@ -60,42 +60,57 @@ def test_head(name):
     assert max_rel_error(_outputs(masked, inputs), _outputs(small, inputs)) <= 1e-4
 
 
-_SAVE_LOAD = """
+_LOAD_ALL = """
 import sys, torch
+torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
 import prunekit as pk
 from tests.structure.zoo import ZOO, INPUTS
 from prunekit.structure.graph import call_model, flatten
-model = pk.load({path!r}, model=ZOO[{name!r}]())
-assert type(model).__name__ == {cls!r}, type(model).__name__
-with torch.no_grad():
-    out = call_model(model.eval(), INPUTS[{name!r}]())
-torch.save([t for t in flatten(out) if isinstance(t, torch.Tensor)], {dump!r})
+for name, cls in {jobs!r}:
+    model = pk.load({base!r} + "/" + name, model=ZOO[name]())
+    assert type(model).__name__ == cls, (name, type(model).__name__)
+    with torch.no_grad():
+        out = call_model(model.eval(), INPUTS[name]())
+    torch.save([t for t in flatten(out) if isinstance(t, torch.Tensor)], {base!r} + f"/{{name}}.pt")
 """
 
 
-@pytest.mark.parametrize("name", _cases(ZOO))
-def test_save_load_round_trip_in_a_fresh_process(name, tmp_path):
-    """Shrunk models rebuild from their original class plus the shape manifest, no pickle."""
+@pytest.fixture(scope="module")
+def reloaded(tmp_path_factory):
+    """Every zoo model, channel- and head-pruned and shrunk, saved, then loaded back in ONE
+    fresh process (from its original class plus the shape manifest; no pickle)."""
     import subprocess
     import sys
     from pathlib import Path
 
     if not hasattr(pk, "save") or not hasattr(pk, "load"):
         pytest.skip("pk.save / pk.load are not on this branch yet")
-    _, small, inputs, _, _ = prune_and_shrink(name, "channel")
-    if name in ATTENTION:
-        pk.prune(small, 0.5, granularity="head", example_inputs=inputs)
-        small = pk.shrink(small, inputs)
-    pk.save(small, tmp_path / "model")
-    dump = tmp_path / "out.pt"
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("zoo")
+    expected, jobs = {}, []
+    for name in ZOO:
+        _, small, inputs, _, _ = prune_and_shrink(name, "channel")
+        if name in ATTENTION:
+            pk.prune(small, 0.5, granularity="head", example_inputs=inputs)
+            small = pk.shrink(small, inputs)
+        pk.save(small, base / name)
+        expected[name] = [
+            t for t in flatten(_outputs(small, inputs)) if isinstance(t, torch.Tensor)
+        ]
+        jobs.append((name, type(small).__name__))
     root = str(Path(__file__).resolve().parents[2])
-    code = _SAVE_LOAD.format(
-        root=root, path=str(tmp_path / "model"), name=name, cls=type(small).__name__, dump=str(dump)
-    )
+    code = _LOAD_ALL.format(root=root, base=str(base), jobs=jobs)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
-    expected = [t for t in flatten(_outputs(small, inputs)) if isinstance(t, torch.Tensor)]
-    got = torch.load(dump, weights_only=True)
-    assert len(got) == len(expected)
-    for a, b in zip(expected, got, strict=True):
+    return base, expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ZOO))
+def test_save_load_round_trip_in_a_fresh_process(name, reloaded):
+    """Identical outputs after save, then load in a fresh process, as the same class."""
+    base, expected = reloaded
+    got = torch.load(base / f"{name}.pt", weights_only=True)
+    assert len(got) == len(expected[name])
+    for a, b in zip(expected[name], got, strict=True):
         assert torch.equal(a, b)
