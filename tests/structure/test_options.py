@@ -85,28 +85,18 @@ def test_bn_scaling_follows_gamma():
     assert (model.stem[1].weight[:4] == 0).all() and (model.stem[1].weight[4:] != 0).all()
 
 
+def _taylor(name: str, data, loss_fn=None):
+    model, x = ZOO[name](), INPUTS[name]()
+    kw = {"data": data(x), "loss_fn": loss_fn}
+    pk.prune(model, 0.5, granularity="channel", criterion="taylor", example_inputs=x, **kw)
+    return pk.shrink(model, x)
+
+
 def test_taylor_with_loss_fn_and_model_loss():
-    model, x = ZOO["mlp"](), INPUTS["mlp"]()
-    pk.prune(
-        model,
-        0.5,
-        granularity="channel",
-        criterion="taylor",
-        example_inputs=x,
-        data=[x, x],
-        loss_fn=lambda out, batch: out.square().mean(),
-    )
-    assert _widths(pk.shrink(model, x))[:2] == [32, 32]
-    llama, ids = ZOO["llama"](), INPUTS["llama"]()
-    pk.prune(
-        llama,
-        0.5,
-        granularity="channel",
-        criterion="taylor",
-        example_inputs=ids,
-        data=[{**ids, "labels": ids["input_ids"]}],
-    )
-    assert pk.shrink(llama, ids).model.layers[0].mlp.up_proj.out_features == 64
+    small = _taylor("mlp", lambda x: [x, x], lambda out, batch: out.square().mean())
+    assert _widths(small)[:2] == [32, 32]
+    small = _taylor("llama", lambda x: [{**x, "labels": x["input_ids"]}])  # the model's own loss
+    assert small.model.layers[0].mlp.up_proj.out_features == 64
 
 
 def test_taylor_unstructured_needs_a_loss():

@@ -119,178 +119,25 @@ def mha() -> nn.Module:
     return MHABlock()
 
 
-# -- Hugging Face vision ---------------------------------------------------------------------------
-@zoo("resnet", image())
-def resnet() -> nn.Module:
-    from transformers import ResNetConfig, ResNetForImageClassification
+# -- Hugging Face (tiny configs, random weights, no downloads) ------------------------------------
+def hf(name: str, inputs: Callable[[], Any], model: str, attention: bool = False, **cfg: Any):
+    """Register ``transformers.<model>`` built from ``<model's config class>(**cfg)``."""
 
-    cfg = ResNetConfig(
-        embedding_size=16,
-        hidden_sizes=[16, 32, 48, 64],
-        depths=[1, 1, 1, 1],
-        layer_type="bottleneck",
-        num_labels=5,
-    )
-    return ResNetForImageClassification(cfg)
+    def build() -> nn.Module:
+        import transformers
+
+        cls = getattr(transformers, model)
+        return cls(cls.config_class(**cfg))
+
+    zoo(name, inputs, attention)(build)
 
 
-@zoo("convnext", image())
-def convnext() -> nn.Module:
-    from transformers import ConvNextConfig, ConvNextForImageClassification
-
-    cfg = ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, num_labels=5)
-    return ConvNextForImageClassification(cfg)
-
-
-@zoo("mobilenet_v2", image())
-def mobilenet_v2() -> nn.Module:
-    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
-
-    cfg = MobileNetV2Config(depth_multiplier=0.25, image_size=32, num_labels=5)
-    return MobileNetV2ForImageClassification(cfg)
-
-
-@zoo("efficientnet", image())
-def efficientnet() -> nn.Module:
-    from transformers import EfficientNetConfig, EfficientNetForImageClassification
-
-    cfg = EfficientNetConfig(
-        width_coefficient=0.25, depth_coefficient=0.2, image_size=32, hidden_dim=320, num_labels=5
-    )
-    return EfficientNetForImageClassification(cfg)
-
-
-@zoo("regnet", image())
-def regnet() -> nn.Module:
-    from transformers import RegNetConfig, RegNetForImageClassification
-
-    cfg = RegNetConfig(
-        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, num_labels=5
-    )
-    return RegNetForImageClassification(cfg)
-
-
-@zoo("vit", image(), attention=True)
-def vit() -> nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    cfg = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        image_size=32,
-        patch_size=8,
-        num_labels=5,
-    )
-    return ViTForImageClassification(cfg)
-
-
-@zoo("swin", image(), attention=True)
-def swin() -> nn.Module:
-    from transformers import SwinConfig, SwinForImageClassification
-
-    cfg = SwinConfig(
-        image_size=32,
-        patch_size=4,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 4],
-        window_size=4,
-        mlp_ratio=4.0,
-        num_labels=5,
-    )
-    return SwinForImageClassification(cfg)
-
-
-# -- Hugging Face text -----------------------------------------------------------------------------
-@zoo("bert", tokens(), attention=True)
-def bert() -> nn.Module:
-    from transformers import BertConfig, BertModel
-
-    cfg = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=16,
-        type_vocab_size=2,
-    )
-    return BertModel(cfg)  # with its pooler
-
-
-@zoo("gpt2", tokens(), attention=True)
-def gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=16)
-    return GPT2LMHeadModel(cfg)
-
-
-@zoo("llama", tokens(use_cache=True), attention=True)
-def llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-@zoo("mistral", tokens(use_cache=True), attention=True)
-def mistral() -> nn.Module:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    cfg = MistralConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-        sliding_window=4,
-    )
-    return MistralForCausalLM(cfg)
-
-
-@zoo("qwen2", tokens(use_cache=True), attention=True)
-def qwen2() -> nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-    )
-    return Qwen2ForCausalLM(cfg)
-
-
-@zoo("opt", tokens(), attention=True)
-def opt() -> nn.Module:
-    from transformers import OPTConfig, OPTForCausalLM
-
-    cfg = OPTConfig(
-        vocab_size=64,
-        hidden_size=32,
-        ffn_dim=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=16,
-        word_embed_proj_dim=32,
-    )
-    return OPTForCausalLM(cfg)
+TEXT = {"vocab_size": 64, "max_position_embeddings": 16}
+LLAMA_LIKE = {
+    **TEXT, "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2,
+}  # fmt: skip
+CACHED = tokens(use_cache=True)
 
 
 def _t5_inputs() -> dict:
@@ -301,18 +148,30 @@ def _t5_inputs() -> dict:
     }
 
 
-@zoo("t5", _t5_inputs, attention=True)
-def t5() -> nn.Module:
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    cfg = T5Config(
-        vocab_size=64,
-        d_model=32,
-        d_kv=8,
-        d_ff=128,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        decoder_start_token_id=0,
-    )
-    return T5ForConditionalGeneration(cfg)
+# fmt: off
+hf("resnet", image(), "ResNetForImageClassification", embedding_size=16,
+   hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], layer_type="bottleneck", num_labels=5)
+hf("convnext", image(), "ConvNextForImageClassification", hidden_sizes=[16, 32], depths=[1, 1],
+   num_stages=2, num_labels=5)
+hf("mobilenet_v2", image(), "MobileNetV2ForImageClassification", depth_multiplier=0.25,
+   image_size=32, num_labels=5)
+hf("efficientnet", image(), "EfficientNetForImageClassification", width_coefficient=0.25,
+   depth_coefficient=0.2, image_size=32, hidden_dim=320, num_labels=5)
+hf("regnet", image(), "RegNetForImageClassification", embedding_size=16, hidden_sizes=[16, 32],
+   depths=[1, 1], groups_width=8, num_labels=5)
+hf("vit", image(), "ViTForImageClassification", True, hidden_size=32, num_hidden_layers=2,
+   num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8, num_labels=5)
+hf("swin", image(), "SwinForImageClassification", True, image_size=32, patch_size=4, embed_dim=16,
+   depths=[1, 1], num_heads=[2, 4], window_size=4, mlp_ratio=4.0, num_labels=5)
+hf("bert", tokens(), "BertModel", True, **TEXT, hidden_size=32, num_hidden_layers=2,
+   num_attention_heads=4, intermediate_size=128, type_vocab_size=2)  # with its pooler
+hf("gpt2", tokens(), "GPT2LMHeadModel", True, vocab_size=64, n_embd=32, n_layer=2, n_head=4,
+   n_positions=16, bos_token_id=0, eos_token_id=0)
+hf("llama", CACHED, "LlamaForCausalLM", True, **LLAMA_LIKE)
+hf("mistral", CACHED, "MistralForCausalLM", True, **LLAMA_LIKE, sliding_window=4)
+hf("qwen2", CACHED, "Qwen2ForCausalLM", True, **LLAMA_LIKE)
+hf("opt", tokens(), "OPTForCausalLM", True, **TEXT, hidden_size=32, ffn_dim=128,
+   num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32)
+hf("t5", _t5_inputs, "T5ForConditionalGeneration", True, vocab_size=64, d_model=32, d_kv=8,
+   d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0)
+# fmt: on

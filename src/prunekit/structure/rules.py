@@ -707,17 +707,9 @@ def _per_channel(call: Call, st: State, params: list[Any]) -> None:
     st.set(call.out, c.view(1, -1, *([1] * (call.out.dim() - 2))))
 
 
-@rule("batch_norm")
+@rule("batch_norm", "instance_norm")
 def batch_norm(call: Call, st: State) -> None:
-    params = [
-        arg(call, i, n)
-        for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
-    ]
-    _per_channel(call, st, params)
-
-
-@rule("instance_norm")
-def instance_norm(call: Call, st: State) -> None:
+    """Batch and instance norm: statistics per channel, so channels stay independent."""
     params = [
         arg(call, i, n)
         for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
