@@ -159,3 +159,25 @@ def test_exclude_keeps_a_group_whole():
     pk.prune(model, 0.5, granularity="channel", example_inputs=x, exclude=["4"])
     small = pk.shrink(model, x)
     assert small[0].out_features == 32 and small[2].out_features == 64
+
+
+class GatedConv(nn.Module):
+    """chunk into two halves that multiply (a GLU), on tuple inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 32, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x, scale):
+        left, right = self.a(x).chunk(2, dim=1)
+        return self.b(left * torch.sigmoid(right)) * scale
+
+
+def test_chunk_couples_both_halves_and_tuple_inputs_work():
+    model, x = GatedConv(), (torch.randn(2, 3, 5, 5), torch.tensor(2.0))
+    (group,) = channel_groups(model, x).groups
+    rows = _index(group)[("a.weight", 0)]
+    assert rows.shape == (16, 2) and (rows[:, 1] - rows[:, 0] == 16).all()
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert small.a.out_channels == 16 and small.b.in_channels == 8
