@@ -104,3 +104,19 @@ def test_taylor_unstructured_needs_a_loss():
     pk.prune(model, 0.5, criterion="taylor", data=[x], loss_fn=lambda o, b: o.sum())
     with pytest.raises(ConfigError, match="loss"):
         pk.prune(ZOO["mlp"](), 0.5, criterion="taylor", data=[x])
+
+
+def test_channel_scores_hook_drives_group_scores():
+    """An activation criterion (e.g. APoZ) only has to give per-output-channel scores."""
+
+    class LastChannelsMatter(pk.criteria.Criterion):
+        def channel_scores(self, target, ctx):
+            return torch.arange(target.weight.shape[0], dtype=torch.float32)
+
+        def scores(self, target, ctx):
+            raise AssertionError("element scores are not needed")
+
+    model, x = ZOO["mlp"](), INPUTS["mlp"]()
+    (first, *_) = channel_groups(model, x).groups
+    s = unit_scores(LastChannelsMatter(), first, pk.criteria.ScoreContext(model))
+    assert torch.equal(s, torch.arange(64, dtype=torch.float32))

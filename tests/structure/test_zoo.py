@@ -86,7 +86,8 @@ def reloaded(tmp_path_factory):
 
     if not hasattr(pk, "save") or not hasattr(pk, "load"):
         pytest.skip("pk.save / pk.load are not on this branch yet")
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same kernels as the loading process
     base = tmp_path_factory.mktemp("zoo")
     expected, jobs = {}, []
     for name in ZOO:
@@ -102,6 +103,7 @@ def reloaded(tmp_path_factory):
     root = str(Path(__file__).resolve().parents[2])
     code = _LOAD_ALL.format(root=root, base=str(base), jobs=jobs)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    torch.set_num_threads(threads)
     return base, expected
 
 

@@ -56,9 +56,11 @@ class Criterion(ABC):
     def channel_scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor | None:
         """Optional: one score per *output channel* of ``target`` ``[out]``.
 
-        Structured pruning uses it, where given, for the output-channel slice of every layer in a
-        group instead of reducing :meth:`scores` (activation criteria such as APoZ or mean
-        activation, filter criteria such as FPGM). The default None means "reduce scores()".
+        The hook for activation criteria (APoZ, mean activation) and filter criteria (FPGM).
+        Where a criterion gives it, structured pruning scores a unit by the sum of the channel
+        scores of the group's producing layers (the output-channel slices), instead of reducing
+        :meth:`scores` over every member. Statistics gathered in :meth:`collect` (forward hooks
+        on the targets) belong in ``ctx.stats``. The default None means "reduce scores()".
         """
         return None
 

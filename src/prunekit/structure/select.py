@@ -14,17 +14,13 @@ from ..targets import Target
 from .groups import Group, Slot
 
 
-def _slot_scores(
+def _element_scores(
     criterion: Criterion, slot: Slot, ctx: ScoreContext, cache: dict[int, torch.Tensor]
 ) -> torch.Tensor | None:
-    """One score per index along the slot's dimension ``[size]``, or None (not a weight)."""
+    """The criterion's element scores summed per index along the slot's dimension ``[size]``."""
     target = slot.target()
     if target is None:
         return None
-    if slot.out_dim:
-        per_channel = criterion.channel_scores(target, ctx)
-        if per_channel is not None:
-            return per_channel.float().reshape(-1).cpu()
     key = id(target.weight)
     if key not in cache:
         cache[key] = target.from_matrix(criterion.scores(target, ctx).float()).cpu()
@@ -38,16 +34,30 @@ def unit_scores(
     ctx: ScoreContext,
     cache: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The importance of each unit of ``group`` ``[units]``: the criterion's own
-    :meth:`~prunekit.criteria.Criterion.group_scores` if it has one, else the sum of its member
-    slices' scores (per-channel scores where the criterion gives them)."""
+    """The importance of each unit of ``group`` ``[units]``.
+
+    In order of precedence: the criterion's own :meth:`~prunekit.criteria.Criterion.group_scores`;
+    else, if it gives :meth:`~prunekit.criteria.Criterion.channel_scores` for the output channels
+    of the group's layers, their sum (APoZ, mean activation, FPGM score producers only); else the
+    sum of its element scores over every member slice (L1, L2, Taylor).
+    """
     custom = criterion.group_scores(group, ctx)
     if custom is not None:
         return custom.float().cpu()
     cache = {} if cache is None else cache
     total = torch.zeros(group.units)
+    found = False
     for slot, idx in group.members():
-        per = _slot_scores(criterion, slot, ctx, cache)
+        target = slot.target()
+        if target is not None and slot.out_dim:
+            per = criterion.channel_scores(target, ctx)
+            if per is not None:
+                total += per.float().reshape(-1).cpu()[idx].sum(1)
+                found = True
+    if found:
+        return total
+    for slot, idx in group.members():
+        per = _element_scores(criterion, slot, ctx, cache)
         if per is not None:
             total += per[idx].sum(1)
     return total

@@ -132,7 +132,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
         channels = analysis.groups
     else:
-        ref = _run(small, example_inputs)
+        ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing
     small.__dict__.pop("_pk_channel_groups", None)
     removals = _removals(channels + heads)
     _bake(small)
