@@ -48,6 +48,8 @@ ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
 
 class _Enforced(NamedTuple):
     mask: torch.Tensor
+    #: the mask viewed as uint8: multiplying by it is about twice as fast as by a bool tensor
+    factor: torch.Tensor
     grad_hook: RemovableHandle
     #: changes whenever the mask changes, so optimizers know to clean their state again
     version: int
@@ -76,7 +78,7 @@ class _ArmToken:
 def _mask_grad(param: torch.Tensor) -> None:
     entry = _ENFORCED.get(param)
     if entry is not None and param.grad is not None:
-        param.grad.mul_(entry.mask)
+        param.grad.mul_(entry.factor)
 
 
 def _needs_remask(optimizer: torch.optim.Optimizer, p: torch.Tensor, entry: _Enforced) -> bool:
@@ -90,7 +92,7 @@ def _needs_remask(optimizer: torch.optim.Optimizer, p: torch.Tensor, entry: _Enf
         return False
     for value in (state or {}).values():
         if isinstance(value, torch.Tensor) and value.shape == p.shape:
-            value.mul_(entry.mask)
+            value.mul_(entry.factor)
     clean[p] = (entry.version, state)
     return True
 
@@ -103,7 +105,7 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> Non
             entry = _ENFORCED.get(p)
             if entry is not None and _needs_remask(optimizer, p, entry):
                 params.append(p)
-                masks.append(entry.mask)
+                masks.append(entry.factor)
     if params:
         torch._foreach_mul_(params, masks)
 
@@ -134,7 +136,7 @@ def arm(module: nn.Module) -> None:
                 if old is not None:
                     old.grad_hook.remove()
                 hook = p.register_post_accumulate_grad_hook(_mask_grad)
-            _ENFORCED[p] = _Enforced(mask, hook, next(_versions))
+            _ENFORCED[p] = _Enforced(mask, mask.view(torch.uint8), hook, next(_versions))
     module.__dict__.setdefault(_TOKEN, _ArmToken()).armed = True
 
 
