@@ -124,15 +124,23 @@ def check_inputs(inputs: Any) -> None:
 
 def is_rms_norm(module: nn.Module) -> bool:
     """An RMS norm module (Llama, Mistral, Qwen2, T5 ...): ``w * x / sqrt(mean(x²) + eps)`` over
-    the last dimension. Its forward is recorded as one ``rms_norm_module`` call."""
+    the last dimension, checked on a probe input (Gemma's ``(1 + w)`` variant is not one). Its
+    forward is recorded as one ``rms_norm_module`` call."""
     name = type(module).__name__
     w = getattr(module, "weight", None)
-    return (
-        (name.endswith("RMSNorm") or name == "T5LayerNorm")
-        and isinstance(w, torch.Tensor)
-        and w.dim() == 1
-        and isinstance(_eps_attr(module), str)
-    )
+    eps = _eps_attr(module)
+    if not (name.endswith("RMSNorm") or name == "T5LayerNorm"):
+        return False
+    if not isinstance(w, torch.Tensor) or w.dim() != 1 or eps is None:
+        return False
+    x = torch.randn(3, w.shape[0], generator=torch.Generator().manual_seed(0)).to(w)
+    with torch.no_grad():
+        try:
+            y = module(x)
+        except Exception:  # any failure means "not the norm we know"
+            return False
+        ref = w * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + getattr(module, eps))
+    return isinstance(y, torch.Tensor) and torch.allclose(y, ref, rtol=1e-4, atol=1e-6)
 
 
 def _eps_attr(module: nn.Module) -> str | None:
@@ -162,8 +170,9 @@ class _Recorder(TorchFunctionMode):
 
 
 def _module_hooks(model: nn.Module, stack: list[str], rec: _Recorder) -> Iterator[Any]:
+    rms = {id(m) for m in model.modules() if is_rms_norm(m)}
     for name, module in model.named_modules():
-        opaque = is_rms_norm(module)
+        opaque = id(module) in rms
 
         def pre(mod, args, _name=name, _opaque=opaque):
             stack.append(_name)

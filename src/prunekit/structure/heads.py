@@ -166,6 +166,19 @@ class BertAttention(HeadAdapter):
     holder = "self"
 
 
+@register("MobileViTAttention")
+class MobileViTAttention(HeadAdapter):
+    q, k, v, o = "attention.query", "attention.key", "attention.value", "output.dense"
+    holder = "attention"
+
+
+@register("DistilBertSelfAttention", "MultiHeadSelfAttention")
+class DistilBertAttention(HeadAdapter):
+    """DistilBERT."""
+
+    q, k, v, o = "q_lin", "k_lin", "v_lin", "out_lin"
+
+
 @register("T5Attention")
 class T5Attention(HeadAdapter):
     """T5: the relative position bias of layer 0 is reused by every layer of its stack, so all

@@ -301,12 +301,21 @@ def elementwise(call: Call, st: State) -> None:
         return
     shape = out.shape
     ins = tensors_of((call.args, call.kwargs))
-    known, unknown = [], []
+    known, unknown, shared = [], [], []
     for t in ins:
         a = st.small(t)
         if a is not None and a.dim() < len(shape):
             a = a.view((1,) * (len(shape) - a.dim()) + tuple(a.shape))
-        (known if a is not None else unknown).append((t, a))
+        if a is not None and id(t) in st.data:
+            shared.append((t, a))  # a parameter used as data: decided below
+        else:
+            (known if a is not None else unknown).append((t, a))
+    vary = {d for _, a in known for d in varying(a)}
+    for t, a in shared:
+        if any(a.shape[d] == 1 for d in vary):  # shared by every channel: never sliced
+            unknown.append((t, None))
+        else:
+            known.append((t, a))
     if not known:
         st.set(out, None)
         return
@@ -536,12 +545,13 @@ def _reduce_dims(call: Call, st: State, dims: list[int]) -> None:
     "std_mean",
     "median",
     "count_nonzero",
+    "linalg_vector_norm",
 )
 def reduction(call: Call, st: State) -> None:
     x = call.args[0]
     if len(tensors_of(call.args[:2])) == 2 and call.name in ("max", "min"):
         return elementwise(call, st)  # torch.max(a, b)
-    pos = 2 if call.name == "norm" else 1
+    pos = 2 if call.name in ("norm", "linalg_vector_norm") else 1
     _reduce_dims(call, st, _dims(call, x.dim(), pos))
 
 
