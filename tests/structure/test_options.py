@@ -120,3 +120,15 @@ def test_channel_scores_hook_drives_group_scores():
     (first, *_) = channel_groups(model, x).groups
     s = unit_scores(LastChannelsMatter(), first, pk.criteria.ScoreContext(model))
     assert torch.equal(s, torch.arange(64, dtype=torch.float32))
+
+
+def test_non_uniform_widths_round_trip_through_the_shape_manifest(tmp_path):
+    model, x = ZOO["llama"](), INPUTS["llama"]()
+    pk.prune(model, 0.5, granularity="channel", scope="global", example_inputs=x)
+    small = pk.shrink(model, x)
+    widths = {m.up_proj.out_features for m in (layer.mlp for layer in small.model.layers)}
+    assert len(widths) > 1  # the config cannot say this; the manifest does
+    pk.save(small, tmp_path / "m")
+    back = pk.load(tmp_path / "m", model=ZOO["llama"]())
+    with torch.no_grad():
+        assert torch.equal(back(**x).logits, small(**x).logits)
