@@ -22,6 +22,7 @@ from .granularity.nm import NM
 from .granularity.unstructured import Unstructured
 from .masks import MaskState
 from .pruner import Pruner
+from .runtime import sparsify
 from .schedule import Cubic, Iterative, OneShot
 from .structure.shrink import shrink
 
@@ -57,4 +58,5 @@ __all__ = [
     "report",
     "save",
     "shrink",
+    "sparsify",
 ]

@@ -1,0 +1,143 @@
+"""Compile a kernel's C++ source once per machine and load it through ctypes.
+
+The source has no torch headers, so a build takes about a second. The shared library is cached
+under ``$PRUNEKIT_KERNEL_CACHE`` (default ``~/.cache/prunekit/kernels``) with a name that hashes
+the source, the compiler, the flags and this CPU, so a changed source or another machine rebuilds.
+Builds are atomic (compile to a temporary file, then rename). If no compiler works, or
+``PRUNEKIT_NO_COMPILE=1`` is set, :func:`load_library` returns ``None`` and the caller falls back
+to pure PyTorch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import torch
+
+#: tried in order; the first that compiles wins
+FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
+    ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"],
+    ["-O3"],
+)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PRUNEKIT_KERNEL_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prunekit" / "kernels"
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+@cache
+def load_library(source: Path) -> ctypes.CDLL | None:
+    """The compiled ``source`` as a loaded library, or ``None`` (warning once) if unavailable."""
+    if os.environ.get("PRUNEKIT_NO_COMPILE") == "1":
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        warnings.warn("prunekit: no C++ compiler found; using PyTorch sparse kernels", stacklevel=2)
+        return None
+    # the source and the headers beside it (which it may include)
+    text = b"\0".join(f.read_bytes() for f in [source, *sorted(source.parent.glob("*.h"))])
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(
+            b"\0".join([text, cxx.encode(), " ".join(flags).encode(), _cpu_fingerprint().encode()])
+        ).hexdigest()[:16]
+        target = cache_dir() / f"{source.stem}-{key}.so"
+        if not target.exists():
+            err = _compile(cxx, source, flags, target)
+            if err is not None:
+                errors.append(err)
+                continue
+        try:
+            return ctypes.CDLL(str(target))
+        except OSError as e:
+            errors.append(str(e))
+    warnings.warn(
+        f"prunekit: could not build {source.name}; using PyTorch sparse kernels "
+        f"({errors[-1].strip().splitlines()[-1] if errors else 'unknown error'})",
+        stacklevel=2,
+    )
+    return None
+
+
+def library_function(source: Path, name: str, argtypes: tuple) -> Callable[..., None] | None:
+    """Function ``name`` of the compiled ``source`` with its argument types set, or ``None``."""
+    return _bind(source, name, argtypes)
+
+
+@cache
+def _bind(source: Path, name: str, argtypes: tuple) -> Callable[..., None] | None:
+    lib = load_library(source)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.argtypes, fn.restype = list(argtypes), None
+    return fn
+
+
+def call_linear(
+    fn: Callable[..., None], out: int, x: torch.Tensor, bias: torch.Tensor | None, arrays: list
+) -> torch.Tensor:
+    """Run a compiled ``fn(out, n, *arrays, x, bias, y, threads)`` for ``x [n, in] -> y [n, out]``.
+
+    The kernels read ``x`` as is when ``n == 1`` and ``xt = x^T [in, n]`` when ``n > 1``.
+    """
+    n = x.shape[0]
+    xx = x.contiguous() if n == 1 else x.t().contiguous()
+    y = torch.empty(n, out, dtype=torch.float32)
+    if n == 0:
+        return y
+    b = bias.contiguous() if bias is not None else None
+    ptrs = [a.data_ptr() for a in arrays]
+    bias_ptr = b.data_ptr() if b is not None else None
+    fn(out, n, *ptrs, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+def _compile(cxx: str, source: Path, flags: list[str], target: Path) -> str | None:
+    """Compile to a temporary file beside ``target`` and rename it; the error text on failure."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        return str(e)
+    cmd = [cxx, *flags, "-shared", "-fPIC", f"-I{source.parent}", "-o", tmp, str(source)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            return proc.stderr or f"{cxx} exited with {proc.returncode}"
+        os.replace(tmp, target)
+        return None
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,36 @@
+// Shared by prunekit's compiled kernels: split work between OpenMP threads.
+#pragma once
+#include <cstdint>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// first unit u in [0, units] whose cumulative work ptr[u] is >= target (ptr is non-decreasing)
+static inline int64_t pk_lower_bound(const int32_t *ptr, int64_t units, int64_t target) {
+    int64_t lo = 0, hi = units;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (ptr[mid] < target) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+// Runs body(begin, end) on nthreads threads over units [0, units), cut at equal work, where
+// ptr[u] is the work before unit u (a CSR row pointer, a slice pointer). Small jobs (work x
+// batch below 64K) stay on the calling thread: waking threads would cost more than it saves.
+template <typename F>
+static void pk_parallel_split(const int32_t *ptr, int64_t units, int64_t n, int nthreads, F body) {
+    const int64_t work = ptr[units];
+    if (nthreads < 1 || work * (n < 8 ? n : 8) < 65536) nthreads = 1;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t u0 = pk_lower_bound(ptr, units, work * t / nt);
+        const int64_t u1 = t + 1 == nt ? units : pk_lower_bound(ptr, units, work * (t + 1) / nt);
+        body(u0, u1);
+    }
+}
