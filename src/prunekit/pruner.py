@@ -117,13 +117,10 @@ class Pruner:
     @torch.no_grad()
     def apply(self, sparsity: float) -> None:
         """Shrink every target's mask to ``sparsity`` now. Masks only shrink."""
-        for t in self.targets:
-            if not torch.isfinite(t.weight.detach().sum()):  # NaN/inf propagate; no big temporary
-                raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
         res = self.resolved
         ctx = ScoreContext(self.model, seed=self.config.seed, data=self.data, loss_fn=self.loss_fn)
         gran = res.granularity
-        if gran.structured:
+        if gran.structured:  # groups check their own scores for NaN/inf
             prune_groups(
                 self.groups(),
                 sparsity,
@@ -137,6 +134,9 @@ class Pruner:
                 if get_mask(t.module, t.param) is not None:
                     t.module.__dict__.setdefault(INFO, {})[t.param] = gran.spec
             return
+        for t in self.targets:
+            if not torch.isfinite(t.weight.detach().sum()):  # NaN/inf propagate; no big temporary
+                raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
         res.criterion.collect(self.targets, ctx)
         scores = {}
         for t in track(self.targets, "scoring layers", self.progress):

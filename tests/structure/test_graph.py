@@ -181,3 +181,15 @@ def test_chunk_couples_both_halves_and_tuple_inputs_work():
     pk.prune(model, 0.5, granularity="channel", example_inputs=x)
     small = pk.shrink(model, x)
     assert small.a.out_channels == 16 and small.b.in_channels == 8
+
+
+def test_nan_weights_raise_before_anything_is_masked():
+    from prunekit.errors import WeightError
+    from prunekit.masks import MaskState
+
+    model, x = ZOO["mlp"](), INPUTS["mlp"]()
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(WeightError, match="NaN"):
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    assert not MaskState(model).masks

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from ..criteria import Criterion, ScoreContext
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightError
 from ..masks import shrink_mask
 from ..targets import Target
-from .groups import Group, Slot
+from .groups import Group, Slot, one_thread
 
 
 def _element_scores(
@@ -163,10 +163,16 @@ def prune_groups(
     if not groups:
         return
     criterion.collect(group_targets(groups), ctx)
-    cache: dict[int, torch.Tensor] = {}
-    dead_cache: dict = {}
-    scores = []
-    for g in groups:
-        s = unit_scores(criterion, g, ctx, cache)
-        scores.append(s.masked_fill(g.dead(dead_cache), -torch.inf))
-    apply_masks(groups, choose(groups, scores, sparsity, scope, round_to, max_ratio))
+    with one_thread():  # hundreds of small ops: see groups.one_thread
+        cache: dict[int, torch.Tensor] = {}
+        dead_cache: dict = {}
+        scores = []
+        for g in groups:
+            s = unit_scores(criterion, g, ctx, cache)
+            if not torch.isfinite(s).all():
+                raise WeightError(
+                    f"channel group {g.name} scores NaN or inf: its weights hold NaN or inf; "
+                    "fix them before pruning"
+                )
+            scores.append(s.masked_fill(g.dead(dead_cache), -torch.inf))
+        apply_masks(groups, choose(groups, scores, sparsity, scope, round_to, max_ratio))

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import VerificationError
 from .graph import _eps_attr, call_model, check_inputs, flatten, is_rms_norm
-from .groups import Group, cached_groups, channel_groups
+from .groups import Group, cached_groups, channel_groups, one_thread
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
 from .resize import resize
@@ -124,24 +124,27 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     above ``rtol`` raises :class:`~prunekit.errors.VerificationError`. ``model`` is not changed.
     """
     check_inputs(example_inputs)
-    small = copy.deepcopy(model)
-    heads = head_groups(small)
-    channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
-    if channels is None:
-        analysis = channel_groups(small, example_inputs, warn=False)
-        ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
-        channels = analysis.groups
-    else:
+    ref = None
+    with one_thread():  # hundreds of small ops: see groups.one_thread
+        small = copy.deepcopy(model)
+        heads = head_groups(small)
+        channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
+        if channels is None:
+            analysis = channel_groups(small, example_inputs, warn=False)
+            ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
+            channels = analysis.groups
+        small.__dict__.pop("_pk_channel_groups", None)
+        removals = _removals(channels + heads)
+        _bake(small)
+        widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
+        for module in _slice(small, removals):
+            resize(module)
+        rescale_rms_norms(small, widths)
+        resize_heads(heads)
+        attention = [m for g in heads for m in g.info.get("modules", [g.info.get("module")])]
+        update_config(small, attention)
+    if ref is None:
         ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing
-    small.__dict__.pop("_pk_channel_groups", None)
-    removals = _removals(channels + heads)
-    _bake(small)
-    widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
-    for module in _slice(small, removals):
-        resize(module)
-    rescale_rms_norms(small, widths)
-    resize_heads(heads)
-    update_config(small, [m for g in heads for m in g.info.get("modules", [g.info.get("module")])])
     try:
         out = _run(small, example_inputs)
     except Exception as e:  # the shrunk model no longer runs: never hand it out
