@@ -143,7 +143,8 @@ def test_demo_quick_smoke():
     assert rows[0]["model"] == "dense"
     assert len(rows) == 3
     assert rows[1]["sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert rows[0]["sparsity"] == 0
+    assert rows[0]["sparsity"] == 0 and rows[0]["kernels"] == "dense"
+    assert all(r["kernels"].endswith(("sparse", ")")) for r in rows[1:])
     assert all(r["disk_bytes"] > 0 and r["latency_ms"] > 0 for r in rows)
     assert rows[1]["disk_bytes"] < rows[0]["disk_bytes"]  # compressed formats
     assert all(0.1 <= r["accuracy"] <= 1 for r in rows)  # above chance even after a few epochs

@@ -5,15 +5,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks
-    for block in blocks:
-        namespace: dict = {}
-        exec(compile(block, str(README), "exec"), namespace)
+def test_readme_tour_runs():
+    tour = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[0]
+    namespace: dict = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only spin on a loaded machine
+    try:
+        exec(compile(tour, str(README), "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
     model = namespace["model"]
     zeros = sum(int((m.weight == 0).sum()) for m in model if hasattr(m, "weight"))
     total = sum(m.weight.numel() for m in model if hasattr(m, "weight"))

@@ -367,3 +367,18 @@ def test_masked_model_before_finalize_and_the_top_level_export():
     assert isinstance(model[0], SparseLinear)
     with torch.no_grad():
         assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_report_of_a_sparsified_model_counts_swapped_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+    pk.prune(model, granularity="2:4")
+    pk.finalize(model)
+    before = pk.report(model).to_dict()
+    sparsify(model, timer=FakeTimer(SPARSE_WINS), cache=DecisionCache())
+    assert any(isinstance(m, SparseLinear) for m in model.modules())
+    after = pk.report(model).to_dict()
+    assert after == before
+    assert all(row["nm_valid"] for row in after["layers"])
+    unsparsify(model)
+    assert pk.report(model).to_dict() == before

@@ -95,33 +95,59 @@ class Report:
         return buf.getvalue()
 
 
-def _layers(model: nn.Module) -> list[Target]:
-    pruned = [
-        Target(name, m)
-        for name, m in model.named_modules()
-        if is_prunable(m) and (granularity_of(m, "weight") or get_mask(m, "weight") is not None)
-    ]
-    return pruned or select_targets(model)
+def _pruned_layers(model: nn.Module) -> list[tuple[str, nn.Module, torch.Tensor]]:
+    """(qualified weight name, module, ``[out, in]`` weight) of every layer prunekit pruned,
+    including layers swapped for sparse kernels; every prunable layer if none was pruned."""
+    from ..runtime.module import SparseLinear
+
+    rows = []
+    for name, m in model.named_modules():
+        qual = f"{name}.weight" if name else "weight"
+        if isinstance(m, SparseLinear):
+            rows.append((qual, m, m.weight_matrix()))
+        elif is_prunable(m) and (granularity_of(m, "weight") or get_mask(m, "weight") is not None):
+            rows.append((qual, m, Target(name, m).matrix()))
+    if rows:
+        return rows
+    return [(t.qualname, t.module, t.matrix()) for t in select_targets(model)]
 
 
 @torch.no_grad()
 def report(model: nn.Module) -> Report:
-    """Per-layer sparsity of the pruned layers (or of every prunable layer if none is pruned)."""
-    rows = []
-    for t in _layers(model):
-        w = t.weight
-        nnz = int(torch.count_nonzero(w))
-        spec = granularity_of(t.module, t.param) or "-"
+    """Per-layer sparsity of the pruned layers (or of every prunable layer if none is pruned).
+
+    Layers swapped for sparse kernels by ``sparsify`` count with their logical weights.
+    """
+    rows, packed = [], []
+    for qualname, module, matrix in _pruned_layers(model):
+        nnz, numel = int(torch.count_nonzero(matrix)), matrix.numel()
+        spec = granularity_of(module, "weight") or "-"
         gran = parse_granularity(spec) if spec != "-" else None
-        valid = gran.holds(t.matrix()) if isinstance(gran, NM) else None
-        rows.append(
-            LayerRow(t.qualname, list(w.shape), spec, 1 - nnz / w.numel(), nnz, w.numel(), valid)
-        )
+        valid = gran.holds(matrix) if isinstance(gran, NM) else None
+        weight = getattr(module, "weight", None)
+        shape = list((weight if isinstance(weight, torch.Tensor) else matrix).shape)
+        rows.append(LayerRow(qualname, shape, spec, 1 - nnz / numel, nnz, numel, valid))
+        if not isinstance(weight, torch.Tensor):  # swapped for a sparse kernel: not a parameter
+            packed.append((numel, nnz, numel * matrix.element_size()))
     params = list(model.parameters())
-    state = model.state_dict()
     return Report(
         layers=rows,
-        total_params=sum(p.numel() for p in params),
-        total_nonzero=sum(int(torch.count_nonzero(p)) for p in params),
-        dense_bytes=sum(v.numel() * v.element_size() for v in state.values()),
+        total_params=sum(p.numel() for p in params) + sum(n for n, _, _ in packed),
+        total_nonzero=sum(int(torch.count_nonzero(p)) for p in params)
+        + sum(z for _, z, _ in packed),
+        dense_bytes=_dense_state_bytes(model) + sum(b for _, _, b in packed),
     )
+
+
+def _dense_state_bytes(model: nn.Module) -> int:
+    """Bytes of the state dict, leaving out the packed arrays of sparse-kernel layers."""
+    from ..runtime.module import SparseLinear
+
+    packed = {
+        f"{name}.{buf}" if name else buf
+        for name, m in model.named_modules()
+        if isinstance(m, SparseLinear)
+        for buf in m.packed
+    }
+    state = model.state_dict()
+    return sum(v.numel() * v.element_size() for k, v in state.items() if k not in packed)

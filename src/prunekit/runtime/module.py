@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..pruner import granularity_of, record_granularity
 from ..targets import Target, is_hf_conv1d
 from .kernels import get_kernel
 
@@ -32,6 +33,13 @@ def is_pointwise_conv(module: nn.Module) -> bool:
 def is_sparsifiable(module: nn.Module) -> bool:
     """Layers that :func:`~prunekit.runtime.sparsify.sparsify` can swap."""
     return isinstance(module, nn.Linear) or is_hf_conv1d(module) or is_pointwise_conv(module)
+
+
+def _carry_granularity(src: nn.Module, dst: nn.Module) -> None:
+    """Keep the pruned granularity across a swap, for reports and N:M checks."""
+    spec = granularity_of(src, "weight")
+    if spec is not None:
+        record_granularity(dst, "weight", spec)
 
 
 class SparseLinear(nn.Module):
@@ -65,12 +73,14 @@ class SparseLinear(nn.Module):
         w = Target("", module).matrix()  # [out, in] for every supported layer type
         packed = get_kernel(kernel).pack(w)
         if isinstance(module, _CONV):
-            conv = SparsePointwiseConv(
+            sparse: SparseLinear = SparsePointwiseConv(
                 packed, module.bias, tuple(w.shape), kernel, type(module).__name__
             )
-            conv.spatial_dims = len(module.kernel_size)
-            return conv
-        return cls(packed, module.bias, tuple(w.shape), kernel, type(module).__name__)
+            sparse.spatial_dims = len(module.kernel_size)
+        else:
+            sparse = cls(packed, module.bias, tuple(w.shape), kernel, type(module).__name__)
+        _carry_granularity(module, sparse)
+        return sparse
 
     @property
     def packed(self) -> dict[str, torch.Tensor]:
@@ -99,6 +109,7 @@ class SparseLinear(nn.Module):
             dense.weight.copy_(weight)
             if bias:
                 dense.bias.copy_(self.bias)
+        _carry_granularity(self, dense)
         return dense.to(device=w.device, dtype=w.dtype)
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
