@@ -194,3 +194,22 @@ def test_nan_weights_raise_before_anything_is_masked():
     with pytest.raises(WeightError, match="NaN"):
         pk.prune(model, 0.5, granularity="channel", example_inputs=x)
     assert not MaskState(model).masks
+
+
+class SplitSwap(nn.Module):
+    """split at literal sizes: removing channels would move the cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 24, 1), nn.Conv2d(24, 8, 1)
+
+    def forward(self, x):
+        p, q = torch.split(self.a(x), [10, 14], dim=1)
+        return self.b(torch.cat([q, p], 1).relu())
+
+
+def test_cut_at_fixed_positions_is_refused_not_broken():
+    model, x = SplitSwap(), torch.randn(2, 3, 4, 4)
+    with pytest.warns(UserWarning, match="sliced at positions fixed by the code"):
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    assert pk.shrink(model, x).a.out_channels == 24

@@ -24,7 +24,7 @@ from torch import nn
 from ..masks import get_mask
 from ..targets import Target, is_hf_conv1d, is_prunable
 from .graph import Graph, flatten, trace
-from .rules import State, propagate
+from .rules import State, check_cuts, propagate
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,6 +220,7 @@ def analyse(graph: Graph) -> ChannelAnalysis:
 def _analyse(graph: Graph) -> ChannelAnalysis:
     st: State = propagate(graph)
     lab = components(st.count, st.edges)
+    check_cuts(st, lab)
     entries: list[tuple[Slot, torch.Tensor]] = []  # slot, label per index along slot.dim
     for (pid, dim), atoms in st.wdims.items():
         entries.append((_slot(graph, pid, dim), lab[atoms]))

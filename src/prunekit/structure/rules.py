@@ -51,6 +51,9 @@ class State:
         self.params: dict[int, torch.Tensor] = {}
         #: params passed to calls without a rule: every atom on them is blocked at the end
         self.frozen: dict[int, str] = {}
+        #: channel dims cut into pieces at positions fixed by the code: (pieces, call); checked
+        #: once the groups are known (see check_cuts)
+        self.cuts: list[tuple[list[torch.Tensor], Call]] = []
 
     # -- atoms -----------------------------------------------------------------------------------
     def fresh(self, n: int) -> torch.Tensor:
@@ -413,12 +416,63 @@ def _replay(call: Call, st: State, data_args: tuple[int, ...] = (0,), lists: boo
         return
     src = st.act.get(id(call.args[0])) if isinstance(call.args[0], torch.Tensor) else None
     before = len(varying(src)) if src is not None else 0
+    if call.name in _SLICERS and src is not None and id(call.args[0]) not in st.data:
+        _record_cut(st, call, src, got)  # (parameters used as data: see analyse's separability)
     for t, a in zip(outs, got, strict=True):
         if call.name in _RESHAPES and src is not None and len(varying(a)) > before:
             st.block(src, call, "a channel dimension is split into several (reshape into heads)")
             st.set(t, None)
             continue
         st.set(t, a)
+
+
+_SLICERS = {
+    "split",
+    "split_with_sizes",
+    "chunk",
+    "narrow",
+    "__getitem__",
+    "tensor_split",
+    "unbind",
+    "select",
+    "index_select",
+    "gather",
+}
+
+
+def _record_cut(st: State, call: Call, src: torch.Tensor, pieces: list[torch.Tensor]) -> None:
+    """A slicing op along a channel dimension cuts it at positions the code fixes (literal sizes,
+    or shapes): removing channels keeps the cut right only if every piece loses the same
+    positions. Record the pieces' channel ids for :func:`check_cuts`."""
+    full = src.expand(call.args[0].shape)
+    for d in varying(src):
+        cut = [a for a in pieces if a.dim() != full.dim() or a.shape[d] != full.shape[d]]
+        if not cut:
+            continue
+        if any(a.dim() != full.dim() for a in cut):  # select / unbind drop the dimension
+            st.block(src, call, "picks single channels at fixed positions")
+            return
+        st.cuts.append(
+            (
+                [compress(a).movedim(d, 0).reshape(a.shape[d], -1)[:, 0] for a in cut]
+                + ([] if len(cut) > 1 else [full.movedim(d, 0).reshape(full.shape[d], -1)[:, 0]]),
+                call,
+            )
+        )
+        return
+
+
+def check_cuts(st: State, lab: torch.Tensor) -> None:
+    """Block channels cut at fixed positions unless the pieces are equal and position ``j`` of
+    every piece belongs to one group (``chunk`` into halves that are used together)."""
+    for pieces, call in st.cuts:
+        ok = len(pieces) > 1 and len({len(p) for p in pieces}) == 1
+        if ok:
+            labels = torch.stack([lab[p.clamp_min(0)] for p in pieces])  # [pieces, width]
+            ok = bool((labels == labels[:1]).all()) and bool((torch.stack(pieces) >= 0).all())
+        if not ok:
+            for p in pieces:
+                st.block(p, call, "sliced at positions fixed by the code")
 
 
 def _atoms_or_blank(st: State, t: Any) -> Any:
