@@ -213,3 +213,16 @@ def test_cut_at_fixed_positions_is_refused_not_broken():
     with pytest.warns(UserWarning, match="sliced at positions fixed by the code"):
         pk.prune(model, 0.5, granularity="channel", example_inputs=x)
     assert pk.shrink(model, x).a.out_channels == 24
+
+
+def test_phi3_fused_qkv_heads():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Phi3ForCausalLM(cfg).eval()
+    x = INPUTS["llama"]()
+    pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert small.config.num_attention_heads == 2 and small.model.layers[0].num_key_value_groups == 1

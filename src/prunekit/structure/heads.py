@@ -191,6 +191,40 @@ class T5Attention(HeadAdapter):
         return f"{prefix.split('.block.')[0]}:{prefix.rsplit('.', 1)[-1]}"
 
 
+@register("Phi3Attention")
+class Phi3Attention(HeadAdapter):
+    """Phi-3: one fused ``qkv_proj`` holds q, k and v rows; it finds the split from
+    ``config.num_attention_heads``, so only uniform head counts (written to the config) work."""
+
+    def matches(self, module: nn.Module) -> bool:
+        return isinstance(getattr(module, "qkv_proj", None), nn.Linear) and hasattr(
+            module, "o_proj"
+        )
+
+    def _counts(self, module: nn.Module) -> tuple[int, int, int]:
+        d = module.head_dim
+        hkv = module.num_key_value_heads
+        hq = module.qkv_proj.weight.shape[0] // d - 2 * hkv
+        return hq, hkv, d
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        hq, hkv, d = self._counts(module)
+        heads = Heads(hq, hkv, d)
+        w = _slot(prefix, module, "qkv_proj", "weight", 0)
+        heads.q = [(w, 0), (_slot(prefix, module, "o_proj", "weight", 1), 0)]
+        heads.kv = [(w, hq * d), (w, (hq + hkv) * d)]
+        return heads
+
+    def resize(self, module: nn.Module) -> None:
+        d = module.head_dim
+        hq = module.o_proj.weight.shape[1] // d
+        hkv = (module.qkv_proj.weight.shape[0] // d - hq) // 2
+        module.num_key_value_heads = hkv
+        module.num_key_value_groups = hq // hkv
+        module.config.num_attention_heads = hq  # read by forward to split qkv
+        module.config.num_key_value_heads = hkv
+
+
 @register("GPT2Attention")
 class GPT2Attention(HeadAdapter):
     """GPT-2: one fused ``c_attn`` Conv1D ``[in, 3E]`` holds q, k and v side by side."""
