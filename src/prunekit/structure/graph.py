@@ -128,7 +128,7 @@ def is_rms_norm(module: nn.Module) -> bool:
     forward is recorded as one ``rms_norm_module`` call."""
     name = type(module).__name__
     w = getattr(module, "weight", None)
-    eps = _eps_attr(module)
+    eps = eps_attr(module)
     if not (name.endswith("RMSNorm") or name == "T5LayerNorm"):
         return False
     if not isinstance(w, torch.Tensor) or w.dim() != 1 or eps is None:
@@ -143,7 +143,7 @@ def is_rms_norm(module: nn.Module) -> bool:
     return isinstance(y, torch.Tensor) and torch.allclose(y, ref, rtol=1e-4, atol=1e-6)
 
 
-def _eps_attr(module: nn.Module) -> str | None:
+def eps_attr(module: nn.Module) -> str | None:
     for attr in ("variance_epsilon", "eps"):
         if isinstance(getattr(module, attr, None), float):
             return attr

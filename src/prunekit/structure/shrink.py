@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
-from .graph import _eps_attr, call_model, check_inputs, flatten, is_rms_norm
+from .graph import eps_attr, call_model, check_inputs, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups, one_thread
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
@@ -86,7 +86,7 @@ def rescale_rms_norms(model: nn.Module, widths: dict[int, int]) -> None:
             continue
         ratio = old / m.weight.shape[0]
         m.weight.mul_(ratio**0.5)
-        attr = _eps_attr(m)
+        attr = eps_attr(m)
         setattr(m, attr, getattr(m, attr) * ratio)
 
 
