@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
-from .graph import eps_attr, call_model, check_inputs, flatten, is_rms_norm
+from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups, one_thread
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
