@@ -17,12 +17,15 @@ from .errors import (
 )
 from .formats.checkpoint import load, save
 from .granularity.block import Block
+from .granularity.channel import Channel
+from .granularity.head import Head
 from .granularity.nm import NM
 from .granularity.unstructured import Unstructured
 from .masks import MaskState
 from .pruner import Pruner
 from .runtime import sparsify
 from .schedule import Cubic, Iterative, OneShot
+from .structure.shrink import shrink
 
 try:
     __version__ = version("prunekit")
@@ -32,9 +35,11 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "NM",
     "Block",
+    "Channel",
     "CheckpointError",
     "ConfigError",
     "Cubic",
+    "Head",
     "Iterative",
     "MaskState",
     "OneShot",
@@ -54,5 +59,6 @@ __all__ = [
     "prune",
     "report",
     "save",
+    "shrink",
     "sparsify",
 ]

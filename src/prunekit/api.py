@@ -25,15 +25,18 @@ def prune(
     exclude: Sequence[Selector] | Selector | None = None,
     seed: int = 0,
     data: Iterable[Any] | None = None,
+    example_inputs: Any = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     progress: bool = False,
 ) -> Pruner:
     """Prune ``model`` once, now: masks are attached and enforced; returns the :class:`Pruner`.
 
     Example: ``pk.prune(model, granularity="2:4")`` or ``pk.prune(model, 0.9, scope="global")``.
+    Structured granularities (``"channel"``, ``"head"``) trace the model on ``example_inputs``;
+    ``loss_fn(output, batch)`` serves gradient criteria (``"taylor"``) with ``data``.
     Data-aware criteria (``"wanda"``, ``"sparsegpt"``, ...) take calibration batches as ``data``
-    (tensors, tuples or dicts of keyword arguments); ``"obd"`` uses ``loss_fn(output, batch)``
-    or the model's own loss.
+    (tensors, tuples or dicts of keyword arguments); ``"obd"`` too uses ``loss_fn``, or the model's
+    own loss.
     """
     config = PruneConfig(
         sparsity=sparsity,
@@ -44,7 +47,14 @@ def prune(
         exclude=exclude,
         seed=seed,
     )
-    pruner = Pruner(model, config, data=data, loss_fn=loss_fn, progress=progress)
+    pruner = Pruner(
+        model,
+        config,
+        data=data,
+        example_inputs=example_inputs,
+        loss_fn=loss_fn,
+        progress=progress,
+    )
     pruner.step()
     return pruner
 

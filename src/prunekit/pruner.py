@@ -14,7 +14,8 @@ from .errors import ConfigError, TargetError, WeightError
 from .granularity.unstructured import Unstructured
 from .masks import MaskState, get_mask, shrink_mask
 from .progress import track
-from .targets import Target, select_targets
+from .structure.select import prune_groups
+from .targets import Target, _as_list, _matches, default_excluded, select_targets
 
 INFO = "_pk_info"
 
@@ -42,8 +43,9 @@ class Pruner:
         config: PruneConfig | None = None,
         *,
         data: Iterable[Any] | None = None,
-        progress: bool = False,
+        example_inputs: Any = None,
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        progress: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -60,10 +62,40 @@ class Pruner:
                 f"criterion {self.config.criterion!r} is data-aware: "
                 "pass data=<calibration batches>"
             )
+        if self.resolved.granularity.structured and example_inputs is None:
+            raise ConfigError(
+                f"granularity {self.resolved.granularity.spec!r} traces the model: pass "
+                "example_inputs=<a tensor, tuple or dict of inputs the model accepts>"
+            )
         self.data = data
-        self.progress = progress
+        self.example_inputs = example_inputs
         self.loss_fn = loss_fn
+        self._groups: list[Any] | None = None
+        self.progress = progress
         self._step = 0
+
+    def groups(self) -> list[Any]:
+        """The structured groups whose prunable layers are all targets (built once, lazily)."""
+        if self._groups is None:
+            # default-excluded output embeddings (lm_head) may lose input columns: their
+            # vocabulary rows are the model's output and never part of a group
+            explicit = _as_list(self.config.exclude)
+            chosen = {id(t.module) for t in self.targets} | {
+                i
+                for i in default_excluded(self.model)
+                if not any(
+                    _matches(s, n, m)
+                    for n, m in self.model.named_modules()
+                    if id(m) == i
+                    for s in explicit
+                )
+            }
+            self._groups = [
+                g
+                for g in self.resolved.granularity.groups(self.model, self.example_inputs)
+                if all(s.target() is None or id(s.module) in chosen for s in g.slots)
+            ]
+        return self._groups
 
     @property
     def sparsity(self) -> float:
@@ -85,9 +117,6 @@ class Pruner:
     @torch.no_grad()
     def apply(self, sparsity: float) -> None:
         """Shrink every target's mask to ``sparsity`` now. Masks only shrink."""
-        for t in self.targets:
-            if not torch.isfinite(t.weight).all():
-                raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
         res = self.resolved
         ctx = ScoreContext(
             self.model,
@@ -97,6 +126,23 @@ class Pruner:
             progress=self.progress,
         )
         gran = res.granularity
+        if gran.structured:  # groups check their own scores for NaN/inf
+            prune_groups(
+                self.groups(),
+                sparsity,
+                res.criterion,
+                ctx,
+                self.config.scope,
+                gran.round_to,
+                gran.max_ratio,
+            )
+            for t in self.targets:
+                if get_mask(t.module, t.param) is not None:
+                    t.module.__dict__.setdefault(INFO, {})[t.param] = gran.spec
+            return
+        for t in self.targets:
+            if not torch.isfinite(t.weight.detach().sum()):  # NaN/inf propagate; no big temporary
+                raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
         if res.criterion.per_row and isinstance(gran, Unstructured) and res.allocation.layerwise:
             gran = Unstructured(per_row=True)
         if res.criterion.layerwise:  # calibrate and prune block by block

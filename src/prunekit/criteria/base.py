@@ -27,7 +27,7 @@ class ScoreContext:
     data: Iterable[Any] | None = None
     #: per-target statistics gathered by :meth:`Criterion.collect`, keyed by ``Target.qualname``
     stats: dict[str, Any] = field(default_factory=dict)
-    #: ``loss_fn(output, batch) -> scalar`` for gradient-based criteria (else the model's own loss)
+    #: ``loss_fn(output, batch) -> scalar`` for gradient criteria; None: the model's own loss
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
     #: show progress bars while calibrating
     progress: bool = False
@@ -65,3 +65,21 @@ class Criterion(ABC):
     @abstractmethod
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         """Element scores as an ``[out, in]`` matrix (see :meth:`Target.to_matrix`)."""
+
+    # -- structured pruning hooks (see prunekit.structure.select.unit_scores) ------------------
+    def channel_scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor | None:
+        """Optional: one score per *output channel* of ``target`` ``[out]``.
+
+        The hook for activation criteria (APoZ, mean activation) and filter criteria (FPGM).
+        Where a criterion gives it, structured pruning scores a unit by the sum of the channel
+        scores of the group's producing layers (the output-channel slices), instead of reducing
+        :meth:`scores` over every member. Statistics gathered in :meth:`collect` (forward hooks
+        on the targets) belong in ``ctx.stats``. The default None means "reduce scores()".
+        """
+        return None
+
+    def group_scores(self, group: Any, ctx: ScoreContext) -> torch.Tensor | None:
+        """Optional: the importance of every unit of a :class:`~prunekit.structure.Group`
+        ``[units]``, for criteria that look at the group as a whole (BN scaling). None (the
+        default) sums the member slices' scores."""
+        return None

@@ -9,6 +9,7 @@ freshly built model of the original class and resizes it to match, after which i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -29,6 +30,10 @@ MANIFEST_ATTRS: set[str] = {
     "all_head_size", "intermediate_size", "nf", "nx", "split_size", "inner_dim", "n_heads",
     "n_head", "key_value_proj_dim", "d_model",
 }  # fmt: skip
+
+#: float attributes recorded and restored: structured shrinking folds a width change into the
+#: epsilon of RMS norms (prunekit.structure.shrink.rescale_rms_norms)
+MANIFEST_FLOAT_ATTRS: set[str] = {"variance_epsilon", "eps"}
 
 
 _ENTRY = {"tensors", "attrs", "dtypes"}
@@ -70,6 +75,10 @@ def shape_manifest(model: nn.Module) -> dict[str, Any]:
         for a in sorted(MANIFEST_ATTRS):
             v = _size_value(module.__dict__.get(a))
             if v is not None:
+                attrs[a] = v
+        for a in sorted(MANIFEST_FLOAT_ATTRS):
+            v = module.__dict__.get(a)
+            if isinstance(v, float) and math.isfinite(v):
                 attrs[a] = v
         if tensors or attrs:
             modules[name] = {"tensors": tensors, "attrs": attrs, "dtypes": dtypes}
@@ -135,6 +144,11 @@ def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
                 plan.append((module, pname, shape))
         for attr, value in recorded_attrs.items():
             current = module.__dict__.get(attr)
+            if attr in MANIFEST_FLOAT_ATTRS and isinstance(current, float):
+                if not isinstance(value, float) or not math.isfinite(value) or value < 0:
+                    raise _bad(f"attribute {name}.{attr} cannot be set to {value!r}")
+                attrs.append((module, attr, value))
+                continue
             new = _size_value(value)
             if attr not in MANIFEST_ATTRS or _size_value(current) is None or new is None:
                 raise _bad(f"attribute {name}.{attr} cannot be set to {value!r}")

@@ -24,6 +24,9 @@ class Granularity(ABC):
     fixed_sparsity: float | None = None
     #: number of weights in one unit
     unit_size: int = 1
+    #: True for granularities that prune coupled groups (channels, heads) through the model's
+    #: structure instead of one weight at a time; see :mod:`prunekit.granularity.structured`
+    structured: bool = False
     #: specs the registry-driven contract tests exercise
     examples: ClassVar[tuple[str, ...]] = ()
 

@@ -1,0 +1,37 @@
+"""Channels: every coupled channel group (conv filters, linear neurons, MLP intermediates,
+residual-stream channels) found by tracing the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .base import GRANULARITIES
+from .structured import Structured
+
+
+@GRANULARITIES.register("channel")
+@dataclass(frozen=True)
+class Channel(Structured):
+    """Coupled channels. ``Channel(round_to=8, max_ratio=0.8)`` for options."""
+
+    round_to: int = 1
+    max_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._check_options()
+
+    @classmethod
+    def from_spec(cls, spec: str) -> Channel | None:
+        return cls() if spec in ("channel", "filter", "neuron") else None
+
+    @property
+    def spec(self) -> str:
+        return "channel"
+
+    def groups(self, model: nn.Module, example_inputs: Any) -> list[Any]:
+        from ..structure.groups import channel_groups
+
+        return channel_groups(model, example_inputs).groups

@@ -1,0 +1,225 @@
+"""Trace a real forward pass into a list of torch-level calls.
+
+The trace runs the model once on ``example_inputs`` under a
+:class:`torch.overrides.TorchFunctionMode` and records every torch function or tensor method that
+touches a tensor, with its real input and output tensors and the qualified name of the module whose
+``forward`` issued it. Python control flow, Hugging Face attention dispatch and KV caches simply
+run: nothing is symbolically traced, so any model that runs can be analysed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from ..errors import TargetError
+from ..masks import arm, mask_names
+
+#: calls that only read metadata; never recorded
+_METADATA = {
+    "__get__",
+    "size",
+    "dim",
+    "numel",
+    "__len__",
+    "is_floating_point",
+    "data_ptr",
+    "__bool__",
+    "item",
+    "tolist",
+    "__format__",
+    "__repr__",
+    "stride",
+    "is_contiguous",
+    "element_size",
+    "get_device",
+    "nelement",
+    "__hash__",
+    "__iter__",
+    "is_complex",
+    "storage_offset",
+    "ndimension",
+    "untyped_storage",
+    "__index__",
+    "__int__",
+    "__float__",
+    "requires_grad_",
+    "__reduce_ex__",
+    "__setstate__",
+    "__deepcopy__",
+    "has_names",
+    "is_nonzero",
+    "_is_view",
+    "__contains__",
+}
+
+
+@dataclass
+class Call:
+    """One recorded call: ``func(*args, **kwargs) -> out`` issued by module ``module``."""
+
+    func: Callable
+    name: str
+    args: tuple
+    kwargs: dict
+    out: Any
+    module: str
+
+    def where(self) -> str:
+        return f"{self.name} in module {self.module or '<root>'}"
+
+
+@dataclass
+class Graph:
+    """The recorded calls of one forward pass, plus what names every parameter and buffer."""
+
+    model: nn.Module
+    calls: list[Call]
+    outputs: Any
+    #: id(tensor) -> [(module name, module, attribute name)] for parameters and buffers
+    owners: dict[int, list[tuple[str, nn.Module, str]]] = field(default_factory=dict)
+
+    def tensors(self, value: Any) -> list[torch.Tensor]:
+        """Every tensor inside a (nested) value, caches excluded."""
+        return [t for t in flatten(value) if isinstance(t, torch.Tensor)]
+
+    def owner(self, t: torch.Tensor) -> tuple[str, nn.Module, str] | None:
+        found = self.owners.get(id(t))
+        return found[0] if found else None
+
+
+def flatten(value: Any) -> list[Any]:
+    """Leaves of tuples, lists, dicts and Hugging Face ``ModelOutput``; other objects (a KV
+    cache, for instance) are leaves themselves and hold no interface tensors."""
+    if isinstance(value, dict):  # ModelOutput is a dict
+        return [leaf for v in value.values() for leaf in flatten(v)]
+    if isinstance(value, (tuple, list)):
+        return [leaf for v in value for leaf in flatten(v)]
+    return [value]
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on example inputs: a tensor, a tuple/list of positional args, or a dict of
+    keyword arguments."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def check_inputs(inputs: Any) -> None:
+    if inputs is None:
+        raise TargetError(
+            "structured pruning needs example_inputs: a tensor, a tuple of positional inputs or a "
+            "dict of keyword inputs that the model accepts"
+        )
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    """An RMS norm module (Llama, Mistral, Qwen2, T5 ...): ``w * x / sqrt(mean(x²) + eps)`` over
+    the last dimension, checked on a probe input (Gemma's ``(1 + w)`` variant is not one). Its
+    forward is recorded as one ``rms_norm_module`` call."""
+    name = type(module).__name__
+    w = getattr(module, "weight", None)
+    eps = eps_attr(module)
+    if not (name.endswith("RMSNorm") or name == "T5LayerNorm"):
+        return False
+    if not isinstance(w, torch.Tensor) or w.dim() != 1 or eps is None:
+        return False
+    x = torch.randn(3, w.shape[0], generator=torch.Generator().manual_seed(0)).to(w)
+    with torch.no_grad():
+        try:
+            y = module(x)
+        except Exception:  # any failure means "not the norm we know"
+            return False
+        ref = w * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + getattr(module, eps))
+    return isinstance(y, torch.Tensor) and torch.allclose(y, ref, rtol=1e-4, atol=1e-6)
+
+
+def eps_attr(module: nn.Module) -> str | None:
+    for attr in ("variance_epsilon", "eps"):
+        if isinstance(getattr(module, attr, None), float):
+            return attr
+    return None
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, stack: list[str]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.calls: list[Call] = []
+        #: > 0 while inside a module recorded as one call
+        self.opaque = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        if name not in _METADATA and not self.opaque:
+            leaves, _ = tree_flatten((args, kwargs))
+            if any(isinstance(a, torch.Tensor) for a in leaves) or isinstance(out, torch.Tensor):
+                self.calls.append(Call(func, name, args, kwargs, out, self.stack[-1]))
+        return out
+
+
+def _module_hooks(model: nn.Module, stack: list[str], rec: _Recorder) -> Iterator[Any]:
+    rms = {id(m) for m in model.modules() if is_rms_norm(m)}
+    for name, module in model.named_modules():
+        opaque = id(module) in rms
+
+        def pre(mod, args, _name=name, _opaque=opaque):
+            stack.append(_name)
+            rec.opaque += _opaque
+
+        def post(mod, args, out, _opaque=opaque):
+            stack.pop()
+            if _opaque:
+                rec.opaque -= 1
+                if not rec.opaque:
+                    rec.calls.append(
+                        Call(
+                            mod.forward,
+                            "rms_norm_module",
+                            (args[0], mod.weight),
+                            {"module": mod},
+                            out,
+                            stack[-1],
+                        )
+                    )
+
+        yield module.register_forward_pre_hook(pre)
+        yield module.register_forward_hook(post, always_call=True)
+
+
+@torch.no_grad()
+def trace(model: nn.Module, example_inputs: Any) -> Graph:
+    """Record one forward pass of ``model`` (in eval mode) on ``example_inputs``."""
+    check_inputs(example_inputs)
+    owners: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for pname, p in list(module._parameters.items()) + list(module._buffers.items()):
+            if p is not None:
+                owners.setdefault(id(p), []).append((mod_name, module, pname))
+    for module in model.modules():  # arm copied masks now, not inside the recorded forward
+        if any(True for _ in mask_names(module)):
+            arm(module)
+    stack = [""]
+    was_training = model.training
+    model.eval()
+    recorder = _Recorder(stack)
+    handles = list(_module_hooks(model, stack, recorder))
+    try:
+        with recorder:
+            outputs = call_model(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return Graph(model, recorder.calls, outputs, owners)

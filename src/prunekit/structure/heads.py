@@ -1,0 +1,348 @@
+"""Attention heads: one adapter per attention module type knows where its heads live.
+
+An adapter maps a module to :class:`Heads`: the slices that hold each query head (q rows, o
+columns, per-head tables) and each key/value head (k, v rows), plus the head counts. From that
+layout :func:`head_groups` builds ordinary :class:`~.groups.Group` objects, so heads are scored,
+masked and shrunk exactly like channel groups:
+
+* with one query head per KV head (plain multi-head attention) a unit is one head;
+* with GQA a unit is one query head, and the query heads of every KV group of a layer are tied so
+  each group loses the same number (``Head(kv_groups=True)`` prunes whole KV groups instead).
+
+After slicing, the adapter's :meth:`HeadAdapter.resize` updates the module's head counts so its
+own forward runs unchanged. Adapters register by class name in :data:`HEAD_ADAPTERS`; modules with
+``q_proj``/``k_proj``/``v_proj``/``o_proj`` (or ``out_proj``) and a ``head_dim`` match the generic
+adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .groups import Group, Slot
+
+HEAD_ADAPTERS: dict[str, HeadAdapter] = {}
+
+
+@dataclass
+class Heads:
+    """Where the heads of one attention module live. Offsets address fused projections."""
+
+    hq: int
+    hkv: int
+    d: int
+    #: (slot, offset): index space [hq * d] starting at offset (q rows, o columns)
+    q: list[tuple[Slot, int]] = field(default_factory=list)
+    #: (slot, offset): index space [hkv * d] (k and v rows)
+    kv: list[tuple[Slot, int]] = field(default_factory=list)
+    #: index space [hq]: one entry per query head (relative position bias tables)
+    per_head: list[Slot] = field(default_factory=list)
+
+    @property
+    def rep(self) -> int:
+        return self.hq // self.hkv
+
+
+def _slot(prefix: str, module: nn.Module, path: str, attr: str, dim: int) -> Slot | None:
+    sub = _get(module, path)
+    if sub is None or getattr(sub, attr, None) is None:
+        return None
+    name = ".".join(p for p in (prefix, path, attr) if p)
+    return Slot(name, sub, attr, dim)
+
+
+def _linear_slots(prefix: str, module: nn.Module, path: str, out: bool) -> list[tuple[Slot, int]]:
+    """Output (rows + bias) or input (columns) slots of the Linear at ``path``."""
+    if out:
+        slots = [_slot(prefix, module, path, "weight", 0), _slot(prefix, module, path, "bias", 0)]
+    else:
+        slots = [_slot(prefix, module, path, "weight", 1)]
+    return [(s, 0) for s in slots if s is not None]
+
+
+class HeadAdapter:
+    """Knows one attention layout. Subclasses set the projection paths and count attributes."""
+
+    q: str = "q_proj"
+    k: str = "k_proj"
+    v: str = "v_proj"
+    o: str = "o_proj"
+    #: attributes of the module holding each count, updated by resize()
+    q_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads")
+    kv_attrs: tuple[str, ...] = ("num_key_value_heads",)
+    width_attrs: tuple[str, ...] = ("all_head_size", "inner_dim")
+    head_dim_attrs: tuple[str, ...] = ("head_dim", "attention_head_size", "key_value_proj_dim")
+    per_head: tuple[tuple[str, str, int], ...] = ()
+    #: module (relative to the adapter's module) that holds the count attributes
+    holder: str = ""
+
+    def matches(self, module: nn.Module) -> bool:
+        return all(isinstance(_get(module, p), nn.Linear) for p in (self.q, self.k, self.v, self.o))
+
+    def head_dim(self, module: nn.Module) -> int:
+        holder = _get(module, self.holder)
+        for a in self.head_dim_attrs:
+            d = getattr(holder, a, None)
+            if isinstance(d, int) and d > 0:
+                return d
+        raise AttributeError(f"{type(module).__name__} has no head dimension attribute")
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        d = self.head_dim(module)
+        hq = _get(module, self.q).weight.shape[0] // d
+        hkv = _get(module, self.k).weight.shape[0] // d
+        heads = Heads(hq, hkv, d)
+        heads.q = _linear_slots(prefix, module, self.q, True) + _linear_slots(
+            prefix, module, self.o, False
+        )
+        heads.kv = _linear_slots(prefix, module, self.k, True) + _linear_slots(
+            prefix, module, self.v, True
+        )
+        for path, attr, dim in self.per_head:
+            s = _slot(prefix, module, path, attr, dim)
+            if s is not None:
+                heads.per_head.append(s)
+        return heads
+
+    def couple(self, prefix: str, module: nn.Module) -> str | None:
+        """Modules returning the same key must keep the same heads (shared position bias)."""
+        return None
+
+    def resize(self, module: nn.Module) -> None:
+        holder = _get(module, self.holder)
+        d = self.head_dim(module)
+        hq = _get(module, self.q).weight.shape[0] // d
+        hkv = _get(module, self.k).weight.shape[0] // d
+        _set_existing(holder, self.q_attrs, hq)
+        _set_existing(holder, self.kv_attrs, hkv)
+        _set_existing(holder, self.width_attrs, hq * d)
+        if hasattr(holder, "num_key_value_groups"):
+            holder.num_key_value_groups = hq // hkv
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path) if path else module
+    except AttributeError:
+        return None
+
+
+def _set_existing(obj: object, attrs: tuple[str, ...], value: int) -> None:
+    for a in attrs:
+        if isinstance(getattr(obj, a, None), int):
+            setattr(obj, a, value)
+
+
+def register(*class_names: str):
+    def add(cls: type[HeadAdapter]) -> type[HeadAdapter]:
+        for n in class_names:
+            HEAD_ADAPTERS[n] = cls()
+        return cls
+
+    return add
+
+
+@register("LlamaAttention", "MistralAttention", "Qwen2Attention", "ViTAttention", "_Generic")
+class ProjAttention(HeadAdapter):
+    """``q_proj``/``k_proj``/``v_proj``/``o_proj`` and ``head_dim`` (Llama, Mistral, Qwen2, ViT)."""
+
+
+@register("OPTAttention", "BartAttention", "WhisperAttention")
+class OutProjAttention(HeadAdapter):
+    o = "out_proj"
+
+
+@register("SwinAttention")
+class SwinAttention(HeadAdapter):
+    per_head = (("relative_position_bias", "relative_position_bias_table", 1),)
+
+
+@register("BertAttention", "RobertaAttention")
+class BertAttention(HeadAdapter):
+    q, k, v, o = "self.query", "self.key", "self.value", "output.dense"
+    holder = "self"
+
+
+@register("MobileViTAttention")
+class MobileViTAttention(HeadAdapter):
+    q, k, v, o = "attention.query", "attention.key", "attention.value", "output.dense"
+    holder = "attention"
+
+
+@register("DistilBertSelfAttention", "MultiHeadSelfAttention")
+class DistilBertAttention(HeadAdapter):
+    """DistilBERT."""
+
+    q, k, v, o = "q_lin", "k_lin", "v_lin", "out_lin"
+
+
+@register("T5Attention")
+class T5Attention(HeadAdapter):
+    """T5: the relative position bias of layer 0 is reused by every layer of its stack, so all
+    layers of a stack keep the same heads (self- and cross-attention separately)."""
+
+    q, k, v, o = "q", "k", "v", "o"
+    per_head = (("relative_attention_bias", "weight", 1),)
+
+    def couple(self, prefix: str, module: nn.Module) -> str | None:
+        return f"{prefix.split('.block.')[0]}:{prefix.rsplit('.', 1)[-1]}"
+
+
+@register("Phi3Attention")
+class Phi3Attention(HeadAdapter):
+    """Phi-3: one fused ``qkv_proj`` holds q, k and v rows; it finds the split from
+    ``config.num_attention_heads``, so only uniform head counts (written to the config) work."""
+
+    def matches(self, module: nn.Module) -> bool:
+        return isinstance(getattr(module, "qkv_proj", None), nn.Linear) and hasattr(
+            module, "o_proj"
+        )
+
+    def _counts(self, module: nn.Module) -> tuple[int, int, int]:
+        d = module.head_dim
+        hkv = module.num_key_value_heads
+        hq = module.qkv_proj.weight.shape[0] // d - 2 * hkv
+        return hq, hkv, d
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        hq, hkv, d = self._counts(module)
+        heads = Heads(hq, hkv, d)
+        w = _slot(prefix, module, "qkv_proj", "weight", 0)
+        heads.q = [(w, 0), (_slot(prefix, module, "o_proj", "weight", 1), 0)]
+        heads.kv = [(w, hq * d), (w, (hq + hkv) * d)]
+        return heads
+
+    def resize(self, module: nn.Module) -> None:
+        d = module.head_dim
+        hq = module.o_proj.weight.shape[1] // d
+        hkv = (module.qkv_proj.weight.shape[0] // d - hq) // 2
+        module.num_key_value_heads = hkv
+        module.num_key_value_groups = hq // hkv
+        module.config.num_attention_heads = hq  # read by forward to split qkv
+        module.config.num_key_value_heads = hkv
+
+
+@register("GPT2Attention")
+class GPT2Attention(HeadAdapter):
+    """GPT-2: one fused ``c_attn`` Conv1D ``[in, 3E]`` holds q, k and v side by side."""
+
+    def matches(self, module: nn.Module) -> bool:
+        return (
+            hasattr(module, "c_attn")
+            and hasattr(module, "c_proj")
+            and not getattr(module, "is_cross_attention", False)
+        )
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        d = module.head_dim
+        e = module.c_attn.weight.shape[1] // 3
+        h = e // d
+        heads = Heads(h, h, d)
+        w = _slot(prefix, module, "c_attn", "weight", 1)
+        b = _slot(prefix, module, "c_attn", "bias", 0)
+        heads.q = [(w, 0), (b, 0), (_slot(prefix, module, "c_proj", "weight", 0), 0)]
+        heads.kv = [(w, e), (b, e), (w, 2 * e), (b, 2 * e)]
+        return heads
+
+    def resize(self, module: nn.Module) -> None:
+        e = module.c_attn.weight.shape[1] // 3
+        module.split_size = e
+        module.num_heads = e // module.head_dim
+        module.embed_dim = e
+
+
+def adapter_for(module: nn.Module) -> HeadAdapter | None:
+    for cls in type(module).__mro__:
+        found = HEAD_ADAPTERS.get(cls.__name__)
+        if found is not None:
+            return found if found.matches(module) else None
+    generic = HEAD_ADAPTERS["_Generic"]
+    if generic.matches(module) and isinstance(getattr(module, "head_dim", None), int):
+        return generic
+    return None
+
+
+def _rows(offset: int, heads: list[int], width: int) -> list[int]:
+    return [offset + h * width + j for h in heads for j in range(width)]
+
+
+def _group(name: str, heads: Heads, units: list[list[int]], kv: list[int] | None) -> Group:
+    """A group whose unit ``u`` holds query heads ``units[u]`` (and KV head ``kv[u]``)."""
+    slots, index = [], []
+    for slot, off in heads.q:
+        slots.append(slot)
+        index.append(torch.tensor([_rows(off, hs, heads.d) for hs in units]))
+    for slot in heads.per_head:
+        slots.append(slot)
+        index.append(torch.tensor(units))
+    if kv is not None:
+        for slot, off in heads.kv:
+            slots.append(slot)
+            index.append(torch.tensor([_rows(off, [g], heads.d) for g in kv]))
+    return Group(name, "head", slots, index)
+
+
+def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
+    """Head groups of every attention module with an adapter.
+
+    ``kv_groups=None`` (as ``pk.shrink`` uses) returns both kinds: whole KV groups, and tied query
+    heads within KV groups where there is GQA. ``True``/``False`` picks one kind, as pruning does.
+    """
+    groups: list[Group] = []
+    coupled: dict[str, list[Group]] = {}
+    for name, module in model.named_modules():
+        adapter = adapter_for(module)
+        if adapter is None:
+            continue
+        heads = adapter.layout(name, module)
+        if heads.hkv < 1 or heads.hq % heads.hkv:
+            continue
+        rep = heads.rep
+        if kv_groups is not False or rep == 1:
+            g = _group(
+                f"{name}.heads",
+                heads,
+                [list(range(k * rep, (k + 1) * rep)) for k in range(heads.hkv)],
+                list(range(heads.hkv)),
+            )
+            g.info.update(adapter=adapter, module=module)
+            key = adapter.couple(name, module)
+            if key is None:
+                groups.append(g)
+            else:
+                coupled.setdefault(key, []).append(g)
+        if rep > 1 and kv_groups is not True:
+            for k in range(heads.hkv):
+                g = _group(f"{name}.heads[kv{k}]", heads, [[k * rep + r] for r in range(rep)], None)
+                g.tie = name
+                g.info.update(adapter=adapter, module=module)
+                groups.append(g)
+    for key, members in coupled.items():
+        if len({m.units for m in members}) != 1:
+            continue
+        first = members[0]
+        merged = Group(
+            key,
+            "head",
+            [s for m in members for s in m.slots],
+            [i for m in members for i in m.index],
+        )
+        merged.info.update(
+            adapter=first.info["adapter"], modules=[m.info["module"] for m in members]
+        )
+        groups.append(merged)
+    return groups
+
+
+def resize_heads(groups: list[Group]) -> None:
+    """Update the head counts of every module the groups cover (after slicing)."""
+    done: set[int] = set()
+    for g in groups:
+        adapter = g.info.get("adapter")
+        for module in g.info.get("modules", [g.info.get("module")]):
+            if adapter is not None and module is not None and id(module) not in done:
+                done.add(id(module))
+                adapter.resize(module)

@@ -1,0 +1,178 @@
+"""Score the units of groups with a criterion, pick the ones to prune, and mask them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..criteria import Criterion, ScoreContext
+from ..errors import ConfigError, WeightError
+from ..masks import shrink_mask
+from ..targets import Target
+from .groups import Group, Slot, one_thread
+
+
+def _element_scores(
+    criterion: Criterion, slot: Slot, ctx: ScoreContext, cache: dict[int, torch.Tensor]
+) -> torch.Tensor | None:
+    """The criterion's element scores summed per index along the slot's dimension ``[size]``."""
+    target = slot.target()
+    if target is None:
+        return None
+    key = id(target.weight)
+    if key not in cache:
+        cache[key] = target.from_matrix(criterion.scores(target, ctx).float()).cpu()
+    s = cache[key]
+    return s.movedim(slot.dim, 0).reshape(s.shape[slot.dim], -1).sum(1)
+
+
+def unit_scores(
+    criterion: Criterion,
+    group: Group,
+    ctx: ScoreContext,
+    cache: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The importance of each unit of ``group`` ``[units]``.
+
+    In order of precedence: the criterion's own :meth:`~prunekit.criteria.Criterion.group_scores`;
+    else, if it gives :meth:`~prunekit.criteria.Criterion.channel_scores` for the output channels
+    of the group's layers, their sum (APoZ, mean activation, FPGM score producers only); else the
+    sum of its element scores over every member slice (L1, L2, Taylor).
+    """
+    custom = criterion.group_scores(group, ctx)
+    if custom is not None:
+        return custom.float().cpu()
+    cache = {} if cache is None else cache
+    total = torch.zeros(group.units)
+    found = False
+    for slot, idx in group.members():
+        target = slot.target()
+        if target is not None and slot.out_dim:
+            per = criterion.channel_scores(target, ctx)
+            if per is not None:
+                total += per.float().reshape(-1).cpu()[idx].sum(1)
+                found = True
+    if found:
+        return total
+    for slot, idx in group.members():
+        per = _element_scores(criterion, slot, ctx, cache)
+        if per is not None:
+            total += per[idx].sum(1)
+    return total
+
+
+def group_targets(groups: list[Group]) -> list[Target]:
+    """The prunable weights the groups touch (for criteria that collect statistics)."""
+    seen: dict[int, Target] = {}
+    for g in groups:
+        for s in g.slots:
+            t = s.target()
+            if t is not None:
+                seen.setdefault(id(t.weight), t)
+    return list(seen.values())
+
+
+def _keep_count(units: int, prune: int, round_to: int, max_ratio: float) -> int:
+    prune = min(prune, math.floor(max_ratio * units + 1e-9), units - 1)
+    keep = units - max(prune, 0)
+    if round_to > 1 and keep % round_to:
+        keep = min(units, math.ceil(keep / round_to) * round_to)
+    return keep
+
+
+def choose(
+    groups: list[Group],
+    scores: list[torch.Tensor],
+    sparsity: float,
+    scope: str,
+    round_to: int = 1,
+    max_ratio: float = 1.0,
+) -> list[torch.Tensor]:
+    """A bool prune-mask ``[units]`` per group. Dead units score ``-inf`` and count as pruned."""
+    if scope == "layer":
+        prune = [round(sparsity * g.units) for g in groups]
+    elif scope == "global":
+        norm = []
+        for s in scores:
+            live = s[torch.isfinite(s)]
+            mean = live.abs().mean() if live.numel() else torch.tensor(1.0)
+            norm.append(s / mean if mean > 0 else s)
+        flat = torch.cat(norm)
+        order = torch.argsort(flat, stable=True)[: round(sparsity * flat.numel())]
+        hit = torch.zeros(flat.numel(), dtype=torch.bool)
+        hit[order] = True
+        prune, start = [], 0
+        for g in groups:
+            prune.append(int(hit[start : start + g.units].sum()))
+            start += g.units
+    else:
+        raise ConfigError(
+            f"scope must be 'layer' or 'global' for structured pruning, got {scope!r}"
+        )
+    keep = [
+        _keep_count(g.units, p, round_to, max_ratio) for g, p in zip(groups, prune, strict=True)
+    ]
+    ties: dict[str, int] = {}
+    for g, k in zip(groups, keep, strict=True):
+        if g.tie is not None:
+            ties[g.tie] = max(ties.get(g.tie, 0), k)
+    out = []
+    for g, s, k in zip(groups, scores, keep, strict=True):
+        k = ties.get(g.tie, k) if g.tie is not None else k
+        mask = torch.zeros(g.units, dtype=torch.bool)
+        mask[torch.argsort(s, stable=True)[: g.units - k]] = True
+        out.append(mask)
+    return out
+
+
+@torch.no_grad()
+def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
+    """Zero the slices of the pruned units with masks (parameters only; buffers keep values)."""
+    keeps: dict[int, tuple[nn.Module, str, torch.Tensor]] = {}
+    for g, mask in zip(groups, pruned, strict=True):
+        if not mask.any():
+            continue
+        for slot, idx in g.members():
+            if not slot.is_param:
+                continue
+            key = id(slot.tensor)
+            if key not in keeps:
+                keeps[key] = (
+                    slot.module,
+                    slot.attr,
+                    torch.ones_like(slot.tensor, dtype=torch.bool),
+                )
+            keep = keeps[key][2]
+            keep.index_fill_(slot.dim, idx[mask].reshape(-1).to(keep.device), False)
+    for module, attr, keep in keeps.values():
+        shrink_mask(module, attr, keep)
+
+
+def prune_groups(
+    groups: list[Group],
+    sparsity: float,
+    criterion: Criterion,
+    ctx: ScoreContext,
+    scope: str = "layer",
+    round_to: int = 1,
+    max_ratio: float = 1.0,
+) -> None:
+    """Prune ``sparsity`` of the units of every group (or of all groups together, ``global``)."""
+    if not groups:
+        return
+    criterion.collect(group_targets(groups), ctx)
+    with one_thread():  # hundreds of small ops: see groups.one_thread
+        cache: dict[int, torch.Tensor] = {}
+        dead_cache: dict = {}
+        scores = []
+        for g in groups:
+            s = unit_scores(criterion, g, ctx, cache)
+            if not torch.isfinite(s).all():
+                raise WeightError(
+                    f"channel group {g.name} scores NaN or inf: its weights hold NaN or inf; "
+                    "fix them before pruning"
+                )
+            scores.append(s.masked_fill(g.dead(dead_cache), -torch.inf))
+        apply_masks(groups, choose(groups, scores, sparsity, scope, round_to, max_ratio))

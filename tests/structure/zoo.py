@@ -1,0 +1,177 @@
+"""The structured-pruning zoo: tiny models with random weights, and example inputs for each.
+
+Every factory is deterministic (seeded) so a fresh process can rebuild the same original model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+ZOO: dict[str, Callable[[], nn.Module]] = {}
+INPUTS: dict[str, Callable[[], Any]] = {}
+#: models with attention heads prunekit can remove
+ATTENTION: set[str] = set()
+
+
+def zoo(name: str, inputs: Callable[[], Any], attention: bool = False):
+    def add(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        def build() -> nn.Module:
+            torch.manual_seed(0)
+            model = fn().eval()
+            _randomize_norm_stats(model)
+            return model
+
+        ZOO[name] = build
+        INPUTS[name] = inputs
+        if attention:
+            ATTENTION.add(name)
+        return build
+
+    return add
+
+
+def _randomize_norm_stats(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def image(size: int = 32) -> Callable[[], torch.Tensor]:
+    return lambda: torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+
+
+def tokens(vocab: int = 64, length: int = 8, **extra: Any) -> Callable[[], dict]:
+    def make() -> dict:
+        g = torch.Generator().manual_seed(2)
+        return {"input_ids": torch.randint(0, vocab, (2, length), generator=g), **extra}
+
+    return make
+
+
+# -- plain torch --------------------------------------------------------------------------------
+class ResidualConcatCNN(nn.Module):
+    """Residual adds, a concat of two branches, a depthwise conv and a flatten into a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+        )
+        self.left = nn.Conv2d(16, 24, 1)
+        self.right = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU())
+        self.dw = nn.Conv2d(48, 48, 3, padding=1, groups=48)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc1 = nn.Linear(48 * 4, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        x = torch.cat([self.left(x), self.right(x)], dim=1)
+        x = self.pool(torch.relu(self.dw(x))).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@zoo("cnn", image(16))
+def cnn() -> nn.Module:
+    return ResidualConcatCNN()
+
+
+@zoo("mlp", lambda: torch.randn(4, 20, generator=torch.Generator().manual_seed(2)))
+def mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 5)
+    )
+
+
+class MHABlock(nn.Module):
+    """A transformer block on ``nn.MultiheadAttention`` with a feed-forward network."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.inp = nn.Linear(12, dim)
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 128), nn.ReLU(), nn.Linear(128, dim))
+        self.out = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        h = h + self.ff(self.norm(h))
+        return self.out(h)
+
+
+@zoo("mha", lambda: torch.randn(2, 6, 12, generator=torch.Generator().manual_seed(2)))
+def mha() -> nn.Module:
+    return MHABlock()
+
+
+# -- Hugging Face (tiny configs, random weights, no downloads) ------------------------------------
+def hf(name: str, inputs: Callable[[], Any], model: str, attention: bool = False, **cfg: Any):
+    """Register ``transformers.<model>`` built from ``<model's config class>(**cfg)``."""
+
+    def build() -> nn.Module:
+        import transformers
+
+        cls = getattr(transformers, model)
+        return cls(cls.config_class(**cfg))
+
+    zoo(name, inputs, attention)(build)
+
+
+TEXT = {"vocab_size": 64, "max_position_embeddings": 16}
+LLAMA_LIKE = {
+    **TEXT, "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2,
+}  # fmt: skip
+CACHED = tokens(use_cache=True)
+
+
+def _t5_inputs() -> dict:
+    g = torch.Generator().manual_seed(2)
+    return {
+        "input_ids": torch.randint(0, 64, (2, 8), generator=g),
+        "decoder_input_ids": torch.randint(0, 64, (2, 5), generator=g),
+    }
+
+
+# fmt: off
+hf("resnet", image(), "ResNetForImageClassification", embedding_size=16,
+   hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], layer_type="bottleneck", num_labels=5)
+hf("convnext", image(), "ConvNextForImageClassification", hidden_sizes=[16, 32], depths=[1, 1],
+   num_stages=2, num_labels=5)
+hf("mobilenet_v2", image(), "MobileNetV2ForImageClassification", depth_multiplier=0.25,
+   image_size=32, num_labels=5)
+hf("efficientnet", image(), "EfficientNetForImageClassification", width_coefficient=0.25,
+   depth_coefficient=0.2, image_size=32, hidden_dim=320, num_labels=5)
+hf("regnet", image(), "RegNetForImageClassification", embedding_size=16, hidden_sizes=[16, 32],
+   depths=[1, 1], groups_width=8, num_labels=5)
+hf("vit", image(), "ViTForImageClassification", True, hidden_size=32, num_hidden_layers=2,
+   num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8, num_labels=5)
+hf("swin", image(), "SwinForImageClassification", True, image_size=32, patch_size=4, embed_dim=16,
+   depths=[1, 1], num_heads=[2, 4], window_size=4, mlp_ratio=4.0, num_labels=5)
+hf("bert", tokens(), "BertModel", True, **TEXT, hidden_size=32, num_hidden_layers=2,
+   num_attention_heads=4, intermediate_size=128, type_vocab_size=2)  # with its pooler
+hf("gpt2", tokens(), "GPT2LMHeadModel", True, vocab_size=64, n_embd=32, n_layer=2, n_head=4,
+   n_positions=16, bos_token_id=0, eos_token_id=0)
+hf("llama", CACHED, "LlamaForCausalLM", True, **LLAMA_LIKE)
+hf("mistral", CACHED, "MistralForCausalLM", True, **LLAMA_LIKE, sliding_window=4)
+hf("qwen2", CACHED, "Qwen2ForCausalLM", True, **LLAMA_LIKE)
+hf("opt", tokens(), "OPTForCausalLM", True, **TEXT, hidden_size=32, ffn_dim=128,
+   num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32)
+hf("t5", _t5_inputs, "T5ForConditionalGeneration", True, vocab_size=64, d_model=32, d_kv=8,
+   d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0)
+# fmt: on
