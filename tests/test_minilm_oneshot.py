@@ -3,9 +3,9 @@
 Every encoder linear is pruned to 50% unstructured and to 2:4. The issue's figures (mean cosine
 between dense and pruned mean-pooled embeddings of disjoint text, 128 x 128 calibration tokens):
 50%: magnitude 0.71, Wanda 0.85, SparseGPT 0.90; 2:4: 0.60, 0.73, 0.83 (all ±0.02);
-``benchmarks/oneshot.py`` reproduces that table. To keep the suite fast this test calibrates on
-64 x 128 tokens (SparseGPT loses about 0.01) and evaluates 256 sentences instead of 512; the
-floors sit a little under the figures.
+``benchmarks/oneshot.py`` prints the same table with times; this test runs the same setup
+(128 x 128 calibration tokens, 512 evaluation sentences) with floors a little under the figures.
+Measured: 50%: 0.709 / 0.856 / 0.901; 2:4: 0.586 / 0.726 / 0.829.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 FLOORS = {  # (sparsity, granularity) -> criterion -> minimum mean cosine
-    (0.5, "unstructured"): {"magnitude": 0.69, "wanda": 0.83, "sparsegpt": 0.875},
-    (None, "2:4"): {"magnitude": 0.57, "wanda": 0.70, "sparsegpt": 0.80},
+    (0.5, "unstructured"): {"magnitude": 0.69, "wanda": 0.83, "sparsegpt": 0.88},
+    (None, "2:4"): {"magnitude": 0.57, "wanda": 0.71, "sparsegpt": 0.81},
 }
 
 
 @pytest.fixture(scope="module")
 def minilm():
     model, tokenizer = bench.load_minilm()
-    evals = bench.evaluation_batches(tokenizer, 256)
-    return model, bench.calibration_batches(tokenizer, 64), evals, mean_pooled(model, evals)
+    evals = bench.evaluation_batches(tokenizer)
+    return model, bench.calibration_batches(tokenizer, 128), evals, mean_pooled(model, evals)
 
 
 @pytest.mark.slow
