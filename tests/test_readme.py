@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
+from prunekit.threads import torch_threads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -13,12 +13,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_tour_runs():
     tour = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[0]
     namespace: dict = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: more threads only spin on a loaded machine
-    try:
+    with torch_threads(1):  # a tiny model: more threads only spin on a loaded machine
         exec(compile(tour, str(README), "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
     model = namespace["model"]
     zeros = sum(int((m.weight == 0).sum()) for m in model if hasattr(m, "weight"))
     total = sum(m.weight.numel() for m in model if hasattr(m, "weight"))

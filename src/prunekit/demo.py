@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from .progress import track
 from .pruner import Pruner
 from .runtime import sparsify, sparsify_report
 from .schedule import Cubic, OneShot
+from .threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -160,17 +160,6 @@ def prune_and_finetune(
     pruner = Pruner(model, config)
     train(model, *data, settings, settings.prune_epochs, label, pruner.step, progress)
     return finalize(model)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` intra-op threads, then restore the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_demo(settings: DemoSettings = DemoSettings(), progress: bool = True) -> list[DemoRow]:

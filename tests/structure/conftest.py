@@ -1,11 +1,10 @@
 import pytest
-import torch
+
+from prunekit.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models run fastest on one thread, and the CI machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

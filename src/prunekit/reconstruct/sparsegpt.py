@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import WeightError
+from ..threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,6 @@ def inverse_hessian_factor(
         f"{name}: the Hessian is not positive definite even at damping {frac:g}; "
         "the calibration data may be degenerate"
     )
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """The column loop's operations are too small to split: on CPU, run them on one thread
-    (several threads only add contention, badly so on a loaded machine)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _column_loop(
@@ -173,7 +158,8 @@ def sparsegpt(
                 done[s] += k
         scale = Pt.float() / d  # err_i = w_i * P_i / d_i
         Et = torch.empty_like(Wt)  # [b, rows] scaled errors
-        with _one_thread(W.device):
+        # the column loop's ops are too small to split across threads
+        with torch_threads(1) if W.device.type == "cpu" else contextlib.nullcontext():
             _column_loop(Wt, U1, d, dead1, forced1, Pt, scale, Et, nm)
         W[:, i1:i2] = Wt.t()
         prune[:, i1:i2] = Pt.t()

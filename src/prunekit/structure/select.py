@@ -11,7 +11,8 @@ from ..criteria import Criterion, ScoreContext
 from ..errors import ConfigError, WeightError
 from ..masks import shrink_mask
 from ..targets import Target
-from .groups import Group, Slot, one_thread
+from ..threads import torch_threads
+from .groups import Group, Slot
 
 
 def _element_scores(
@@ -163,7 +164,7 @@ def prune_groups(
     if not groups:
         return
     criterion.collect(group_targets(groups), ctx)
-    with one_thread():  # hundreds of small ops: see groups.one_thread
+    with torch_threads(1):  # hundreds of small ops
         cache: dict[int, torch.Tensor] = {}
         dead_cache: dict = {}
         scores = []

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
+from ..threads import torch_threads
 from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
-from .groups import Group, cached_groups, channel_groups, one_thread
+from .groups import Group, cached_groups, channel_groups
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
 from .resize import resize
@@ -125,7 +126,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     """
     check_inputs(example_inputs)
     ref = None
-    with one_thread():  # hundreds of small ops: see groups.one_thread
+    with torch_threads(1):  # hundreds of small ops
         small = copy.deepcopy(model)
         heads = head_groups(small)
         channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
