@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import prunekit as pk
 from prunekit.cli import main
 from prunekit.commands import COMMANDS
 from prunekit.demo import digits_cnn
@@ -134,6 +135,37 @@ def test_prune_hf_directory(tmp_path, capsys):
     reloaded = transformers.BertModel.from_pretrained(out)
     w = reloaded.encoder.layer[0].intermediate.dense.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.5)
+
+
+def test_prune_channels_shrinks_a_factory_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["prune", FACTORY, "--granularity", "channel", "--sparsity", "0.5", "-o", str(out)]
+    code, _, err = run_main(*args, capsys=capsys)
+    assert code == 2 and "--example-shape" in err  # a factory model has no dummy inputs
+    code, _, err = run_main(*args, "--example-shape", "2,1,8,8", capsys=capsys)
+    assert code == 0, err
+    code, text, _ = run_main("report", str(out), "--json", capsys=capsys)
+    full = sum(p.numel() for p in digits_cnn().parameters())
+    assert code == 0 and json.loads(text)["totals"]["params"] <= 0.75 * full
+
+
+def test_prune_heads_of_hf_directory_uses_its_dummy_inputs(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    src = tmp_path / "bert"
+    transformers.BertModel(config).save_pretrained(src)
+    out = tmp_path / "out"
+    code, _, err = run_main(
+        "prune", str(src), "--granularity", "head", "--sparsity", "0.5", "-o", str(out),
+        capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    small = pk.load(out)
+    assert type(small).__name__ == "BertModel"
+    assert small.encoder.layer[0].attention.self.query.out_features == 16  # 2 of 4 heads left
 
 
 @pytest.mark.slow

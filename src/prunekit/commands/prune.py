@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
+import torch
 from rich.console import Console
+from torch import nn
 
 from ..analysis.report import report
 from ..api import finalize
@@ -15,6 +18,7 @@ from ..criteria import CRITERIA
 from ..errors import PrunekitError
 from ..modelio import SPEC_HELP, load_model
 from ..pruner import Pruner
+from ..structure.shrink import shrink
 from ..textdata import load_calibration
 from .base import COMMANDS, Command
 
@@ -85,6 +89,28 @@ def calibration_batches(args: argparse.Namespace) -> list[dict]:
     return load_calibration(args.calibration, tokenizer, args.nsamples, seqlen)
 
 
+def example_inputs(model: nn.Module, shape: str | None, seed: int) -> Any:
+    """Inputs to trace for channel/head pruning: a random tensor of ``--example-shape``, else a
+    Hugging Face model's own ``dummy_inputs``."""
+    if shape is not None:
+        try:
+            dims = [int(d) for d in shape.split(",")]
+        except ValueError:
+            dims = []
+        if not dims or min(dims) < 1:
+            raise PrunekitError(
+                f"--example-shape must be positive integers like 1,3,32,32, not {shape!r}"
+            )
+        return torch.randn(dims, generator=torch.Generator().manual_seed(seed))
+    dummy = getattr(model, "dummy_inputs", None)
+    if isinstance(dummy, dict) and dummy:
+        return dict(dummy)
+    raise PrunekitError(
+        "channel and head pruning trace the model: pass --example-shape N,C,H,W (the shape of one "
+        "input batch)"
+    )
+
+
 @COMMANDS.register("prune")
 class PruneCommand(Command):
     """Prune a model once and write OUT/model.safetensors (dense, finalized) + OUT/prunekit.json."""
@@ -111,6 +137,13 @@ class PruneCommand(Command):
         parser.add_argument(
             "--seqlen", type=int, default=512, help="tokens per calibration window (default: 512)"
         )
+        parser.add_argument(
+            "--example-shape",
+            default=None,
+            metavar="N,C,H,W",
+            help="input shape to trace for channel/head pruning (Hugging Face models default to "
+            "their own dummy inputs); the pruned model is shrunk physically",
+        )
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -120,9 +153,12 @@ class PruneCommand(Command):
         if args.calibration is not None or config.resolve().criterion.requires_data:
             data = calibration_batches(args)
         model = load_model(args.model, args.weights)
-        pruner = Pruner(model, config, data=data, progress=True)
+        example = None
+        if config.resolve().granularity.structured:
+            example = example_inputs(model, args.example_shape, args.seed)
+        pruner = Pruner(model, config, data=data, example_inputs=example, progress=True)
         pruner.step()
-        finalize(model)
+        model = finalize(model) if example is None else shrink(model, example)
         from .. import save
 
         is_directory = Path(args.model).is_dir()
