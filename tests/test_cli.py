@@ -121,18 +121,27 @@ def test_prune_factory_writes_dense_finalized_checkpoint(tmp_path):
     assert rows["6.weight"]["nm_valid"] is True
 
 
-def test_prune_hf_directory(tmp_path, capsys):
+@pytest.fixture
+def bert_dir(tmp_path) -> Path:
+    """A tiny BERT (4 heads of 8) saved as a Hugging Face directory."""
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=32,
     )  # fmt: skip
-    src = tmp_path / "bert"
-    transformers.BertModel(config).save_pretrained(src)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    return tmp_path / "bert"
+
+
+def test_prune_hf_directory(bert_dir, tmp_path, capsys):
+    from transformers import BertModel
+
     out = tmp_path / "out"
-    code, _, err = run_main("prune", str(src), "--sparsity", "0.5", "-o", str(out), capsys=capsys)
+    code, _, err = run_main(
+        "prune", str(bert_dir), "--sparsity", "0.5", "-o", str(out), capsys=capsys
+    )
     assert code == 0, err
-    reloaded = transformers.BertModel.from_pretrained(out)
+    reloaded = BertModel.from_pretrained(out)
     w = reloaded.encoder.layer[0].intermediate.dense.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.5)
 
@@ -149,17 +158,10 @@ def test_prune_channels_shrinks_a_factory_model(tmp_path, capsys):
     assert code == 0 and json.loads(text)["totals"]["params"] <= 0.75 * full
 
 
-def test_prune_heads_of_hf_directory_uses_its_dummy_inputs(tmp_path, capsys):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32,
-    )  # fmt: skip
-    src = tmp_path / "bert"
-    transformers.BertModel(config).save_pretrained(src)
+def test_prune_heads_of_hf_directory_uses_its_dummy_inputs(bert_dir, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = run_main(
-        "prune", str(src), "--granularity", "head", "--sparsity", "0.5", "-o", str(out),
+        "prune", str(bert_dir), "--granularity", "head", "--sparsity", "0.5", "-o", str(out),
         capsys=capsys,
     )  # fmt: skip
     assert code == 0, err
