@@ -607,14 +607,17 @@ def model_loss(output: Any, batch: Any, loss_fn: Callable[[Any, Any], torch.Tens
     return loss.reshape(())
 
 
-def squared_gradients(
+def gradient_sums(
     model: nn.Module,
     targets: list[Target],
     data: Any,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     progress: bool = False,
+    *,
+    square: bool,
 ) -> dict[str, torch.Tensor]:
-    """Σ over batches of (∂loss/∂W)², per target weight (a diagonal empirical Fisher, unscaled).
+    """Σ over batches of ∂loss/∂W (``square=False``, for Taylor) or of (∂loss/∂W)² (``square=True``,
+    a diagonal empirical Fisher, unscaled, for OBD), per target weight.
 
     Gradients are taken with ``torch.autograd.grad``: the parameters' ``.grad`` are untouched.
     """
@@ -633,7 +636,8 @@ def squared_gradients(
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for s, g in zip(sums, grads, strict=True):
                     if g is not None:
-                        s.add_(g.detach().float().square())
+                        g = g.detach().float()
+                        s.add_(g.square() if square else g)
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)

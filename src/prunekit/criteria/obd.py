@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from ..calibrate import squared_gradients
+from ..calibrate import gradient_sums
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
 
@@ -23,7 +23,7 @@ class OBD(Criterion):
     requires_data: ClassVar[bool] = True
 
     def collect(self, targets: list[Target], ctx: ScoreContext) -> None:
-        sums = squared_gradients(ctx.model, targets, ctx.data, ctx.loss_fn, ctx.progress)
+        sums = gradient_sums(ctx.model, targets, ctx.data, ctx.loss_fn, ctx.progress, square=True)
         ctx.stats.update({name: {"fisher_sum": s} for name, s in sums.items()})
 
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:

@@ -7,29 +7,12 @@ group's unit sums the element scores of all its members.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from ..calibrate import gradient_sums
 from ..errors import ConfigError
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
-
-
-def _loss(output: Any, batch: Any, ctx: ScoreContext) -> torch.Tensor:
-    if ctx.loss_fn is not None:
-        return ctx.loss_fn(output, batch)
-    loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, dict):
-        loss = output.get("loss")
-    if loss is None and isinstance(output, torch.Tensor) and output.dim() == 0:
-        loss = output
-    if not isinstance(loss, torch.Tensor):
-        raise ConfigError(
-            "criterion 'taylor' needs a loss: pass loss_fn=<fn(output, batch) -> scalar>, or "
-            "batches for which the model returns one (e.g. a Hugging Face model given labels)"
-        )
-    return loss
 
 
 @CRITERIA.register("taylor")
@@ -37,30 +20,9 @@ class Taylor(Criterion):
     requires_data = True
 
     def collect(self, targets: list[Target], ctx: ScoreContext) -> None:
-        from ..structure.graph import call_model
-
-        model = ctx.model
-        params = {t.qualname: t.weight for t in targets}
-        saved = {n: p.grad for n, p in params.items()}
-        flags = {n: p.requires_grad for n, p in params.items()}
-        acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-        try:
-            for p in params.values():
-                p.requires_grad_(True)
-            with torch.enable_grad():
-                for batch in ctx.data or ():
-                    for p in params.values():
-                        p.grad = None
-                    _loss(call_model(model, batch), batch, ctx).backward()
-                    for n, p in params.items():
-                        if p.grad is not None:
-                            acc[n] += p.grad.float()
-        finally:
-            for n, p in params.items():
-                p.grad = saved[n]
-                p.requires_grad_(flags[n])
+        sums = gradient_sums(ctx.model, targets, ctx.data, ctx.loss_fn, ctx.progress, square=False)
         for t in targets:
-            ctx.stats[t.qualname] = {"taylor": (acc[t.qualname] * t.weight.detach().float()).abs()}
+            ctx.stats[t.qualname] = {"taylor": (sums[t.qualname] * t.weight.detach().float()).abs()}
 
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         stats = ctx.stats.get(target.qualname, {})
