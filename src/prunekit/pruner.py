@@ -15,7 +15,7 @@ from .granularity.unstructured import Unstructured
 from .masks import MaskState, get_mask, shrink_mask
 from .progress import track
 from .structure.select import prune_groups
-from .targets import Target, _as_list, _matches, default_excluded, select_targets
+from .targets import Target, default_excluded, matching, select_targets
 
 INFO = "_pk_info"
 
@@ -79,17 +79,8 @@ class Pruner:
         if self._groups is None:
             # default-excluded output embeddings (lm_head) may lose input columns: their
             # vocabulary rows are the model's output and never part of a group
-            explicit = _as_list(self.config.exclude)
-            chosen = {id(t.module) for t in self.targets} | {
-                i
-                for i in default_excluded(self.model)
-                if not any(
-                    _matches(s, n, m)
-                    for n, m in self.model.named_modules()
-                    if id(m) == i
-                    for s in explicit
-                )
-            }
+            head = default_excluded(self.model) - matching(self.model, self.config.exclude)
+            chosen = {id(t.module) for t in self.targets} | head
             self._groups = [
                 g
                 for g in self.resolved.granularity.groups(self.model, self.example_inputs)

@@ -102,6 +102,12 @@ def _as_list(selectors: Selector | Sequence[Selector] | None) -> list[Selector]:
     return list(selectors)
 
 
+def matching(model: nn.Module, selectors: Selector | Sequence[Selector] | None) -> set[int]:
+    """``id()`` of every module of ``model`` that one of ``selectors`` matches."""
+    chosen = _as_list(selectors)
+    return {id(m) for n, m in model.named_modules() if any(_matches(s, n, m) for s in chosen)}
+
+
 def default_excluded(model: nn.Module) -> set[int]:
     """Modules excluded unless named: a Hugging Face model's output embeddings (``lm_head``)."""
     getter = getattr(model, "get_output_embeddings", None)
