@@ -129,7 +129,7 @@ class Pruner:
             )
             for t in self.targets:
                 if get_mask(t.module, t.param) is not None:
-                    t.module.__dict__.setdefault(INFO, {})[t.param] = gran.spec
+                    record_granularity(t.module, t.param, gran.spec)
             return
         for t in self.targets:
             if not torch.isfinite(t.weight.detach().sum()):  # NaN/inf propagate; no big temporary
