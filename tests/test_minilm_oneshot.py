@@ -41,7 +41,7 @@ def minilm():
     return model, bench.calibration_batches(tokenizer, 128), evals, mean_pooled(model, evals)
 
 
-@pytest.mark.slow
+@pytest.mark.realmodel
 @pytest.mark.parametrize("key", list(FLOORS), ids=["50%", "2:4"])
 def test_minilm_quality_floors(minilm, key):
     dense, calib, evals, reference = minilm

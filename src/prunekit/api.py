@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import PruneConfig
 from .granularity import Granularity
-from .masks import MaskState, unmask
+from .masks import bake
 from .pruner import Pruner
 from .targets import Selector
 
@@ -59,10 +59,6 @@ def prune(
     return pruner
 
 
-@torch.no_grad()
 def finalize(model: nn.Module) -> nn.Module:
     """Bake the masks into the weights and drop them. ``state_dict`` keys stay the unpruned ones."""
-    for _, module, pname, mask in list(MaskState(model).items()):
-        getattr(module, pname).mul_(mask)
-        unmask(module)
-    return model
+    return bake(model)

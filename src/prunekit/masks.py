@@ -35,6 +35,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .errors import ConfigError
 
 SUFFIX = "_pk_mask"
+#: per-module dict ``param -> granularity spec`` recorded when prunekit prunes it
+INFO = "_pk_info"
 _TOKEN = "_pk_armed"
 _HOOK_IDS = "_pk_hook_ids"
 
@@ -124,6 +126,16 @@ def get_mask(module: nn.Module, param: str) -> torch.Tensor | None:
     return module._buffers.get(param + SUFFIX)
 
 
+def granularity_of(module: nn.Module, param: str) -> str | None:
+    """The granularity spec a parameter was pruned with, if prunekit pruned it."""
+    return module.__dict__.get(INFO, {}).get(param)
+
+
+def record_granularity(module: nn.Module, param: str, spec: str) -> None:
+    """Remember the granularity ``module.<param>`` was pruned with (for reports and checks)."""
+    module.__dict__.setdefault(INFO, {})[param] = spec
+
+
 def arm(module: nn.Module) -> None:
     """Enforce every mask of ``module``: zero the weights, hook grads, flag optimizer state."""
     with torch.no_grad():
@@ -184,6 +196,15 @@ def unmask(module: nn.Module) -> None:
         module._forward_pre_hooks.pop(hook_ids[0], None)
         module._load_state_dict_post_hooks.pop(hook_ids[1], None)
     module.__dict__.pop(_TOKEN, None)
+
+
+@torch.no_grad()
+def bake(model: nn.Module) -> nn.Module:
+    """Multiply every mask into its weight and drop the masks; ``state_dict`` keys unchanged."""
+    for _, module, pname, mask in list(MaskState(model).items()):
+        getattr(module, pname).mul_(mask)
+        unmask(module)
+    return model
 
 
 class MaskState:

@@ -12,22 +12,10 @@ from .config import PruneConfig
 from .criteria import ScoreContext
 from .errors import ConfigError, TargetError, WeightError
 from .granularity.unstructured import Unstructured
-from .masks import MaskState, get_mask, shrink_mask
+from .masks import MaskState, get_mask, record_granularity, shrink_mask
 from .progress import track
 from .structure.select import prune_groups
 from .targets import Target, default_excluded, matching, select_targets
-
-INFO = "_pk_info"
-
-
-def granularity_of(module: nn.Module, param: str) -> str | None:
-    """The granularity spec a parameter was pruned with, if prunekit pruned it."""
-    return module.__dict__.get(INFO, {}).get(param)
-
-
-def record_granularity(module: nn.Module, param: str, spec: str) -> None:
-    """Remember the granularity ``module.<param>`` was pruned with (for reports and checks)."""
-    module.__dict__.setdefault(INFO, {})[param] = spec
 
 
 class Pruner:

@@ -13,8 +13,7 @@ from torch import nn
 
 from ..granularity import parse_granularity
 from ..granularity.nm import NM
-from ..masks import get_mask
-from ..pruner import granularity_of
+from ..masks import get_mask, granularity_of
 from ..targets import Target, is_prunable, select_targets
 
 

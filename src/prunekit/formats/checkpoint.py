@@ -41,8 +41,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, PrunekitError
 from ..granularity import parse_granularity
-from ..masks import MaskState
-from ..pruner import record_granularity
+from ..masks import MaskState, record_granularity
 from ..targets import is_hf_conv1d, is_prunable
 from .auto import AUTO, encode
 from .base import DTYPES, FORMATS, dtype_name

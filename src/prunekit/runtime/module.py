@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..pruner import granularity_of, record_granularity
+from ..masks import granularity_of, record_granularity
 from ..targets import Target, is_hf_conv1d
 from .kernels import get_kernel
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
+from ..masks import bake
 from ..threads import torch_threads
 from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups
@@ -71,12 +72,6 @@ def _slice(model: nn.Module, removals: dict[int, dict[int, set[int]]]) -> list[n
     return list(touched.values())
 
 
-def _bake(model: nn.Module) -> None:
-    from ..api import finalize
-
-    finalize(model)
-
-
 @torch.no_grad()
 def rescale_rms_norms(model: nn.Module, widths: dict[int, int]) -> None:
     """An RMS norm over D' of D channels (the rest were zero) equals the original when its weight
@@ -136,7 +131,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             channels = analysis.groups
         small.__dict__.pop("_pk_channel_groups", None)
         removals = _removals(channels + heads)
-        _bake(small)
+        bake(small)
         widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
         for module in _slice(small, removals):
             resize(module)
