@@ -2,14 +2,19 @@
 
 Each plugin package (``criteria``, ``granularity``, ...) imports every module inside it with
 :func:`import_submodules`, so adding a plugin touches only its own file.
+
+Every :class:`Registry` lists itself in :data:`REGISTRIES`, and every entry carries examples
+(``examples=`` at registration, or the entry's own ``examples`` attribute): the contract tests
+enumerate every registry and feed each entry its examples, so a new plugin is covered the moment it
+exists, and a plugin without examples fails the meta-test.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .errors import UnknownChoiceError
 
@@ -22,17 +27,31 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._examples: dict[str, tuple[Any, ...]] = {}
+        REGISTRIES.append(self)
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@CRITERIA.register("magnitude")`` on a class or factory."""
+    def register(self, name: str, *, examples: Iterable[Any] | None = None) -> Callable[[T], T]:
+        """Decorator: ``@CRITERIA.register("magnitude")`` on a class or factory.
+
+        ``examples`` (else the entry's ``examples`` attribute) are what the contract tests run.
+        A name registered twice raises.
+        """
 
         def add(obj: T) -> T:
             if name in self._entries:
                 raise RuntimeError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
+            self._examples[name] = tuple(
+                examples if examples is not None else getattr(obj, "examples", ())
+            )
             return obj
 
         return add
+
+    def examples(self, name: str) -> tuple[Any, ...]:
+        """The examples registered with ``name`` (empty when it brought none)."""
+        self.get(name)
+        return self._examples[name]
 
     def get(self, name: str) -> T:
         """The entry called ``name``; an unknown name raises with the valid choices."""
@@ -49,6 +68,10 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+#: every registry, in creation order (the contract tests enumerate it)
+REGISTRIES: list[Registry[Any]] = []
 
 
 def import_submodules(package_name: str, package_path: list[str]) -> None:
