@@ -39,7 +39,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 
 def checkpoint_dir(args: Any, state: Any) -> str:
-    """The folder Trainer writes the checkpoint of ``state.global_step`` to."""
+    """The folder Trainer writes the checkpoint of ``state.global_step`` to (and resumes from,
+    unless ``args.resume_from_checkpoint`` names another)."""
     return os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
 
 
@@ -58,7 +59,10 @@ class PruningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:
             return
-        path = os.path.join(checkpoint_dir(args, state), PRUNER_FILE)
+        folder = args.resume_from_checkpoint
+        if not isinstance(folder, str) or not os.path.isdir(folder):
+            folder = checkpoint_dir(args, state)
+        path = os.path.join(folder, PRUNER_FILE)
         if not os.path.isfile(path):
             warnings.warn(
                 f"resuming at step {state.global_step} without {PRUNER_FILE} in the checkpoint: "

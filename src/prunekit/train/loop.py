@@ -122,8 +122,8 @@ def run_training(
     """Train ``model`` for ``steps`` optimizer steps on ``loss_of(raw batch)``; return the history.
 
     ``data`` is cycled. The RNG (dropout) is seeded with ``seed`` inside a forked RNG state, so the
-    caller's global RNG is left as it was. ``after_step(step)`` runs after every optimizer step
-    (a Pruner's ``step``). ``eval_fn(model, step)`` runs every ``eval_every`` steps and at the end.
+    caller's global RNG is left as it was. ``eval_fn(model, step)`` runs every ``eval_every`` steps
+    and at the end; then ``after_step(step)`` (a Pruner's ``step``), after every optimizer step.
     ``cpu_budget`` (process CPU seconds, evaluations included) ends training early once spent.
     """
     check_positive("steps", steps)
@@ -165,14 +165,14 @@ def run_training(
             schedule.step()
             history.losses.append(float(loss.detach()))
             history.steps = step + 1
-            if after_step is not None:
-                after_step(step)
             spent = cpu_budget is not None and time.process_time() - cpu0 >= cpu_budget
             last = step + 1 == steps or spent
             if eval_fn is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
                 model.eval()
                 history.evals.append((step + 1, eval_fn(model, step + 1)))
                 model.train()
+            if after_step is not None:
+                after_step(step)
             if spent:
                 break
     history.cpu_seconds = time.process_time() - cpu0

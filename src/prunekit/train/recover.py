@@ -129,6 +129,7 @@ def prune_and_recover(
     temperature: float = 2.0,
     alpha: float = 0.5,
     hidden_layers: Sequence[str] | Mapping[str, str] | None = None,
+    target: str = "auto",
     finalize: bool = True,
     eval_fn: EvalFn | None = None,
     eval_every: int | None = None,
@@ -143,7 +144,8 @@ def prune_and_recover(
     ``config`` is used as given. Training continues ``recover_steps`` steps after the last prune.
     N:M passes through wider patterns on the way (3:4, then 2:4). ``method="distill"`` trains
     against ``teacher`` (default: a copy of the dense model, taken before pruning);
-    ``"finetune"`` on the task loss (``loss_fn`` or the model's own). Data-aware criteria
+    ``"finetune"`` on the task loss (``loss_fn`` or the model's own); ``temperature``, ``alpha``,
+    ``hidden_layers`` and ``target`` are :class:`~prunekit.train.distill.Distiller`'s. Data-aware criteria
     calibrate on ``calibration`` (default: the first training batches). Structured
     granularities need ``example_inputs`` and are shrunk physically at the end; the others are
     baked. ``finalize=False`` leaves the masks attached. Under ``torch.distributed`` rank 0's
@@ -192,6 +194,7 @@ def prune_and_recover(
             temperature=temperature,
             alpha=alpha,
             hidden_layers=hidden_layers,
+            target=target,
             loss_fn=loss_fn,
             inputs=inputs,
         )
