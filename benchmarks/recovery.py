@@ -150,7 +150,7 @@ def minilm_rows(cpu_minutes: float, lr: float) -> None:
 
 
 # ---------------------------------------------------------------------------------- SmolLM2
-def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int) -> None:
+def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: str) -> None:
     from prunekit.pretrained import load_smollm2
 
     dense, tok = load_smollm2()
@@ -167,6 +167,8 @@ def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int) -> None
     dense_ppl = ppl(dense)
     for label, kwargs in [("2:4 SparseGPT", dict(granularity="2:4")),
                           ("50% SparseGPT", dict(sparsity=0.5))]:  # fmt: skip
+        if only and not label.startswith(only):
+            continue
         student = copy.deepcopy(dense)
         pk.prune(student, criterion="sparsegpt", data=calib, **kwargs)
         before = ppl(student)
@@ -194,6 +196,7 @@ def main() -> None:
     parser.add_argument("--smollm2-lr", type=float, default=5e-5)
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--smollm2-only", default="", help="run only the row starting so (2:4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -203,7 +206,7 @@ def main() -> None:
     if "minilm" in rows:
         minilm_rows(args.minilm_cpu_minutes, args.minilm_lr)
     if "smollm2" in rows:
-        smollm2_rows(args.smollm2_cpu_minutes, args.smollm2_lr, args.seqlen, args.batch)
+        smollm2_rows(args.smollm2_cpu_minutes, args.smollm2_lr, args.seqlen, args.batch, args.smollm2_only)
     print(f"\nrecovery benchmark, {args.threads} threads, {time.perf_counter() - start:.0f} s wall")
     print(f"{'model':17} {'config':19} {'metric':11} {'dense':>8} {'one-shot':>9} "
           f"{'recovered':>9} {'CPU-min':>7}  work")  # fmt: skip
