@@ -206,13 +206,15 @@ def main() -> None:
     if "minilm" in rows:
         minilm_rows(args.minilm_cpu_minutes, args.minilm_lr)
     if "smollm2" in rows:
-        smollm2_rows(args.smollm2_cpu_minutes, args.smollm2_lr, args.seqlen, args.batch, args.smollm2_only)
+        smollm2_rows(
+            args.smollm2_cpu_minutes, args.smollm2_lr, args.seqlen, args.batch, args.smollm2_only
+        )
     print(f"\nrecovery benchmark, {args.threads} threads, {time.perf_counter() - start:.0f} s wall")
     print(f"{'model':17} {'config':19} {'metric':11} {'dense':>8} {'one-shot':>9} "
           f"{'recovered':>9} {'CPU-min':>7}  work")  # fmt: skip
     for r in ROWS:
-        print(f"{r['model']:17} {r['config']:19} {r['metric']:11} {r['dense']:8.4g} "
-              f"{r['oneshot']:9.4g} {r['recovered']:9.4g} {r['cpu_min']:7.2f}  {r['work']}")  # fmt: skip
+        cells = f"{r['dense']:8.4g} {r['oneshot']:9.4g} {r['recovered']:9.4g} {r['cpu_min']:7.2f}"
+        print(f"{r['model']:17} {r['config']:19} {r['metric']:11} {cells}  {r['work']}")
     for r in ROWS:
         if r["curve"]:
             print(f"{r['model']} {r['config']}: {r['curve']}")

@@ -31,7 +31,9 @@ WORLD = 2
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)  # the same initial weights on every rank
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    return nn.Sequential(
+        nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
+    )
 
 
 def _dump(model: nn.Module, out: Path, rank: int) -> None:
@@ -116,7 +118,7 @@ def test_hf_trainer_under_torchrun(tmp_path):
     script = Path(__file__).with_name("dist_hf_trainer.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", str(WORLD), "--master_port", "0", str(script),
+        [torchrun, "--standalone", "--nproc_per_node", str(WORLD), str(script),
          str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -81,7 +81,7 @@ def test_callback_prunes_per_optimizer_step_and_resumes(tmp_path):
         assert 0 < (~mask.bool()).float().mean() < 0.5  # mid-schedule
     # resume in a fresh model: masks and schedule come back, and the run ends where it did
     fresh = tiny_llama(seed=1)
-    pruner2, trainer2 = train(fresh, tmp_path, resume=str(ckpt))
+    pruner2, _trainer2 = train(fresh, tmp_path, resume=str(ckpt))
     assert pruner2.state_dict()["step"] == 8
     for name, mask in pk.MaskState(fresh).masks.items():
         assert not (mask & ~saved_masks[name].bool()).any()  # only shrank from the checkpoint
@@ -99,7 +99,9 @@ def test_distillation_trainer_recovers_towards_the_teacher(tmp_path):
 
     def gap():
         with torch.no_grad():
-            return float(kl_loss(student.eval()(held_out).logits, teacher(held_out).logits, 1.0, None))
+            return float(
+                kl_loss(student.eval()(held_out).logits, teacher(held_out).logits, 1.0, None)
+            )
 
     before = gap()
     trainer = DistillationTrainer(

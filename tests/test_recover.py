@@ -4,6 +4,7 @@ structured models shrunk at the end, and recovery that beats pruning alone."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -28,7 +29,9 @@ def regression_data(n: int = 16, seed: int = 0):
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    return nn.Sequential(
+        nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)
+    )
 
 
 def task_loss(out, batch):
@@ -51,7 +54,7 @@ def test_iterative_steps_reach_the_exact_target_and_masks_only_shrink():
     assert [s for _, s in result.prunes] == pytest.approx([0.25, 0.5, 0.75])
     assert [step for step, _ in result.prunes] == [0, 10, 20]
     assert result.history.steps == 30
-    for earlier, later in zip(snapshots, snapshots[1:], strict=False):
+    for earlier, later in itertools.pairwise(snapshots):
         for k in earlier:
             assert not (later[k] & ~earlier[k]).any()  # masks only shrink
     for layer in (0, 2, 4):

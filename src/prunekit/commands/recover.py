@@ -67,7 +67,9 @@ class RecoverCommand(Command):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, local_files_only=True)
-        batches = load_calibration(args.data, tokenizer, args.nsamples, args.seqlen, args.batch_size)
+        batches = load_calibration(
+            args.data, tokenizer, args.nsamples, args.seqlen, args.batch_size
+        )
         student = load_model(args.pruned)
         teacher = load_model(args.teacher).eval()
         if not MaskState(student).masks:  # hold the checkpoint's zeros as masks
@@ -101,6 +103,7 @@ class RecoverCommand(Command):
         Console().print(report(student))
         print(
             f"distilled {history.steps} steps: loss {history.losses[0]:.4g} -> "
-            f"{history.losses[-1]:.4g} ({history.cpu_seconds / 60:.1f} CPU-min); wrote {args.output}"
+            f"{history.losses[-1]:.4g} ({history.cpu_seconds / 60:.1f} CPU-min); "
+            f"wrote {args.output}"
         )
         return 0

@@ -53,7 +53,9 @@ class PruningCallback(TrainerCallback):
 
     def __init__(self, pruner: Pruner) -> None:
         if not isinstance(pruner, Pruner):
-            raise ConfigError(f"PruningCallback needs a prunekit Pruner, got {type(pruner).__name__}")
+            raise ConfigError(
+                f"PruningCallback needs a prunekit Pruner, got {type(pruner).__name__}"
+            )
         self.pruner = pruner
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -21,7 +21,9 @@ from ..train.distributed import broadcast_masks
 try:
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # pragma: no cover - exercised only without the extra
-    raise ImportError("prunekit.integrations.lightning needs lightning: pip install lightning") from None
+    raise ImportError(
+        "prunekit.integrations.lightning needs lightning: pip install lightning"
+    ) from None
 
 
 class PruningCallback(Callback):
@@ -29,7 +31,9 @@ class PruningCallback(Callback):
 
     def __init__(self, pruner: Pruner) -> None:
         if not isinstance(pruner, Pruner):
-            raise ConfigError(f"PruningCallback needs a prunekit Pruner, got {type(pruner).__name__}")
+            raise ConfigError(
+                f"PruningCallback needs a prunekit Pruner, got {type(pruner).__name__}"
+            )
         self.pruner = pruner
         #: the trainer's global step when the pruner last stepped
         self.seen = 0

@@ -15,7 +15,7 @@ PRUNER_FILE = "prunekit_pruner.safetensors"
 
 
 def save_pruner(pruner: Pruner, path: str | os.PathLike) -> Path:
-    """Write ``pruner.state_dict()`` to ``path`` (masks as bool tensors, step and config as JSON)."""
+    """Write ``pruner.state_dict()`` to ``path``: masks as bool tensors, step and config as JSON."""
     from safetensors.torch import save_file
 
     path = Path(path)

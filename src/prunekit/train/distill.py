@@ -258,10 +258,7 @@ class Distiller(nn.Module):
         return total, parts, s_out
 
     def _task_loss(self, out: Any, batch: Any) -> torch.Tensor | None:
-        if self.loss_fn is not None:
-            loss = self.loss_fn(out, batch)
-        else:
-            loss = getattr(out, "loss", None)
+        loss = self.loss_fn(out, batch) if self.loss_fn is not None else getattr(out, "loss", None)
         if loss is None:
             return None
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:

@@ -70,7 +70,9 @@ def cycle(data: Iterable[Any]) -> Iterator[Any]:
             yield item
         if count == 0:
             raise ConfigError(
-                "data is empty" if seen == 0 else f"data ran out after {seen} batches: pass a "
+                "data is empty"
+                if seen == 0
+                else f"data ran out after {seen} batches: pass a "
                 "re-iterable (a list, a Dataset or a DataLoader), not a one-shot iterator"
             )
         seen += count
@@ -143,9 +145,7 @@ def run_training(
     if not params:
         raise ConfigError(f"{type(model).__name__} has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, steps, warmup)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
     history = History()
     batches = cycle(data)
     cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -143,10 +143,10 @@ def prune_and_recover(
     (``Iterative(prune_steps, every=recover_steps)``); an ``Iterative`` or ``Cubic`` schedule in
     ``config`` is used as given. Training continues ``recover_steps`` steps after the last prune.
     N:M passes through wider patterns on the way (3:4, then 2:4). ``method="distill"`` trains
-    against ``teacher`` (default: a copy of the dense model, taken before pruning);
-    ``"finetune"`` on the task loss (``loss_fn`` or the model's own); ``temperature``, ``alpha``,
-    ``hidden_layers`` and ``target`` are :class:`~prunekit.train.distill.Distiller`'s. Data-aware criteria
-    calibrate on ``calibration`` (default: the first training batches). Structured
+    against ``teacher`` (default: a copy of the dense model, taken before pruning); ``"finetune"``
+    on the task loss (``loss_fn`` or the model's own). ``temperature``, ``alpha``,
+    ``hidden_layers`` and ``target`` are :class:`~prunekit.train.distill.Distiller`'s. Data-aware
+    criteria calibrate on ``calibration`` (default: the first training batches). Structured
     granularities need ``example_inputs`` and are shrunk physically at the end; the others are
     baked. ``finalize=False`` leaves the masks attached. Under ``torch.distributed`` rank 0's
     masks are broadcast after every pruning step.
