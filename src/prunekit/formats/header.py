@@ -35,7 +35,7 @@ MAX_HEADER_BYTES = 16 * 2**20
 #: the largest config.json read
 MAX_CONFIG_BYTES = 4 * 2**20
 #: how a tensor entry records its mask: the non-zeros of the stored tensor, or a packed bitmask
-#: part ``<name>::mask`` where the two differ (a kept weight that is exactly zero)
+#: part ``<name>::keep_mask`` where the two differ (a kept weight that is exactly zero)
 MASK_KINDS = ("nonzero", "bitmask")
 _ENTRY_KEYS = {
     "format", "dtype", "shape", "meta", "perm", "alias", "nnz", "bytes", "finite", "mask",

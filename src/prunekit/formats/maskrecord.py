@@ -3,7 +3,7 @@
 A masked tensor is saved with its mask applied, so its mask is almost always exactly its non-zeros:
 the entry then says ``"mask": "nonzero"``, which costs nothing. Where they differ (a kept weight
 that is exactly zero) the mask is stored as a packed bitmask, one bit per weight, in the part
-``<name>::mask``. Either way the loader checks what a genuine save guarantees: every weight
+``<name>::keep_mask``. Either way the loader checks what a genuine save guarantees: every weight
 outside the mask is zero.
 """
 
@@ -14,8 +14,9 @@ import torch
 from ._bits import pack_bits, unpack_bits
 from .base import fail, part
 
-#: the safetensors part (``<name>::mask``) that holds a bitmask-recorded mask
-MASK_PART = "mask"
+#: the safetensors part (``<name>::keep_mask``) that holds a bitmask-recorded mask; no format
+#: may use this part name (tests/test_checkpoint_masks.py checks)
+MASK_PART = "keep_mask"
 
 
 def encode_mask(t: torch.Tensor, mask: torch.Tensor) -> tuple[str, torch.Tensor | None]:
