@@ -49,7 +49,7 @@ def test_layer_scope_exact_sparsity_and_nm(model_name, spec, criterion):
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
-@pytest.mark.parametrize("spec", [g for g in GRANULARITY_SPECS if g.fixed_sparsity is None], ids=str)
+@pytest.mark.parametrize("spec", [g for g in GRANULARITY_SPECS if not g.fixed_sparsity], ids=str)
 def test_global_scope_exact_overall(model_name, spec):
     model, _ = make(model_name)
     pk.prune(model, 0.7, granularity=spec, scope="global")
