@@ -55,8 +55,6 @@ def _signature() -> inspect.Signature:
     sig = inspect.signature(prune)
     params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
     for f in dataclasses.fields(PruneConfig):
-        if f.name == "sparsity":
-            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default))
     return sig.replace(parameters=params)

@@ -42,7 +42,8 @@ def _field(default: Any, help: str, **cli: Any) -> Any:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Settings of one pruning job. The constructor stores; :meth:`resolve` validates."""
+    """Settings of one pruning job. The constructor stores (a plugin given as a dict becomes its
+    object); :meth:`resolve` validates everything."""
 
     sparsity: float | None = _field(
         None,
@@ -90,10 +91,12 @@ class PruneConfig:
     seed: int = _field(0, "seed of random criteria and tie-breaking", type=int)
 
     def __post_init__(self) -> None:
-        for name in ("include", "exclude"):  # lists and tuples compare equal after a round trip
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("selectors") and isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))  # equal after a round trip
+            elif "plugin" in f.metadata and isinstance(value, dict):
+                object.__setattr__(self, f.name, _plugin_object(f.name, value))
 
     # -- validation ------------------------------------------------------------------------
     def resolve(self) -> Resolved:
@@ -147,7 +150,7 @@ class PruneConfig:
         out: dict[str, Any] = {"version": VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if "plugin" in f.metadata and not isinstance(value, (str, dict)):
+            if "plugin" in f.metadata and not isinstance(value, str):
                 value = _plugin_dict(resolved, f.name)
             elif f.metadata.get("selectors"):
                 value = _selectors_to_json(value)
@@ -175,9 +178,7 @@ class PruneConfig:
         for f in dataclasses.fields(cls):
             if f.name in data and f.metadata.get("selectors"):
                 data[f.name] = _selectors_from_json(f.name, data[f.name])
-            elif f.name in data and "plugin" in f.metadata and isinstance(data[f.name], dict):
-                data[f.name] = _plugin_object(f.name, data[f.name])
-        return cls(**data)
+        return cls(**data)  # plugin dicts become objects in __post_init__
 
     def replace(self, **changes: Any) -> PruneConfig:
         """A copy with ``changes`` (field names are checked)."""
