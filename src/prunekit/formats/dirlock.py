@@ -10,6 +10,7 @@ the loader then refuses).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,14 @@ def locked(directory: Path, *, shared: bool) -> Iterator[None]:
         return
     fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except OSError as e:  # a file system without locks (some network mounts)
+            warnings.warn(
+                f"cannot lock {directory} ({e}): saves into it from several processes at once "
+                "are not serialised; save from one process (rank 0) only",
+                stacklevel=3,
+            )
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
