@@ -253,7 +253,8 @@ def test_fresh_process_gives_identical_outputs(tmp_path):
         "import sys, torch, prunekit as pk\n"
         "from tests.ckpt_models import Net, ids\n"
         "model = pk.load(sys.argv[1], model=Net()).eval()\n"
-        "torch.save(model(ids()), sys.argv[2])\n"  # a tensor only; read back weights_only
+        "masks = pk.MaskState(model).state_dict()\n"
+        "torch.save({'out': model(ids()), **masks}, sys.argv[2])\n"  # tensors: weights_only
     )
     env = {
         **os.environ,
@@ -263,7 +264,10 @@ def test_fresh_process_gives_identical_outputs(tmp_path):
         [sys.executable, "-c", script, str(tmp_path / "ck"), str(tmp_path / "out.pt")],
         check=True, env=env, timeout=120,
     )  # fmt: skip
-    assert torch.equal(expected, torch.load(tmp_path / "out.pt", weights_only=True))
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.equal(expected, got.pop("out"))
+    masks = pk.MaskState(net).state_dict()  # the masks come back in the fresh process too
+    assert got.keys() == masks.keys() and all(torch.equal(got[k], masks[k]) for k in masks)
 
 
 # ---- Hugging Face ------------------------------------------------------------------------------

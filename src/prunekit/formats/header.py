@@ -29,8 +29,9 @@ WEIGHT_FILES = (MODEL_FILE, COMPRESSED_FILE)
 HEADER_FILE = "prunekit.json"
 HF_CONFIG_FILE = "config.json"
 SCHEMA = 1
-#: the largest prunekit.json written or read (about 20k tensors' worth): parsed JSON takes up to
-#: about 25 times its size in memory, so the size is checked before anything is parsed
+#: the largest prunekit.json written or read (about 25k tensors: a header takes about 630 bytes per
+#: tensor); parsed JSON takes up to about 25 times its size in memory, so the size is checked
+#: before anything is parsed
 MAX_HEADER_BYTES = 16 * 2**20
 #: the largest config.json read
 MAX_CONFIG_BYTES = 4 * 2**20
