@@ -79,9 +79,7 @@ def cnn_rows(epochs: int, recover_epochs: int, prune_steps: int) -> None:
     ]
     for label, config in configs:
         oneshot = copy.deepcopy(dense)
-        pk.prune(oneshot, config.sparsity, granularity=config.granularity,
-                 criterion=config.criterion, scope=config.scope, exclude=config.exclude,
-                 example_inputs=example)  # fmt: skip
+        pk.prune(oneshot, config, example_inputs=example)
         result = prune_and_recover(
             copy.deepcopy(base),
             config,

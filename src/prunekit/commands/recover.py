@@ -7,7 +7,7 @@ import argparse
 from .base import COMMANDS, Command
 
 
-@COMMANDS.register("recover")
+@COMMANDS.register("recover", examples=(["--help"],))  # argv
 class RecoverCommand(Command):
     """Recover a pruned model's quality by distillation from the dense teacher; masks held.
 

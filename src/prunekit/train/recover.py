@@ -23,7 +23,7 @@ from ..config import PruneConfig
 from ..errors import ConfigError
 from ..masks import bake
 from ..pruner import Pruner
-from ..schedule import OneShot, Schedule
+from ..schedule import Iterative, OneShot, Schedule
 from .distill import Distiller
 from .distributed import broadcast_masks
 from .loop import EvalFn, History, check_positive, normalise, run_training
@@ -157,14 +157,13 @@ def prune_and_recover(
     check_positive("prune_steps", prune_steps)
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"config must be a PruneConfig, got {type(config).__name__}")
-    if isinstance(config.schedule, OneShot):
-        from ..schedule import Iterative
-
+    resolved = config.resolve()
+    if isinstance(resolved.schedule, OneShot):
         config = dataclasses.replace(
             config, schedule=Iterative(steps=prune_steps, every=recover_steps)
         )
-    resolved = config.resolve()
-    last = last_prune_step(config.schedule, resolved.sparsity)
+        resolved = config.resolve()
+    last = last_prune_step(resolved.schedule, resolved.sparsity)
     if resolved.criterion.requires_data and calibration is None:
         head = itertools.islice(data, CALIBRATION_BATCHES)
         calibration = [inputs(b) if inputs is not None else b for b in head]
