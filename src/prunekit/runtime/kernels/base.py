@@ -4,7 +4,9 @@ A kernel is one registered class in this package. ``pack`` turns a dense ``[out,
 named tensors (the only weight storage a :class:`~prunekit.runtime.module.SparseLinear` keeps), and
 ``linear`` computes ``x [n, in] -> y [n, out]`` from them. Kernels are stateless singletons; a
 kernel that needs a compiled library reports :meth:`Kernel.available` ``False`` where it cannot
-build one, and sparsify then simply does not consider it.
+build one, and sparsify then simply does not consider it. A kernel that stores values at lower
+precision (``exact = False``) changes the layer's outputs slightly; sparsify only tries it when it
+is named in ``kernels=``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Kernel(ABC):
     name: str = ""
     #: bump when the layout or the code changes: cached timing decisions then expire
     version: int = 1
+    #: whether the packed weight reproduces the dense one exactly (False: lower-precision values)
+    exact: bool = True
 
     def available(self) -> bool:
         """Whether this kernel can run in this process (e.g. its library compiled)."""
@@ -39,6 +43,19 @@ class Kernel(ABC):
     def accepts(self, shape: tuple[int, int]) -> bool:
         """Whether this kernel can hold an ``[out, in]`` weight of ``shape``."""
         return True
+
+    def fits(self, weight: torch.Tensor) -> bool:
+        """Whether this kernel can hold this particular ``[out, in]`` weight (e.g. its pattern)."""
+        return True
+
+    def variant(self) -> str:
+        """Which code path runs here (e.g. ``avx512``), for reports; empty if there is one."""
+        return ""
+
+    def label(self) -> str:
+        """``name`` plus the code path that runs, e.g. ``prunekit_bitmask[avx512]``."""
+        v = self.variant()
+        return f"{self.name}[{v}]" if v else self.name
 
     @abstractmethod
     def pack(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
