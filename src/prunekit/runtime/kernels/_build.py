@@ -152,7 +152,9 @@ def call_linear(
     b = bias.contiguous() if bias is not None else None
     ptrs = [a.data_ptr() for a in arrays]
     bias_ptr = b.data_ptr() if b is not None else None
-    fn(out, n, *dims, *ptrs, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
+    rc = fn(out, n, *dims, *ptrs, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
+    if rc:  # kernels that can refuse their arguments return non-zero
+        raise ConfigError(f"the compiled kernel refused its arguments (code {rc})")
     return y
 
 

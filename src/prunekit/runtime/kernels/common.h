@@ -34,3 +34,19 @@ static void pk_parallel_split(const int32_t *ptr, int64_t units, int64_t n, int 
         body(u0, u1);
     }
 }
+
+// Runs body(begin, end) on nthreads threads over units [0, units) of equal work each (work is
+// their total, for the same small-job rule as pk_parallel_split).
+template <typename F>
+static void pk_parallel_even(int64_t units, int64_t work, int64_t n, int nthreads, F body) {
+    if (nthreads < 1 || work * (n < 8 ? n : 8) < 65536) nthreads = 1;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        body(units * t / nt, units * (t + 1) / nt);
+    }
+}
