@@ -121,12 +121,13 @@ class SparseLinear(nn.Module):
             )
         packed = self.packed
         values = packed["values"]
-        if x2.dtype is not values.dtype or x2.get_device() != values.get_device():
+        kernel = get_kernel(self.kernel)
+        dtype = kernel.input_dtype(packed)
+        if x2.dtype is not dtype or x2.get_device() != values.get_device():
             raise ConfigError(
-                f"input is {x2.dtype} on {x2.device}, the sparse weight is {values.dtype} on "
+                f"input is {x2.dtype} on {x2.device}, the sparse layer takes {dtype} on "
                 f"{values.device}"
             )
-        kernel = get_kernel(self.kernel)
         return kernel.linear(x2, packed, self.bias, (self.out_features, self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,10 @@ class Kernel(ABC):
         """Whether this kernel can hold an ``[out, in]`` weight of ``shape``."""
         return True
 
+    def input_dtype(self, packed: Mapping[str, torch.Tensor]) -> torch.dtype:
+        """The dtype the inputs must have: that of the stored values unless they are narrower."""
+        return packed["values"].dtype
+
     def fits(self, weight: torch.Tensor) -> bool:
         """Whether this kernel can hold this particular ``[out, in]`` weight (e.g. its pattern)."""
         return True

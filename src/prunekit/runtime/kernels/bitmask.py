@@ -77,6 +77,9 @@ class _Bitmask(Kernel):
     def variant(self) -> str:
         return isa_of(SOURCE, "pk_bitmask_isa")
 
+    def input_dtype(self, packed: Mapping[str, torch.Tensor]) -> torch.dtype:
+        return torch.float32
+
     def _function(self):
         return library_function(SOURCE, self.symbol, ARGTYPES)
 

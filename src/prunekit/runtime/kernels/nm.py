@@ -54,7 +54,9 @@ def nm_parts(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.
     w = weight.detach().reshape(out, inp // m, m)  # [out, G, M]
     nz = w != 0
     if _most(nz.reshape(out, inp), m) > n:
-        raise ConfigError(f"a group of {m} holds more than {n} non-zeros: the weight is not {n}:{m}")
+        raise ConfigError(
+            f"a group of {m} holds more than {n} non-zeros: the weight is not {n}:{m}"
+        )
     # pad each group's slots with its earliest zeros, so exactly N are kept
     room = n - nz.sum(-1, keepdim=True)  # [out, G, 1]
     keep = nz | ((~nz).cumsum(-1) <= room)
@@ -98,6 +100,9 @@ class _NM(Kernel):
 
     def variant(self) -> str:
         return isa_of(SOURCE, "pk_nm_isa")
+
+    def input_dtype(self, packed: Mapping[str, torch.Tensor]) -> torch.dtype:
+        return torch.float32
 
     def fits(self, weight: torch.Tensor) -> bool:
         return nm_pattern(weight) is not None
