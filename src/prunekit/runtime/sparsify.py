@@ -55,10 +55,11 @@ def sparsify(
     as a tokenizer's ``{"input_ids": ...}``) instead records each layer's real input size, then
     times the whole model, dense against swapped, and undoes every swap if the swapped model is
     not faster end to end. ``kernels`` limits the candidates (and is the only way to get the
-    inexact ``*_bf16`` ones); ``min_speedup`` is the margin a kernel must beat dense by. ``cold`` times each layer
-    with the CPU caches flushed, as it runs inside a model too large for them; by default that is
-    so when the model's weights exceed twice the last-level cache. Returns the model (a new
-    module only when ``model`` itself is a single layer); :func:`sparsify_report` gives the report.
+    inexact ``*_bf16`` ones); ``min_speedup`` is the margin a kernel must beat dense by. ``cold``
+    times each layer with the CPU caches flushed, as it runs inside a model too large for them; by
+    default that is so when the model's weights exceed twice the last-level cache. Returns the
+    model (a new module only when ``model`` itself is a single layer); :func:`sparsify_report`
+    gives the report.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")

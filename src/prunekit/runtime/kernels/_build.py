@@ -139,7 +139,7 @@ def call_linear(
     dims: tuple[int, ...] = (),
     transpose: bool = True,
 ) -> torch.Tensor:
-    """Run a compiled ``fn(out, n, *dims, *arrays, x, bias, y, threads)``: ``x [n, in] -> [n, out]``.
+    """Run compiled ``fn(out, n, *dims, *arrays, x, bias, y, threads)``: ``x [n, in] -> [n, out]``.
 
     With ``transpose`` the kernel reads ``x`` as is when ``n == 1`` and ``xt = x^T [in, n]`` when
     ``n > 1``; without, it always reads ``x [n, in]``.

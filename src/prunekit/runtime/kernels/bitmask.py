@@ -58,7 +58,7 @@ def bitmask_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def bitmask_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
     """The dense fp32 ``[out, in]`` weight of bitmask parts."""
-    out, inp = shape
+    inp = shape[1]
     bits = np.unpackbits(packed["mask"].numpy().view(np.uint8), axis=1, bitorder="little")
     keep = torch.from_numpy(bits[:, :inp].astype(bool))  # [out, in]
     nnz = int(packed["rowptr"][-1])
