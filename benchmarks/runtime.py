@@ -149,13 +149,14 @@ def table(rows: list[dict], kernels: list[str], title: str, cold: bool) -> Table
                 for k in kernels
             ],
             escape(f"{r['picked_path']} {r['picked_x']:.2f}x"),
-            f"{r.get(f'{r['picked']}_mem', 1.0):.0%}",
+            f"{r.get(r['picked'] + '_mem', 1.0):.0%}",
         )
     clock = "thread CPU time" if default_clock() is time.thread_time else "wall-clock time"
     tab.caption = (
         f"ratio = dense time / kernel time, interleaved in this run: median of {clock} (ratio of "
         f"the minimums in brackets); caches flushed before each call: {cold}; memory = the "
-        "packed weight of the pick / dense fp32; *_bf16 = bfloat16 values (inexact), against fp32 dense"
+        "packed weight of the pick / dense fp32; *_bf16 = bfloat16 values (inexact), against "
+        "fp32 dense"
     )
     return tab
 
