@@ -45,13 +45,13 @@ CONFIGS = {
 def decode(model, prompt_ids: torch.Tensor, tokens: int) -> tuple[list[int], torch.Tensor, list]:
     """Greedy tokens, their logits [tokens, vocab] and the thread-CPU seconds of each step."""
     out = model(input_ids=prompt_ids, use_cache=True)
-    past, logits = out.past_key_values, [out.logits[0, -1]]
+    past, logits = out.cache, [out.logits[0, -1]]  # transformers 5 names the KV cache "cache"
     ids, steps = [int(out.logits[0, -1].argmax())], []
     for _ in range(tokens - 1):
         t0 = time.thread_time()
-        out = model(input_ids=torch.tensor([[ids[-1]]]), past_key_values=past, use_cache=True)
+        out = model(input_ids=torch.tensor([[ids[-1]]]), cache=past, use_cache=True)
         steps.append(time.thread_time() - t0)
-        past = out.past_key_values
+        past = out.cache
         logits.append(out.logits[0, -1])
         ids.append(int(out.logits[0, -1].argmax()))
     return ids, torch.stack(logits), steps

@@ -511,3 +511,23 @@ def test_hugging_face_causal_lm_with_a_tokenizer_style_dict():
     assert sum(isinstance(m, SparseLinear) for m in model.modules()) == 14
     with torch.no_grad():
         assert torch.allclose(model(**ids).logits, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_modules_survive_pickle_copy_and_dtype_changes():
+    import pickle
+
+    model = pruned_mlp(0.6)
+    x = torch.randn(3, 64)
+    ref = model(x).detach()
+    sparsify(model, min_speedup=1.0, timer=FakeTimer(), cache=DecisionCache())
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)  # binds the fast path
+        twin = pickle.loads(pickle.dumps(model))
+        assert torch.allclose(twin(x), ref, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(copy.deepcopy(model)(x), ref, rtol=1e-5, atol=1e-6)
+        model.double()  # the packed values change type: refused, never read as the wrong type
+        if model[0].kernel != "torch_csr":
+            with pytest.raises(ConfigError, match=r"\.float\(\)"):
+                model(x.double())
+        model.float()
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)

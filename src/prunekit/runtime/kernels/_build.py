@@ -22,7 +22,8 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigError
+from .base import Kernel
 
 #: compiler flags of each instruction-set level
 ISA_FLAGS = {
@@ -130,32 +132,70 @@ def _bind(source: Path, name: str, argtypes: tuple, restype: Any, isa: str):
     return fn
 
 
-def call_linear(
-    fn: Callable[..., None],
+def prepared_linear(
+    fn: Callable[..., Any],
     out: int,
-    x: torch.Tensor,
     bias: torch.Tensor | None,
     arrays: list,
     dims: tuple[int, ...] = (),
     transpose: bool = True,
-) -> torch.Tensor:
-    """Run compiled ``fn(out, n, *dims, *arrays, x, bias, y, threads)``: ``x [n, in] -> [n, out]``.
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x [n, in] -> y [n, out]`` through compiled ``fn(out, n, *dims, *arrays, x, bias, y,
+    threads)``, with the function, sizes and array pointers bound once.
 
     With ``transpose`` the kernel reads ``x`` as is when ``n == 1`` and ``xt = x^T [in, n]`` when
-    ``n > 1``; without, it always reads ``x [n, in]``.
+    ``n > 1``; without, it always reads ``x [n, in]``. A non-zero return value is an error.
     """
-    n = x.shape[0]
-    xx = x.t().contiguous() if transpose and n > 1 else x.contiguous()
-    y = torch.empty(n, out, dtype=torch.float32)
-    if n == 0:
-        return y
     b = bias.contiguous() if bias is not None else None
-    ptrs = [a.data_ptr() for a in arrays]
+    fixed = (*dims, *[a.data_ptr() for a in arrays])
     bias_ptr = b.data_ptr() if b is not None else None
-    rc = fn(out, n, *dims, *ptrs, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
-    if rc:  # kernels that can refuse their arguments return non-zero
-        raise ConfigError(f"the compiled kernel refused its arguments (code {rc})")
-    return y
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        xx = x.t().contiguous() if transpose and n > 1 else x.contiguous()
+        y = torch.empty(n, out, dtype=torch.float32)
+        if n == 0:
+            return y
+        rc = fn(out, n, *fixed, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
+        if rc:
+            raise ConfigError(f"the compiled kernel refused its arguments (code {rc})")
+        return y
+
+    run.keep_alive = (arrays, b)  # type: ignore[attr-defined]  # the bound pointers' storage
+    return run
+
+
+class CompiledKernel(Kernel):
+    """A kernel whose ``linear`` is a function of a compiled library (see :func:`load_library`).
+
+    It takes fp32 inputs and stores values of ``value_dtype``.
+    """
+
+    value_dtype = torch.float32
+
+    def input_dtype(self, packed: Mapping[str, torch.Tensor]) -> torch.dtype:
+        return torch.float32
+
+    @abstractmethod
+    def bind(
+        self, packed: Mapping[str, torch.Tensor], shape: tuple[int, int]
+    ) -> tuple[Callable[..., Any] | None, list, tuple[int, ...], bool]:
+        """``(function or None, arrays, dims, transpose)`` for :func:`prepared_linear`."""
+
+    def prepare(self, packed, bias, shape):
+        values = packed["values"].dtype
+        if values != self.value_dtype:  # e.g. the module was converted with .double()
+            raise ConfigError(
+                f"{self.name} runs {self.value_dtype} values, these are {values}: convert the "
+                "model back with .float(), or unsparsify it first"
+            )
+        fn, arrays, dims, transpose = self.bind(packed, shape)
+        if fn is None:
+            raise ConfigError(f"the {self.name} library is not available in this process")
+        return prepared_linear(fn, shape[0], bias, arrays, dims, transpose)
+
+    def linear(self, x, packed, bias, shape):
+        return self.prepare(packed, bias, shape)(x)
 
 
 def _compile(cxx: str, source: Path, flags: list[str], target: Path) -> str | None:

@@ -12,7 +12,7 @@ is named in ``kernels=``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 
 import torch
@@ -74,6 +74,16 @@ class Kernel(ABC):
         shape: tuple[int, int],
     ) -> torch.Tensor:
         """``x [n, in] @ W^T + bias -> [n, out]`` where ``shape = (out, in)``."""
+
+    def prepare(
+        self,
+        packed: Mapping[str, torch.Tensor],
+        bias: torch.Tensor | None,
+        shape: tuple[int, int],
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x [n, in] -> [n, out]`` with everything but ``x`` resolved once (a fast path for the
+        many small calls of a decode step). Valid while ``packed`` and ``bias`` stay in place."""
+        return lambda x: self.linear(x, packed, bias, shape)
 
     @abstractmethod
     def unpack(self, packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:

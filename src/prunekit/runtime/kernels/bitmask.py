@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
-from ._build import call_linear, library_function
-from .base import KERNELS, Kernel
+from ._build import CompiledKernel, library_function
+from .base import KERNELS
 
 SOURCE = Path(__file__).with_name("bitmask.cpp")
 #: (out, n, in, words, rowptr, mask, values, x, bias, y, threads)
@@ -67,8 +67,7 @@ def bitmask_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) ->
     return dense
 
 
-class _Bitmask(Kernel):
-    value_dtype = torch.float32
+class _Bitmask(CompiledKernel):
     symbol = ""
 
     def available(self) -> bool:
@@ -76,9 +75,6 @@ class _Bitmask(Kernel):
 
     def variant(self) -> str:
         return isa_of(SOURCE, "pk_bitmask_isa")
-
-    def input_dtype(self, packed: Mapping[str, torch.Tensor]) -> torch.dtype:
-        return torch.float32
 
     def _function(self):
         return library_function(SOURCE, self.symbol, ARGTYPES)
@@ -89,13 +85,10 @@ class _Bitmask(Kernel):
         vals[: values.numel()] = values.to(self.value_dtype)
         return {"mask": mask, "rowptr": rowptr, "values": vals}
 
-    def linear(self, x, packed: Mapping[str, torch.Tensor], bias, shape):
-        fn = self._function()
-        if fn is None:
-            raise ConfigError(f"the {self.name} library is not available in this process")
+    def bind(self, packed: Mapping[str, torch.Tensor], shape):
         mask = packed["mask"]
         arrays = [packed["rowptr"], mask, packed["values"]]
-        return call_linear(fn, shape[0], x, bias, arrays, (shape[1], mask.shape[1]), False)
+        return self._function(), arrays, (shape[1], mask.shape[1]), False
 
     def unpack(self, packed, shape):
         return bitmask_dense(packed, shape)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError
-from ._build import call_linear, library_function
-from .base import KERNELS, Kernel
+from ._build import CompiledKernel, library_function
+from .base import KERNELS
 from .bitmask import isa_of
 
 SOURCE = Path(__file__).with_name("nm.cpp")
@@ -91,8 +91,7 @@ def nm_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torc
     return dense
 
 
-class _NM(Kernel):
-    value_dtype = torch.float32
+class _NM(CompiledKernel):
     symbol = ""
 
     def available(self) -> bool:
@@ -100,9 +99,6 @@ class _NM(Kernel):
 
     def variant(self) -> str:
         return isa_of(SOURCE, "pk_nm_isa")
-
-    def input_dtype(self, packed: Mapping[str, torch.Tensor]) -> torch.dtype:
-        return torch.float32
 
     def fits(self, weight: torch.Tensor) -> bool:
         return nm_pattern(weight) is not None
@@ -120,13 +116,10 @@ class _NM(Kernel):
             "pattern": torch.tensor(pattern, dtype=torch.int64),
         }
 
-    def linear(self, x, packed: Mapping[str, torch.Tensor], bias, shape):
+    def bind(self, packed: Mapping[str, torch.Tensor], shape):
         fn = library_function(SOURCE, self.symbol, ARGTYPES, ctypes.c_int)
-        if fn is None:
-            raise ConfigError(f"the {self.name} library is not available in this process")
         n, m = packed["pattern"].tolist()
-        arrays = [packed["idx"], packed["values"]]
-        return call_linear(fn, shape[0], x, bias, arrays, (shape[1], n, m), False)
+        return fn, [packed["idx"], packed["values"]], (shape[1], n, m), False
 
     def unpack(self, packed, shape):
         return nm_dense(packed, shape)
