@@ -35,150 +35,117 @@ static inline float to_float(bf16 v) { return bf16_to_float(v); }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define PK_BITMASK_ISA 2
-static inline __m512 load16(const float *p) { return _mm512_loadu_ps(p); }
-static inline __m512 load16(const bf16 *p) {
+// The vector interface the kernels below use: L lanes of fp32 (V), zero, load, fma, sum, and
+// expand(p, k): the L columns of lane mask k in place (zeros where a bit is clear), from the next
+// packed values at p, advancing p past the popcount(k) it used.
+typedef __m512 V;
+static const int L = 16;
+static inline V zero() { return _mm512_setzero_ps(); }
+static inline V loadx(const float *p) { return _mm512_loadu_ps(p); }
+static inline V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+static inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+static inline float hsum(V v) { return _mm512_reduce_add_ps(v); }
+static inline V load_values(const float *p) { return _mm512_loadu_ps(p); }
+static inline V load_values(const bf16 *p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-// the 16 columns of mask k in place (zeros where a bit is clear), from the next 16 packed
-// values; advances p past the popcount(k) used. The load stays a separate instruction: gcc would
-// otherwise fold it into vexpandps' memory form, which is several times slower on AMD Zen 4.
+// vexpandps. The load stays a separate instruction: gcc would otherwise fold it into vexpandps'
+// memory form, which is several times slower on AMD Zen 4.
 template <typename T>
-static inline __m512 expand16(const T *&p, unsigned k) {
-    __m512 raw = load16(p);
+static inline V expand(const T *&p, unsigned k) {
+    V raw = load_values(p);
     asm("" : "+v"(raw));
     p += __builtin_popcount(k);
     return _mm512_maskz_expand_ps(static_cast<__mmask16>(k), raw);
 }
-// the 64 columns of one mask word as four vectors of 16; advances p past their values
-template <typename T>
-static inline void expand64(const T *&p, uint64_t m, __m512 v[4]) {
-    for (int q = 0; q < 4; ++q) v[q] = expand16(p, static_cast<unsigned>(m >> (16 * q)) & 0xffff);
-}
-
-// rows r0..r1 at batch 1: four accumulators per row, one per 16-column quarter of a word
-template <typename T>
-static void gemv(int64_t r0, int64_t r1, int64_t words, const int32_t *rowptr,
-                 const uint64_t *mask, const T *val, const float *x, const float *bias, float *y) {
-    for (int64_t r = r0; r < r1; ++r) {
-        const T *p = val + rowptr[r];
-        const uint64_t *mr = mask + r * words;
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                         _mm512_setzero_ps()};
-        for (int64_t w = 0; w < words; ++w) {
-            const uint64_t m = mr[w];
-            if (!m) continue;
-            __m512 v[4];
-            expand64(p, m, v);
-            for (int q = 0; q < 4; ++q)
-                acc[q] = _mm512_fmadd_ps(v[q], _mm512_loadu_ps(x + 64 * w + 16 * q), acc[q]);
-        }
-        const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        y[r] = _mm512_reduce_add_ps(s) + (bias ? bias[r] : 0.0f);
-    }
-}
-
-// R rows (from r) x B batch rows (from b0): each expanded 64-column tile meets B input rows
-template <typename T, int R, int B>
-static void tile(int64_t r, int64_t b0, int64_t out, int64_t words, const int32_t *rowptr,
-                 const uint64_t *mask, const T *val, const float *x, const float *bias, float *y) {
-    const int64_t ld = 64 * words;
-    __m512 acc[R][B];
-    const T *p[R];
-    for (int i = 0; i < R; ++i) {
-        p[i] = val + rowptr[r + i];
-        for (int b = 0; b < B; ++b) acc[i][b] = _mm512_setzero_ps();
-    }
-    for (int64_t w = 0; w < words; ++w) {
-        __m512 v[R][4];
-        for (int i = 0; i < R; ++i) expand64(p[i], mask[(r + i) * words + w], v[i]);
-        for (int q = 0; q < 4; ++q) {
-            for (int b = 0; b < B; ++b) {
-                const __m512 xv = _mm512_loadu_ps(x + (b0 + b) * ld + 64 * w + 16 * q);
-                for (int i = 0; i < R; ++i) acc[i][b] = _mm512_fmadd_ps(v[i][q], xv, acc[i][b]);
-            }
-        }
-    }
-    for (int i = 0; i < R; ++i)
-        for (int b = 0; b < B; ++b)
-            y[(b0 + b) * out + r + i] =
-                _mm512_reduce_add_ps(acc[i][b]) + (bias ? bias[r + i] : 0.0f);
-}
 
 #elif defined(__AVX2__) && defined(__FMA__)
 #define PK_BITMASK_ISA 1
-// lane l of perm[m] is the packed slot of column l under byte mask m (0 where the bit is clear)
-struct ExpandTable {
-    alignas(32) int32_t perm[256][8];
-    ExpandTable() {
-        for (int m = 0; m < 256; ++m) {
-            int k = 0;
-            for (int l = 0; l < 8; ++l) perm[m][l] = (m >> l) & 1 ? k++ : 0;
-        }
-    }
-};
-static const ExpandTable table;
-
-static inline __m256 load8(const float *p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8(const bf16 *p) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-// the 8 columns of mask byte m, in place (zeros where the bit is clear); advances p
-template <typename T>
-static inline __m256 expand8(const T *&p, unsigned m) {
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m), bits), bits);
-    const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i *>(table.perm[m]));
-    const __m256 v = _mm256_permutevar8x32_ps(load8(p), idx);
-    p += __builtin_popcount(m);
-    return _mm256_and_ps(v, _mm256_castsi256_ps(set));
-}
-static inline float hsum(__m256 v) {
+typedef __m256 V;
+static const int L = 8;
+static inline V zero() { return _mm256_setzero_ps(); }
+static inline V loadx(const float *p) { return _mm256_loadu_ps(p); }
+static inline V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+static inline float hsum(V v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
+static inline V load_values(const float *p) { return _mm256_loadu_ps(p); }
+static inline V load_values(const bf16 *p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+// lane l of perm[k] is the packed slot of column l under byte mask k (0 where the bit is clear)
+struct ExpandTable {
+    alignas(32) int32_t perm[256][8];
+    ExpandTable() {
+        for (int k = 0; k < 256; ++k) {
+            int n = 0;
+            for (int l = 0; l < 8; ++l) perm[k][l] = (k >> l) & 1 ? n++ : 0;
+        }
+    }
+};
+static const ExpandTable table;
+// a permutation from the table stands in for AVX-512's expand; cleared bits are masked to zero
+template <typename T>
+static inline V expand(const T *&p, unsigned k) {
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(k), bits), bits);
+    const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i *>(table.perm[k]));
+    const __m256 v = _mm256_permutevar8x32_ps(load_values(p), idx);
+    p += __builtin_popcount(k);
+    return _mm256_and_ps(v, _mm256_castsi256_ps(set));
+}
+#endif
 
+#ifdef PK_BITMASK_ISA
+// lane mask of the q-th group of L columns of mask word m
+static inline unsigned lanes(uint64_t m, int q) {
+    return static_cast<unsigned>(m >> (L * q)) & ((1u << L) - 1);
+}
+
+// rows r0..r1 at batch 1: four accumulators per row (64 / L groups of L columns per word)
 template <typename T>
 static void gemv(int64_t r0, int64_t r1, int64_t words, const int32_t *rowptr,
                  const uint64_t *mask, const T *val, const float *x, const float *bias, float *y) {
     for (int64_t r = r0; r < r1; ++r) {
         const T *p = val + rowptr[r];
         const uint64_t *mr = mask + r * words;
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                         _mm256_setzero_ps()};
+        V acc[4] = {zero(), zero(), zero(), zero()};
         for (int64_t w = 0; w < words; ++w) {
             const uint64_t m = mr[w];
             if (!m) continue;
-            for (int q = 0; q < 8; ++q) {
-                const __m256 v = expand8(p, static_cast<unsigned>((m >> (8 * q)) & 0xff));
-                acc[q & 3] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 64 * w + 8 * q), acc[q & 3]);
-            }
+            V v[64 / L];  // expand the whole word first, then multiply
+            for (int q = 0; q < 64 / L; ++q) v[q] = expand(p, lanes(m, q));
+            for (int q = 0; q < 64 / L; ++q)
+                acc[q & 3] = fmadd(v[q], loadx(x + 64 * w + L * q), acc[q & 3]);
         }
-        const __m256 s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        y[r] = hsum(s) + (bias ? bias[r] : 0.0f);
+        y[r] = hsum(add(add(acc[0], acc[1]), add(acc[2], acc[3]))) + (bias ? bias[r] : 0.0f);
     }
 }
 
+// R rows (from r) x B batch rows (from b0): each expanded tile of R rows x L columns meets the
+// B input rows' L columns, all in registers
 template <typename T, int R, int B>
 static void tile(int64_t r, int64_t b0, int64_t out, int64_t words, const int32_t *rowptr,
                  const uint64_t *mask, const T *val, const float *x, const float *bias, float *y) {
     const int64_t ld = 64 * words;
-    __m256 acc[R][B];
+    V acc[R][B];
     const T *p[R];
     for (int i = 0; i < R; ++i) {
         p[i] = val + rowptr[r + i];
-        for (int b = 0; b < B; ++b) acc[i][b] = _mm256_setzero_ps();
+        for (int b = 0; b < B; ++b) acc[i][b] = zero();
     }
     for (int64_t w = 0; w < words; ++w) {
-        for (int q = 0; q < 8; ++q) {
-            __m256 v[R];
-            for (int i = 0; i < R; ++i)
-                v[i] = expand8(p[i], static_cast<unsigned>((mask[(r + i) * words + w] >> (8 * q)) & 0xff));
+        for (int q = 0; q < 64 / L; ++q) {
+            V v[R];
+            for (int i = 0; i < R; ++i) v[i] = expand(p[i], lanes(mask[(r + i) * words + w], q));
             for (int b = 0; b < B; ++b) {
-                const __m256 xv = _mm256_loadu_ps(x + (b0 + b) * ld + 64 * w + 8 * q);
-                for (int i = 0; i < R; ++i) acc[i][b] = _mm256_fmadd_ps(v[i], xv, acc[i][b]);
+                const V xv = loadx(x + (b0 + b) * ld + 64 * w + L * q);
+                for (int i = 0; i < R; ++i) acc[i][b] = fmadd(v[i], xv, acc[i][b]);
             }
         }
     }
