@@ -8,11 +8,11 @@ import json
 from rich.console import Console
 
 from ..analysis.report import report
-from ..modelio import SPEC_HELP, load_model
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP, load_model
 from .base import COMMANDS, Command
 
 
-@COMMANDS.register("report")
+@COMMANDS.register("report", examples=(["--help"],))  # argv
 class ReportCommand(Command):
     """Print per-layer sparsity, N:M validity, parameters and size of a model or checkpoint."""
 
@@ -20,9 +20,10 @@ class ReportCommand(Command):
         parser.add_argument("model", metavar="MODEL_OR_DIR", help=SPEC_HELP)
         parser.add_argument("--weights", default=None, metavar="FILE.safetensors")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
-        rep = report(load_model(args.model, args.weights))
+        rep = report(load_model(args.model, args.weights, trust_source=args.trust_source))
         if args.json:
             print(json.dumps(rep.to_dict(), indent=2))
         else:

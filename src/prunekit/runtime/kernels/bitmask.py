@@ -94,14 +94,14 @@ class _Bitmask(CompiledKernel):
         return bitmask_dense(packed, shape)
 
 
-@KERNELS.register("prunekit_bitmask")
+@KERNELS.register("prunekit_bitmask", examples=("unstructured:0.5", "unstructured:0.9"))
 class PrunekitBitmask(_Bitmask):
     """Bitmask + packed fp32 values (exact)."""
 
     symbol = "pk_bitmask_f32"
 
 
-@KERNELS.register("prunekit_bitmask_bf16")
+@KERNELS.register("prunekit_bitmask_bf16", examples=("unstructured:0.5",))
 class PrunekitBitmaskBF16(_Bitmask):
     """Bitmask + packed bfloat16 values, converted to fp32 in registers (inexact: opt-in)."""
 

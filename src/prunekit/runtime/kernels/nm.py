@@ -125,14 +125,14 @@ class _NM(CompiledKernel):
         return nm_dense(packed, shape)
 
 
-@KERNELS.register("prunekit_nm")
+@KERNELS.register("prunekit_nm", examples=("2:4", "1:4", "4:8"))
 class PrunekitNM(_NM):
     """N:M packed fp32 values with per-slot group positions (exact)."""
 
     symbol = "pk_nm_f32"
 
 
-@KERNELS.register("prunekit_nm_bf16")
+@KERNELS.register("prunekit_nm_bf16", examples=("2:4",))
 class PrunekitNMBF16(_NM):
     """N:M packed bfloat16 values, converted to fp32 in registers (inexact: opt-in)."""
 

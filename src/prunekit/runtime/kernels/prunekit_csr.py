@@ -28,7 +28,7 @@ def _function(name: str):
     return library_function(SOURCE, name, ARGTYPES)
 
 
-@KERNELS.register("prunekit_csr")
+@KERNELS.register("prunekit_csr", examples=("unstructured:0.5", "unstructured:0.9"))
 class PrunekitCSR(CompiledKernel):
     """Row-parallel CSR: uint16 (or int32) columns, int32 row pointers, fp32 values."""
 
