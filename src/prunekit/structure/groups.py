@@ -24,7 +24,7 @@ from ..masks import get_mask
 from ..targets import Target, is_hf_conv1d, is_prunable
 from ..threads import torch_threads
 from .graph import Graph, flatten, trace
-from .rules import State, check_cuts, propagate
+from .propagate import State, check_cuts, propagate
 
 
 @dataclass(frozen=True, eq=False)
