@@ -165,6 +165,8 @@ hf("swin", image(), "SwinForImageClassification", True, image_size=32, patch_siz
    depths=[1, 1], num_heads=[2, 4], window_size=4, mlp_ratio=4.0, num_labels=5)
 hf("bert", tokens(), "BertModel", True, **TEXT, hidden_size=32, num_hidden_layers=2,
    num_attention_heads=4, intermediate_size=128, type_vocab_size=2)  # with its pooler
+hf("distilbert", tokens(), "DistilBertForSequenceClassification", True, vocab_size=64, dim=32,
+   n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=16, num_labels=3)
 hf("gpt2", tokens(), "GPT2LMHeadModel", True, vocab_size=64, n_embd=32, n_layer=2, n_head=4,
    n_positions=16, bos_token_id=0, eos_token_id=0)
 hf("llama", CACHED, "LlamaForCausalLM", True, **LLAMA_LIKE)

@@ -5,6 +5,10 @@ original class without pickle.
 the integer size attributes named in :data:`MANIFEST_ATTRS`. :func:`apply_shape_manifest` takes a
 freshly built model of the original class and resizes it to match, after which its
 ``state_dict`` has the shrunk model's keys and shapes.
+
+Modules whose masked forward differs from their forward with zeroed weights (a masked LayerNorm
+normalises over its kept channels: :data:`prunekit.masks.MASKED_FORWARD`) also record the
+pruned indices of their 1-D masks (``"masks"``), which :func:`apply_shape_manifest` restores.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..masks import SUFFIX
+from ..masks import MASKED_FORWARD, SUFFIX, mask_names, shrink_mask
 from .base import DTYPES, dtype_name
 
 #: size attributes recorded and restored. Add names here for modules that keep sizes elsewhere.
@@ -36,7 +40,7 @@ MANIFEST_ATTRS: set[str] = {
 MANIFEST_FLOAT_ATTRS: set[str] = {"variance_epsilon", "eps"}
 
 
-_ENTRY = {"tensors", "attrs", "dtypes"}
+_ENTRY = {"tensors", "attrs", "dtypes", "masks"}
 
 
 def _size_value(v: Any) -> int | list[int] | None:
@@ -80,9 +84,23 @@ def shape_manifest(model: nn.Module) -> dict[str, Any]:
             v = module.__dict__.get(a)
             if isinstance(v, float) and math.isfinite(v):
                 attrs[a] = v
-        if tensors or attrs:
+        masks = _forward_masks(module)
+        if tensors or attrs or masks:
             modules[name] = {"tensors": tensors, "attrs": attrs, "dtypes": dtypes}
+            if masks:
+                modules[name]["masks"] = masks
     return {"modules": modules}
+
+
+def _forward_masks(module: nn.Module) -> dict[str, list[int]]:
+    """Pruned indices of the 1-D masks of a module whose masked forward is its own."""
+    if not isinstance(module, tuple(MASKED_FORWARD)):
+        return {}
+    return {
+        n: torch.nonzero(~m).flatten().tolist()
+        for n, m in mask_names(module)
+        if m.dim() == 1 and not bool(m.all())
+    }
 
 
 def _bad(msg: str) -> CheckpointError:
@@ -113,6 +131,7 @@ def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
     plan: list[tuple[nn.Module, str, tuple[int, ...]]] = []
     attrs: list[tuple[nn.Module, str, Any]] = []
     casts: list[tuple[nn.Module, str, torch.dtype]] = []
+    masks: list[tuple[nn.Module, str, list[int]]] = []
     for name, entry in manifest["modules"].items():
         module = modules.get(name)
         if module is None or not isinstance(entry, dict) or set(entry) - _ENTRY:
@@ -122,6 +141,18 @@ def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
         dtypes = entry.get("dtypes", {})
         if not all(isinstance(x, dict) for x in (tensors, recorded_attrs, dtypes)):
             raise _bad(f"module {name!r} has a malformed entry")
+        for pname, pruned in entry.get("masks", {}).items():
+            size = tensors.get(pname, [None])[0]
+            if (
+                not isinstance(module, tuple(MASKED_FORWARD))
+                or pname not in module._parameters
+                or not isinstance(size, int)
+                or not isinstance(pruned, list)
+                or not all(isinstance(i, int) and 0 <= i < size for i in pruned)
+                or len(set(pruned)) >= size
+            ):
+                raise _bad(f"module {name!r} has a malformed mask of {pname!r}")
+            masks.append((module, pname, pruned))
         for bname, dtype in dtypes.items():
             if bname not in module._non_persistent_buffers_set or own.get(bname) is None:
                 raise _bad(f"{name}.{bname} is not a non-persistent buffer")
@@ -166,4 +197,8 @@ def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
         module._buffers[bname] = module._buffers[bname].to(dtype)
     for module, attr, value in attrs:
         setattr(module, attr, value)
+    for module, pname, pruned in masks:
+        keep = torch.ones_like(getattr(module, pname), dtype=torch.bool)
+        keep[pruned] = False
+        shrink_mask(module, pname, keep)
     return model

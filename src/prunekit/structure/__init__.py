@@ -13,7 +13,7 @@
   configs (:mod:`.hf_config`), and verifies the result against the masked model.
 """
 
-from . import rules  # noqa: F401  (registers the channel rules)
+from . import masked_norm, rules  # noqa: F401  (register the masked LayerNorm and the rules)
 from .graph import Graph, trace
 from .groups import ChannelAnalysis, Group, Slot, channel_groups
 from .heads import HEAD_ADAPTERS, HeadAdapter, head_groups

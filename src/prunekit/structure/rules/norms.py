@@ -3,8 +3,8 @@
 Batch and instance norm keep channels apart. A group norm with one channel per group does too;
 with larger groups its statistics mix channels. A LayerNorm module with a weight normalises over
 its kept channels while masked (see :mod:`..masked_norm`), so its channels go like any other; a
-functional ``layer_norm`` with no module to correct keeps them. An RMS norm module folds the
-lost channels into its weight and eps at shrink time.
+functional ``layer_norm`` (or a LayerNorm without weight) keeps them. An RMS norm module folds
+the lost channels into its weight and eps at shrink time.
 """
 
 from __future__ import annotations
@@ -84,22 +84,39 @@ class LayerNorm(Rule):
         st.set(call.out, c.view(*x.shape[-k:]))
 
 
-class RMSNormModule(Rule):
-    """An RMS norm module (recorded as one call by the trace): channels stay separate up to one
-    shared scale, which shrink folds back exactly (weights times sqrt(D/D'), eps times D/D'; see
-    :func:`..shrink.rescale_rms_norms`)."""
+class _ChannelsFirstNorm(nn.LayerNorm):
+    """A ConvNeXt-style LayerNorm over dimension 1 of ``[N, C, H, W]``."""
 
-    ops = ("rms_norm_module",)
-    examples = (Example(lambda: mlp_around(nn.RMSNorm(16, eps=1e-6)), VEC),)
+    data_format = "channels_first"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class NormModule(Rule):
+    """An RMS norm or LayerNorm module, recorded as one call by the trace: channels stay separate
+    up to per-row statistics that are corrected exactly. An RMS norm shrinks with its weight
+    times sqrt(D/D') and eps times D/D' (:func:`..shrink.rescale_rms_norms`); a masked LayerNorm
+    normalises over its kept channels (:mod:`..masked_norm`)."""
+
+    ops = ("rms_norm_module", "layer_norm_module")
+    examples = (
+        Example(lambda: mlp_around(nn.RMSNorm(16, eps=1e-6)), VEC),
+        Example(lambda: mlp_around(nn.LayerNorm(16)), VEC),
+        Example(lambda: cnn_around(_ChannelsFirstNorm(16)), IMAGE),
+    )
 
     def apply(self, call: Call, st: State) -> None:
-        x, w = call.args
+        x, w, *bias = call.args
+        dim = call.kwargs["dim"] % x.dim()
         c = st.wdim(w, 0)
-        consume(st, call, st.small(x), c, -1)
-        st.set(call.out, c)
+        consume(st, call, st.small(x), c, dim)
+        for b in bias:
+            bind(st, b, 0, c)
+        st.set(call.out, c.view(-1, *([1] * (x.dim() - 1 - dim))))
 
 
 register("batch-norm", BatchNorm())
 register("group-norm", GroupNorm())
 register("layer-norm", LayerNorm())
-register("rms-norm-module", RMSNormModule())
+register("norm-module", NormModule())
