@@ -19,11 +19,13 @@ head pruning it serves (run by the contract tests).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..registry import Registry
+from .attention import StructuralAdapter, find_heads
 from .groups import Group, Slot
 from .propagate import Example
 
@@ -45,6 +47,9 @@ class Heads:
     kv: list[tuple[Slot, int]] = field(default_factory=list)
     #: index space [hq]: one entry per query head (relative position bias tables)
     per_head: list[Slot] = field(default_factory=list)
+    #: (slot, index [hq, k]) and (slot, index [hkv, k]): slices of each head, found by structure
+    q_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
+    kv_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
 
     @property
     def rep(self) -> int:
@@ -371,26 +376,50 @@ def _group(name: str, heads: Heads, units: list[list[int]], kv: list[int] | None
     for slot in heads.per_head:
         slots.append(slot)
         index.append(torch.tensor(units))
+    for slot, idx in heads.q_index:
+        slots.append(slot)
+        index.append(idx[torch.tensor(units)].reshape(len(units), -1))  # [units, heads * k]
     if kv is not None:
         for slot, off in heads.kv:
             slots.append(slot)
             index.append(torch.tensor([_rows(off, [g], heads.d) for g in kv]))
+        for slot, idx in heads.kv_index:
+            slots.append(slot)
+            index.append(idx[torch.tensor(kv)])
     return Group(name, "head", slots, index)
 
 
-def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
-    """Head groups of every attention module with an adapter.
+def head_groups(
+    model: nn.Module, kv_groups: bool | None = None, example_inputs: Any = None
+) -> list[Group]:
+    """Head groups of every attention module with an adapter, and (given ``example_inputs``)
+    of every other attention that structure can tell (:mod:`.attention`).
 
     ``kv_groups=None`` (as ``pk.shrink`` uses) returns both kinds: whole KV groups, and tied query
     heads within KV groups where there is GQA. ``True``/``False`` picks one kind, as pruning does.
     """
-    groups: list[Group] = []
-    coupled: dict[str, list[Group]] = {}
+    layouts: list[tuple[str, nn.Module, HeadAdapter | StructuralAdapter, Heads]] = []
+    generic: list[tuple[str, nn.Module, HeadAdapter]] = []
     for name, module in model.named_modules():
         adapter = adapter_for(module)
-        if adapter is None:
+        if adapter is not None and _by_class(module):
+            layouts.append((name, module, adapter, adapter.layout(name, module)))
+        elif adapter is not None:
+            generic.append((name, module, adapter))
+    known = [n for n, *_ in layouts]
+    for found in find_heads(model, example_inputs) if example_inputs is not None else []:
+        if any(_nested(found.module, n) for n in known):
             continue
-        heads = adapter.layout(name, module)
+        heads = Heads(found.hq, found.hkv, found.d, q_index=found.q, kv_index=found.kv)
+        module = model.get_submodule(found.module)
+        layouts.append((found.module, module, StructuralAdapter(found), heads))
+    known = [n for n, *_ in layouts]
+    for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
+        if not any(_nested(name, n) for n in known):
+            layouts.append((name, module, adapter, adapter.layout(name, module)))
+    groups: list[Group] = []
+    coupled: dict[str, list[Group]] = {}
+    for name, module, adapter, heads in layouts:
         if heads.hkv < 1 or heads.hq % heads.hkv:
             continue
         rep = heads.rep
@@ -402,7 +431,7 @@ def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
                 list(range(heads.hkv)),
             )
             g.info.update(adapter=adapter, module=module)
-            key = adapter.couple(name, module)
+            key = adapter.couple(name, module) if isinstance(adapter, HeadAdapter) else None
             if key is None:
                 groups.append(g)
             else:
@@ -428,6 +457,16 @@ def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
         )
         groups.append(merged)
     return groups
+
+
+def _by_class(module: nn.Module) -> bool:
+    """An adapter is registered for the module's class (not the generic naming fallback)."""
+    return any(c.__name__ in _BY_CLASS for c in type(module).__mro__)
+
+
+def _nested(a: str, b: str) -> bool:
+    """Module ``a`` is ``b``, inside it, or holds it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not b or not a
 
 
 def resize_heads(groups: list[Group]) -> None:

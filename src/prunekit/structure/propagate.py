@@ -73,8 +73,12 @@ def rule_for(op: str) -> Rule | None:
 class State:
     """Atoms of every tensor seen so far, plus the joins and blocks recorded by the rules."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, heads: bool = False) -> None:
         self.graph = graph
+        #: head mode (see :mod:`.attention`): reshapes may split channels into heads, and
+        #: attention calls are recorded in ``attention`` instead of keeping their channels
+        self.heads = heads
+        self.attention: list[tuple[Call, torch.Tensor]] = []
         self.count = 0
         self.edges: list[torch.Tensor] = []  # [2, E] pairs of atoms to merge
         self.blocks: list[tuple[torch.Tensor, str]] = []
@@ -223,11 +227,11 @@ def first_output(call: Call) -> torch.Tensor | None:
 NO_RULE = "no channel rule for this op"
 
 
-def propagate(graph: Graph) -> State:
+def propagate(graph: Graph, heads: bool = False) -> State:
     """Run every rule over the trace; unknown calls on tracked channels block them."""
     from . import rules  # noqa: F401  (registers every rule family)
 
-    st = State(graph)
+    st = State(graph, heads)
     for call in graph.calls:
         ins = tensors_of((call.args, call.kwargs))
         if not any(st.tracked(t) for t in ins):

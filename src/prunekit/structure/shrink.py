@@ -123,7 +123,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     ref = None
     with torch_threads(1):  # hundreds of small ops
         small = copy.deepcopy(model)
-        heads = head_groups(small)
+        heads = head_groups(small, example_inputs=example_inputs)
         channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
         if channels is None:
             analysis = channel_groups(small, example_inputs, warn=False)

@@ -24,8 +24,9 @@ _OPS = (
 
 
 class Elementwise(Rule):
-    """Join the channels of every operand at each output position; a parameter used as data is
-    sliced along the channels it is broadcast over, or kept whole where shared by all."""
+    """Join the channels of every operand at each output position; a parameter used as data (or
+    a tensor holding a single id, such as a rotary table of one frequency) is sliced along the
+    channels it is broadcast over, or kept whole where shared by all."""
 
     ops = _OPS
     examples = (
@@ -42,11 +43,14 @@ class Elementwise(Rule):
             a = st.small(t)
             if a is not None and a.dim() < len(shape):
                 a = a.view((1,) * (len(shape) - a.dim()) + tuple(a.shape))
-            if a is not None and id(t) in st.data:
-                shared.append((t, a))  # a parameter used as data: decided below
+            if a is not None and (id(t) in st.data or a.numel() == 1):
+                shared.append((t, a))  # a parameter used as data, or one id: decided below
             else:
                 (known if a is not None else unknown).append((t, a))
         vary = {d for _, a in known for d in varying(a)}
+        if st.heads:  # per-head ids stay apart: a tensor broadcast over heads (rotary) is shared
+            shared += [(t, a) for t, a in known if any(a.shape[d] == 1 for d in vary)]
+            known = [(t, a) for t, a in known if not any(a.shape[d] == 1 for d in vary)]
         for t, a in shared:
             if any(a.shape[d] == 1 for d in vary):  # shared by every channel: never sliced
                 unknown.append((t, None))

@@ -78,10 +78,10 @@ class Replay(Rule):
         first = call.args[0]
         src = st.act.get(id(first)) if isinstance(first, torch.Tensor) else None
         before = len(varying(src)) if src is not None else 0
-        if self.cuts and src is not None and id(first) not in st.data:
+        if self.cuts and not st.heads and src is not None and id(first) not in st.data:
             _record_cut(st, call, src, got)  # (parameters used as data: see analyse's separability)
         for t, a in zip(outs, got, strict=True):
-            if self.reshapes and src is not None and len(varying(a)) > before:
+            if self.reshapes and not st.heads and src is not None and len(varying(a)) > before:
                 st.block(
                     src, call, "a channel dimension is split into several (reshape into heads)"
                 )
@@ -122,7 +122,7 @@ def _record_cut(st: State, call: Call, src: torch.Tensor, pieces: list[torch.Ten
     ids = torch.unique(src)
     for d in varying(src):
         cut = []
-        for a in pieces:
+        for a in (p for p in pieces if p.numel()):
             if a.dim() == full.dim():
                 if a.shape[d] != full.shape[d]:
                     cut.append(a)
