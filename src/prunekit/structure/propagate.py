@@ -87,6 +87,8 @@ class State:
         self.wdims: dict[tuple[int, int], torch.Tensor] = {}
         #: id(param) -> element atoms (shape of the parameter) for parameters used as data
         self.data: dict[int, torch.Tensor] = {}
+        #: [start, end) of the ids given to each parameter used as data
+        self.data_ranges: list[tuple[int, int]] = []
         #: id(param) -> the parameter tensor, for everything in wdims and data
         self.params: dict[int, torch.Tensor] = {}
         #: params passed to calls without a rule: every atom on them is blocked at the end
@@ -112,10 +114,19 @@ class State:
         a = self.act.get(id(t))
         if a is None and self.owned(t):
             a = self.fresh(t.numel()).view(t.shape)
+            self.data_ranges.append((self.count - t.numel(), self.count))
             self.data[id(t)] = a
             self.params[id(t)] = t
             self.act[id(t)] = a
         return a
+
+    def from_data(self, atoms: torch.Tensor) -> bool:
+        """All tracked ids of ``atoms`` belong to one parameter used as data (a rotary table)."""
+        live = atoms[atoms >= 0]
+        if not live.numel():
+            return False
+        lo, hi = int(live.min()), int(live.max())
+        return any(a <= lo and hi < b for a, b in self.data_ranges)
 
     def atoms(self, t: Any) -> torch.Tensor | None:
         """The atoms of ``t`` at its full shape (a broadcast view: free)."""

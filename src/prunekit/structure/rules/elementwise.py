@@ -48,9 +48,10 @@ class Elementwise(Rule):
             else:
                 (known if a is not None else unknown).append((t, a))
         vary = {d for _, a in known for d in varying(a)}
-        if st.heads:  # per-head ids stay apart: a tensor broadcast over heads (rotary) is shared
-            shared += [(t, a) for t, a in known if any(a.shape[d] == 1 for d in vary)]
-            known = [(t, a) for t, a in known if not any(a.shape[d] == 1 for d in vary)]
+        if st.heads:  # per-head ids stay apart: a table broadcast over heads (rotary) is shared
+            table = [st.from_data(a) and any(a.shape[d] == 1 for d in vary) for _, a in known]
+            shared += [k for k, is_table in zip(known, table, strict=True) if is_table]
+            known = [k for k, is_table in zip(known, table, strict=True) if not is_table]
         for t, a in shared:
             if any(a.shape[d] == 1 for d in vary):  # shared by every channel: never sliced
                 unknown.append((t, None))
