@@ -132,6 +132,8 @@ def _layout(st: State, lab: torch.Tensor, call, slots: torch.Tensor) -> FoundHea
         hid = owner[lab[elem]]
         if not bool((hid >= 0).any()):
             continue
+        if hkv == 1 and bool((hid[hid >= 0] == hq).all()):
+            continue  # reached only through the one KV head, which always stays
         sep = _separable(hid)
         if sep is None or not _add(found, _slot(st.graph, pid, sep[0]), sep[1]):
             return None
@@ -178,21 +180,28 @@ WIDTH_ATTRS = ("all_head_size", "inner_dim", "embed_dim", "split_size", "hidden_
 class StructuralAdapter:
     """Updates the head counts of a module whose heads were found by structure: every count
     attribute that still holds the old value takes the new one. The new counts come from how
-    many positions one q slot and one k/v slot lost (a whole head's worth each)."""
+    many positions the slots lost: a q-only slot (the output projection) gives the query heads,
+    a k/v slot (less its query rows, where q, k and v are fused) the KV heads."""
 
     def __init__(self, heads: FoundHeads) -> None:
         self.heads = heads
         self.counts = (heads.hq, heads.hkv)
-        self.sizes = [s.tensor.shape[s.dim] for s, _ in (heads.q[0], heads.kv[0])]
+        kv_slots = {id(s) for s, _ in heads.kv}
+        q_only = [(s, i) for s, i in heads.q if id(s) not in kv_slots]
+        self.q = q_only[0] if q_only else heads.q[0]
+        self.kv = heads.kv[0]
+        #: the query rows that the k/v slot holds too (fused projections), [hq, k] or None
+        self.kv_q = next((i for s, i in heads.q if s is self.kv[0]), None)
+        self.sizes = [s.tensor.shape[s.dim] for s, _ in (self.q, self.kv)]
 
     def resize(self, module: nn.Module) -> None:
-        d = self.heads.d
-        new = []
-        for (slot, index), size, count in zip(
-            (self.heads.q[0], self.heads.kv[0]), self.sizes, self.counts, strict=True
-        ):
-            new.append(count - (size - slot.tensor.shape[slot.dim]) // index.shape[1])
-        (hq0, hkv0), (hq, hkv) = self.counts, new
+        (hq0, hkv0), d = self.counts, self.heads.d
+        (qs, qi), (ks, ki) = self.q, self.kv
+        hq = hq0 - (self.sizes[0] - qs.tensor.shape[qs.dim]) // qi.shape[1]
+        lost = self.sizes[1] - ks.tensor.shape[ks.dim]
+        if self.kv_q is not None:
+            lost -= (hq0 - hq) * self.kv_q.shape[1]
+        hkv = hkv0 - lost // ki.shape[1]
         changes = [(Q_ATTRS, hq0, hq), (KV_ATTRS, hkv0, hkv), (WIDTH_ATTRS, hq0 * d, hq * d)]
         changes.append((("num_key_value_groups",), hq0 // hkv0, hq // max(hkv, 1)))
         for names, old, value in changes:

@@ -60,6 +60,10 @@ _METADATA = {
 }
 
 
+#: tensor properties that transpose (recorded as calls; every other property is metadata)
+_TRANSPOSING = {"T", "mT"}
+
+
 @dataclass
 class Call:
     """One recorded call: ``func(*args, **kwargs) -> out`` issued by module ``module``."""
@@ -162,6 +166,9 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
+        if name == "__get__":  # a property: record the transposing ones (x @ W.T layers)
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+            name = name if name in _TRANSPOSING else "__get__"
         if name not in _METADATA and not self.opaque:
             leaves, _ = tree_flatten((args, kwargs))
             if any(isinstance(a, torch.Tensor) for a in leaves) or isinstance(out, torch.Tensor):

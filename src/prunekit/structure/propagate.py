@@ -87,6 +87,8 @@ class State:
         self.wdims: dict[tuple[int, int], torch.Tensor] = {}
         #: id(param) -> element atoms (shape of the parameter) for parameters used as data
         self.data: dict[int, torch.Tensor] = {}
+        #: id(transposed view) -> the 2-D parameter it transposes (``x @ W.T`` layers)
+        self.transposed: dict[int, torch.Tensor] = {}
         #: [start, end) of the ids given to each parameter used as data
         self.data_ranges: list[tuple[int, int]] = []
         #: id(param) -> the parameter tensor, for everything in wdims and data
@@ -134,7 +136,9 @@ class State:
         return a.expand(t.shape) if a is not None else None
 
     def tracked(self, t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and (id(t) in self.act or self.owned(t))
+        return isinstance(t, torch.Tensor) and (
+            id(t) in self.act or self.owned(t) or id(t) in self.transposed
+        )
 
     def set(self, t: Any, atoms: torch.Tensor | None) -> None:
         if not isinstance(t, torch.Tensor):

@@ -25,6 +25,17 @@ class _MatMulHead(nn.Module):
         return torch.relu(self.inp(x)) @ self.w
 
 
+class _TransposedLinears(nn.Module):
+    """Linears written as ``x @ W.T`` (Falcon's ``FalconLinear``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.a.weight.T + self.a.bias) @ self.b.weight.T
+
+
 def hf_conv1d() -> nn.Module:
     from transformers.pytorch_utils import Conv1D  # x @ W through torch.addmm
 
@@ -115,11 +126,15 @@ class MatMul(Rule):
     """``x @ W`` with a 2-D parameter ``W`` is a weight op; between activations, a product."""
 
     ops = ("matmul", "mm", "__matmul__")
-    examples = (Example(_MatMulHead, VEC),)
+    examples = (Example(_MatMulHead, VEC), Example(_TransposedLinears, VEC))
 
     def apply(self, call: Call, st: State) -> None:
         ins = tensors_of((call.args, call.kwargs))
-        if len(ins) == 2 and is_weight(st, ins[1]) and ins[1].dim() == 2:
+        if len(ins) == 2 and id(ins[1]) in st.transposed:  # x @ W.T: a linear layer
+            w = st.transposed[id(ins[1])]
+            consume(st, call, st.small(ins[0]), st.wdim(w, 1), -1)
+            st.set(call.out, st.wdim(w, 0))
+        elif len(ins) == 2 and is_weight(st, ins[1]) and ins[1].dim() == 2:
             weight_product(call, st, ins[0], ins[1], None)
         else:
             PRODUCT.apply(call, st)

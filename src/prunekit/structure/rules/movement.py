@@ -90,6 +90,24 @@ class Replay(Rule):
             st.set(t, a)
 
 
+class Layout(Replay):
+    """Permutations and broadcasts. Transposing a 2-D weight (``W.T``) makes no channel ids: the
+    view is remembered, so that ``x @ W.T`` is read as the linear layer it is."""
+
+    def apply(self, call: Call, st: State) -> None:
+        w = call.args[0]
+        if (
+            call.name in ("t", "T", "mT", "transpose")
+            and isinstance(w, torch.Tensor)
+            and w.dim() == 2
+            and st.owned(w)
+            and id(w) not in st.data
+        ):
+            st.transposed[id(call.out)] = w
+            return
+        super().apply(call, st)
+
+
 class Pad(Replay):
     """Padding along dimensions that hold no channel keeps every channel (a padded border of
     channel ``c`` belongs to ``c``); constant padding of a channel dimension adds positions that
@@ -171,11 +189,13 @@ register(
 )
 register(
     "layout",
-    Replay(
+    Layout(
         (
             "permute",
             "transpose",
             "t",
+            "T",
+            "mT",
             "squeeze",
             "unsqueeze",
             "expand",
@@ -189,6 +209,7 @@ register(
             "swapaxes",
             "swapdims",
             "expand_as",
+            "broadcast_to",
             "take_along_dim",
         ),
         (
