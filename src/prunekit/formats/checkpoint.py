@@ -328,6 +328,32 @@ def _read_parts(path: Path, entries: dict[str, dict[str, Any]]) -> dict[str, tor
     return stored
 
 
+def _saved_config_values(
+    model: nn.Module, directory: Path, header: dict[str, Any], verify: bool
+) -> dict[str, Any]:
+    """The saved config.json values that differ from ``model.config``'s (a shrunk model's
+    widths and head counts), for keys the config has, with values of the same JSON type."""
+    config = getattr(model, "config", None)
+    if HF_CONFIG_FILE not in header["files"] or not callable(getattr(config, "to_dict", None)):
+        return {}
+    saved = read_json(
+        _committed_file(directory, HF_CONFIG_FILE, header["files"][HF_CONFIG_FILE], verify)
+    )
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{HF_CONFIG_FILE} is not a JSON object")
+    current = config.to_dict()
+    return {
+        k: v
+        for k, v in saved.items()
+        if k in current
+        and k != "architectures"
+        and v != current[k]
+        and (isinstance(v, int) and not isinstance(v, bool))
+        and (current[k] is None or type(v) is type(current[k]))
+        and v > 0
+    }
+
+
 def _build_hf_model(directory: Path, header: dict[str, Any], verify: bool) -> nn.Module:
     """A fresh instance of the saved Hugging Face class, built from the saved config."""
     if HF_CONFIG_FILE not in header["files"]:
@@ -405,10 +431,13 @@ def load(
     entries: dict[str, dict[str, Any]] = header["tensors"]
     path = _committed_file(directory, MODEL_FILE, header["files"][MODEL_FILE], verify)
     stored = _read_parts(path, entries)
+    saved_config = None
     if model is None:
         model = _build_hf_model(directory, header, verify)
     elif not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    else:
+        saved_config = _saved_config_values(model, directory, header, verify)
     keys = set(model.state_dict())
     missing, unexpected = sorted(keys - set(entries)), sorted(set(entries) - keys)
     if missing or unexpected:
@@ -417,6 +446,8 @@ def load(
             f"unexpected {unexpected[:5]}"
         )
     apply_shape_manifest(model, header["manifest"])
+    for key, value in (saved_config or {}).items():
+        setattr(model.config, key, value)  # the shrunk model's widths and head counts
     state = model.state_dict()
     for name, e in entries.items():
         if tuple(e["shape"]) != tuple(state[name].shape):

@@ -185,7 +185,7 @@ class StructuralAdapter:
 
     def __init__(self, heads: FoundHeads) -> None:
         self.heads = heads
-        self.counts = (heads.hq, heads.hkv)
+        self.initial = (heads.hq, heads.hkv)
         kv_slots = {id(s) for s, _ in heads.kv}
         q_only = [(s, i) for s, i in heads.q if id(s) not in kv_slots]
         self.q = q_only[0] if q_only else heads.q[0]
@@ -193,9 +193,10 @@ class StructuralAdapter:
         #: the query rows that the k/v slot holds too (fused projections), [hq, k] or None
         self.kv_q = next((i for s, i in heads.q if s is self.kv[0]), None)
         self.sizes = [s.tensor.shape[s.dim] for s, _ in (self.q, self.kv)]
+        self.now = (heads.hq, heads.hkv, heads.d)
 
     def resize(self, module: nn.Module) -> None:
-        (hq0, hkv0), d = self.counts, self.heads.d
+        (hq0, hkv0), d = self.initial, self.heads.d
         (qs, qi), (ks, ki) = self.q, self.kv
         hq = hq0 - (self.sizes[0] - qs.tensor.shape[qs.dim]) // qi.shape[1]
         lost = self.sizes[1] - ks.tensor.shape[ks.dim]
@@ -208,3 +209,8 @@ class StructuralAdapter:
             for a in names:
                 if old != value and getattr(module, a, None) == old:
                     setattr(module, a, value)
+        self.now = (hq, hkv, d)
+
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        """(query heads, KV heads, head size) after the last :meth:`resize`."""
+        return self.now

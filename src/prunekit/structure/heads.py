@@ -117,6 +117,11 @@ class HeadAdapter:
                 heads.per_head.append(s)
         return heads
 
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        """(query heads, KV heads, head size) as the module's weights now hold them."""
+        heads = self.layout("", module)
+        return heads.hq, heads.hkv, heads.d
+
     def couple(self, prefix: str, module: nn.Module) -> str | None:
         """Modules returning the same key must keep the same heads (shared position bias)."""
         return None
@@ -278,6 +283,11 @@ class T5Attention(HeadAdapter):
 
     q, k, v, o = "q", "k", "v", "o"
     per_head = (("relative_attention_bias", "weight", 1),)
+
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        """(query heads, KV heads, head size) as the module's weights now hold them."""
+        heads = self.layout("", module)
+        return heads.hq, heads.hkv, heads.d
 
     def couple(self, prefix: str, module: nn.Module) -> str | None:
         return f"{prefix.split('.block.')[0]}:{prefix.rsplit('.', 1)[-1]}"
@@ -469,12 +479,16 @@ def _nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not b or not a
 
 
-def resize_heads(groups: list[Group]) -> None:
-    """Update the head counts of every module the groups cover (after slicing)."""
+def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
+    """Update the head counts of every module the groups cover (after slicing); returns the
+    (query heads, KV heads, head size) of each."""
     done: set[int] = set()
+    counts = []
     for g in groups:
         adapter = g.info.get("adapter")
         for module in g.info.get("modules", [g.info.get("module")]):
             if adapter is not None and module is not None and id(module) not in done:
                 done.add(id(module))
                 adapter.resize(module)
+                counts.append(adapter.counts(module))
+    return counts

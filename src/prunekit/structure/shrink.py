@@ -136,9 +136,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         for module in _slice(small, removals):
             resize(module)
         rescale_rms_norms(small, widths)
-        resize_heads(heads)
-        attention = [m for g in heads for m in g.info.get("modules", [g.info.get("module")])]
-        update_config(small, attention)
+        update_config(small, resize_heads(heads))
     if ref is None:
         ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing
     try:
