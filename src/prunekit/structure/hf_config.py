@@ -10,6 +10,8 @@ shrunk shapes and epsilons (then ``from_pretrained`` loads the model and compute
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -94,10 +96,8 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
 
 def _set(config: object, field: str, value: int) -> None:
     """Set a config field; a derived one (a read-only property) is left as it is."""
-    try:
+    with contextlib.suppress(AttributeError):
         setattr(config, field, value)
-    except AttributeError:
-        pass
 
 
 def describes(model: nn.Module) -> bool:
