@@ -42,7 +42,7 @@ def masked_layer_norm(module: nn.LayerNorm, args: tuple, out: torch.Tensor) -> t
         return None
     x = args[0].movedim(dim, -1)  # [..., D]
     keep = mask.to(x.dtype)  # [D]
-    n = keep.sum()
+    n = keep.sum().clamp_min(1)  # a norm with no channel left (a removed layer) gives zeros
     mean = (x * keep).sum(-1, keepdim=True) / n
     centred = (x - mean) * keep
     var = centred.pow(2).sum(-1, keepdim=True) / n

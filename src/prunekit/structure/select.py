@@ -56,15 +56,20 @@ def unit_scores(
         if target is not None and slot.out_dim:
             per = criterion.channel_scores(target, ctx)
             if per is not None:
-                total += per.float().reshape(-1).cpu()[idx].sum(1)
+                total += _gather(per.float().reshape(-1).cpu(), idx)
                 found = True
     if found:
         return total
     for slot, idx in group.members():
         per = _element_scores(criterion, slot, ctx, cache)
         if per is not None:
-            total += per[idx].sum(1)
+            total += _gather(per, idx)
     return total
+
+
+def _gather(per: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``per[idx].sum(1)`` over the owned (non-padding) entries of ``idx [units, k]``."""
+    return (per[idx.clamp_min(0)] * (idx >= 0)).sum(1)
 
 
 def group_targets(groups: list[Group]) -> list[Target]:
@@ -136,7 +141,8 @@ def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
                     torch.ones_like(slot.tensor, dtype=torch.bool),
                 )
             keep = keeps[key][2]
-            keep.index_fill_(slot.dim, idx[mask].reshape(-1).to(keep.device), False)
+            drop = idx[mask].reshape(-1)
+            keep.index_fill_(slot.dim, drop[drop >= 0].to(keep.device), False)
     for module, attr, keep in keeps.values():
         shrink_mask(module, attr, keep)
 

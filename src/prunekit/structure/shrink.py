@@ -16,6 +16,7 @@ from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
+from .layers import drop_layers, layer_group
 from .resize import resize
 
 
@@ -39,7 +40,7 @@ def _removals(groups: list[Group]) -> dict[int, dict[int, set[int]]]:
         if not d.any():
             continue
         for slot, idx in g.members():
-            out[id(slot.tensor)][slot.dim].update(idx[d].reshape(-1).tolist())
+            out[id(slot.tensor)][slot.dim].update(i for i in idx[d].reshape(-1).tolist() if i >= 0)
     return out
 
 
@@ -130,7 +131,11 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
             channels = analysis.groups
         small.__dict__.pop("_pk_channel_groups", None)
+        layers = layer_group(small, example_inputs, strict=False)
+        dead_layers = layers.dead() if layers is not None else None
         removals = _removals(channels + heads)
+        if dead_layers is not None and dead_layers.any():
+            drop_layers(small, layers, dead_layers)
         bake(small)
         widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
         for module in _slice(small, removals):
