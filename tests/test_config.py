@@ -267,3 +267,11 @@ def test_cli_recipe_and_flags_give_bit_identical_masks(tmp_path):
     pk.finalize(reference)
     for k, v in reference.state_dict().items():
         assert torch.equal(v == 0, a[k] == 0), k
+
+
+def test_example_inputs_of_the_wrong_shape_are_a_clear_error():
+    model, _ = make("cnn")
+    snap = snapshot(model)
+    with pytest.raises(pk.ConfigError, match="example_inputs do not fit Sequential"):
+        pk.prune(model, 0.5, granularity="channel", example_inputs=torch.randn(2, 3, 6, 6))
+    assert_untouched(model, snap)

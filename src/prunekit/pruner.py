@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import PruneConfig, make_config
 from .criteria import ScoreContext
-from .errors import ConfigError, TargetError
+from .errors import ConfigError, PrunekitError, TargetError
 from .execute import strategy_for
 from .masks import MaskState, get_mask, record_granularity, shrink_mask
 from .targets import Target, default_excluded, matching, select_targets
@@ -77,9 +77,18 @@ class Pruner:
             # vocabulary rows are the model's output and never part of a group
             head = default_excluded(self.model) - matching(self.model, self.config.exclude)
             chosen = {id(t.module) for t in self.targets} | head
+            try:
+                found = self.resolved.granularity.groups(self.model, self.example_inputs)
+            except PrunekitError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:  # torch's own errors
+                raise ConfigError(
+                    f"example_inputs do not fit {type(self.model).__name__}: its forward pass "
+                    f"failed with {type(e).__name__}: {e}"
+                ) from e
             self._groups = [
                 g
-                for g in self.resolved.granularity.groups(self.model, self.example_inputs)
+                for g in found
                 if all(s.target() is None or id(s.module) in chosen for s in g.slots)
             ]
         return self._groups

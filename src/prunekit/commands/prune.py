@@ -63,7 +63,7 @@ def example_inputs(model: nn.Module, shape: str | None, seed: int) -> Any:
     )
 
 
-@COMMANDS.register("prune")
+@COMMANDS.register("prune", examples=(["--help"],))  # argv
 class PruneCommand(Command):
     """Prune a model once and write OUT/model.safetensors (dense, finalized) + OUT/prunekit.json."""
 
