@@ -247,3 +247,26 @@ def test_transposed_weight_linears_are_coupled_like_linears():
     pk.prune(model, 0.5, granularity="channel", example_inputs=x)
     small = pk.shrink(model, x)
     assert small.a.weight.shape == (8, 8) and small.b.weight.shape == (4, 8)
+
+
+class DenseBlock(nn.Module):
+    """DenseNet style: each layer appends to the list it concatenates."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.layers = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)])
+        self.head = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        for layer in self.layers:
+            features.append(torch.relu(layer(torch.cat(features, 1))))
+        return self.head(torch.cat(features, 1))
+
+
+def test_densenet_list_appends_are_snapshotted():
+    model, x = DenseBlock(), torch.randn(2, 3, 6, 6)
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)  # verified against the masked model
+    assert small.head.in_channels == 12 and small.layers[1].in_channels == 8

@@ -172,6 +172,8 @@ class _Recorder(TorchFunctionMode):
         if name not in _METADATA and not self.opaque:
             leaves, _ = tree_flatten((args, kwargs))
             if any(isinstance(a, torch.Tensor) for a in leaves) or isinstance(out, torch.Tensor):
+                # snapshot list arguments: a DenseNet block appends to the list it concatenates
+                args = tuple(list(a) if isinstance(a, list) else a for a in args)
                 self.calls.append(Call(func, name, args, kwargs, out, self.stack[-1]))
         return out
 

@@ -40,6 +40,9 @@ def _linear(m: nn.Linear) -> None:
     examples=[Example(lambda: cnn_around(torch.relu, nn.Conv2d(16, 4, 3, groups=4)), IMAGE)],
 )
 def _conv(m: nn.Module) -> None:
+    if m.transposed:  # ConvTranspose: [in, out / groups, *k]
+        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+        return
     out, per_group = m.weight.shape[:2]
     if m.groups > 1 and m.groups == m.in_channels:  # depthwise stays depthwise
         mult = m.out_channels // m.in_channels

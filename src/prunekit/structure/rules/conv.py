@@ -58,3 +58,60 @@ class Conv(Rule):
 
 
 register("conv", Conv())
+
+
+class ConvTranspose(Rule):
+    """Transposed convolutions: the weight is ``[in, out / groups, *k]``, so input channels are
+    its dim 0 and output channels its dim 1 (one group only)."""
+
+    ops = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+    examples = (
+        Example(
+            lambda: nn.Sequential(
+                nn.Conv2d(3, 16, 3),
+                nn.ReLU(),
+                nn.ConvTranspose2d(16, 16, 3),
+                nn.ReLU(),
+                nn.Conv2d(16, 4, 1),
+            ),
+            IMAGE,
+        ),
+    )
+
+    def apply(self, call: Call, st: State) -> None:
+        x, w, b = call.args[0], arg(call, 1, "weight"), arg(call, 2, "bias")
+        if arg(call, 6, "groups", 1) != 1:
+            st.refuse(call, "grouped transposed convolution")
+            return
+        if refuse_non_parameter(st, call, w):
+            return
+        consume(st, call, st.small(x), st.wdim(w, 0), 1)
+        cols = st.wdim(w, 1)
+        bind(st, b, 0, cols)
+        st.set(call.out, cols.view(1, -1, *([1] * (call.out.dim() - 2))))
+
+
+class PReLU(Rule):
+    """``prelu(x, a)``: one slope per channel (dim 1), or one shared by all."""
+
+    ops = ("prelu",)
+    examples = (
+        Example(
+            lambda: nn.Sequential(nn.Conv2d(3, 16, 3), nn.PReLU(16), nn.Conv2d(16, 4, 1)), IMAGE
+        ),
+    )
+
+    def apply(self, call: Call, st: State) -> None:
+        x, a = call.args[0], arg(call, 1, "weight")
+        src = st.small(x)
+        if a.numel() > 1 and st.owned(a):
+            c = st.fresh(a.shape[0])
+            consume(st, call, src, c, 1 if x.dim() > 1 else 0)
+            bind(st, a, 0, c)
+            st.set(call.out, c.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 else c)
+        else:
+            st.set(call.out, src)
+
+
+register("conv-transpose", ConvTranspose())
+register("prelu", PReLU())
