@@ -3,7 +3,8 @@
 A unit (a hidden channel, an attention head, an MLP neuron) is as important as the activation it
 carries: the L2 norm, over the calibration tokens, of the inputs that the layers consuming it
 read at its positions (LayerNorm outputs for the hidden width, the attention output per head for
-heads, the post-activation value for neurons). Summed over the unit's consumer slices.
+heads, the post-activation value for neurons). Summed over the unit's consumer slices. A unit
+with no consumer slice (a whole layer) sums the activation each of its weights reads.
 """
 
 from __future__ import annotations
@@ -25,14 +26,6 @@ class Activation(Criterion):
 
     requires_data: ClassVar[bool] = True
     stats: ClassVar[frozenset[str]] = frozenset({"norms"})
-
-    def supports(self, granularity: Any) -> str | None:
-        if getattr(granularity, "spec", None) == "layer":
-            return (
-                "activation importance ranks channels, heads and neurons; "
-                "for layers use 'block-influence'"
-            )
-        return None
 
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         """Each weight scores the activation it reads (its input feature's norm)."""
