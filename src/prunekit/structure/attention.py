@@ -191,7 +191,10 @@ class StructuralAdapter:
         self.q = q_only[0] if q_only else heads.q[0]
         self.kv = heads.kv[0]
         #: the query rows that the k/v slot holds too (fused projections), [hq, k] or None
-        self.kv_q = next((i for s, i in heads.q if s is self.kv[0]), None)
+        kv_slot = self.kv[0]
+        self.kv_q = next(
+            (i for s, i in heads.q if (s.name, s.dim) == (kv_slot.name, kv_slot.dim)), None
+        )
         self.sizes = [s.tensor.shape[s.dim] for s, _ in (self.q, self.kv)]
         self.now = (heads.hq, heads.hkv, heads.d)
 

@@ -48,8 +48,9 @@ class Elementwise(Rule):
             else:
                 (known if a is not None else unknown).append((t, a))
         vary = {d for _, a in known for d in varying(a)}
-        if st.heads:  # per-head ids stay apart: a table broadcast over heads (rotary) is shared
-            table = [st.from_data(a) and any(a.shape[d] == 1 for d in vary) for _, a in known]
+        if st.heads:  # per-head ids stay apart: a table applied to activations (rotary) is shared
+            table = [st.from_data(a) for _, a in known]
+            table = table if not all(table) else [False] * len(known)
             shared += [k for k, is_table in zip(known, table, strict=True) if is_table]
             known = [k for k, is_table in zip(known, table, strict=True) if not is_table]
         for t, a in shared:
