@@ -186,10 +186,12 @@ class StructuralAdapter:
     def __init__(self, heads: FoundHeads) -> None:
         self.heads = heads
         self.initial = (heads.hq, heads.hkv)
-        kv_slots = {id(s) for s, _ in heads.kv}
+        own = f"{heads.module}."  # count from the module's own slices first
+        kv = sorted(heads.kv, key=lambda e: not e[0].name.startswith(own))
+        kv_slots = {id(s) for s, _ in kv}
         q_only = [(s, i) for s, i in heads.q if id(s) not in kv_slots]
         self.q = q_only[0] if q_only else heads.q[0]
-        self.kv = heads.kv[0]
+        self.kv = kv[0]
         #: the query rows that the k/v slot holds too (fused projections), [hq, k] or None
         kv_slot = self.kv[0]
         self.kv_q = next(
