@@ -11,7 +11,7 @@ import prunekit as pk
 from prunekit.structure.graph import call_model, flatten
 from prunekit.structure.shrink import max_rel_error
 
-from .zoo import ATTENTION, CHANNEL_GAPS, INPUTS, ZOO
+from .zoo import ATTENTION, CHANNEL_GAPS, INPUTS, RELOAD_GAPS, ZOO
 
 pytest.importorskip("transformers")
 
@@ -96,7 +96,7 @@ def reloaded(tmp_path_factory):
     torch.set_num_threads(1)  # the same kernels as the loading process
     base = tmp_path_factory.mktemp("zoo")
     expected, jobs = {}, []
-    for name in ZOO:
+    for name in (n for n in ZOO if n not in RELOAD_GAPS):
         _, small, inputs, _, _ = prune_and_shrink(name, "channel")
         if name in ATTENTION:
             pk.prune(small, 0.5, granularity="head", example_inputs=inputs)
@@ -114,7 +114,7 @@ def reloaded(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("name", [n for n in ZOO if n not in RELOAD_GAPS])
 def test_save_load_round_trip_in_a_fresh_process(name, reloaded):
     """Identical outputs after save, then load in a fresh process, as the same class."""
     base, expected = reloaded
