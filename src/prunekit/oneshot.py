@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .calibrate import LayerStats, run_blockwise
+from .calibrate import LayerStats, as_batches, run_blockwise
 from .criteria import ScoreContext
 from .granularity import Granularity
 from .reconstruct import Solver
@@ -32,6 +32,7 @@ def prune_layerwise(
     res = pruner.resolved
     criterion, allocation = res.criterion, res.allocation
     run = {"progress": pruner.progress}
+    ctx.data = as_batches(ctx.data)  # read once: a generator must serve both passes
     budget: dict[str, float] | None = None
     if allocation.needs_scores:
         scores: dict[str, torch.Tensor] = {}
