@@ -68,7 +68,7 @@ def test_hessian_implies_norms_and_registry_refuses_duplicates():
     torch.testing.assert_close(st.inputs.sumsq, x.square().sum(0, keepdim=True))
     with pytest.raises(RuntimeError, match="registered twice"):
         STATISTICS.register("hessian")(STATISTICS.get("hessian"))
-    with pytest.raises(pk.ConfigError, match="known: .*hessian"):
+    with pytest.raises(pk.ConfigError, match=r"known: .*hessian"):
         Collector(select_targets(lin), {"hesian"}, lin)
 
 
@@ -120,6 +120,6 @@ def test_batches_laid_out_unlike_the_first_are_refused():
     before = state(model)
     ids = batches(2)
     data = [{"ids": ids[0]}, {"ids": ids[1], "attention_mask": torch.zeros(7, 7)}]
-    with pytest.raises(pk.ConfigError, match="batch 1 .*laid out unlike batch 0"):
+    with pytest.raises(pk.ConfigError, match=r"batch 1 .*laid out unlike batch 0"):
         pk.prune(model, 0.5, criterion="sparsegpt", data=data)
     assert_untouched(model, before)
