@@ -43,7 +43,7 @@ def test_every_statistic_matches_an_independent_computation(name, example):
     st = col.stats[target[0].qualname]
     cols = torch.cat([input_columns(layer, x), input_columns(layer, x * 0.5)], 1).double()
     if name == "hessian":
-        torch.testing.assert_close(st.inputs.xtx, cols.transpose(1, 2) @ cols)
+        torch.testing.assert_close(st.inputs.xtx, (cols.transpose(1, 2) @ cols).float())
     elif name == "norms":
         torch.testing.assert_close(st.inputs.sumsq, cols.square().sum(1).float())
     elif name == "outputs":

@@ -150,14 +150,14 @@ class InputStats:
 
     @property
     def xtx(self) -> torch.Tensor | None:
-        """XᵀX ``[G, cols, cols]`` float64 (the ``hessian`` statistic), or None."""
+        """XᵀX ``[G, cols, cols]`` (the ``hessian`` statistic), or None."""
         return self.values.get("xtx")
 
     @property
     def sumsq(self) -> torch.Tensor | None:
         """Σ x_j² per input column, ``[G, cols]``."""
         if self.xtx is not None:
-            return self.xtx.diagonal(dim1=1, dim2=2).float()
+            return self.xtx.diagonal(dim1=1, dim2=2)
         return self.values.get("sq")
 
     def norms(self) -> torch.Tensor:
@@ -168,7 +168,7 @@ class InputStats:
         """H = 2XᵀX/N, ``[G, cols, cols]`` float32."""
         if self.xtx is None:
             raise RuntimeError("hessian statistics were not collected")
-        return (self.xtx * (2.0 / max(self.n, 1))).float()
+        return self.xtx * (2.0 / max(self.n, 1))
 
 
 class OutputStats:
