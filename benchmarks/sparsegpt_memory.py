@@ -44,7 +44,8 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak
 pk.prune(model, 0.5, criterion="sparsegpt", data=data, exclude=["lm_head"])
 peak = status("VmHWM")
-print(json.dumps({"case": case, "extra_mib": (peak - base) / 2**20, "hessian_mib": hessian / 2**20}))
+extra, h = (peak - base) / 2**20, hessian / 2**20
+print(json.dumps({"case": case, "extra_mib": extra, "hessian_mib": h}))
 """
 
 
