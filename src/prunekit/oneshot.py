@@ -18,7 +18,9 @@ import torch
 from .calibrate import LayerStats, as_batches, run_blockwise
 from .criteria import ScoreContext
 from .granularity import Granularity
+from .granularity.nm import NM
 from .reconstruct import Solver
+from .reconstruct.refine import refine_target
 from .targets import Target
 
 if TYPE_CHECKING:
@@ -46,11 +48,15 @@ def prune_layerwise(
         budget = allocation.layer_sparsities(scores, sparsity, granularity)
         del scores
 
+    refine = bool(getattr(pruner.config, "refine", False))  # prunekit.reconstruct.refine
+    kinds = criterion.stats | {"hessian"} if refine else criterion.stats
+
     def process(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
         ctx.stats = stats
         target_sparsity = {
             t.qualname: sparsity if budget is None else budget[t.qualname] for t in targets
         }
+        dense = {t.qualname: t.matrix().detach().float().clone() for t in targets} if refine else {}
         if isinstance(criterion, Solver):
             keep = criterion.solve(targets, ctx, target_sparsity, granularity)
         else:
@@ -59,8 +65,15 @@ def prune_layerwise(
                 for t in targets
             }
         for t in targets:
+            if refine:
+                m = granularity.m if isinstance(granularity, NM) else None
+                keep[t.qualname] = refine_target(
+                    t, dense.pop(t.qualname), keep[t.qualname], stats[t.qualname], m
+                )
             pruner.attach(t, keep[t.qualname])
         ctx.stats = {}
         return True
 
-    run_blockwise(ctx.model, pruner.targets, ctx.data, criterion.stats, process, **run)
+    # block reconstruction (prunekit.reconstruct.block): a per-block stage of the runner
+    after = getattr(pruner.config, "reconstruct", None)
+    run_blockwise(ctx.model, pruner.targets, ctx.data, kinds, process, after=after, **run)

@@ -124,7 +124,13 @@ class Pruner:
                 raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
         if res.criterion.per_row and isinstance(gran, Unstructured) and res.allocation.layerwise:
             gran = Unstructured(per_row=True)
-        if res.criterion.layerwise:  # calibrate and prune block by block
+        # calibrate and prune block by block; reconstruction and refinement need the runner too
+        cfg = self.config
+        if (
+            res.criterion.layerwise
+            or getattr(cfg, "reconstruct", None)
+            or getattr(cfg, "refine", 0)
+        ):
             from .oneshot import prune_layerwise
 
             prune_layerwise(self, ctx, sparsity, gran)

@@ -33,7 +33,7 @@ from .batches import (
     run_batch,
     to_device,
 )
-from .collector import Collector, all_reduce, check_seen, collect
+from .collector import Collector, all_reduce, collect
 from .statistics import LayerStats
 
 
@@ -209,7 +209,7 @@ def run_blockwise(
                     for inp in inputs:
                         outputs.append(call(block, inp))
                         col.end_batch()
-                check_seen(col.stats)
+                col.check_seen()
                 all_reduce(col.stats)
                 if process(block_targets, col.stats):
                     outputs = None

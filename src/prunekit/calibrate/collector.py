@@ -131,6 +131,16 @@ class Collector:
     def end_batch(self) -> None:
         self._pending.clear()
 
+    def check_seen(self) -> None:
+        """Raise if a target was never called while statistics were being gathered."""
+        if not any(self.by_source.values()):
+            return
+        for name, st in self.stats.items():
+            if st.inputs is None and st.raw_outputs is None:
+                raise ConfigError(
+                    f"{name} was never called during calibration; exclude it or check the data"
+                )
+
 
 @torch.no_grad()
 def collect(
@@ -147,7 +157,7 @@ def collect(
         for i, batch in enumerate(track(batches, "calibrating", progress)):
             run_batch(model, batch, i, device)
             col.end_batch()
-    check_seen(col.stats)
+    col.check_seen()
     all_reduce(col.stats)
     return col.stats
 
@@ -170,12 +180,3 @@ def all_reduce(stats: dict[str, LayerStats]) -> None:
             n = torch.tensor([acc.n], dtype=torch.float64)
             dist.all_reduce(n)
             acc.n = int(n.item())
-
-
-def check_seen(stats: dict[str, LayerStats]) -> None:
-    """Raise if a target was never called during calibration."""
-    for name, st in stats.items():
-        if st.inputs is None and st.raw_outputs is None:
-            raise ConfigError(
-                f"{name} was never called during calibration; exclude it or check the data"
-            )
