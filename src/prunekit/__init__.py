@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import evaluate
 from .analysis.report import Report, report
+from .analysis.sensitivity import sensitivity
 from .api import finalize, prune
 from .config import PruneConfig
 from .errors import (
@@ -59,6 +60,7 @@ __all__ = [
     "prune",
     "report",
     "save",
+    "sensitivity",
     "shrink",
     "sparsify",
 ]
