@@ -134,7 +134,7 @@ class _Masker:
         return target.weight.detach() * target.from_matrix(keep).to(target.weight.dtype)
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
+def atomic_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -192,7 +192,7 @@ def sensitivity(
                 t.weight.data.copy_(w)
         if path is not None:
             old = json.loads(path.read_text()) if path.exists() else {}
-            _atomic_json(path, {**old, key: store})
+            atomic_json(path, {**old, key: store})
     return Sensitivity(
         sparsities=grid,
         baseline=store["baseline"],
@@ -366,3 +366,25 @@ def search_allocation(
         for n, w in dense.items():
             by_name[n].weight.data.copy_(w)
     return level, history
+
+
+def apply_levels(
+    model: nn.Module,
+    levels: dict[str, float],
+    criterion: str = "magnitude",
+    granularity: str = "unstructured",
+    data: Any = None,
+    seed: int = 0,
+) -> None:
+    """Attach masks pruning each named layer to its level (e.g. from :func:`layer_sparsities`)
+    with ``criterion``, scored on the dense model."""
+    from ..masks import record_granularity, shrink_mask
+
+    targets = [t for t in select_targets(model) if t.qualname in levels]
+    masker = _Masker(model, targets, criterion, granularity, data, seed)
+    pruned = {t.qualname: masker.pruned(t, levels[t.qualname]) for t in targets}
+    for t in targets:
+        keep = pruned[t.qualname] != 0
+        t.weight.data.copy_(pruned[t.qualname])
+        shrink_mask(t.module, t.param, keep)
+        record_granularity(t.module, t.param, masker.granularity.spec)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibrate.blocks import BlockStage
+from ..calibrate.blocks import BlockInputs, BlockStage
 from ..errors import ConfigError
 
 
@@ -30,14 +30,15 @@ from ..errors import ConfigError
 class BlockReconstruction:
     """Tune a masked block's kept weights towards the dense block's output.
 
-    ``steps`` optimizer steps per stage (one calibration batch each, in a seeded order), Adam at
-    learning rate ``lr``; ``stages`` are regexes on parameter names inside the block, tuned one
+    ``steps`` optimizer steps per stage (each on ``rows`` sequences drawn from one calibration
+    batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr``; ``stages`` are regexes on parameter names inside the block, tuned one
     after the other (e.g. ``("attention", "intermediate|output")``: attention, then MLP); the
     default tunes every pruned layer of the block at once.
     """
 
     steps: int = 40
-    lr: float = 1e-4
+    lr: float = 3e-4
+    rows: int | None = 4
     stages: tuple[str, ...] = ("",)
     seed: int = 0
 
@@ -46,6 +47,10 @@ class BlockReconstruction:
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"reconstruct steps must be a positive integer, got {self.steps!r}")
+        if self.rows is not None and (
+            isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1
+        ):
+            raise ConfigError(f"reconstruct rows must be a positive integer, got {self.rows!r}")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
             raise ConfigError(f"reconstruct lr must be in (0, 1), got {self.lr!r}")
         if isinstance(self.stages, str) or not self.stages:
@@ -85,13 +90,31 @@ def tuned_parameters(stage: BlockStage, pattern: str) -> list[torch.nn.Parameter
     return params
 
 
+def subset(inp: BlockInputs, y: torch.Tensor, rows: int | None, gen: torch.Generator):
+    """``rows`` sequences of one batch, drawn with ``gen``: every tensor argument whose first
+    dimension is the batch's (hidden states, masks, position embeddings) is indexed alike."""
+    b = inp.hidden().shape[0]
+    if rows is None or rows >= b:
+        return inp, y
+    idx = torch.randperm(b, generator=gen)[:rows].sort().values
+
+    def pick(v: object) -> object:
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == b:
+            return v.index_select(0, idx.to(v.device))
+        return v
+
+    args = tuple(pick(a) for a in inp.args)
+    kwargs = {k: pick(v) for k, v in inp.kwargs.items()}
+    return BlockInputs(args, kwargs, inp.key), y.index_select(0, idx.to(y.device))
+
+
 def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
     """Tune ``stage.block`` in place (see the module docstring); returns the block's relative
     output error after the stage."""
     block = stage.block
     before_state = {k: v.detach().clone() for k, v in block.state_dict().items()}
     before = block_error(stage)
-    scale = sum(float(y.float().square().sum()) for y in stage.dense) / len(stage.dense)
+    scale = sum(float(y.float().square().mean()) for y in stage.dense) / len(stage.dense)
     gen = torch.Generator().manual_seed(config.seed)
     flags = {id(p): p.requires_grad for p in block.parameters()}
     try:
@@ -107,9 +130,10 @@ def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
             order = torch.randint(len(stage.inputs), (config.steps,), generator=gen).tolist()
             with torch.enable_grad():
                 for i in order:
-                    out = stage.call(block, stage.inputs[i])
-                    y = stage.dense[i].to(out.device)
-                    loss = (out.float() - y.float()).square().sum() / max(scale, 1e-30)
+                    inp, y = subset(stage.inputs[i], stage.dense[i], config.rows, gen)
+                    out = stage.call(block, inp)
+                    y = y.to(out.device)
+                    loss = (out.float() - y.float()).square().mean() / max(scale, 1e-30)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
