@@ -9,7 +9,28 @@ import pytest
 
 from prunekit.cli import main
 
-WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "for", "on", "with", "as", "by", "at", "from", "this", "that", "be", "are", "was"]
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "it",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "this",
+    "that",
+    "be",
+    "are",
+    "was",
+]
 
 
 @pytest.fixture
@@ -32,7 +53,7 @@ def text(tmp_path: Path, name: str, seed: int) -> Path:
     import random
 
     rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(40)]
+    lines = [" ".join(rng.choices(WORDS, k=30)) for _ in range(40)]
     (tmp_path / name).write_text("\n\n".join(lines))
     return tmp_path / name
 
@@ -46,7 +67,8 @@ def test_analyze_writes_plots_and_json(bert_with_tokenizer, tmp_path, capsys):
             "analyze", str(bert_with_tokenizer),
             "--calibration", str(text(tmp_path, "calib.txt", 0)),
             "--eval", str(text(tmp_path, "eval.txt", 1)),
-            "-o", str(out), "--nsamples", "4", "--seqlen", "16", "--sparsities", "0.3,0.6", "--sparsity", "0.45",
+            "-o", str(out), "--nsamples", "4", "--seqlen", "16",
+            "--sparsities", "0.3,0.6", "--sparsity", "0.45",
         ]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
@@ -54,11 +76,10 @@ def test_analyze_writes_plots_and_json(bert_with_tokenizer, tmp_path, capsys):
     sens = result["sensitivity"]
     assert len(sens["metric"]) == 13  # 2 blocks x 6 linears, and the pooler
     assert all(v[0] <= v[1] for v in sens["metric"].values())  # more sparsity, more error
-    mean = sum(r["sparsity"] * r["numel"] for r in result["allocation"]["layers"]) / sum(
-        r["numel"] for r in result["allocation"]["layers"]
-    )
+    bars = result["allocation"]["layers"]
+    mean = sum(r["sparsity"] * r["numel"] for r in bars) / sum(r["numel"] for r in bars)
     assert mean == pytest.approx(0.45, abs=2e-3)  # the budget, met by non-uniform layers
-    assert len({round(r["sparsity"], 2) for r in result["allocation"]["layers"]}) > 1
+    assert len({round(r["sparsity"], 2) for r in bars}) > 1
     sweep = result["sweep"]
     assert [r["sparsity"] for r in sweep] == [0.0, 0.3, 0.6]
     assert sweep[0]["metric"] == 0.0 and sweep[2]["metric"] > sweep[1]["metric"] > 0

@@ -72,8 +72,9 @@ def plot_layer_sparsity(layers: Sequence[dict[str, Any]], path: str | Path, titl
 
 
 def plot_sweep(rows: Sequence[dict[str, float]], path: str | Path, metric: str = "metric") -> Path:
-    """Quality against sparsity, with checkpoint size (MiB) and measured latency (ms) on a
-    second axis. ``rows``: dicts with ``sparsity``, ``metric``, ``size_mib``, ``latency_ms``."""
+    """Quality against sparsity, with checkpoint size and measured latency (as % of the dense
+    model's, the first row) on a second axis. ``rows``: dicts with ``sparsity``, ``metric``,
+    ``size_mib``, ``latency_ms``."""
     plt = _pyplot()
     xs = [100 * r["sparsity"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
@@ -81,15 +82,22 @@ def plot_sweep(rows: Sequence[dict[str, float]], path: str | Path, metric: str =
     ax.set_xlabel("overall sparsity (%)")
     ax.set_ylabel(metric, color="tab:blue")
     right = ax.twinx()
-    right.plot(xs, [r["size_mib"] for r in rows], marker="s", color="tab:green", label="size (MiB)")
+    size0, lat0 = rows[0]["size_mib"], rows[0]["latency_ms"]
+    sizes = [100 * r["size_mib"] / size0 for r in rows]
+    latencies = [100 * r["latency_ms"] / lat0 for r in rows]
     right.plot(
-        xs, [r["latency_ms"] for r in rows], marker="^", color="tab:orange", label="latency (ms)"
-    )
-    right.set_ylabel("checkpoint size (MiB) / latency per batch (ms)")
-    right.set_ylim(bottom=0)
+        xs, sizes, marker="s", color="tab:green",
+        label=f"checkpoint size (% of {size0:.1f} MiB)",
+    )  # fmt: skip
+    right.plot(
+        xs, latencies, marker="^", color="tab:orange",
+        label=f"latency per batch (% of {lat0:.1f} ms)",
+    )  # fmt: skip
+    right.set_ylabel("% of the dense model")
+    right.set_ylim(0, max(110, 1.05 * max(sizes + latencies)))
     lines = ax.get_legend_handles_labels()
     more = right.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower left", fontsize=8)
     ax.set_title("Sparsity sweep: quality, size and measured latency")
     ax.grid(alpha=0.3)
     fig.tight_layout()

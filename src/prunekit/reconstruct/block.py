@@ -31,7 +31,8 @@ class BlockReconstruction:
     """Tune a masked block's kept weights towards the dense block's output.
 
     ``steps`` optimizer steps per stage (each on ``rows`` sequences drawn from one calibration
-    batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr``; ``stages`` are regexes on parameter names inside the block, tuned one
+    batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr``; ``stages``
+    are regexes on parameter names inside the block, tuned one
     after the other (e.g. ``("attention", "intermediate|output")``: attention, then MLP); the
     default tunes every pruned layer of the block at once.
     """
