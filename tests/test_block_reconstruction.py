@@ -17,11 +17,10 @@ from tests.test_calibrate import Stack, batches
 
 
 def prune(model, criterion, granularity="unstructured", sparsity=0.5, reconstruct=None, data=None):
-    cfg = pk.PruneConfig(sparsity=sparsity, granularity=granularity, criterion=criterion)
-    cfg.reconstruct = reconstruct  # becomes a PruneConfig field with the new core (issue 8)
-    pruner = pk.Pruner(model, cfg, data=data if data is not None else batches(6))
-    pruner.apply(pruner.resolved.sparsity)
-    return pruner
+    return pk.prune(
+        model, sparsity if granularity == "unstructured" else None, granularity=granularity,
+        criterion=criterion, reconstruct=reconstruct, data=data if data is not None else batches(6),
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -79,10 +79,10 @@ def test_refine_in_the_pipeline_keeps_sparsity_and_lowers_first_block_error(crit
     models = {}
     for refine in (False, True):
         model = copy.deepcopy(dense)
-        cfg = pk.PruneConfig(sparsity=0.5, granularity=granularity, criterion=criterion)
-        cfg.refine = refine  # becomes a PruneConfig field with the new core (issue 8)
-        pruner = pk.Pruner(model, cfg, data=data)
-        pruner.apply(pruner.resolved.sparsity)
+        sparsity = 0.5 if granularity == "unstructured" else None
+        pk.prune(
+            model, sparsity, granularity=granularity, criterion=criterion, refine=refine, data=data
+        )
         models[refine] = model
         report = pk.report(model)
         assert abs(report.target_sparsity - 0.5) < 1e-9

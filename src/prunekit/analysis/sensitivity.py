@@ -27,10 +27,9 @@ from torch import nn
 
 from ..calibrate import LayerStats, as_batches, calibration_mode, collect, model_device, run_batch
 from ..config import PruneConfig
-from ..criteria import ScoreContext
+from ..criteria import ScoreContext, Solver
 from ..errors import ConfigError
 from ..progress import track
-from ..reconstruct import Solver
 from ..targets import Target, select_targets
 
 
@@ -109,7 +108,8 @@ class _Masker:
         res = cfg.resolve()
         if res.granularity.structured:
             raise ConfigError("sensitivity supports element granularities (unstructured, N:M)")
-        self.criterion, self.granularity = res.criterion, res.granularity
+        self.criterion = res.criterion
+        self.granularity = res.criterion.comparison(res.granularity)  # e.g. Wanda: per row
         self.ctx = ScoreContext(model, seed=seed, data=data)
         if self.criterion.requires_data:
             if data is None:

@@ -7,7 +7,7 @@ import argparse
 from .base import COMMANDS, Command
 
 
-@COMMANDS.register("analyze")
+@COMMANDS.register("analyze", examples=(["--help"],))  # argv
 class AnalyzeCommand(Command):
     """Plot per-layer sensitivity, a sensitivity-allocated model's layer sparsity and a sweep of
     quality, size and latency against sparsity (PNG + JSON in OUT)."""

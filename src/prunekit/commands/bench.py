@@ -28,7 +28,7 @@ def _shape(text: str) -> list[int]:
     return dims
 
 
-@COMMANDS.register("bench")
+@COMMANDS.register("bench", examples=(["--help"],))  # argv
 class BenchCommand(Command):
     """Measure a saved model against its dense twin: size on disk, weight memory and latency.
 

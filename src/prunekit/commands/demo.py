@@ -10,7 +10,7 @@ from rich.console import Console
 from .base import COMMANDS, Command
 
 
-@COMMANDS.register("demo")
+@COMMANDS.register("demo", examples=(["--help"],))  # argv
 class DemoCommand(Command):
     """Train a CNN on digits, prune it to 90% unstructured and to 2:4, and measure both."""
 

@@ -13,68 +13,20 @@ from torch import nn
 
 from ..analysis.report import report
 from ..api import finalize
-from ..config import PruneConfig
-from ..criteria import CRITERIA
+from ..config import dump_recipe
 from ..errors import PrunekitError
 from ..modelio import SPEC_HELP, load_model
 from ..pruner import Pruner
 from ..structure.shrink import shrink
 from ..textdata import load_calibration
+from ._config_options import add_config_options, config_from_args
 from .base import COMMANDS, Command
-
-
-def add_prune_options(parser: argparse.ArgumentParser) -> None:
-    """The options shared by every command that prunes."""
-    parser.add_argument(
-        "--sparsity",
-        type=float,
-        default=None,
-        help="fraction of weights to remove, in [0, 1); optional for N:M",
-    )
-    parser.add_argument(
-        "--granularity",
-        default="unstructured",
-        help="unstructured, N:M (e.g. 2:4), block:RxC (default: unstructured)",
-    )
-    parser.add_argument(
-        "--criterion", default="magnitude", help=f"one of: {', '.join(CRITERIA.names())}"
-    )
-    parser.add_argument("--scope", default="layer", help="layer, global or owl (default: layer)")
-    parser.add_argument(
-        "--include",
-        action="append",
-        default=None,
-        metavar="REGEX",
-        help="prune only modules whose name matches (repeatable)",
-    )
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=None,
-        metavar="REGEX",
-        help="never prune modules whose name matches (repeatable)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def config_from_args(args: argparse.Namespace) -> PruneConfig:
-    return PruneConfig(
-        sparsity=args.sparsity,
-        granularity=args.granularity,
-        criterion=args.criterion,
-        scope=args.scope,
-        include=args.include,
-        exclude=args.exclude,
-        seed=args.seed,
-    )
 
 
 def calibration_batches(args: argparse.Namespace) -> list[dict]:
     """Token batches from ``--calibration``, with the model directory's tokenizer (offline)."""
     if args.calibration is None:
-        raise PrunekitError(
-            f"criterion {args.criterion!r} is data-aware: pass --calibration FILE.txt|.jsonl"
-        )
+        raise PrunekitError("the criterion is data-aware: pass --calibration FILE.txt|.jsonl")
     if not (Path(args.model) / "config.json").is_file():
         raise PrunekitError("--calibration needs a Hugging Face model directory (its tokenizer)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,7 +63,7 @@ def example_inputs(model: nn.Module, shape: str | None, seed: int) -> Any:
     )
 
 
-@COMMANDS.register("prune")
+@COMMANDS.register("prune", examples=(["--help"],))  # argv
 class PruneCommand(Command):
     """Prune a model once and write OUT/model.safetensors (dense, finalized) + OUT/prunekit.json."""
 
@@ -123,7 +75,7 @@ class PruneCommand(Command):
             metavar="FILE.safetensors",
             help="weights for a package.module:factory model",
         )
-        add_prune_options(parser)
+        add_config_options(parser)
         parser.add_argument(
             "--calibration",
             default=None,
@@ -147,15 +99,17 @@ class PruneCommand(Command):
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
 
     def run(self, args: argparse.Namespace) -> int:
-        config = config_from_args(args)
-        config.resolve()  # fail on a bad config before loading a large model
+        config = config_from_args(args)  # a bad config fails before a large model loads
+        if args.print_config:
+            print(dump_recipe(config), end="")
+            return 0
         data = None
         if args.calibration is not None or config.resolve().criterion.requires_data:
             data = calibration_batches(args)
         model = load_model(args.model, args.weights)
         example = None
         if config.resolve().granularity.structured:
-            example = example_inputs(model, args.example_shape, args.seed)
+            example = example_inputs(model, args.example_shape, config.seed)
         pruner = Pruner(model, config, data=data, example_inputs=example, progress=True)
         pruner.step()
         model = finalize(model) if example is None else shrink(model, example)

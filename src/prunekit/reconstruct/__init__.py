@@ -1,5 +1,2 @@
-"""Layer-wise solvers: choose masks and rewrite the kept weights from calibration statistics."""
-
-from .base import Solver
-
-__all__ = ["Solver"]
+"""Numerical solvers (OBS, least squares, mask refinement; pure tensor maths) and the block
+reconstruction stage (:mod:`.block`, the ``reconstruct=`` plugins)."""

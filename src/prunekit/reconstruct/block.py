@@ -18,16 +18,32 @@ fixed thread count.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 
 from ..calibrate.blocks import BlockInputs, BlockStage
 from ..errors import ConfigError
+from ..plugin import Plugin
+from ..registry import Registry
+
+RECONSTRUCTIONS: Registry[type[Reconstruction]] = Registry("reconstruct")
 
 
+class Reconstruction(Plugin, ABC):
+    """A stage the block runner calls on every block once its layers are masked."""
+
+    @abstractmethod
+    def __call__(self, stage: BlockStage) -> None:
+        """Rewrite the kept weights of ``stage.block`` in place; masks hold."""
+
+
+@RECONSTRUCTIONS.register(
+    "block", examples=("block", {"type": "block", "steps": 5, "stages": ["attention", "mlp"]})
+)
 @dataclass(frozen=True)
-class BlockReconstruction:
+class BlockReconstruction(Reconstruction):
     """Tune a masked block's kept weights towards the dense block's output.
 
     ``steps`` optimizer steps per stage (each on ``rows`` sequences drawn from one calibration
@@ -43,9 +59,8 @@ class BlockReconstruction:
     stages: tuple[str, ...] = ("",)
     seed: int = 0
 
-    examples = ("block",)
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"reconstruct steps must be a positive integer, got {self.steps!r}")
         if self.rows is not None and (
