@@ -13,7 +13,7 @@ from rich.console import Console
 from ..analysis.bench import bench, example_input
 from ..errors import PrunekitError
 from ..formats.checkpoint import load
-from ..modelio import SPEC_HELP, load_factory, load_model
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP, load_factory, load_model
 from ..runtime import DecisionCache
 from .base import COMMANDS, Command
 
@@ -75,6 +75,7 @@ class BenchCommand(Command):
         )
         parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
+        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
         if args.batch_size < 1 or args.seq_len < 1:
@@ -88,7 +89,7 @@ class BenchCommand(Command):
                 raise PrunekitError("--factory applies to a prunekit checkpoint directory")
             model = load(args.model, model=load_factory(args.factory))
         else:
-            model = load_model(args.model, args.weights)
+            model = load_model(args.model, args.weights, trust_source=args.trust_source)
         path = args.weights if args.weights is not None else args.model
         x = example_input(model, args.batch_size, args.seq_len, args.input_shape)
         cache = DecisionCache(args.cache_file) if args.cache_file else None

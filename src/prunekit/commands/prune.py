@@ -15,7 +15,7 @@ from ..analysis.report import report
 from ..api import finalize
 from ..config import dump_recipe
 from ..errors import PrunekitError
-from ..modelio import SPEC_HELP, load_model
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP, load_model
 from ..pruner import Pruner
 from ..structure.shrink import shrink
 from ..textdata import load_calibration
@@ -97,6 +97,7 @@ class PruneCommand(Command):
             "their own dummy inputs); the pruned model is shrunk physically",
         )
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
         config = config_from_args(args)  # a bad config fails before a large model loads
@@ -106,7 +107,7 @@ class PruneCommand(Command):
         data = None
         if args.calibration is not None or config.resolve().criterion.requires_data:
             data = calibration_batches(args)
-        model = load_model(args.model, args.weights)
+        model = load_model(args.model, args.weights, trust_source=args.trust_source)
         example = None
         if config.resolve().granularity.structured:
             example = example_inputs(model, args.example_shape, config.seed)

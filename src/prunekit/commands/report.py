@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 
 from ..analysis.report import report
-from ..modelio import SPEC_HELP, load_model
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP, load_model
 from .base import COMMANDS, Command
 
 
@@ -20,9 +20,10 @@ class ReportCommand(Command):
         parser.add_argument("model", metavar="MODEL_OR_DIR", help=SPEC_HELP)
         parser.add_argument("--weights", default=None, metavar="FILE.safetensors")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
-        rep = report(load_model(args.model, args.weights))
+        rep = report(load_model(args.model, args.weights, trust_source=args.trust_source))
         if args.json:
             print(json.dumps(rep.to_dict(), indent=2))
         else:
