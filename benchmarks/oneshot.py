@@ -148,7 +148,7 @@ def run_smollm2(recipes, configs, nsamples: int = 64, seqlen: int = 256) -> list
             if RECIPES[recipe][3] != "layer" and granularity == "2:4":
                 continue
             model = copy.deepcopy(dense)
-            seconds = prune_timed(model, sparsity, granularity, recipe, calib, r"model\.layers\.")
+            seconds = prune_timed(model, sparsity, granularity, recipe, calib, r"model\.layers\..*")
             value = ppl(model)
             if recipe == "sparsegpt":
                 reference = value

@@ -88,7 +88,14 @@ class AnalyzeCommand(Command):
         for s in [0.0, *grid]:
             m = copy.deepcopy(model)
             if s > 0:
-                prune(m, s, args.granularity, args.criterion, data=calib, seed=args.seed)
+                prune(
+                    m,
+                    s,
+                    granularity=args.granularity,
+                    criterion=args.criterion,
+                    data=calib,
+                    seed=args.seed,
+                )
             with tempfile.TemporaryDirectory() as tmp:
                 size = sum(f.stat().st_size for f in save(m, tmp).iterdir())
             rows.append({"sparsity": s, "metric": err(m), "size_mib": size / 2**20})
