@@ -130,3 +130,49 @@ def test_sparsegpt_rejects_block_granularity():
     lin = nn.Linear(8, 8)
     with pytest.raises(pk.ConfigError, match="unstructured and N:M"):
         pk.prune(lin, 0.5, granularity="block:2x2", criterion="sparsegpt", data=[torch.randn(4, 8)])
+
+
+def test_factor_and_masks_do_not_depend_on_the_thread_count():
+    """LAPACK's blocked Cholesky rounds differently on 1 and 2 threads at this size; the factor
+    (and so every later update and mask) must not."""
+    x = correlated_inputs(n=2048, d=640)
+    H = 2 * x.t() @ x / x.shape[0]
+    W = torch.randn(96, 640, generator=torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(
+                (inverse_hessian_factor(H), *sparsegpt(W, H, [Segment(0, 96, 96 * 320)]))
+            )
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.realmodel
+def test_minilm_masks_are_identical_on_one_and_two_threads():
+    import copy
+
+    from prunekit.evaluate import CALIBRATION_MODULES, docstring_corpus, token_windows
+    from prunekit.masks import get_mask
+    from prunekit.pretrained import load_minilm
+    from prunekit.targets import select_targets
+
+    dense, tok = load_minilm()
+    ids = token_windows(docstring_corpus(CALIBRATION_MODULES), tok, 128, 16)
+    data = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in ids.split(8)]
+    before = torch.get_num_threads()
+    masks = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model = copy.deepcopy(dense)
+            pk.prune(model, 0.5, criterion="sparsegpt", include=r"encoder\..*", data=data)
+            masks.append([get_mask(t.module, t.param) for t in select_targets(model, r"encoder\.")])
+    finally:
+        torch.set_num_threads(before)
+    assert len(masks[0]) == 36
+    assert all(torch.equal(a, b) for a, b in zip(*masks, strict=True))

@@ -7,6 +7,7 @@ from .allocation.global_threshold import Global
 from .allocation.layer import Layer
 from .allocation.owl import OWL
 from .analysis.report import Report, report
+from .analysis.sensitivity import sensitivity
 from .api import finalize, prune
 from .config import PruneConfig, dump_recipe, load_recipe
 from .criteria.apoz import APoZ
@@ -90,6 +91,7 @@ __all__ = [
     "prune",
     "report",
     "save",
+    "sensitivity",
     "shrink",
     "sparsify",
 ]

@@ -29,11 +29,22 @@ if TYPE_CHECKING:
     from .allocation import Allocation
     from .criteria import Criterion
     from .granularity import Granularity
+    from .reconstruct.block import Reconstruction
 
 #: the recipe format's version; ``from_dict`` refuses newer ones
 VERSION = 1
 #: recipes larger than this are refused before parsing
 MAX_RECIPE_BYTES = 1 << 20
+
+
+def yes_no(text: str) -> bool:
+    """A boolean command-line value: yes/true/1 or no/false/0."""
+    value = str(text).strip().lower()
+    if value in ("yes", "true", "1", "on"):
+        return True
+    if value in ("no", "false", "0", "off"):
+        return False
+    raise ConfigError(f"expected yes or no, got {text!r}")
 
 
 def _field(default: Any, help: str, **cli: Any) -> Any:
@@ -89,6 +100,19 @@ class PruneConfig:
         selectors=True,
     )
     seed: int = _field(0, "seed of random criteria and tie-breaking", type=int)
+    reconstruct: str | dict | Reconstruction | None = _field(
+        None,
+        "after each block is masked, tune its kept weights towards the dense block's output: "
+        "block, or a JSON object with options, e.g. "
+        '\'{"type": "block", "steps": 40, "lr": 0.0003}\' (element granularities)',
+        plugin="reconstruct",
+    )
+    refine: bool = _field(
+        False,
+        "swap pruned and kept weights within rows while that lowers each layer's "
+        "reconstruction error (exact row and N:M counts; element granularities)",
+        type=yes_no,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -113,6 +137,23 @@ class PruneConfig:
         criterion = from_value(self.criterion, CRITERIA, Criterion)
         allocation = from_value(self.scope, ALLOCATIONS, Allocation)
         schedule = from_value(self.schedule, SCHEDULES, Schedule)
+        reconstruct = None
+        if self.reconstruct is not None:
+            from .reconstruct.block import RECONSTRUCTIONS, Reconstruction
+
+            reconstruct = from_value(self.reconstruct, RECONSTRUCTIONS, Reconstruction)
+        if not isinstance(self.refine, bool):
+            raise ConfigError(f"refine must be True or False, got {self.refine!r}")
+        if (reconstruct is not None or self.refine) and gran.structured:
+            raise ConfigError(
+                f"reconstruct and refine work on element granularities (unstructured, N:M, "
+                f"block:RxC), not {gran.spec!r}"
+            )
+        if self.refine and gran.spec != "unstructured" and not hasattr(gran, "m"):
+            raise ConfigError(
+                f"refine swaps single weights within rows: it serves unstructured and N:M, "
+                f"not {gran.spec!r}"
+            )
         for plugin, reason in (
             (CRITERIA.name_of(type(criterion)), criterion.supports(gran)),
             (f"scope={ALLOCATIONS.name_of(type(allocation))!r}", allocation.supports(gran)),
@@ -138,7 +179,7 @@ class PruneConfig:
                     f"{fixed:g}; omit sparsity or pass {fixed:g}"
                 )
             sparsity = fixed
-        return Resolved(sparsity, gran, criterion, allocation, schedule)
+        return Resolved(sparsity, gran, criterion, allocation, schedule, reconstruct, self.refine)
 
     # -- recipes ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +191,7 @@ class PruneConfig:
         out: dict[str, Any] = {"version": VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if "plugin" in f.metadata and not isinstance(value, str):
+            if "plugin" in f.metadata and not isinstance(value, (str, type(None))):
                 value = _plugin_dict(resolved, f.name)
             elif f.metadata.get("selectors"):
                 value = _selectors_to_json(value)
@@ -244,12 +285,15 @@ class Resolved:
     criterion: Criterion
     allocation: Allocation
     schedule: Schedule
+    reconstruct: Reconstruction | None = None
+    refine: bool = False
 
 
 def _registry(field_name: str):
     from .allocation import ALLOCATIONS
     from .criteria import CRITERIA
     from .granularity import GRANULARITIES
+    from .reconstruct.block import RECONSTRUCTIONS
     from .schedule import SCHEDULES
 
     return {
@@ -257,6 +301,7 @@ def _registry(field_name: str):
         "criterion": CRITERIA,
         "scope": ALLOCATIONS,
         "schedule": SCHEDULES,
+        "reconstruct": RECONSTRUCTIONS,
     }[field_name]
 
 
@@ -272,12 +317,14 @@ def _plugin_object(field_name: str, value: dict[str, Any]) -> Any:
     from .criteria import Criterion
     from .granularity import Granularity
     from .plugin import from_value
+    from .reconstruct.block import Reconstruction
 
     base = {
         "granularity": Granularity,
         "criterion": Criterion,
         "scope": Allocation,
         "schedule": Schedule,
+        "reconstruct": Reconstruction,
     }[field_name]
     return from_value(value, _registry(field_name), base)
 

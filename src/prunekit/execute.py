@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .calibrate import LayerStats, run_blockwise
+from .calibrate import LayerStats, as_batches, run_blockwise
 from .criteria import ScoreContext, Solver
 from .errors import WeightError
+from .granularity.nm import NM
 from .masks import get_mask, record_granularity
 from .progress import track
+from .reconstruct.refine import refine_target
 from .structure.select import prune_groups
 from .targets import Target
 
@@ -39,7 +41,7 @@ def strategy_for(pruner: Pruner) -> Strategy:
     res = pruner.resolved
     if res.granularity.structured:
         return prune_structured
-    if res.criterion.layerwise:
+    if res.criterion.layerwise or res.reconstruct is not None or res.refine:
         return prune_blockwise
     return prune_whole
 
@@ -87,6 +89,7 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     """
     res = pruner.resolved
     check_finite(pruner.targets)
+    ctx.data = as_batches(ctx.data)  # read once: a generator must serve both passes
     criterion, gran = res.criterion, res.criterion.comparison(res.granularity)
     budget: dict[str, float] = {t.qualname: sparsity for t in pruner.targets}
     if res.allocation.needs_scores:
@@ -103,9 +106,14 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
         budget = res.allocation.layer_sparsities(units, sparsity)
         del units
 
+    refine = res.refine  # mask refinement (prunekit.reconstruct.refine) needs XᵀX
+    kinds = criterion.stats | {"hessian"} if refine else criterion.stats
+    m = res.granularity.m if isinstance(res.granularity, NM) else None
+
     def process(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
         ctx.stats = stats
         wanted = {t.qualname: budget[t.qualname] for t in targets}
+        dense = {t.qualname: t.matrix().detach().float().clone() for t in targets} if refine else {}
         if isinstance(criterion, Solver):
             keep = criterion.solve(targets, ctx, wanted, gran)
         else:
@@ -113,10 +121,16 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
                 t.qualname: gran.select(pruner.scores(t, ctx), wanted[t.qualname]) for t in targets
             }
         for t in targets:
+            if refine:
+                keep[t.qualname] = refine_target(
+                    t, dense.pop(t.qualname), keep[t.qualname], stats[t.qualname], m
+                )
             pruner.attach(t, keep[t.qualname])
         ctx.stats = {}
         return True
 
+    # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked
     run_blockwise(
-        ctx.model, pruner.targets, ctx.data, criterion.stats, process, progress=ctx.progress
-    )
+        ctx.model, pruner.targets, ctx.data, kinds, process, progress=ctx.progress,
+        after=res.reconstruct,
+    )  # fmt: skip

@@ -94,8 +94,9 @@ class SparseGPT(Solver):
         With G conv groups the Hessian is ``[G, cols, cols]`` and output rows split into G
         chunks; chunk g of every layer is solved against ``H[g]``.
         """
-        H = ctx.stats[targets[0].qualname].inputs.hessian()  # [G, cols, cols]
-        G = H.shape[0]
+        inputs = ctx.stats[targets[0].qualname].inputs
+        xtx = inputs.xtx  # [G, cols, cols]; H = 2XᵀX/N is formed inside the solver's one copy
+        G = xtx.shape[0]
         name = ", ".join(t.qualname for t in targets)
         new = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.float32) for t in targets}
         kept = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.bool) for t in targets}
@@ -123,13 +124,14 @@ class SparseGPT(Solver):
             )
             W, mask = sparsegpt(
                 torch.cat(parts),
-                H[g].to(parts[0].device),
+                xtx[g].to(parts[0].device),
                 segments,
                 nm=nm,
                 forced=torch.cat(forced) if any(f.any() for f in forced) else None,
                 blocksize=self.block_size,
                 damp=self.damp,
                 name=name,
+                scale=2.0 / max(inputs.n, 1),
             )
             for t, seg in zip(targets, segments, strict=True):
                 rows = seg.stop - seg.start

@@ -1,1 +1,2 @@
-"""Layer-wise numerical solvers (OBS, least squares): pure tensor maths, no plugin imports."""
+"""Numerical solvers (OBS, least squares, mask refinement; pure tensor maths) and the block
+reconstruction stage (:mod:`.block`, the ``reconstruct=`` plugins)."""

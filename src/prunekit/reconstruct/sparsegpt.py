@@ -35,39 +35,64 @@ class Segment:
 
 
 def inverse_hessian_factor(
-    hessian: torch.Tensor, damp: float = 0.01, name: str = "layer", retries: int = 6
+    hessian: torch.Tensor,
+    damp: float = 0.01,
+    name: str = "layer",
+    retries: int = 6,
+    *,
+    scale: float = 1.0,
+    dead: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹``, ``λ = damp · mean(diag H)``.
+    """Upper Cholesky factor ``U`` of ``(sH + λI)⁻¹`` (``H⁻¹ = UᵀU``), ``λ = damp · mean(diag sH)``.
 
-    Computed without forming the inverse: with J the order reversal, ``JHJ = MMᵀ`` (Cholesky)
-    gives ``H = RRᵀ`` with ``R = JMJ`` upper triangular, so ``H⁻¹ = UᵀU`` with ``U = R⁻¹ = JM⁻¹J``.
-    A Hessian that is not positive definite at this damping is retried with ten times more,
-    with a warning; one that still fails raises :class:`WeightError`.
+    ``s = scale`` (the caller may pass the raw XᵀX accumulator and ``2/N``); ``dead [cols]``
+    columns (inputs that never fired) get a unit diagonal and no coupling. The factor is built in
+    one working copy of the Hessian, in place (Cholesky, inverse from the factor, Cholesky of the
+    inverse), so the peak is the caller's Hessian plus one; and on one thread, because LAPACK's
+    blocked Cholesky rounds differently with the thread count (the masks followed it). A Hessian
+    that is not positive definite at this damping is retried with ten times more, with a
+    warning; one that still fails raises :class:`WeightError`.
     """
     # a NaN or inf input shows on the diagonal of XᵀX
     if not torch.isfinite(hessian.diagonal()).all():
         raise WeightError(f"{name}: the calibration Hessian holds NaN or inf values")
-    cols = hessian.shape[0]
-    mean_diag = hessian.diagonal().mean().clamp_min(1e-8)
-    eye = torch.eye(cols, dtype=hessian.dtype, device=hessian.device)
+    diag = hessian.diagonal() * scale
+    if dead is not None:
+        diag = diag.masked_fill(dead, 1.0)
+    mean_diag = diag.mean().clamp_min(1e-8)
+    info = torch.empty((), dtype=torch.int32, device=hessian.device)
     for attempt in range(retries + 1):
         frac = damp * 10**attempt
-        h = hessian + (frac * mean_diag) * eye
-        m, info = torch.linalg.cholesky_ex(h.flip(0, 1))  # JHJ = MMᵀ
-        if not info:
-            upper = torch.linalg.solve_triangular(m, eye, upper=False).flip(0, 1)  # JM⁻¹J
-            if torch.isfinite(upper.diagonal()).all():
-                if attempt:
-                    warnings.warn(
-                        f"{name}: the Hessian is not positive definite at {damp:g} damping; "
-                        f"solved with damping {frac:g} of its mean diagonal instead",
-                        stacklevel=3,
-                    )
-                return upper
+        # the one working copy [cols, cols], seen transposed: symmetric, and column-major as
+        # LAPACK wants it, so that the in-place factorisations below make no copies
+        h = torch.mul(hessian, scale).mT
+        if dead is not None:
+            h[dead] = 0.0
+            h[:, dead] = 0.0
+        h.diagonal().copy_(diag + frac * mean_diag)
+        with _one_thread(h):
+            torch.linalg.cholesky_ex(h, out=(h, info))  # H = LLᵀ, L in h
+            if not info:
+                torch.cholesky_inverse(h, out=h)  # H⁻¹
+                torch.linalg.cholesky_ex(h, upper=True, out=(h, info))  # H⁻¹ = UᵀU
+        if not info and torch.isfinite(h.diagonal()).all():
+            if attempt:
+                warnings.warn(
+                    f"{name}: the Hessian is not positive definite at {damp:g} damping; "
+                    f"solved with damping {frac:g} of its mean diagonal instead",
+                    stacklevel=3,
+                )
+            return h
+        del h
     raise WeightError(
         f"{name}: the Hessian is not positive definite even at damping {frac:g}; "
         "the calibration data may be degenerate"
     )
+
+
+def _one_thread(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """One intra-op thread for CPU tensors (sequential ops, or thread-independent rounding)."""
+    return torch_threads(1) if t.device.type == "cpu" else contextlib.nullcontext()
 
 
 def _column_loop(
@@ -109,22 +134,25 @@ def sparsegpt(
     blocksize: int = 128,
     damp: float = 0.01,
     name: str = "layer",
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune and reconstruct ``weight [rows, cols]``; returns ``(new weight, keep mask)``.
 
     ``nm = (keep, m)`` keeps ``keep`` of every ``m`` consecutive columns (``segments``' counts
     are then ignored). ``forced [rows, cols]`` marks weights that must be pruned (an earlier
     mask). Inputs that never fired (``H_jj = 0``) score zero, so they go first; they receive no
-    error updates. Float32 throughout; the input is not modified.
+    error updates. ``hessian`` may be the raw XᵀX with ``scale = 2/N`` (no scaled copy is made).
+    Float32 throughout; the inputs are not modified. Memory: the weight, ``hessian`` and one
+    working ``[cols, cols]`` matrix (the factor).
     """
     W = weight.detach().float().clone()
-    H = hessian.detach().float().clone()
     rows, cols = W.shape
-    if H.shape != (cols, cols):
-        raise WeightError(f"{name}: Hessian {tuple(H.shape)} does not fit weight {(rows, cols)}")
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1.0
-    U = inverse_hessian_factor(H, damp, name)  # [cols, cols] upper
+    if hessian.shape != (cols, cols):
+        raise WeightError(
+            f"{name}: Hessian {tuple(hessian.shape)} does not fit weight {(rows, cols)}"
+        )
+    dead = hessian.diagonal() == 0
+    U = inverse_hessian_factor(hessian.detach(), damp, name, scale=scale, dead=dead)  # upper
     if nm is not None:
         blocksize = max(nm[1], blocksize - blocksize % nm[1])
     prune = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
@@ -158,12 +186,11 @@ def sparsegpt(
                 done[s] += k
         scale = Pt.float() / d  # err_i = w_i * P_i / d_i
         Et = torch.empty_like(Wt)  # [b, rows] scaled errors
-        # the column loop's ops are too small to split across threads
-        with torch_threads(1) if W.device.type == "cpu" else contextlib.nullcontext():
+        with _one_thread(W):  # the column loop's ops are too small to split across threads
             _column_loop(Wt, U1, d, dead1, forced1, Pt, scale, Et, nm)
         W[:, i1:i2] = Wt.t()
         prune[:, i1:i2] = Pt.t()
-        W[:, i2:] -= Et.t() @ U[i1:i2, i2:]
+        W[:, i2:].addmm_(Et.t(), U[i1:i2, i2:], alpha=-1.0)  # lazy update, in place
     W.masked_fill_(prune, 0.0)
     if not torch.isfinite(W).all():
         raise WeightError(f"{name}: SparseGPT produced non-finite weights; raise the damping")

@@ -1,0 +1,116 @@
+"""Sensitivity curves, their cache, and the allocations built on them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.analysis.sensitivity import (
+    Sensitivity,
+    allocate,
+    output_error,
+    search_allocation,
+)
+from tests.test_calibrate import Stack, batches
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)
+    )
+    with torch.no_grad():
+        model[2].weight.mul_(0.05)  # a weak middle layer: pruning it costs little
+    return model
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_curves_rank_layers_and_leave_the_model_identical(tmp_path):
+    model = mlp()
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    before = snapshot(model)
+    calls = []
+    err = output_error(model, [x])
+
+    def eval_fn(m):
+        calls.append(1)
+        return err(m)
+
+    cache = tmp_path / "sens.json"
+    sens = pk.sensitivity(model, eval_fn, sparsities=(0.25, 0.5, 0.75), cache=cache)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert sens.baseline == 0.0
+    assert len(calls) == 1 + 3 * 3
+    # the expected error of pruning one layer, computed directly
+    with torch.no_grad():
+        pruned = mlp()
+        w = pruned[0].weight
+        w.mul_(w.abs() > w.abs().flatten().kthvalue(round(0.5 * w.numel())).values)
+        direct = err(pruned)
+    assert sens.metric["0.weight"][1] == pytest.approx(direct, rel=1e-5)
+    for u in sens.metric:  # more sparsity, more error
+        assert sens.metric[u] == sorted(sens.metric[u])
+    assert sens.metric["2.weight"][2] < sens.metric["0.weight"][2]
+    # the cache answers a repeated sweep without evaluating anything
+    calls.clear()
+    again = pk.sensitivity(model, eval_fn, sparsities=(0.25, 0.5, 0.75), cache=cache)
+    assert calls == [] and again.metric == sens.metric
+    # and an extended sweep evaluates only the new sparsity
+    pk.sensitivity(model, eval_fn, sparsities=(0.25, 0.5, 0.75, 0.9), cache=cache)
+    assert len(calls) == 3
+    assert Sensitivity.from_dict(sens.to_dict()) == sens
+
+
+def test_block_units_and_data_aware_criteria():
+    model = Stack()
+    data = batches(3)
+    err = output_error(model, data)
+    sens = pk.sensitivity(model, err, (0.5,), criterion="wanda", units="block", data=data)
+    assert list(sens.metric) == ["layers.0", "layers.1", "layers.2"]
+    assert all(v[0] > 0 for v in sens.metric.values())
+    with pytest.raises(pk.ConfigError, match="data-aware"):
+        pk.sensitivity(model, err, (0.5,), criterion="wanda")
+
+
+def make_sens(curves, sizes):
+    return Sensitivity([0.25, 0.5, 0.75], 0.0, curves, sizes, {u: [u] for u in curves})
+
+
+def test_allocation_meets_the_budget_at_less_predicted_loss_than_uniform():
+    sens = make_sens(
+        {"flat": [0.0, 0.01, 0.02], "steep": [0.1, 0.5, 2.0], "mid": [0.02, 0.1, 0.4]},
+        {"flat": 100, "steep": 100, "mid": 200},
+    )
+    levels = allocate(sens, 0.5)
+    mean = sum(levels[u] * sens.sizes[u] for u in levels) / sum(sens.sizes.values())
+    assert mean == pytest.approx(0.5, abs=1e-9)
+    assert levels["flat"] == pytest.approx(0.75)  # the cheapest layer goes to the grid's top
+    assert levels["steep"] < 0.5 < levels["flat"]
+
+    def predicted(lv):
+        import numpy as np
+
+        return sum(np.interp(lv[u], [0, *sens.sparsities], [0, *sens.loss(u)]) for u in sens.metric)
+
+    assert predicted(levels) < predicted(dict.fromkeys(levels, 0.5))
+    with pytest.raises(pk.ConfigError, match="outside the measured grid"):
+        allocate(sens, 0.8)
+
+
+def test_search_lowers_the_calibration_loss_and_keeps_the_budget():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)
+    )
+    before = snapshot(model)
+    x = torch.randn(128, 16, generator=torch.Generator().manual_seed(2))
+    err = output_error(model, [x])
+    levels, history = search_allocation(model, err, 0.5, seconds=30, max_evals=60, step=0.1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert sum(levels.values()) / 3 == pytest.approx(0.5)
+    assert history == sorted(history, reverse=True) and history[-1] < history[0]
