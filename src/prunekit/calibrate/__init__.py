@@ -17,7 +17,16 @@ from .batches import (
     run_batch,
     to_device,
 )
-from .blocks import BlockCaller, BlockInputs, BlockStage, capture_inputs, find_blocks, run_blockwise
+from .blocks import (
+    BlockCaller,
+    BlockInputs,
+    BlockStage,
+    capture_inputs,
+    find_blocks,
+    first_output,
+    hidden_key,
+    run_blockwise,
+)
 from .collector import Collector, all_reduce, collect, is_activation
 from .gradients import gradient_sums, model_loss
 from .statistics import (
@@ -50,7 +59,9 @@ __all__ = [
     "check_batches",
     "collect",
     "find_blocks",
+    "first_output",
     "gradient_sums",
+    "hidden_key",
     "input_columns",
     "is_activation",
     "model_device",

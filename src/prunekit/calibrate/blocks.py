@@ -75,7 +75,7 @@ class BlockInputs:
         return BlockInputs(self.args, {**self.kwargs, self.key: h}, self.key)
 
 
-def _hidden_key(args: tuple, kwargs: dict) -> int | str:
+def hidden_key(args: tuple, kwargs: dict) -> int | str:
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor) and a.is_floating_point():
             return i
@@ -104,7 +104,7 @@ def capture_inputs(
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if store:
             args, kwargs = to_device(args, store), to_device(kwargs, store)
-        captured.append(BlockInputs(tuple(args), dict(kwargs), _hidden_key(args, kwargs)))
+        captured.append(BlockInputs(tuple(args), dict(kwargs), hidden_key(args, kwargs)))
         raise _Stop
 
     device = model_device(model)

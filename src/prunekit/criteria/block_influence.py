@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..calibrate import _first_output, _hidden_key, as_batches, calibration_mode, run_batch
+from ..calibrate import as_batches, calibration_mode, first_output, hidden_key, run_batch
 from ..errors import ConfigError
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
@@ -43,9 +43,9 @@ class BlockInfluence(Criterion):
 
         def measure(i: int):
             def hook(module, args, kwargs, out) -> None:
-                key = _hidden_key(args, kwargs)
+                key = hidden_key(args, kwargs)
                 h_in = (args[key] if isinstance(key, int) else kwargs[key]).flatten(0, -2)
-                h_out = _first_output(out).flatten(0, -2)  # [tokens, hidden]
+                h_out = first_output(out).flatten(0, -2)  # [tokens, hidden]
                 cos = torch.nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
                 total[i] += (1 - cos).sum().cpu()
                 tokens[i] += cos.numel()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibrate import _first_output, _hidden_key
+from ..calibrate import first_output, hidden_key
 from ..errors import TargetError
 from .graph import call_model
 from .groups import Group, Slot
@@ -63,9 +63,9 @@ def _zeroed_is_identity(model: nn.Module, block: nn.Module, example_inputs: Any)
     zeroed = copy.deepcopy(block)
     for p in zeroed.parameters():
         p.zero_()
-    key = _hidden_key(args, kwargs)
+    key = hidden_key(args, kwargs)
     hidden = args[key] if isinstance(key, int) else kwargs[key]
-    out = _first_output(zeroed(*args, **kwargs))
+    out = first_output(zeroed(*args, **kwargs))
     return out.shape == hidden.shape and torch.equal(out, hidden)
 
 
