@@ -58,8 +58,8 @@ def test_console_script_help():
 @pytest.mark.parametrize("argv", [["--help"], ["prune", "--help"], ["bench", "--help"]])
 def test_help_imports_no_torch(argv):
     code = (
-        "import sys\nfrom prunekit.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
-        "    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')" % argv
+        f"import sys\nfrom prunekit.cli import main\ntry:\n    main({argv!r})\n"
+        "except SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -323,7 +323,7 @@ def test_demo_quick_smoke():
     proc = cli("demo", "--quick", "--json")
     rows = json.loads(proc.stdout)
     by = {(r["network"], r["model"]): r for r in rows}
-    assert [r["model"] for r in rows if r["network"] == "CNN"][0] == "dense"
+    assert next(r["model"] for r in rows if r["network"] == "CNN") == "dense"
     assert by[("CNN", "90% unstructured")]["sparsity"] == pytest.approx(0.9, abs=2e-3)
     shrunk = by[("MLP", "50% channels, shrunk")]
     assert shrunk["params"] < 0.5 * by[("MLP", "dense")]["params"]

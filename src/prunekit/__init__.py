@@ -90,4 +90,34 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
 
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+__all__ = [
+    "NM",
+    "Block",
+    "Channel",
+    "CheckpointError",
+    "ConfigError",
+    "Cubic",
+    "Head",
+    "Iterative",
+    "MaskState",
+    "OneShot",
+    "PruneConfig",
+    "PrunekitError",
+    "Pruner",
+    "Report",
+    "TargetError",
+    "UnknownChoiceError",
+    "Unstructured",
+    "VerificationError",
+    "WeightError",
+    "__version__",
+    "evaluate",
+    "export_onnx",
+    "finalize",
+    "load",
+    "prune",
+    "report",
+    "save",
+    "shrink",
+    "sparsify",
+]

@@ -42,8 +42,8 @@ from .threads import torch_threads
 
 @dataclass(frozen=True)
 class DemoSettings:
-    dense_epochs: int = 8
-    prune_epochs: int = 8
+    dense_epochs: int = 5
+    prune_epochs: int = 5
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
@@ -179,7 +179,8 @@ def fine_tune(
     settings: DemoSettings,
     progress: bool,
 ) -> nn.Module:
-    """A copy of ``dense`` trained ``prune_epochs`` more, pruning on the way; finalized or shrunk."""
+    """A copy of ``dense`` trained ``prune_epochs`` more, pruning on the way; then finalized or
+    shrunk."""
     model = copy.deepcopy(dense)
     step = None
     if variant.config is not None:

@@ -181,7 +181,13 @@ TASKS = ("auto", "perplexity", "embedding", "accuracy")
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    return type(model).__name__.endswith("ForCausalLM")
+    """A Hugging Face model that predicts the next token (transformers' causal-LM classes)."""
+    name = type(model).__name__
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return name.endswith("ForCausalLM")
+    return name.endswith("ForCausalLM") or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 
 def _is_classifier(model: nn.Module) -> bool:

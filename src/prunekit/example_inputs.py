@@ -47,7 +47,9 @@ def describe(inputs: Any) -> dict[str, Any]:
         return {"kind": "dict", "items": {k: describe(v) for k, v in inputs.items()}}
     if isinstance(inputs, (tuple, list)):
         return {"kind": "tuple", "items": [describe(v) for v in inputs]}
-    raise ConfigError(f"example inputs must be tensors, tuples or dicts, not {type(inputs).__name__}")
+    raise ConfigError(
+        f"example inputs must be tensors, tuples or dicts, not {type(inputs).__name__}"
+    )
 
 
 def rebuild(

@@ -29,9 +29,9 @@ def check_output_dir(out: str | os.PathLike, source: str | os.PathLike | None) -
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out} is a file; pass a folder to write the pruned model into")
-    if source is not None and Path(source).is_dir() and out.exists():
-        if out.resolve() == Path(source).resolve():
-            raise ConfigError(f"-o {out} is the input folder; write the pruned model elsewhere")
+    same = source is not None and out.exists() and out.resolve() == Path(source).resolve()
+    if same:
+        raise ConfigError(f"-o {out} is the input folder; write the pruned model elsewhere")
     return out
 
 
@@ -40,7 +40,7 @@ def carried_files(source: Path) -> list[Path]:
     files = []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
-        if not path.is_file() or path.is_symlink() and not path.resolve().is_file():
+        if not path.is_file() or (path.is_symlink() and not path.resolve().is_file()):
             continue
         if any(part in WEIGHT_FOLDERS for part in rel.parts[:-1]):
             continue
@@ -103,7 +103,9 @@ def model_card(
     storage = header.get("storage") or {}
     formats = sorted({e["format"] for e in header.get("tensors", {}).values()})
     all_dense = formats == ["dense"]
-    ratio = f" ({output_bytes / input_bytes:.1%} of the input's {input_bytes:,})" if input_bytes else ""
+    ratio = (
+        f" ({output_bytes / input_bytes:.1%} of the input's {input_bytes:,})" if input_bytes else ""
+    )
     lines = [
         "---",
         "tags: [prunekit, pruned]",
@@ -118,14 +120,18 @@ def model_card(
         "",
         f"- folder size without this card: {output_bytes:,} bytes{ratio}",
         f"- weight storage formats: {', '.join(formats) or '-'}"
-        + (f" ({storage.get('bits_per_weight'):.2f} bits per weight)" if storage.get("bits_per_weight") else ""),
+        + (
+            f" ({storage.get('bits_per_weight'):.2f} bits per weight)"
+            if storage.get("bits_per_weight")
+            else ""
+        ),
         f"- files carried over from the input: {', '.join(carried) or 'none'}",
         "",
         "Load it with prunekit (exact weights, no pickle):",
         "",
         "```python",
         "import prunekit as pk",
-        'model = pk.load("THIS_FOLDER")   # factory models: pk.load("THIS_FOLDER", model=factory())',
+        'model = pk.load("THIS_FOLDER")  # a factory model: pk.load(FOLDER, model=factory())',
         "```",
         "",
     ]

@@ -95,7 +95,9 @@ def corpus_texts(name_or_path: str | Path) -> list[str]:
     if name == "builtin:docstrings-eval":
         return sentences(docstring_corpus(EVALUATION_MODULES))[:512]
     if name.startswith("builtin:"):
-        raise ConfigError(f"unknown corpus {name!r}; built-in corpora: {', '.join(BUILTIN_CORPORA)}")
+        raise ConfigError(
+            f"unknown corpus {name!r}; built-in corpora: {', '.join(BUILTIN_CORPORA)}"
+        )
     return read_texts(name)
 
 

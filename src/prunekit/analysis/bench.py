@@ -109,7 +109,9 @@ class BenchResult:
             "clock": self.clock,
             "load": self.load,
             "warnings": self.warnings,
-            "pruned_dense_kernels": None if self.pruned_dense is None else self.pruned_dense.to_dict(),
+            "pruned_dense_kernels": (
+                None if self.pruned_dense is None else self.pruned_dense.to_dict()
+            ),
             "sparsify": None if self.sparsify is None else self.sparsify.to_dict(),
         }  # fmt: skip
 
@@ -119,7 +121,9 @@ class BenchResult:
         table = Table(title=f"prunekit bench: pruned vs {b.label}")
         for col in ("", b.label, "pruned", "ratio"):
             table.add_column(col, justify="left" if not col else "right")
-        table.add_row("size on disk", _mib(b.disk_bytes), _mib(p.disk_bytes), _x(r["disk"], "smaller"))
+        table.add_row(
+            "size on disk", _mib(b.disk_bytes), _mib(p.disk_bytes), _x(r["disk"], "smaller")
+        )
         table.add_row(
             "weight memory", _mib(b.weight_bytes), _mib(p.weight_bytes), _x(r["memory"], "less")
         )
@@ -302,9 +306,11 @@ def bench(
     result = BenchResult(
         baseline=Side(base_label, base_disk, weight_bytes(baseline), lat["baseline"]),
         pruned=Side(
-            "pruned", directory_bytes(path) if path is not None else None, weight_bytes(fast),
+            "pruned",
+            directory_bytes(path) if path is not None else None,
+            weight_bytes(fast),
             lat["pruned"],
-        ),  # fmt: skip
+        ),
         inputs=_describe(inputs),
         threads=threads,
         clock="thread CPU time" if default_clock() is time.thread_time else "wall-clock time",

@@ -91,16 +91,25 @@ def load_baseline(args: argparse.Namespace, header: dict[str, Any]) -> tuple[Any
     return None, None
 
 
-def inputs_for(args: argparse.Namespace, model: Any, header: dict[str, Any]) -> Any:
-    """``--example-shape``, else the recorded example inputs (with --batch-size/--seq-len), else
-    guessed from the model."""
+def check_input_options(args: argparse.Namespace) -> None:
+    """Fail on a bad --example-shape, --batch-size or --seq-len before loading anything."""
     from ..errors import PrunekitError
-    from ..example_inputs import for_model, parse_shape, rebuild
+    from ..example_inputs import parse_shape
 
     for flag in ("batch_size", "seq_len"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise PrunekitError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.example_shape is not None:
+        parse_shape(args.example_shape)
+
+
+def inputs_for(args: argparse.Namespace, model: Any, header: dict[str, Any]) -> Any:
+    """``--example-shape``, else the recorded example inputs (with --batch-size/--seq-len), else
+    guessed from the model."""
+    from ..example_inputs import for_model, parse_shape, rebuild
+
+    check_input_options(args)
     if args.example_shape is not None:
         return for_model(model, parse_shape(args.example_shape))
     spec = header.get("example_inputs")
@@ -163,6 +172,7 @@ class BenchCommand(Command):
 
         if args.threads < 1 or args.rounds < 3:
             raise PrunekitError("--threads must be positive and --rounds at least 3")
+        check_input_options(args)
         header = recorded(args.model)
         model = load_pruned(args)
         baseline, baseline_spec = load_baseline(args, header)
@@ -173,12 +183,14 @@ class BenchCommand(Command):
         if baseline is not None and args.baseline is None:
             recorded_bytes = (header.get("input") or {}).get("bytes")
         with torch_threads(args.threads):
-            fast, result = bench(
+            _, result = bench(
                 model,
                 path if os.path.exists(path) else None,
                 inputs,
                 baseline=baseline,
-                baseline_path=baseline_spec if baseline_spec and os.path.exists(baseline_spec) else None,
+                baseline_path=baseline_spec
+                if baseline_spec and os.path.exists(baseline_spec)
+                else None,
                 baseline_bytes=recorded_bytes,
                 rounds=args.rounds,
                 use_sparse_kernels=not args.no_sparse_kernels,

@@ -55,7 +55,10 @@ def tokenizer_for(*folders: str | None) -> Any:
     for folder in folders:
         if folder is None or not Path(folder).is_dir():
             continue
-        if not any((Path(folder) / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        if not any(
+            (Path(folder) / n).is_file()
+            for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+        ):
             continue
         from transformers import AutoTokenizer
 
@@ -86,7 +89,7 @@ class EvalCommand(Command):
             default="builtin:docstrings-eval",
             metavar="FILE.txt|.jsonl",
             help="texts to evaluate on: .txt (one per line; perplexity: the whole file), .jsonl "
-            "(\"text\", optional \"label\"), or builtin:docstrings-eval (512 sentences of stdlib "
+            '("text", optional "label"), or builtin:docstrings-eval (512 sentences of stdlib '
             "docstrings, disjoint from builtin:docstrings; the default)",
         )
         parser.add_argument(

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from ..modelio import SPEC_HELP
 from .base import COMMANDS, Command
-from .bench import add_input_options, add_model_options, inputs_for, load_pruned, recorded
+from .bench import (
+    add_input_options,
+    add_model_options,
+    check_input_options,
+    inputs_for,
+    load_pruned,
+    recorded,
+)
 
 
 @COMMANDS.register("export")
@@ -33,9 +40,7 @@ class ExportCommand(Command):
         )
         add_model_options(parser)
         add_input_options(parser)
-        parser.add_argument(
-            "--opset", type=int, default=18, help="ONNX opset version (default 18)"
-        )
+        parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
 
     def run(self, args: argparse.Namespace) -> int:
         from ..errors import PrunekitError
@@ -48,6 +53,7 @@ class ExportCommand(Command):
         out = Path(args.output)
         if out.is_dir():
             raise PrunekitError(f"-o {out} is a folder; pass a file name such as model.onnx")
+        check_input_options(args)
         header = recorded(args.model)
         model = load_pruned(args)
         inputs = inputs_for(args, model, header)

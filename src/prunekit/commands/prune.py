@@ -126,6 +126,7 @@ def calibration_batches(args: argparse.Namespace, model: Any) -> list[dict]:
     """Token batches from ``--calibration``, with the model folder's tokenizer (offline), with
     the labels of ``--loss`` (causal LMs: ``lm`` by default) for the gradient criteria."""
     from ..errors import PrunekitError
+    from ..evaluate import is_causal_lm
     from ..textdata import add_labels, load_calibration
 
     if args.calibration is None:
@@ -144,9 +145,11 @@ def calibration_batches(args: argparse.Namespace, model: Any) -> list[dict]:
         ) from None
     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     longest = getattr(tokenizer, "model_max_length", args.seq_len) or args.seq_len
-    batches = load_calibration(args.calibration, tokenizer, args.nsamples, min(args.seq_len, longest))
+    batches = load_calibration(
+        args.calibration, tokenizer, args.nsamples, min(args.seq_len, longest)
+    )
     loss = args.loss
-    if loss is None and args.criterion in GRADIENT_CRITERIA and _is_causal_lm(model):
+    if loss is None and args.criterion in GRADIENT_CRITERIA and is_causal_lm(model):
         loss = "lm"
     if loss is None and args.criterion in GRADIENT_CRITERIA:
         raise PrunekitError(
@@ -154,10 +157,6 @@ def calibration_batches(args: argparse.Namespace, model: Any) -> list[dict]:
             f"LMs) or --loss mlm (masked-LM heads); {type(model).__name__} has neither by default"
         )
     return batches if loss is None else add_labels(batches, loss, tokenizer, args.seed)
-
-
-def _is_causal_lm(model: Any) -> bool:
-    return type(model).__name__.endswith("ForCausalLM")
 
 
 # ---- the output folder --------------------------------------------------------------------------
