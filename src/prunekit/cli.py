@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import re
 import sys
 from collections.abc import Sequence
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in COMMANDS:
         cls = COMMANDS.get(name)
-        doc = (cls.__doc__ or "").strip().replace("%", "%%")  # argparse formats help with %
+        doc = inspect.cleandoc(cls.__doc__ or "").replace("%", "%%")  # argparse formats help with %
         p = sub.add_parser(
             name,
             help=doc.splitlines()[0] if doc else None,

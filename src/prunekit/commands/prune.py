@@ -29,9 +29,8 @@ def add_prune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--granularity",
         default="unstructured",
-        help="which weights fall together, one of: unstructured, N:M (e.g. 2:4, 4:8), block:RxC "
-        "(e.g. block:4x4), channel, head (registered: "
-        f"{', '.join(plugin_names('granularity'))}; default: unstructured)",
+        help=f"which weights fall together, one of: {', '.join(plugin_names('granularity'))} "
+        "(N:M e.g. 2:4 or 4:8, block:RxC e.g. block:4x4; default: unstructured)",
     )
     parser.add_argument(
         "--criterion",
