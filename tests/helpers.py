@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from prunekit.criteria import CRITERIA
-from prunekit.granularity import GRANULARITIES
+from prunekit.granularity import GRANULARITIES, parse_granularity
 
 
 def mlp() -> nn.Module:
@@ -37,7 +37,12 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "hf_conv1d": (hf_conv1d, (4, 32)),
 }
 
-GRANULARITY_SPECS = [spec for name in GRANULARITIES for spec in GRANULARITIES.get(name).examples]
+#: every registered granularity's examples, parsed (element-wise ones; structured ones trace)
+_EXAMPLES = [
+    parse_granularity(example) for name in GRANULARITIES for example in GRANULARITIES.examples(name)
+]
+GRANULARITY_SPECS = [g for g in _EXAMPLES if not g.structured]
+STRUCTURED_SPECS = [g for g in _EXAMPLES if g.structured]
 DATA_FREE_CRITERIA = [n for n in CRITERIA if not CRITERIA.get(n).requires_data]
 
 

@@ -43,10 +43,10 @@ def assert_zero(model, zeros):
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("spec", GRANULARITY_SPECS)
+@pytest.mark.parametrize("spec", GRANULARITY_SPECS, ids=str)
 def test_zero_through_training_with_fresh_optimizer(opt_name, spec, model_and_input):
     model, x = model_and_input
-    pk.prune(model, None if ":" in spec and "block" not in spec else 0.5, granularity=spec)
+    pk.prune(model, None if spec.fixed_sparsity else 0.5, granularity=spec)
     zeros = pruned_zeros(model)
     before = {q: p.detach().clone() for q, p in model.named_parameters()}
     train_steps(model, x, OPTIMIZERS[opt_name](model.parameters()))

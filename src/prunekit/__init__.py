@@ -17,11 +17,28 @@ except PackageNotFoundError:  # running from a source tree
 
 #: public name -> the module that defines it (relative to this package)
 _EXPORTS = {
+    "Global": ".allocation.global_threshold",
+    "Layer": ".allocation.layer",
+    "OWL": ".allocation.owl",
     "Report": ".analysis.report",
     "report": ".analysis.report",
     "finalize": ".api",
     "prune": ".api",
     "PruneConfig": ".config",
+    "dump_recipe": ".config",
+    "load_recipe": ".config",
+    "APoZ": ".criteria.apoz",
+    "BNScaling": ".criteria.bn_scaling",
+    "FPGM": ".criteria.fpgm",
+    "L2": ".criteria.magnitude",
+    "Magnitude": ".criteria.magnitude",
+    "MeanActivation": ".criteria.mean_activation",
+    "OBD": ".criteria.obd",
+    "Random": ".criteria.random",
+    "Regression": ".criteria.regression",
+    "SparseGPT": ".criteria.sparsegpt",
+    "Taylor": ".criteria.taylor",
+    "Wanda": ".criteria.wanda",
     "CheckpointError": ".errors",
     "ConfigError": ".errors",
     "PrunekitError": ".errors",
@@ -31,7 +48,6 @@ _EXPORTS = {
     "WeightError": ".errors",
     "load": ".formats.checkpoint",
     "save": ".formats.checkpoint",
-    "export_onnx": ".export",
     "Block": ".granularity.block",
     "Channel": ".granularity.channel",
     "Head": ".granularity.head",
@@ -44,14 +60,29 @@ _EXPORTS = {
     "Iterative": ".schedule",
     "OneShot": ".schedule",
     "shrink": ".structure.shrink",
+    "export_onnx": ".export",
 }
 _SUBMODULES = {"evaluate"}
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from . import evaluate
+    from .allocation.global_threshold import Global
+    from .allocation.layer import Layer
+    from .allocation.owl import OWL
     from .analysis.report import Report, report
     from .api import finalize, prune
-    from .config import PruneConfig
+    from .config import PruneConfig, dump_recipe, load_recipe
+    from .criteria.apoz import APoZ
+    from .criteria.bn_scaling import BNScaling
+    from .criteria.fpgm import FPGM
+    from .criteria.magnitude import L2, Magnitude
+    from .criteria.mean_activation import MeanActivation
+    from .criteria.obd import OBD
+    from .criteria.random import Random
+    from .criteria.regression import Regression
+    from .criteria.sparsegpt import SparseGPT
+    from .criteria.taylor import Taylor
+    from .criteria.wanda import Wanda
     from .errors import (
         CheckpointError,
         ConfigError,
@@ -91,30 +122,47 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "FPGM",
+    "L2",
     "NM",
+    "OBD",
+    "OWL",
+    "APoZ",
+    "BNScaling",
     "Block",
     "Channel",
     "CheckpointError",
     "ConfigError",
     "Cubic",
+    "Global",
     "Head",
     "Iterative",
+    "Layer",
+    "Magnitude",
     "MaskState",
+    "MeanActivation",
     "OneShot",
     "PruneConfig",
     "PrunekitError",
     "Pruner",
+    "Random",
+    "Regression",
     "Report",
+    "SparseGPT",
     "TargetError",
+    "Taylor",
     "UnknownChoiceError",
     "Unstructured",
     "VerificationError",
+    "Wanda",
     "WeightError",
     "__version__",
+    "dump_recipe",
     "evaluate",
     "export_onnx",
     "finalize",
     "load",
+    "load_recipe",
     "prune",
     "report",
     "save",

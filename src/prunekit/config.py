@@ -1,59 +1,126 @@
-"""PruneConfig: what to prune, how, and when. Validated before the model is touched."""
+"""PruneConfig: the job. What to prune, how, and when; also the recipe format (YAML or JSON).
+
+One definition of the fields serves the keyword API (``pk.prune(model, sparsity=...)``), the
+config object (``pk.prune(model, PruneConfig(...))``), recipes (``to_dict``/``from_dict``,
+``load_recipe``) and the command line (each field's ``metadata["help"]`` is its ``--help``).
+
+Plugin fields (granularity, criterion, scope, schedule) take a string shorthand, a dict
+``{"type": name, **params}`` or the plugin object; :meth:`PruneConfig.to_dict` writes strings as
+strings and objects as dicts, so ``PruneConfig.from_dict(c.to_dict()) == c``. Module types in
+``include``/``exclude`` are written ``{"module": "torch.nn.Linear"}`` and read back only from an
+allow-list (``torch.nn`` layer classes, transformers' ``Conv1D``): a recipe never imports code.
+
+This module imports no torch at import time, so the CLI can build its options quickly.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .allocation import Allocation, get_allocation
-from .criteria import CRITERIA, Criterion
-from .errors import ConfigError, check_fraction
-from .granularity import Granularity, parse_granularity
-from .schedule import Cubic, Iterative, OneShot, Schedule
-from .targets import Selector
+from .errors import ConfigError, check_fraction, did_you_mean
+from .schedule import OneShot, Schedule
 
-_SCHEDULES: dict[str, type[Schedule]] = {c.__name__: c for c in (OneShot, Iterative, Cubic)}
+if TYPE_CHECKING:
+    from .allocation import Allocation
+    from .criteria import Criterion
+    from .granularity import Granularity
+
+#: the recipe format's version; ``from_dict`` refuses newer ones
+VERSION = 1
+#: recipes larger than this are refused before parsing
+MAX_RECIPE_BYTES = 1 << 20
+
+
+def _field(default: Any, help: str, **cli: Any) -> Any:
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """A validated config: parsed plugins and the final sparsity."""
-
-    sparsity: float
-    granularity: Granularity
-    criterion: Criterion
-    allocation: Allocation
-
-
-@dataclass
 class PruneConfig:
-    """Settings of one pruning job.
+    """Settings of one pruning job. The constructor stores (a plugin given as a dict becomes its
+    object); :meth:`resolve` validates everything."""
 
-    ``sparsity`` may be omitted for N:M (it is then ``1 - N/M``); if given it must equal that.
-    ``scope`` is ``"layer"`` or ``"global"``. ``include``/``exclude`` take names, regexes or types.
-    """
+    sparsity: float | None = _field(
+        None,
+        "fraction of the units (weights, blocks, channels, heads) to remove, in [0, 1); "
+        "optional for N:M, where the pattern fixes it",
+        type=float,
+    )
+    granularity: str | dict | Granularity = _field(
+        "unstructured",
+        "which weights fall together: unstructured, N:M (e.g. 2:4), block:RxC (e.g. block:4x4), "
+        "channel, head, ... (or a JSON object with options, e.g. "
+        '\'{"type": "channel", "round_to": 8}\')',
+        plugin="granularity",
+    )
+    criterion: str | dict | Criterion = _field(
+        "magnitude",
+        "how important each weight is (a name, or a JSON object with parameters, e.g. "
+        '\'{"type": "sparsegpt", "damp": 0.05}\')',
+        plugin="criterion",
+    )
+    scope: str | dict | Allocation = _field(
+        "layer",
+        "how the budget is spread over layers: layer (the same everywhere), global (one "
+        "threshold), owl (outlier-weighted), ... or a JSON object with options",
+        plugin="scope",
+    )
+    schedule: str | dict | Schedule = field(
+        default_factory=OneShot,
+        metadata={
+            "help": "when to prune, stepped by Pruner.step(): oneshot, or a JSON object such as "
+            '\'{"type": "cubic", "start": 0, "end": 1000, "every": 50}\'',
+            "plugin": "schedule",
+        },
+    )
+    include: Sequence[Any] | str | type | None = _field(
+        None,
+        "prune only modules whose qualified name matches this regex (repeatable)",
+        selectors=True,
+    )
+    exclude: Sequence[Any] | str | type | None = _field(
+        None,
+        "never prune modules whose qualified name matches this regex (repeatable)",
+        selectors=True,
+    )
+    seed: int = _field(0, "seed of random criteria and tie-breaking", type=int)
 
-    sparsity: float | None = None
-    granularity: str | Granularity = "unstructured"
-    criterion: str = "magnitude"
-    scope: str = "layer"
-    schedule: Schedule = field(default_factory=OneShot)
-    include: Sequence[Selector] | Selector | None = None
-    exclude: Sequence[Selector] | Selector | None = None
-    seed: int = 0
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("selectors") and isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))  # equal after a round trip
+            elif "plugin" in f.metadata and isinstance(value, dict):
+                object.__setattr__(self, f.name, _plugin_object(f.name, value))
 
+    # -- validation ------------------------------------------------------------------------
     def resolve(self) -> Resolved:
-        """Validate every field; raise a :class:`ConfigError` naming the problem."""
+        """Parse every plugin and check that they work together; raise :class:`ConfigError`
+        naming the problem and the valid choices. The model is not needed (nor touched)."""
+        from .allocation import ALLOCATIONS, Allocation
+        from .criteria import CRITERIA, Criterion
+        from .granularity import parse_granularity
+        from .plugin import from_value
+        from .schedule import SCHEDULES
+        from .targets import check_selectors
+
         gran = parse_granularity(self.granularity)
-        criterion = CRITERIA.get(self.criterion)()
-        allocation = get_allocation(self.scope)
-        allocation.check(gran)
-        if not isinstance(self.schedule, Schedule):
-            raise ConfigError(
-                f"schedule must be one of {', '.join(_SCHEDULES)}, got {self.schedule!r}"
-            )
+        criterion = from_value(self.criterion, CRITERIA, Criterion)
+        allocation = from_value(self.scope, ALLOCATIONS, Allocation)
+        schedule = from_value(self.schedule, SCHEDULES, Schedule)
+        for plugin, reason in (
+            (CRITERIA.name_of(type(criterion)), criterion.supports(gran)),
+            (f"scope={ALLOCATIONS.name_of(type(allocation))!r}", allocation.supports(gran)),
+        ):
+            if reason is not None:
+                raise ConfigError(f"{plugin} cannot serve granularity {gran.spec!r}: {reason}")
+        check_selectors("include", self.include)
+        check_selectors("exclude", self.exclude)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         fixed = gran.fixed_sparsity
@@ -71,44 +138,197 @@ class PruneConfig:
                     f"{fixed:g}; omit sparsity or pass {fixed:g}"
                 )
             sparsity = fixed
-        return Resolved(sparsity, gran, criterion, allocation)
+        return Resolved(sparsity, gran, criterion, allocation, schedule)
 
+    # -- recipes ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (module types in include/exclude are written by class name)."""
+        """A JSON/YAML-ready dict that :meth:`from_dict` turns back into an equal config.
 
-        def sel(value: Any) -> Any:
-            if value is None or isinstance(value, str):
-                return value
-            if isinstance(value, type):
-                return value.__name__
-            return [sel(v) for v in value]
-
-        schedule = {"type": type(self.schedule).__name__, **dataclasses.asdict(self.schedule)}
-        return {
-            "sparsity": self.sparsity,
-            "granularity": str(self.granularity),
-            "criterion": self.criterion,
-            "scope": self.scope,
-            "schedule": schedule,
-            "include": sel(self.include),
-            "exclude": sel(self.exclude),
-            "seed": self.seed,
-        }
+        The config is validated first (an invalid config has no recipe).
+        """
+        resolved = self.resolve()
+        out: dict[str, Any] = {"version": VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "plugin" in f.metadata and not isinstance(value, str):
+                value = _plugin_dict(resolved, f.name)
+            elif f.metadata.get("selectors"):
+                value = _selectors_to_json(value)
+            out[f.name] = value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
-        """The inverse of :meth:`to_dict`, for JSON or YAML recipes (names and regexes only)."""
+        """The inverse of :meth:`to_dict`; missing keys take their defaults."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a recipe must be a mapping of options, got {type(data).__name__}")
         data = dict(data)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        version = data.pop("version", VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
+            raise ConfigError(
+                f"recipe version {version!r} is not supported (this prunekit reads 1..{VERSION})"
+            )
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}")
-        schedule = data.pop("schedule", None)
-        if isinstance(schedule, dict):
-            kind = dict(schedule).pop("type", "OneShot")
-            if kind not in _SCHEDULES:
-                raise ConfigError(
-                    f"unknown schedule {kind!r}; valid choices: {', '.join(_SCHEDULES)}"
-                )
-            args = {k: v for k, v in schedule.items() if k != "type"}
-            data["schedule"] = _SCHEDULES[kind](**args)
-        return cls(**data)
+            raise ConfigError(
+                f"unknown recipe keys {unknown}{did_you_mean(str(unknown[0]), names)}; "
+                f"valid keys: {', '.join(names)}"
+            )
+        for f in dataclasses.fields(cls):
+            if f.name in data and f.metadata.get("selectors"):
+                data[f.name] = _selectors_from_json(f.name, data[f.name])
+        return cls(**data)  # plugin dicts become objects in __post_init__
+
+    def replace(self, **changes: Any) -> PruneConfig:
+        """A copy with ``changes`` (field names are checked)."""
+        return _replace(self, changes)
+
+
+def _replace(config: PruneConfig, changes: dict[str, Any]) -> PruneConfig:
+    names = [f.name for f in dataclasses.fields(PruneConfig)]
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown option {unknown[0]!r}{did_you_mean(unknown[0], names)}; "
+            f"valid options: {', '.join(names)}"
+        )
+    return dataclasses.replace(config, **changes)
+
+
+def make_config(config: PruneConfig | float | None, fields: dict[str, Any]) -> PruneConfig:
+    """``pk.prune``'s arguments as one config: a PruneConfig (``fields`` override it), or a
+    sparsity (or None) plus keyword fields."""
+    if isinstance(config, PruneConfig):
+        return _replace(config, fields)
+    if config is None or (isinstance(config, (int, float)) and not isinstance(config, bool)):
+        if config is not None and "sparsity" in fields:
+            raise ConfigError("sparsity is given twice (positionally and as a keyword)")
+        base = {} if config is None else {"sparsity": config}
+        return _replace(PruneConfig(), {**base, **fields})
+    raise ConfigError(
+        f"expected a PruneConfig or a sparsity, got {type(config).__name__}: {config!r}"
+    )
+
+
+def load_recipe(path: str | Path) -> PruneConfig:
+    """A config from a YAML or JSON recipe file (YAML is read with ``safe_load``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} is not a file")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"recipe {str(path)!r} is {size} bytes; recipes are at most 1 MiB")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML or JSON: {e}") from None
+    return PruneConfig.from_dict({} if data is None else data)
+
+
+def dump_recipe(config: PruneConfig) -> str:
+    """The config as a YAML recipe."""
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated config: parsed plugins and the final sparsity."""
+
+    sparsity: float
+    granularity: Granularity
+    criterion: Criterion
+    allocation: Allocation
+    schedule: Schedule
+
+
+def _registry(field_name: str):
+    from .allocation import ALLOCATIONS
+    from .criteria import CRITERIA
+    from .granularity import GRANULARITIES
+    from .schedule import SCHEDULES
+
+    return {
+        "granularity": GRANULARITIES,
+        "criterion": CRITERIA,
+        "scope": ALLOCATIONS,
+        "schedule": SCHEDULES,
+    }[field_name]
+
+
+def _plugin_dict(resolved: Resolved, field_name: str) -> dict[str, Any]:
+    from .plugin import to_dict
+
+    attr = {"scope": "allocation"}.get(field_name, field_name)
+    return to_dict(getattr(resolved, attr), _registry(field_name))
+
+
+def _plugin_object(field_name: str, value: dict[str, Any]) -> Any:
+    from .allocation import Allocation
+    from .criteria import Criterion
+    from .granularity import Granularity
+    from .plugin import from_value
+
+    base = {
+        "granularity": Granularity,
+        "criterion": Criterion,
+        "scope": Allocation,
+        "schedule": Schedule,
+    }[field_name]
+    return from_value(value, _registry(field_name), base)
+
+
+def _selectors_to_json(value: Any) -> Any:
+    def one(s: Any) -> Any:
+        return {"module": f"{s.__module__}.{s.__qualname__}"} if isinstance(s, type) else s
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, type):
+        return one(value)
+    return [one(s) for s in value]
+
+
+def _selectors_from_json(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _module_type(name, value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_module_type(name, s) if isinstance(s, dict) else s for s in value)
+    raise ConfigError(f"{name} must be a regex, a list of regexes or module types, got {value!r}")
+
+
+def _module_type(name: str, entry: dict[str, Any]) -> type:
+    """A module class from ``{"module": "torch.nn.Linear"}``, through the allow-list only."""
+    allowed = allowed_module_types()
+    qualified = entry.get("module") if set(entry) == {"module"} else None
+    if qualified not in allowed:
+        raise ConfigError(
+            f"{name} entry {json.dumps(entry)} names no allowed module type; recipes may name "
+            "torch.nn layer classes (e.g. torch.nn.Linear) or transformers' Conv1D, or select by "
+            "name with a regex"
+        )
+    return allowed[qualified]
+
+
+def allowed_module_types() -> dict[str, type]:
+    """The module classes a recipe may name: ``torch.nn`` layers and transformers' ``Conv1D``."""
+    from torch import nn
+
+    out: dict[str, type] = {}
+    for name, cls in vars(nn).items():
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            out[f"torch.nn.{name}"] = cls  # the public spelling, for hand-written recipes
+            out[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        pass
+    else:
+        out[f"{Conv1D.__module__}.{Conv1D.__qualname__}"] = Conv1D
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 
@@ -18,7 +19,14 @@ class UnknownChoiceError(ConfigError):
 
     def __init__(self, kind: str, name: object, choices: Iterable[str]) -> None:
         self.kind, self.name, self.choices = kind, name, sorted(choices)
-        super().__init__(f"unknown {kind} {name!r}; valid choices: {', '.join(self.choices)}")
+        hint = did_you_mean(name, self.choices) if isinstance(name, str) else ""
+        super().__init__(f"unknown {kind} {name!r}{hint}; valid choices: {', '.join(self.choices)}")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class TargetError(PrunekitError):

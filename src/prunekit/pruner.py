@@ -1,48 +1,54 @@
-"""The Pruner: applies a PruneConfig to a model, once or on a schedule."""
+"""The Pruner: holds a config's state (masks, schedule step) on one model, and applies it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import PruneConfig
+from .config import PruneConfig, make_config
 from .criteria import ScoreContext
-from .errors import ConfigError, TargetError, WeightError
-from .granularity.unstructured import Unstructured
+from .errors import ConfigError, PrunekitError, TargetError
+from .execute import strategy_for
 from .masks import MaskState, get_mask, record_granularity, shrink_mask
-from .progress import track
-from .structure.select import prune_groups
 from .targets import Target, default_excluded, matching, select_targets
 
 
 class Pruner:
     """Attaches masks to ``model`` according to ``config``.
 
-    Everything is validated in the constructor, before the model is touched. Call :meth:`step`
-    once per training step; the schedule decides when masks shrink.
+    ``Pruner(model, config)`` or ``Pruner(model, sparsity=0.9, schedule=...)`` (keyword fields of
+    :class:`PruneConfig`). Everything is validated in the constructor, before the model is
+    touched. Call :meth:`step` once per training step; the schedule decides when masks shrink.
+    ``data`` (calibration batches) may be any iterable; a one-shot iterator is read once and
+    kept, since some strategies pass over the data twice.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        config: PruneConfig | None = None,
+        config: PruneConfig | float | None = None,
         *,
         data: Iterable[Any] | None = None,
         example_inputs: Any = None,
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         progress: bool = False,
+        **fields: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.config = config if config is not None else PruneConfig()
-        if not isinstance(self.config, PruneConfig):
-            raise ConfigError(f"config must be a PruneConfig, got {type(self.config).__name__}")
+        self.config = make_config(config, fields)
         self.resolved = self.config.resolve()
         self.targets: list[Target] = select_targets(model, self.config.include, self.config.exclude)
+        meta = [t.qualname for t in self.targets if t.weight.is_meta]
+        if meta:
+            raise TargetError(
+                f"{meta[0]} is on the meta device (no values to score); load the weights, "
+                "e.g. with model.to_empty(device='cpu') and load_state_dict, before pruning"
+            )
         for t in self.targets:
             self.resolved.granularity.check(t)
         if self.resolved.criterion.requires_data and data is None:
@@ -55,11 +61,13 @@ class Pruner:
                 f"granularity {self.resolved.granularity.spec!r} traces the model: pass "
                 "example_inputs=<a tensor, tuple or dict of inputs the model accepts>"
             )
+        if data is not None and isinstance(data, Iterator):
+            data = list(data)
         self.data = data
         self.example_inputs = example_inputs
         self.loss_fn = loss_fn
-        self._groups: list[Any] | None = None
         self.progress = progress
+        self._groups: list[Any] | None = None
         self._step = 0
 
     def groups(self) -> list[Any]:
@@ -69,9 +77,18 @@ class Pruner:
             # vocabulary rows are the model's output and never part of a group
             head = default_excluded(self.model) - matching(self.model, self.config.exclude)
             chosen = {id(t.module) for t in self.targets} | head
+            try:
+                found = self.resolved.granularity.groups(self.model, self.example_inputs)
+            except PrunekitError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:  # torch's own errors
+                raise ConfigError(
+                    f"example_inputs do not fit {type(self.model).__name__}: its forward pass "
+                    f"failed with {type(e).__name__}: {e}"
+                ) from e
             self._groups = [
                 g
-                for g in self.resolved.granularity.groups(self.model, self.example_inputs)
+                for g in found
                 if all(s.target() is None or id(s.module) in chosen for s in g.slots)
             ]
         return self._groups
@@ -87,7 +104,7 @@ class Pruner:
 
     def step(self) -> float | None:
         """Advance the schedule by one step; prune if due. Returns the sparsity applied, if any."""
-        target = self.config.schedule.sparsity_at(self._step, self.resolved.sparsity)
+        target = self.resolved.schedule.sparsity_at(self._step, self.resolved.sparsity)
         self._step += 1
         if target is not None and target > 0:
             self.apply(target)
@@ -96,7 +113,6 @@ class Pruner:
     @torch.no_grad()
     def apply(self, sparsity: float) -> None:
         """Shrink every target's mask to ``sparsity`` now. Masks only shrink."""
-        res = self.resolved
         ctx = ScoreContext(
             self.model,
             seed=self.config.seed,
@@ -104,38 +120,7 @@ class Pruner:
             loss_fn=self.loss_fn,
             progress=self.progress,
         )
-        gran = res.granularity
-        if gran.structured:  # groups check their own scores for NaN/inf
-            prune_groups(
-                self.groups(),
-                sparsity,
-                res.criterion,
-                ctx,
-                self.config.scope,
-                gran.round_to,
-                gran.max_ratio,
-            )
-            for t in self.targets:
-                if get_mask(t.module, t.param) is not None:
-                    record_granularity(t.module, t.param, gran.spec)
-            return
-        for t in self.targets:
-            if not torch.isfinite(t.weight.detach().sum()):  # NaN/inf propagate; no big temporary
-                raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
-        if res.criterion.per_row and isinstance(gran, Unstructured) and res.allocation.layerwise:
-            gran = Unstructured(per_row=True)
-        if res.criterion.layerwise:  # calibrate and prune block by block
-            from .oneshot import prune_layerwise
-
-            prune_layerwise(self, ctx, sparsity, gran)
-            return
-        res.criterion.collect(self.targets, ctx)
-        scores = {}
-        for t in track(self.targets, "scoring layers", self.progress):
-            scores[t.qualname] = self.scores(t, ctx)
-        keep = res.allocation.masks(scores, sparsity, gran)
-        for t in self.targets:
-            self.attach(t, keep[t.qualname])
+        strategy_for(self)(self, ctx, sparsity)
 
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         """The criterion's ``[out, in]`` scores for ``target``, ``-inf`` where already pruned."""
@@ -149,7 +134,7 @@ class Pruner:
         record_granularity(target.module, target.param, self.resolved.granularity.spec)
 
     def state_dict(self) -> dict[str, Any]:
-        """Step count, masks and config, so that training can resume."""
+        """Step count, masks and config (a recipe dict), so that training can resume."""
         return {
             "step": self._step,
             "masks": MaskState(self.model).state_dict(),
@@ -157,6 +142,7 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: step and masks (ANDed with any present)."""
         step = state.get("step")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ConfigError(f"pruner state has an invalid step {step!r}")

@@ -60,6 +60,13 @@ class Registry(Generic[T]):
         except (KeyError, TypeError):
             raise UnknownChoiceError(self.kind, name, self._entries) from None
 
+    def name_of(self, obj: object) -> str:
+        """The name ``obj`` (an entry, or an instance's class) is registered under."""
+        for name, entry in self._entries.items():
+            if entry is obj:
+                return name
+        raise KeyError(f"{obj!r} is not a registered {self.kind}")
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

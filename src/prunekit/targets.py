@@ -80,8 +80,13 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     return name == selector or re.fullmatch(selector, name) is not None
 
 
-def _check_selectors(kind: str, selectors: Sequence[Selector]) -> None:
-    for s in selectors:
+def check_selectors(kind: str, selectors: Selector | Sequence[Selector] | None) -> None:
+    """Raise :class:`TargetError` unless every entry is a valid regex or an nn.Module type."""
+    if selectors is not None and not isinstance(selectors, (str, type, list, tuple)):
+        raise TargetError(
+            f"{kind} must be a name, a regex, a module type or a list of them, got {selectors!r}"
+        )
+    for s in _as_list(selectors):
         if isinstance(s, type):
             if not issubclass(s, nn.Module):
                 raise TargetError(f"{kind} type {s.__name__} is not an nn.Module subclass")
@@ -130,8 +135,8 @@ def select_targets(
     if not isinstance(model, nn.Module):
         raise TargetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inc, exc = _as_list(include), _as_list(exclude)
-    _check_selectors("include", inc)
-    _check_selectors("exclude", exc)
+    check_selectors("include", inc)
+    check_selectors("exclude", exc)
     skip = default_excluded(model)
     named = list(model.named_modules())
     for s in inc:

@@ -118,7 +118,7 @@ def inputs_for(args: argparse.Namespace, model: Any, header: dict[str, Any]) -> 
     return for_model(model, None, args.batch_size or 1, args.seq_len or 128)
 
 
-@COMMANDS.register("bench")
+@COMMANDS.register("bench", examples=(["--help"],))  # argv
 class BenchCommand(Command):
     """Measure a pruned model against the model it was pruned from: size, memory, latency.
 

@@ -8,7 +8,7 @@ import json
 from .base import COMMANDS, Command
 
 
-@COMMANDS.register("demo")
+@COMMANDS.register("demo", examples=(["--help"],))  # argv
 class DemoCommand(Command):
     """Train a CNN and an MLP on digits, prune them four ways, and measure the payoff.
 

@@ -66,7 +66,7 @@ def tokenizer_for(*folders: str | None) -> Any:
     raise PrunekitError("no tokenizer: eval needs a Hugging Face model folder with tokenizer files")
 
 
-@COMMANDS.register("eval")
+@COMMANDS.register("eval", examples=(["--help"],))  # argv
 class EvalCommand(Command):
     """Measure the quality of a pruned model against the model it was pruned from.
 

@@ -17,7 +17,7 @@ from .bench import (
 )
 
 
-@COMMANDS.register("export")
+@COMMANDS.register("export", examples=(["--help"],))  # argv
 class ExportCommand(Command):
     """Export a pruned model to ONNX, traced on its recorded example inputs, checked with
     onnxruntime.

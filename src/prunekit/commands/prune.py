@@ -10,71 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..modelio import SPEC_HELP
+from ._config_options import add_config_options, config_from_args
 from .base import COMMANDS, Command, plugin_names
 
 FORMAT_CHOICES = ("auto", *plugin_names("formats"))
-
-
-# ---- the pruning config's options ---------------------------------------------------------------
-
-
-def add_prune_options(parser: argparse.ArgumentParser) -> None:
-    """The options shared by every command that prunes (the fields of PruneConfig)."""
-    parser.add_argument(
-        "--sparsity",
-        type=float,
-        default=None,
-        help="fraction of weights to remove, in [0, 1); optional for N:M",
-    )
-    parser.add_argument(
-        "--granularity",
-        default="unstructured",
-        help=f"which weights fall together, one of: {', '.join(plugin_names('granularity'))} "
-        "(N:M e.g. 2:4 or 4:8, block:RxC e.g. block:4x4; default: unstructured)",
-    )
-    parser.add_argument(
-        "--criterion",
-        default="magnitude",
-        help=f"how weights are scored, one of: {', '.join(plugin_names('criteria'))} "
-        "(default: magnitude)",
-    )
-    parser.add_argument(
-        "--scope",
-        default="layer",
-        help=f"how the sparsity is spread over layers, one of: "
-        f"{', '.join(plugin_names('allocation'))} (default: layer)",
-    )
-    parser.add_argument(
-        "--include",
-        action="append",
-        default=None,
-        metavar="REGEX",
-        help="prune only modules whose name matches (repeatable)",
-    )
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=None,
-        metavar="REGEX",
-        help="never prune modules whose name matches (repeatable)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of random choices and example inputs (default 0)"
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Any:
-    from ..config import PruneConfig
-
-    return PruneConfig(
-        sparsity=args.sparsity,
-        granularity=args.granularity,
-        criterion=args.criterion,
-        scope=args.scope,
-        include=args.include,
-        exclude=args.exclude,
-        seed=args.seed,
-    )
 
 
 # ---- data, loss and example inputs --------------------------------------------------------------
@@ -117,20 +56,22 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-#: criteria that take gradients of a loss (the model's own, from the labels of --loss)
-GRADIENT_CRITERIA = ("obd", "taylor")
-
-
-def calibration_batches(args: argparse.Namespace, model: Any) -> list[dict]:
+def calibration_batches(args: argparse.Namespace, model: Any, config: Any) -> list[dict]:
     """Token batches from ``--calibration``, with the model folder's tokenizer (offline), with
     the labels of ``--loss`` (causal LMs: ``lm`` by default) for the gradient criteria."""
+    from ..criteria.obd import OBD
+    from ..criteria.taylor import Taylor
     from ..errors import PrunekitError
     from ..evaluate import is_causal_lm
     from ..textdata import add_labels, load_calibration
 
+    criterion = config.resolve().criterion
+    name = type(criterion).__name__
+    gradient = isinstance(criterion, (OBD, Taylor))  # they take gradients of a loss
+
     if args.calibration is None:
         raise PrunekitError(
-            f"criterion {args.criterion!r} is data-aware: pass --calibration FILE.txt|.jsonl "
+            f"criterion {name} is data-aware: pass --calibration FILE.txt|.jsonl "
             "(or builtin:docstrings)"
         )
     if not (Path(args.model) / "config.json").is_file():
@@ -148,14 +89,14 @@ def calibration_batches(args: argparse.Namespace, model: Any) -> list[dict]:
         args.calibration, tokenizer, args.nsamples, min(args.seq_len, longest)
     )
     loss = args.loss
-    if loss is None and args.criterion in GRADIENT_CRITERIA and is_causal_lm(model):
+    if loss is None and gradient and is_causal_lm(model):
         loss = "lm"
-    if loss is None and args.criterion in GRADIENT_CRITERIA:
+    if loss is None and gradient:
         raise PrunekitError(
-            f"criterion {args.criterion!r} takes gradients of a loss: pass --loss lm (causal "
+            f"criterion {name} takes gradients of a loss: pass --loss lm (causal "
             f"LMs) or --loss mlm (masked-LM heads); {type(model).__name__} has neither by default"
         )
-    return batches if loss is None else add_labels(batches, loss, tokenizer, args.seed)
+    return batches if loss is None else add_labels(batches, loss, tokenizer, config.seed)
 
 
 # ---- the output folder --------------------------------------------------------------------------
@@ -233,7 +174,7 @@ def write_output(
 # ---- the command --------------------------------------------------------------------------------
 
 
-@COMMANDS.register("prune")
+@COMMANDS.register("prune", examples=(["--help"],))  # argv
 class PruneCommand(Command):
     """Prune a model once and write a complete, smaller output folder.
 
@@ -251,7 +192,7 @@ class PruneCommand(Command):
             metavar="FILE.safetensors",
             help="weights for a package.module:factory model",
         )
-        add_prune_options(parser)
+        add_config_options(parser)
         add_data_options(parser)
         add_output_options(parser)
 
@@ -271,16 +212,21 @@ class PruneCommand(Command):
         shape = parse_shape(args.example_shape) if args.example_shape is not None else None
         if args.nsamples < 1 or args.seq_len < 2:
             raise PrunekitError("--nsamples must be >= 1 and --seq-len >= 2")
-        config = config_from_args(args)
-        resolved = config.resolve()  # fail on a bad config before loading a large model
+        config = config_from_args(args)  # a bad config fails before a large model loads
+        if args.print_config:
+            from ..config import dump_recipe
+
+            print(dump_recipe(config), end="")
+            return 0
+        resolved = config.resolve()
         model = load_model(args.model, args.weights)
         data = None
         if args.calibration is not None or resolved.criterion.requires_data:
-            data = calibration_batches(args, model)
+            data = calibration_batches(args, model, config)
         baseline_bytes = input_bytes(args, model)
         structured = resolved.granularity.structured
         try:
-            example = for_model(model, shape, 1, args.seq_len, args.seed)
+            example = for_model(model, shape, 1, args.seq_len, config.seed)
         except PrunekitError:
             if structured:  # tracing needs them; bench and export can take --example-shape later
                 raise

@@ -9,7 +9,7 @@ from ..modelio import SPEC_HELP
 from .base import COMMANDS, Command
 
 
-@COMMANDS.register("report")
+@COMMANDS.register("report", examples=(["--help"],))  # argv
 class ReportCommand(Command):
     """Print per-layer sparsity, N:M validity, parameters and size of a model or checkpoint."""
 

@@ -8,6 +8,7 @@ per-channel score (``[out]``, higher = keep) for channel / neuron granularities;
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -40,7 +41,8 @@ def broadcast_rows(channel: torch.Tensor, target: Target) -> torch.Tensor:
     return channel.to(target.weight.device).float().unsqueeze(1).expand(out, cols).contiguous()
 
 
-@CRITERIA.register("apoz")
+@CRITERIA.register("apoz", examples=("apoz",))
+@dataclass(frozen=True)
 class APoZ(Criterion):
     """Prunes the neurons / output channels whose activations are most often zero.
 

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..granularity import Granularity
+from ..plugin import Plugin
 from ..registry import Registry
 from ..targets import Target
 
@@ -39,18 +41,27 @@ class ScoreContext:
         return gen
 
 
-class Criterion(ABC):
-    """Scores weights; higher means more important. Scores are summed within a unit."""
+class Criterion(Plugin, ABC):
+    """Scores weights; higher means more important. Scores are summed within a unit.
+
+    Subclasses are frozen dataclasses whose fields are the criterion's parameters.
+    """
 
     #: True when the criterion needs calibration ``data``
     requires_data: ClassVar[bool] = False
-    #: True when units compete only within their output row (Wanda's comparison group)
-    per_row: ClassVar[bool] = False
     #: calibration statistics the criterion reads (see :mod:`prunekit.calibrate`)
     stats: ClassVar[frozenset[str]] = frozenset()
     #: True when those statistics are per-layer, so the block runner can gather them block by
-    #: block and prune each block before calibrating the next (see :mod:`prunekit.oneshot`)
+    #: block and prune each block before calibrating the next (see :mod:`prunekit.execute`)
     layerwise: ClassVar[bool] = False
+
+    def supports(self, granularity: Granularity) -> str | None:
+        """Why this criterion cannot serve ``granularity``, or None if it can."""
+        return None
+
+    def comparison(self, granularity: Granularity) -> Granularity:
+        """The granularity units are selected with (Wanda: within each output row)."""
+        return granularity
 
     def collect(self, targets: list[Target], ctx: ScoreContext) -> None:
         """Gather statistics into ``ctx.stats`` before scoring (data-aware criteria).
@@ -83,3 +94,30 @@ class Criterion(ABC):
         ``[units]``, for criteria that look at the group as a whole (BN scaling). None (the
         default) sums the member slices' scores."""
         return None
+
+
+class Solver(Criterion):
+    """A criterion that chooses each layer's mask and rewrites its remaining weights to keep the
+    layer's outputs (SparseGPT, regression).
+
+    Solvers run through the block runner: block i is solved before block i+1 is calibrated on
+    its outputs. :meth:`scores` is still defined; it gives the cross-layer allocations
+    (``scope="global"``, ``"owl"``) something to rank.
+    """
+
+    requires_data: ClassVar[bool] = True
+    layerwise: ClassVar[bool] = True
+
+    @abstractmethod
+    def solve(
+        self,
+        targets: list[Target],
+        ctx: ScoreContext,
+        sparsities: dict[str, float],
+        granularity: Granularity,
+    ) -> dict[str, torch.Tensor]:
+        """Boolean keep-masks ``[out, in]`` by ``Target.qualname``; weights rewritten in place.
+
+        ``ctx.stats`` holds the targets' calibration statistics; ``sparsities`` each target's
+        sparsity. Weights already masked must stay pruned.
+        """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ from .base import CRITERIA, Criterion, ScoreContext
 from .magnitude import Magnitude
 
 
-@CRITERIA.register("bn-scaling")
+@CRITERIA.register("bn-scaling", examples=("bn-scaling",))
+@dataclass(frozen=True)
 class BNScaling(Criterion):
     """Structured: a unit scores the sum of |γ| of the BatchNorm/GroupNorm weights in its group;
     groups with no such norm fall back to L1 magnitude. Unstructured: L1 magnitude."""

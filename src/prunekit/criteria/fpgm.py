@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
 
 
-@CRITERIA.register("fpgm")
+@CRITERIA.register("fpgm", examples=("fpgm",))
+@dataclass(frozen=True)
 class FPGM(Criterion):
     """A filter scores the sum of its L2 distances to the layer's other filters; the filter
     closest to the geometric median scores lowest. Per output channel; as element scores every

@@ -6,6 +6,7 @@ and neuron granularities; as a :class:`Criterion` it is broadcast over each row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -20,7 +21,8 @@ def mean_activation_channel_scores(target: Target, ctx: ScoreContext) -> torch.T
     return post_activation(target, ctx).mean()
 
 
-@CRITERIA.register("mean-activation")
+@CRITERIA.register("mean-activation", examples=("mean-activation",))
+@dataclass(frozen=True)
 class MeanActivation(Criterion):
     """Prunes the neurons / output channels with the lowest mean post-activation output."""
 

@@ -3,6 +3,7 @@ estimated by the diagonal empirical Fisher: squared gradients accumulated over a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -12,7 +13,8 @@ from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
 
 
-@CRITERIA.register("obd")
+@CRITERIA.register("obd", examples=("obd",))
+@dataclass(frozen=True)
 class OBD(Criterion):
     """½·w²·F_ii, F = Σ over batches of (∂loss/∂w)² (the mean ranks the same).
 

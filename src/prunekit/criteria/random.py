@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
 
 
-@CRITERIA.register("random")
+@CRITERIA.register("random", examples=("random",))
+@dataclass(frozen=True)
 class Random(Criterion):
     """Uniform random scores from a generator seeded by the run's seed and the layer's name."""
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -12,10 +13,9 @@ from ..errors import ConfigError, WeightError
 from ..granularity import Granularity
 from ..granularity.unstructured import Unstructured
 from ..masks import get_mask
-from ..reconstruct.base import Solver
 from ..reconstruct.regression import refit, select_channels
 from ..targets import Target
-from .base import CRITERIA, ScoreContext
+from .base import CRITERIA, ScoreContext, Solver
 from .wanda import input_norms
 
 
@@ -29,7 +29,8 @@ def input_channels(target: Target) -> int:
     return target.matrix().shape[1]
 
 
-@CRITERIA.register("regression")
+@CRITERIA.register("regression", examples=("regression",))
+@dataclass(frozen=True)
 class Regression(Solver):
     """Removes whole input channels of each layer, chosen by LASSO, and refits the rest.
 
@@ -48,6 +49,14 @@ class Regression(Solver):
         per_channel = energy.view(-1, channels).sum(0).sqrt()  # [C]
         return per_channel.repeat(w.shape[1] // channels).expand_as(w).contiguous()
 
+    def supports(self, granularity: Granularity) -> str | None:
+        if isinstance(granularity, Unstructured):
+            return None
+        return (
+            "criterion 'regression' selects whole input channels by LASSO and refits the rest "
+            f"by least squares; use granularity='unstructured', not {granularity.spec}"
+        )
+
     def solve(
         self,
         targets: list[Target],
@@ -55,11 +64,9 @@ class Regression(Solver):
         sparsities: dict[str, float],
         granularity: Granularity,
     ) -> dict[str, torch.Tensor]:
-        if not isinstance(granularity, Unstructured):
-            raise ConfigError(
-                "criterion 'regression' removes whole input channels; use granularity "
-                f"'unstructured' (channel selection), not {granularity.spec}"
-            )
+        reason = self.supports(granularity)
+        if reason is not None:
+            raise ConfigError(reason)
         keep = {}
         for t in targets:
             channels = input_channels(t)

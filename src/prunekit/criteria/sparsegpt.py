@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -12,10 +13,9 @@ from ..granularity import Granularity
 from ..granularity.nm import NM
 from ..granularity.unstructured import Unstructured
 from ..masks import get_mask
-from ..reconstruct.base import Solver
 from ..reconstruct.sparsegpt import Segment, sparsegpt
 from ..targets import Target
-from .base import CRITERIA, ScoreContext
+from .base import CRITERIA, ScoreContext, Solver
 from .wanda import input_norms
 
 
@@ -25,17 +25,40 @@ def nm_keep(granularity: NM, sparsity: float) -> tuple[int, int]:
     return int(keep.sum()), granularity.m
 
 
-@CRITERIA.register("sparsegpt")
+@CRITERIA.register(
+    "sparsegpt",
+    examples=("sparsegpt", {"type": "sparsegpt", "damp": 0.05, "block_size": 16}),
+)
+@dataclass(frozen=True)
 class SparseGPT(Solver):
-    """OBS reconstruction, column blocks of 128, 1% damping; unstructured and N:M.
+    """OBS reconstruction in column blocks of ``block_size``, with ``damp`` times the mean
+    Hessian diagonal added to it; unstructured and N:M.
 
     Its :meth:`scores` (used only to spread sparsity across layers, e.g. ``scope="owl"``) are
     |W|·‖X_j‖₂, the diagonal-Hessian approximation of the OBS saliency.
     """
 
     stats: ClassVar[frozenset[str]] = frozenset({"hessian"})
-    blocksize: ClassVar[int] = 128
-    damp: ClassVar[float] = 0.01
+
+    damp: float = 0.01
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.damp < 1.0:
+            raise ConfigError(f"SparseGPT.damp must be in (0, 1), got {self.damp!r}")
+        if self.block_size < 1:
+            raise ConfigError(f"SparseGPT.block_size must be >= 1, got {self.block_size!r}")
+
+    def supports(self, granularity: Granularity) -> str | None:
+        if isinstance(granularity, (Unstructured, NM)):
+            return None
+        return (
+            f"sparsegpt reconstructs single weights; it supports unstructured and N:M, not "
+            f"{granularity.spec} (for channels with a least-squares refit use "
+            "criterion='regression' with granularity='unstructured'; for structured pruning "
+            "pick magnitude, taylor, wanda, fpgm, apoz or mean-activation)"
+        )
 
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         return target.matrix().abs().float() * input_norms(target, ctx)
@@ -47,10 +70,9 @@ class SparseGPT(Solver):
         sparsities: dict[str, float],
         granularity: Granularity,
     ) -> dict[str, torch.Tensor]:
-        if not isinstance(granularity, (Unstructured, NM)):
-            raise ConfigError(
-                f"criterion 'sparsegpt' supports unstructured and N:M, not {granularity.spec}"
-            )
+        reason = self.supports(granularity)
+        if reason is not None:
+            raise ConfigError(reason)
         groups: dict[int, list[Target]] = {}  # targets sharing one input -> one Hessian
         for t in targets:
             st = ctx.stats[t.qualname].inputs
@@ -105,7 +127,7 @@ class SparseGPT(Solver):
                 segments,
                 nm=nm,
                 forced=torch.cat(forced) if any(f.any() for f in forced) else None,
-                blocksize=self.blocksize,
+                blocksize=self.block_size,
                 damp=self.damp,
                 name=name,
             )

@@ -7,6 +7,8 @@ group's unit sums the element scores of all its members.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..calibrate import gradient_sums
@@ -15,7 +17,8 @@ from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
 
 
-@CRITERIA.register("taylor")
+@CRITERIA.register("taylor", examples=("taylor",))
+@dataclass(frozen=True)
 class Taylor(Criterion):
     requires_data = True
 

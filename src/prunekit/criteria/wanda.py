@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
 from ..errors import ConfigError
+from ..granularity import Granularity
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
 
@@ -25,18 +27,24 @@ def input_norms(target: Target, ctx: ScoreContext) -> torch.Tensor:
     return norms.repeat_interleave(out // norms.shape[0], dim=0).to(target.weight.device)
 
 
-@CRITERIA.register("wanda")
+@CRITERIA.register("wanda", examples=("wanda", {"type": "wanda", "group": "layer"}))
+@dataclass(frozen=True)
 class Wanda(Criterion):
     """Weight magnitude times the L2 norm of its input feature over the calibration data.
 
-    Units compete within their output row (``per_row``) for unstructured sparsity at layer
-    scope; N:M groups lie within a row anyway.
+    ``group="row"`` (the paper's comparison group): for unstructured sparsity, weights compete
+    within their output row, and every row of a layer loses the same number; ``"layer"``: within
+    the whole layer. N:M groups lie within a row anyway.
     """
 
     requires_data: ClassVar[bool] = True
-    per_row: ClassVar[bool] = True
     stats: ClassVar[frozenset[str]] = frozenset({"norms"})
     layerwise: ClassVar[bool] = True
+
+    group: Literal["row", "layer"] = "row"
+
+    def comparison(self, granularity: Granularity) -> Granularity:
+        return granularity.row_wise() if self.group == "row" else granularity
 
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         return target.matrix().abs().float() * input_norms(target, ctx)

@@ -11,7 +11,7 @@ from ._bits import pack_bits, raw, scatter, unpack_bits, values_tensor
 from .base import FORMATS, Encoded, Format, Meta, Parts, Shape, check_keys, fail, part
 
 
-@FORMATS.register("bitmask")
+@FORMATS.register("bitmask", examples=("unstructured:0.5", "2:4"))  # tensor patterns it stores
 class Bitmask(Format):
     part_names = ("mask", "values")
 

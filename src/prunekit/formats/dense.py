@@ -7,7 +7,7 @@ import torch
 from .base import FORMATS, Encoded, Format, Meta, Parts, Shape, check_keys, fail
 
 
-@FORMATS.register("dense")
+@FORMATS.register("dense", examples=("unstructured:0.0", "unstructured:0.5"))
 class Dense(Format):
     part_names = ("",)
 

@@ -58,7 +58,7 @@ def _bits_per_weight(n: int, m: int, value_bits: int) -> float:
     return (n * value_bits + rank_bits(n, m)) / m
 
 
-@FORMATS.register("nm")
+@FORMATS.register("nm", examples=("2:4", "1:4"))  # tensor patterns it stores
 class NMPacked(Format):
     part_names = ("index", "values")
 

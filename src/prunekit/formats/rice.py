@@ -31,7 +31,7 @@ def best_k(gaps: np.ndarray) -> int:
     return int(np.argmin(costs))
 
 
-@FORMATS.register("rice")
+@FORMATS.register("rice", examples=("unstructured:0.95", "unstructured:0.5"))
 class Rice(Format):
     part_names = ("high", "low", "values")
 

@@ -7,18 +7,18 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import ConfigError, UnknownChoiceError
+from ..plugin import Plugin, from_value
 from ..registry import Registry
 from ..targets import Target
 
 GRANULARITIES: Registry[type[Granularity]] = Registry("granularity")
 
 
-class Granularity(ABC):
+class Granularity(Plugin, ABC):
     """Which weights fall together. Works on the ``[out, in]`` matrix view of a weight.
 
-    Subclasses are frozen value objects. ``fixed_sparsity`` is set where the pattern itself fixes
-    the sparsity (N:M).
+    Subclasses are frozen dataclasses (their fields are the options) with a spec string.
+    ``fixed_sparsity`` is set where the pattern itself fixes the sparsity (N:M).
     """
 
     fixed_sparsity: float | None = None
@@ -52,6 +52,10 @@ class Granularity(ABC):
         """A boolean unit mask (shape of :meth:`unit_scores`) back to an ``[out, in]`` mask."""
         return unit_keep.reshape(shape)
 
+    def row_wise(self) -> Granularity:
+        """This granularity with units competing within each output row, where it can."""
+        return self
+
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Layer scope: prune the ``round(sparsity * units)`` lowest-scoring units.
 
@@ -74,14 +78,15 @@ def prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep.view(scores.shape)
 
 
-def parse_granularity(spec: str | Granularity) -> Granularity:
-    """A granularity from its spec (``"unstructured"``, ``"2:4"``, ``"block:4x4"``, ...)."""
-    if isinstance(spec, Granularity):
-        return spec
-    if not isinstance(spec, str):
-        raise ConfigError(f"granularity must be a string such as '2:4', got {spec!r}")
+def _from_spec(spec: str) -> Granularity | None:
     for name in GRANULARITIES:
         parsed = GRANULARITIES.get(name).from_spec(spec.strip())
         if parsed is not None:
             return parsed
-    raise UnknownChoiceError("granularity", spec, GRANULARITIES.names())
+    return None
+
+
+def parse_granularity(value: str | dict | Granularity) -> Granularity:
+    """A granularity from its spec (``"unstructured"``, ``"2:4"``, ``"block:4x4"``, ...), its
+    dict (``{"type": "channel", "round_to": 8}``) or itself."""
+    return from_value(value, GRANULARITIES, Granularity, parse=_from_spec)

@@ -26,6 +26,7 @@ class Block(Granularity):
     cols: int
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rows < 1 or self.cols < 1:
             raise ConfigError(f"malformed block spec {self.spec!r}: need block:RxC with R, C >= 1")
 

@@ -4,7 +4,7 @@ residual-stream channels) found by tracing the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -17,10 +17,13 @@ from .structured import Structured
 class Channel(Structured):
     """Coupled channels. ``Channel(round_to=8, max_ratio=0.8)`` for options."""
 
+    examples: ClassVar[tuple] = ("channel", {"type": "channel", "round_to": 2, "max_ratio": 0.9})
+
     round_to: int = 1
     max_ratio: float = 1.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._check_options()
 
     @classmethod

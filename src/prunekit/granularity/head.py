@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -18,11 +18,14 @@ class Head(Structured):
     """Attention heads. With GQA, query heads go evenly per KV group; ``kv_groups=True`` removes
     whole KV groups (with their query heads) instead."""
 
+    examples: ClassVar[tuple] = ("head", {"type": "head", "kv_groups": True})
+
     round_to: int = 1
     max_ratio: float = 1.0
     kv_groups: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._check_options()
 
     @classmethod

@@ -27,6 +27,7 @@ class NM(Granularity):
     m: int
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not (isinstance(self.n, int) and isinstance(self.m, int)) or not 0 < self.n < self.m:
             raise ConfigError(f"malformed N:M pattern {self.n}:{self.m}: need integers 0 < N < M")
 

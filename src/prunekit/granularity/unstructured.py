@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -15,7 +15,7 @@ from .base import GRANULARITIES, Granularity
 class Unstructured(Granularity):
     """Single weights. With ``per_row=True`` every output row gets the same sparsity (Wanda)."""
 
-    examples: ClassVar[tuple[str, ...]] = ("unstructured",)
+    examples: ClassVar[tuple] = ("unstructured", {"type": "unstructured", "per_row": True})
 
     per_row: bool = False
 
@@ -26,6 +26,9 @@ class Unstructured(Granularity):
     @property
     def spec(self) -> str:
         return "unstructured"
+
+    def row_wise(self) -> Unstructured:
+        return replace(self, per_row=True)
 
     def select(self, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         if not self.per_row:

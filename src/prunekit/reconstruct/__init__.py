@@ -1,5 +1,1 @@
-"""Layer-wise solvers: choose masks and rewrite the kept weights from calibration statistics."""
-
-from .base import Solver
-
-__all__ = ["Solver"]
+"""Layer-wise numerical solvers (OBS, least squares): pure tensor maths, no plugin imports."""

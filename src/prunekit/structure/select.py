@@ -7,8 +7,10 @@ import math
 import torch
 from torch import nn
 
+from ..allocation import Allocation
 from ..criteria import Criterion, ScoreContext
-from ..errors import ConfigError, WeightError
+from ..errors import WeightError
+from ..granularity.structured import Structured
 from ..masks import shrink_mask
 from ..targets import Target
 from ..threads import torch_threads
@@ -87,31 +89,18 @@ def choose(
     groups: list[Group],
     scores: list[torch.Tensor],
     sparsity: float,
-    scope: str,
+    allocation: Allocation,
     round_to: int = 1,
     max_ratio: float = 1.0,
 ) -> list[torch.Tensor]:
-    """A bool prune-mask ``[units]`` per group. Dead units score ``-inf`` and count as pruned."""
-    if scope == "layer":
-        prune = [round(sparsity * g.units) for g in groups]
-    elif scope == "global":
-        norm = []
-        for s in scores:
-            live = s[torch.isfinite(s)]
-            mean = live.abs().mean() if live.numel() else torch.tensor(1.0)
-            norm.append(s / mean if mean > 0 else s)
-        flat = torch.cat(norm)
-        order = torch.argsort(flat, stable=True)[: round(sparsity * flat.numel())]
-        hit = torch.zeros(flat.numel(), dtype=torch.bool)
-        hit[order] = True
-        prune, start = [], 0
-        for g in groups:
-            prune.append(int(hit[start : start + g.units].sum()))
-            start += g.units
-    else:
-        raise ConfigError(
-            f"scope must be 'layer' or 'global' for structured pruning, got {scope!r}"
-        )
+    """A bool prune-mask ``[units]`` per group. Dead units score ``-inf`` and count as pruned.
+
+    The allocation sees each group as a layer of units (keyed by group name); ``round_to`` and
+    ``max_ratio`` then adjust each group's count, and tied groups keep the same width.
+    """
+    names = [f"{g.name}#{i}" for i, g in enumerate(groups)]  # group names may repeat
+    budget = allocation.layer_sparsities(dict(zip(names, scores, strict=True)), sparsity)
+    prune = [round(budget[n] * g.units) for n, g in zip(names, groups, strict=True)]
     keep = [
         _keep_count(g.units, p, round_to, max_ratio) for g, p in zip(groups, prune, strict=True)
     ]
@@ -156,11 +145,10 @@ def prune_groups(
     sparsity: float,
     criterion: Criterion,
     ctx: ScoreContext,
-    scope: str = "layer",
-    round_to: int = 1,
-    max_ratio: float = 1.0,
+    allocation: Allocation,
+    granularity: Structured,
 ) -> None:
-    """Prune ``sparsity`` of the units of every group (or of all groups together, ``global``)."""
+    """Prune ``sparsity`` of the units of the groups, spread over them by ``allocation``."""
     if not groups:
         return
     criterion.collect(group_targets(groups), ctx)
@@ -176,4 +164,7 @@ def prune_groups(
                     "fix them before pruning"
                 )
             scores.append(s.masked_fill(g.dead(dead_cache), -torch.inf))
-        apply_masks(groups, choose(groups, scores, sparsity, scope, round_to, max_ratio))
+        pruned = choose(
+            groups, scores, sparsity, allocation, granularity.round_to, granularity.max_ratio
+        )
+        apply_masks(groups, pruned)

@@ -28,7 +28,7 @@ def _function(name: str):
     return library_function(SOURCE, name, ARGTYPES)
 
 
-@KERNELS.register("prunekit_csr")
+@KERNELS.register("prunekit_csr", examples=(0.5, 0.9))  # weight sparsities
 class PrunekitCSR(Kernel):
     """Row-parallel CSR: uint16 (or int32) columns, int32 row pointers, fp32 values."""
 

@@ -29,7 +29,7 @@ def _function():
     return library_function(SOURCE, "pk_sell16", ARGTYPES)
 
 
-@KERNELS.register("prunekit_sell")
+@KERNELS.register("prunekit_sell", examples=(0.5, 0.9))  # weight sparsities
 class PrunekitSELL(Kernel):
     """SELL-16 with a row permutation, uint16 columns, fp32 values."""
 

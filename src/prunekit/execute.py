@@ -1,0 +1,122 @@
+"""How one prune runs: scores → allocation → masks, by one of three strategies.
+
+The strategy follows from what the plugins declare, never from their classes:
+
+* ``granularity.structured`` (channels, heads): the units are coupled groups found by tracing
+  the model; :func:`prune_structured`.
+* ``criterion.layerwise`` (Wanda, SparseGPT, regression, APoZ, ...): calibration statistics are
+  per layer, so the block runner calibrates and prunes block by block, each block seeing the
+  pruned outputs of the ones before; :func:`prune_blockwise`.
+* otherwise the criterion scores every target at once; :func:`prune_whole`.
+
+In all three the allocation turns unit scores into per-layer sparsities, so ``scope`` means the
+same for weights, blocks, channels and heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from .calibrate import LayerStats, run_blockwise
+from .criteria import ScoreContext, Solver
+from .errors import WeightError
+from .masks import get_mask, record_granularity
+from .progress import track
+from .structure.select import prune_groups
+from .targets import Target
+
+if TYPE_CHECKING:
+    from .pruner import Pruner
+
+Strategy = Callable[["Pruner", ScoreContext, float], None]
+
+
+def strategy_for(pruner: Pruner) -> Strategy:
+    """The strategy the resolved plugins call for."""
+    res = pruner.resolved
+    if res.granularity.structured:
+        return prune_structured
+    if res.criterion.layerwise:
+        return prune_blockwise
+    return prune_whole
+
+
+def check_finite(targets: list[Target]) -> None:
+    """Refuse weights holding NaN or inf before any of them is masked."""
+    for t in targets:
+        if not torch.isfinite(t.weight.detach().sum()):  # NaN/inf propagate; no big temporary
+            raise WeightError(f"{t.qualname} holds NaN or inf weights; fix them before pruning")
+
+
+def prune_structured(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
+    """Score every coupled group's units, allocate, and mask the pruned units' slices."""
+    res = pruner.resolved
+    prune_groups(pruner.groups(), sparsity, res.criterion, ctx, res.allocation, res.granularity)
+    for t in pruner.targets:
+        if get_mask(t.module, t.param) is not None:
+            record_granularity(t.module, t.param, res.granularity.spec)
+
+
+def prune_whole(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
+    """Score every target with whole-model statistics, allocate, mask."""
+    res = pruner.resolved
+    check_finite(pruner.targets)
+    gran = res.criterion.comparison(res.granularity)
+    res.criterion.collect(pruner.targets, ctx)
+    scores = {
+        t.qualname: pruner.scores(t, ctx)
+        for t in track(pruner.targets, "scoring layers", pruner.progress)
+    }
+    budget = res.allocation.layer_sparsities(
+        {name: gran.unit_scores(s) for name, s in scores.items()}, sparsity
+    )
+    for t in pruner.targets:
+        pruner.attach(t, gran.select(scores[t.qualname], budget[t.qualname]))
+
+
+def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
+    """Calibrate and prune block by block.
+
+    1. If the allocation needs every layer's scores (``"global"``, ``"owl"``), one dense pass
+       scores all layers and fixes each layer's sparsity.
+    2. Block by block, the block's targets are calibrated and masked (solvers also rewrite their
+       weights), and the pruned block produces the next block's inputs.
+    """
+    res = pruner.resolved
+    check_finite(pruner.targets)
+    criterion, gran = res.criterion, res.criterion.comparison(res.granularity)
+    budget: dict[str, float] = {t.qualname: sparsity for t in pruner.targets}
+    if res.allocation.needs_scores:
+        units: dict[str, torch.Tensor] = {}
+
+        def score(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
+            ctx.stats = stats
+            units.update({t.qualname: gran.unit_scores(pruner.scores(t, ctx)) for t in targets})
+            return False
+
+        run_blockwise(
+            ctx.model, pruner.targets, ctx.data, criterion.stats, score, progress=ctx.progress
+        )
+        budget = res.allocation.layer_sparsities(units, sparsity)
+        del units
+
+    def process(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
+        ctx.stats = stats
+        wanted = {t.qualname: budget[t.qualname] for t in targets}
+        if isinstance(criterion, Solver):
+            keep = criterion.solve(targets, ctx, wanted, gran)
+        else:
+            keep = {
+                t.qualname: gran.select(pruner.scores(t, ctx), wanted[t.qualname]) for t in targets
+            }
+        for t in targets:
+            pruner.attach(t, keep[t.qualname])
+        ctx.stats = {}
+        return True
+
+    run_blockwise(
+        ctx.model, pruner.targets, ctx.data, criterion.stats, process, progress=ctx.progress
+    )
