@@ -16,6 +16,26 @@ from .base import COMMANDS, Command, plugin_names
 FORMAT_CHOICES = ("auto", *plugin_names("formats"))
 
 
+# ---- the config options' help --------------------------------------------------------------------
+
+#: the package whose plugin files register each plugin option's names
+PLUGIN_PACKAGES = {
+    "granularity": "granularity",
+    "criterion": "criteria",
+    "scope": "allocation",
+    "schedule": "schedule",
+}
+
+
+def list_registered_names(parser: argparse.ArgumentParser) -> None:
+    """Append every registered name to each plugin option's help (read from the plugin files, so
+    ``--help`` still imports no torch)."""
+    for action in parser._actions:
+        package = PLUGIN_PACKAGES.get(action.dest)
+        if package is not None and action.help:
+            action.help += f"; registered: {', '.join(plugin_names(package))}"
+
+
 # ---- data, loss and example inputs --------------------------------------------------------------
 
 
@@ -193,6 +213,7 @@ class PruneCommand(Command):
             help="weights for a package.module:factory model",
         )
         add_config_options(parser)
+        list_registered_names(parser)
         add_data_options(parser)
         add_output_options(parser)
 
