@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import warnings
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,11 @@ def export_onnx(
         quiet = logging.getLogger("torch.onnx")  # its notes on optional torchvision ops
         level = quiet.level
         quiet.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            redirect_stdout(io.StringIO()),
+            redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, args, str(tmp), kwargs=kwargs or None, opset_version=opset,

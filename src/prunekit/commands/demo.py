@@ -32,9 +32,8 @@ class DemoCommand(Command):
             print(json.dumps(rows_as_dicts(rows), indent=2))
             return 0
         table = demo_table(rows)
-        console = Console()
-        width = console.measure(table).maximum
-        console = Console(width=max(console.width, width))  # never cut to 80 columns in a log
+        width = Console(width=1000).measure(table).maximum  # the table's natural width
+        console = Console(width=max(Console().width, width))  # never cut to 80 columns in a log
         console.print(table)
         console.print(demo_legend())
         return 0
