@@ -334,11 +334,15 @@ def test_demo_quick_smoke():
     assert len({r["epochs"] for r in rows}) == 1  # every row trained as long
 
 
-def test_demo_table_fits_its_own_width():
-    from prunekit.demo import DemoRow, demo_table
-    from prunekit.runtime.report import as_text
+def test_demo_table_is_not_cut_in_a_log(monkeypatch, capsys):
+    import prunekit.demo
+    from prunekit.demo import DemoRow
 
-    row = DemoRow("CNN", "90% unstructured", 0.9, 1.0, 0.9, 100, 1000, 1000, 0.1, 8.0, 1.0, 1.0,
-                  "1/2", 16)  # fmt: skip
-    text = as_text(demo_table([row]), width=400)
-    assert "90% unstructured" in text and "…" not in text
+    rows = [DemoRow("MLP", "90% unstructured", 0.97, 0.0, 0.9, 100, 1000, 1000, 0.4, 8.7, 6.5,
+                    3.0, "1/2", 8)]  # fmt: skip
+    monkeypatch.setattr(prunekit.demo, "run_demo", lambda settings, progress: rows)
+    code, out, _ = run_main("demo", capsys=capsys)  # stdout is captured: not a terminal
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if "90% unstructured" in ln)
+    assert "(3.00x)" in line and "…" not in out
+    assert "x smaller / less / faster" in " ".join(out.split())  # the legend
