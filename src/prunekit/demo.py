@@ -42,8 +42,8 @@ from .threads import torch_threads
 
 @dataclass(frozen=True)
 class DemoSettings:
-    dense_epochs: int = 4
-    prune_epochs: int = 4
+    dense_epochs: int = 5
+    prune_epochs: int = 5
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
