@@ -12,19 +12,19 @@ from .base import COMMANDS, Command
 from .bench import add_model_options, load_baseline, load_pruned, recorded
 
 
-def read_eval_texts(name: str, task: str) -> tuple[list[str], list[Any] | None]:
+def read_eval_texts(name: str, whole: bool) -> tuple[list[str], list[Any] | None]:
     """Texts (and labels, when every JSONL object has a ``label``) of ``--text``.
 
-    For embeddings and accuracy each text is one item: a JSONL line, or a non-empty line of a
-    ``.txt`` file; perplexity reads a ``.txt`` file as one text.
+    Each text is one item: a JSONL line, or a non-empty line of a ``.txt`` file; with ``whole``
+    (perplexity) a ``.txt`` file is one text.
     """
     from ..errors import PrunekitError
     from ..textdata import corpus_texts
 
     path = Path(name)
-    if name.startswith("builtin:") or task == "perplexity" or path.suffix.lower() != ".jsonl":
+    if name.startswith("builtin:") or whole or path.suffix.lower() != ".jsonl":
         texts = corpus_texts(name)
-        if path.suffix.lower() == ".txt" and task != "perplexity":
+        if path.suffix.lower() == ".txt" and not whole:
             texts = [line.strip() for t in texts for line in t.splitlines() if line.strip()]
         return texts, None
     texts, labels = [], []
@@ -122,11 +122,11 @@ class EvalCommand(Command):
         baseline, baseline_spec = load_baseline(args, header)
         tokenizer = tokenizer_for(args.model, baseline_spec)
         task = args.task
-        texts, labels = read_eval_texts(args.text, "perplexity" if task == "perplexity" else "")
+        texts, labels = read_eval_texts(args.text, whole=task == "perplexity")
         if task == "auto":
             task = task_of(model, labels)
-            if task == "perplexity" and not args.text.startswith("builtin:"):
-                texts, labels = read_eval_texts(args.text, task)
+            if task == "perplexity":  # a .txt file is one text, not one per line
+                texts, labels = read_eval_texts(args.text, whole=True)
         if task == "embedding" and baseline is None:
             raise PrunekitError(
                 "embedding agreement compares with the unpruned model: pass --baseline MODEL"
