@@ -47,7 +47,7 @@ def test_granularity_travels_with_the_checkpoint(tmp_path):
 def test_masked_model_round_trip_restores_effective_weights(tmp_path):
     net = pruned_net()
     pk.save(net, tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "prunekit.json"]
+    assert sorted(os.listdir(tmp_path)) == ["prunekit.json", "prunekit.safetensors"]
     loaded = pk.load(tmp_path, model=Net()).eval()
     assert same_state(net, loaded)
     assert torch.equal(net(ids()), loaded(ids()))
@@ -155,7 +155,7 @@ def test_failure_while_writing_keeps_the_earlier_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(ckpt, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         pk.save(trained(seed=1), tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "prunekit.json"]
+    assert sorted(os.listdir(tmp_path)) == ["prunekit.json", "prunekit.safetensors"]
     assert same_state(old, pk.load(tmp_path, model=Net()))
 
 
@@ -167,7 +167,7 @@ def test_failure_after_the_commit_loads_the_new_checkpoint(tmp_path, monkeypatch
 
     def replace(src, dst):
         calls.append(dst)
-        if len(calls) == 2:  # after prunekit.json, before model.safetensors
+        if len(calls) == 2:  # after prunekit.json, before prunekit.safetensors
             raise OSError("power cut")
         real(src, dst)
 
@@ -177,7 +177,7 @@ def test_failure_after_the_commit_loads_the_new_checkpoint(tmp_path, monkeypatch
     monkeypatch.setattr(ckpt.os, "replace", real)
     assert same_state(new, pk.load(tmp_path, model=Net()))
     pk.save(new, tmp_path)  # the next save tidies the leftover temporary
-    assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "prunekit.json"]
+    assert sorted(os.listdir(tmp_path)) == ["prunekit.json", "prunekit.safetensors"]
 
 
 # ---- shape manifest ----------------------------------------------------------------------------
@@ -253,14 +253,21 @@ def test_fresh_process_gives_identical_outputs(tmp_path):
         "import sys, torch, prunekit as pk\n"
         "from tests.ckpt_models import Net, ids\n"
         "model = pk.load(sys.argv[1], model=Net()).eval()\n"
-        "torch.save(model(ids()), sys.argv[2])\n"  # a tensor only; read back weights_only
+        "masks = pk.MaskState(model).state_dict()\n"
+        "torch.save({'out': model(ids()), **masks}, sys.argv[2])\n"  # tensors: weights_only
     )
-    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS.parent / "src")]),
+    }
     subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "ck"), str(tmp_path / "out.pt")],
         check=True, env=env, timeout=120,
     )  # fmt: skip
-    assert torch.equal(expected, torch.load(tmp_path / "out.pt", weights_only=True))
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.equal(expected, got.pop("out"))
+    masks = pk.MaskState(net).state_dict()  # the masks come back in the fresh process too
+    assert got.keys() == masks.keys() and all(torch.equal(got[k], masks[k]) for k in masks)
 
 
 # ---- Hugging Face ------------------------------------------------------------------------------
@@ -308,6 +315,7 @@ def test_hf_dense_export_of_a_shrunk_model_warns(tmp_path, gpt2):
     mlp.c_fc.bias.data = mlp.c_fc.bias.data[:64].clone()
     mlp.c_fc.nf = 64
     mlp.c_proj.weight.data = mlp.c_proj.weight.data[:64].clone()
+    mlp.c_proj.nx = 64  # as structure.resize keeps it
     with pytest.warns(UserWarning, match="shrunk"):
         pk.save(small, tmp_path, dense=True)
     loaded = pk.load(tmp_path)  # the manifest resizes the freshly built class

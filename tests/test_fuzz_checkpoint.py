@@ -23,7 +23,8 @@ from prunekit.formats import FORMATS
 from prunekit.formats import header as hdr
 from tests.ckpt_models import Net, trained
 
-FILES = ["model.safetensors", "prunekit.json"]
+WEIGHTS = "weights"  # model.safetensors or prunekit.safetensors, whichever the save wrote
+FILES = [WEIGHTS, "prunekit.json"]
 CASES = ["auto", *FORMATS.names()]
 
 
@@ -41,9 +42,15 @@ def saved(tmp_path_factory) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
     return out
 
 
+def file_of(directory: Path, name: str) -> Path:
+    if name == WEIGHTS:
+        return next(directory / n for n in hdr.WEIGHT_FILES if (directory / n).exists())
+    return directory / name
+
+
 def mutated_copy(src: Path, dst: Path, name: str, edits: list[tuple[int, int]], cut: int | None):
     shutil.copytree(src, dst)
-    path = dst / name
+    path = file_of(dst, name)
     data = bytearray(path.read_bytes())
     for pos, value in edits:
         data[pos % len(data)] = value
@@ -94,7 +101,7 @@ def test_mutated_checkpoint_loads_exactly_or_raises(
 @pytest.mark.parametrize("verify", [True, False])
 def test_truncated_files_raise(saved, tmp_path, case, name, verify):
     src, _ = saved[case]
-    size = (src / name).stat().st_size
+    size = file_of(src, name).stat().st_size
     for cut in sorted({0, 1, 7, 8, 9, size // 2, size - 1}):
         dst = tmp_path / f"cut{cut}"
         mutated_copy(src, dst, name, [], cut)
@@ -107,7 +114,7 @@ def test_missing_files_raise(saved, tmp_path):
     for name in FILES:
         dst = tmp_path / name
         shutil.copytree(src, dst)
-        (dst / name).unlink()
+        file_of(dst, name).unlink()
         with pytest.raises(CheckpointError):
             pk.load(dst, model=Net())
 
@@ -131,7 +138,7 @@ TAMPERING = {
     "nm with N equal to M": lambda h: of_format(h, "nm")["meta"].update(n=4),
     "alias to itself": lambda h: h["tensors"]["head.weight"].update(alias="head.weight"),
     "alias to another shape": lambda h: h["tensors"]["head.weight"].update(alias="fc2.weight"),
-    "path traversal": lambda h: h["files"]["model.safetensors"].update(pending="../../x"),
+    "path traversal": lambda h: h["files"][hdr.weights_file(h)].update(pending="../../x"),
     "schema from the future": lambda h: h["prunekit"].update(schema=2),
     "tensors is a list": lambda h: h.update(tensors=[]),
     "a tensor the model lacks": lambda h: h["tensors"].update(ghost=of_format(h, "dense")),
@@ -163,7 +170,7 @@ def test_values_turned_to_nan_are_caught_without_checksums(saved, tmp_path):
     """Checkpoints record which tensors were finite; garbage that decodes to NaN is refused."""
     src, _ = saved["auto"]
     shutil.copytree(src, tmp_path / "ck")
-    path = tmp_path / "ck" / "model.safetensors"
+    path = file_of(tmp_path / "ck", WEIGHTS)
     data = bytearray(path.read_bytes())
     n = int.from_bytes(data[:8], "little")
     begin, _ = json.loads(data[8 : 8 + n])["fc2.bias"]["data_offsets"]  # a dense fp32 tensor

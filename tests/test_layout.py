@@ -59,7 +59,7 @@ def test_no_import_cycles():
             if nxt.startswith(node + "."):  # a package importing its own submodules
                 continue
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt]
+                cycle = [*stack[stack.index(nxt) :], nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)

@@ -202,13 +202,14 @@ def test_cli_bench_on_a_prune_output_uses_its_baseline_and_inputs(tmp_path, caps
             "--example-shape", "3,64", "-o", str(out)]  # fmt: skip
     assert main(args) == 0
     capsys.readouterr()
-    assert main(["bench", str(out), "--rounds", "3", "--json"]) == 0
+    bench = ["bench", str(out), "--rounds", "3", "--json", "--trust-source"]  # its own source
+    assert main(bench) == 0  # rebuilt from the factory prune recorded
     d = json.loads(capsys.readouterr().out)
     assert d["inputs"] == {"input": [3, 64]}  # recorded at prune time
     assert d["baseline"]["label"] == "baseline"  # the unpruned net(), not the shrunk model
     assert d["baseline"]["weight_bytes"] == sum(p.numel() * 4 for p in net().parameters())
     assert d["ratios"]["less_memory"] > 1.6
-    assert main(["bench", str(out), "--rounds", "3", "--batch-size", "1", "--json"]) == 0
+    assert main([*bench, "--batch-size", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["inputs"] == {"input": [1, 64]}
 
 

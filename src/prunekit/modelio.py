@@ -1,5 +1,13 @@
 """Resolve a model spec from the command line: a Hugging Face directory, a prunekit checkpoint
-directory, or ``package.module:factory`` (optionally with ``--weights FILE.safetensors``)."""
+directory, or ``package.module:factory`` (optionally with ``--weights FILE.safetensors``).
+
+No file can make prunekit run code. A directory's model class is rebuilt only from an allow-list:
+a class ``transformers`` itself defines (named in ``config.json``'s ``architectures``; never remote
+code), or a factory that ships with prunekit (:data:`TRUSTED_SOURCES`). A checkpoint whose
+``prunekit.json`` names any other factory as its ``source`` is refused unless the user passes
+``trust_source=True`` (``--trust-source``, the ``trust_remote_code`` convention). A factory typed
+on the command line is the user's own choice and is imported as given.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 SPEC_HELP = "a Hugging Face model directory, a prunekit output directory, or package.module:factory"
+TRUST_SOURCE_HELP = (
+    "import and run the package.module:factory that a checkpoint's prunekit.json names as its "
+    "source (only for checkpoints you trust: it runs their code)"
+)
+#: factories a checkpoint may name as its ``source`` without ``--trust-source``: prunekit's own
+TRUSTED_SOURCES = frozenset({"prunekit.demo:digits_cnn"})
 
 
 def load_hf_directory(path: Path) -> nn.Module:
@@ -27,12 +41,13 @@ def load_hf_directory(path: Path) -> nn.Module:
         ) from None
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:  # unreadable JSON, unknown model_type, ...
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a broken or remote-code config
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrunekitError(f"{path}/config.json cannot be read by transformers: {first}") from None
+        raise CheckpointError(f"cannot read {path}/config.json: {first}") from None
     arch = (getattr(config, "architectures", None) or ["AutoModel"])[0]
-    cls = getattr(transformers, arch, None)
-    if cls is None:
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    known = isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
+    if not (known or cls is transformers.AutoModel):
         raise PrunekitError(
             f"{path}/config.json names architecture {arch!r}, unknown to transformers"
         )
@@ -78,9 +93,10 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
         ) from None
 
 
-def load_checkpoint_directory(path: Path) -> nn.Module:
-    """A prunekit checkpoint: rebuilt from the factory ``prunekit prune`` recorded as its
-    ``source``, or, for a Hugging Face checkpoint, from its config."""
+def load_checkpoint_directory(path: Path, trust_source: bool = False) -> nn.Module:
+    """A prunekit checkpoint: a Hugging Face one rebuilt from its config, another from the
+    factory ``prunekit prune`` recorded as its ``source`` (see the module docstring: only
+    :data:`TRUSTED_SOURCES`, or any with ``trust_source``)."""
     from .formats.checkpoint import load
     from .formats.header import read_header
 
@@ -89,17 +105,25 @@ def load_checkpoint_directory(path: Path) -> nn.Module:
         return load(path)
     if not isinstance(source, str):
         raise CheckpointError(f"{path}/prunekit.json: source must be a factory spec string")
+    if source not in TRUSTED_SOURCES and not trust_source:
+        raise CheckpointError(
+            f"{path}/prunekit.json names the code {source!r} to build its model; prunekit does "
+            "not run code named by a file. If you trust this checkpoint, pass --trust-source"
+        )
     return load(path, model=load_factory(source))
 
 
-def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
-    """The model named by ``spec`` (see :data:`SPEC_HELP`)."""
+def load_model(
+    spec: str, weights: str | Path | None = None, *, trust_source: bool = False
+) -> nn.Module:
+    """The model named by ``spec`` (see :data:`SPEC_HELP`); ``trust_source`` lets a checkpoint
+    directory name the factory that builds it."""
     path = Path(spec)
     if path.is_dir():
         if weights is not None:
             raise PrunekitError("--weights applies to package.module:factory specs only")
         if (path / "prunekit.json").is_file():
-            return load_checkpoint_directory(path)
+            return load_checkpoint_directory(path, trust_source)
         if (path / "config.json").is_file():
             return load_hf_directory(path)
         raise PrunekitError(f"directory {path} holds neither prunekit.json nor config.json")

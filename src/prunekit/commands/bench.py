@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..modelio import SPEC_HELP
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
 from .base import COMMANDS, Command
 
 
@@ -45,6 +45,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="package.module:factory",
         help="builds the model a prunekit folder was saved from (if it did not record one)",
     )
+    parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
 
 def load_pruned(args: argparse.Namespace) -> Any:
@@ -57,7 +58,7 @@ def load_pruned(args: argparse.Namespace) -> Any:
         if not (Path(args.model) / "prunekit.json").is_file():
             raise PrunekitError("--factory applies to a prunekit output folder")
         return load(args.model, model=load_factory(args.factory))
-    return load_model(args.model, args.weights)
+    return load_model(args.model, args.weights, trust_source=args.trust_source)
 
 
 def recorded(path: str) -> dict[str, Any]:
@@ -75,15 +76,25 @@ def load_baseline(args: argparse.Namespace, header: dict[str, Any]) -> tuple[Any
     from ..errors import PrunekitError
     from ..modelio import load_model
 
+    from ..modelio import TRUSTED_SOURCES
+
     if args.baseline is not None:
         return load_model(args.baseline), args.baseline
     rec = header.get("baseline")
     if not isinstance(rec, dict) or not isinstance(rec.get("model"), str):
         return None, None
     spec, weights = rec["model"], rec.get("weights")
+    if ":" in spec and not Path(spec).is_dir():  # code named by a file: as a checkpoint's source
+        if spec not in TRUSTED_SOURCES and not args.trust_source:
+            raise PrunekitError(
+                f"prunekit.json names the code {spec!r} to build the baseline; prunekit does not "
+                "run code named by a file: pass --baseline MODEL, or --trust-source"
+            )
     if Path(spec).is_dir() or (":" in spec and (weights is None or Path(weights).is_file())):
         try:
-            return load_model(spec, weights), spec if weights is None else weights
+            return load_model(spec, weights, trust_source=args.trust_source), (
+                spec if weights is None else weights
+            )
         except PrunekitError as e:
             raise PrunekitError(
                 f"cannot load the recorded baseline {spec}: {e}; pass --baseline MODEL"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..modelio import SPEC_HELP
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
 from ._config_options import add_config_options, config_from_args
 from .base import COMMANDS, Command, plugin_names
 
@@ -216,6 +216,7 @@ class PruneCommand(Command):
         list_registered_names(parser)
         add_data_options(parser)
         add_output_options(parser)
+        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
         from rich.console import Console
@@ -240,7 +241,7 @@ class PruneCommand(Command):
             print(dump_recipe(config), end="")
             return 0
         resolved = config.resolve()
-        model = load_model(args.model, args.weights)
+        model = load_model(args.model, args.weights, trust_source=args.trust_source)
         data = None
         if args.calibration is not None or resolved.criterion.requires_data:
             data = calibration_batches(args, model, config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..modelio import SPEC_HELP
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
 from .base import COMMANDS, Command
 
 
@@ -22,6 +22,7 @@ class ReportCommand(Command):
             help="weights for a package.module:factory MODEL",
         )
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
         from rich.console import Console
@@ -29,7 +30,7 @@ class ReportCommand(Command):
         from ..analysis.report import report
         from ..modelio import load_model
 
-        rep = report(load_model(args.model, args.weights))
+        rep = report(load_model(args.model, args.weights, trust_source=args.trust_source))
         if args.json:
             print(json.dumps(rep.to_dict(), indent=2))
         else:

@@ -2,25 +2,33 @@
 
 Layout of ``DIR``:
 
-* ``model.safetensors``: every tensor of ``model.state_dict()``, encoded by its format. A dense
-  tensor is stored under its own name; the parts of a compressed one as ``"<name>::<part>"``.
-* ``prunekit.json``: the library version, each tensor's format, dtype, shape and metadata, the
-  shape manifest, the pruning config, the report, storage sizes, the SHA-256 of every other file,
-  and a checksum of itself.
+* the weights: every tensor of ``model.state_dict()``, encoded by its format. A dense tensor is
+  stored under its own name; the parts of a compressed one as ``"<name>::<part>"``. A checkpoint
+  whose tensors are all dense (``dense=True``) names this file ``model.safetensors``, which plain
+  ``transformers`` reads; one with compressed tensors names it ``prunekit.safetensors``, which
+  ``transformers`` does not read, so ``from_pretrained`` raises instead of initialising the
+  compressed tensors at random.
+* ``prunekit.json``: the library version, each tensor's format, dtype, shape, mask and metadata,
+  the shape manifest, the pruning config, the report, storage sizes, the SHA-256 of every other
+  file, and a checksum of itself.
 * ``config.json``: a Hugging Face model's config (so ``pk.load(DIR)`` can rebuild the model, and
   with ``dense=True`` plain ``transformers`` can load the directory).
 
 Writes are atomic. Every file is first written under a temporary name; ``prunekit.json`` is then
 renamed into place (the commit), then the others. It names the temporary files it commits, so if
 a crash falls between the renames the loader still finds the committed files. A crash before the
-commit leaves the earlier checkpoint untouched.
+commit leaves the earlier checkpoint untouched. Saves into one directory hold its exclusive lock
+(:mod:`.dirlock`) and loads a shared one, so concurrent saves (every rank of a distributed job
+calling ``pk.save``) leave the last writer's complete checkpoint; only rank 0 needs to save.
 
 Loading is safe: JSON and safetensors only, never pickle. Every header field is checked against the
-tensors and the model before anything is decoded, and every decoded part is range-checked; any
-inconsistency raises :class:`~prunekit.errors.CheckpointError`. Declared shapes must match the
-model (the instance passed, or the class rebuilt from a checksummed ``config.json``), and the
-manifest may only shrink it, so the model bounds every allocation. SHA-256 checksums of every
-file catch the corruption that no structural check can see, such as a flipped bit in a weight.
+tensors and the model, every tensor is decoded and range-checked, the manifest and the masks are
+checked, and only then is the caller's model touched; any inconsistency raises
+:class:`~prunekit.errors.CheckpointError` and leaves the model as it was. Declared shapes must
+match the model (the instance passed, or the class rebuilt from a checksummed ``config.json``),
+and the manifest may only shrink it, so the model bounds every allocation. SHA-256 checksums of
+every file catch the corruption that no structural check can see, such as a flipped bit in a
+weight.
 """
 
 from __future__ import annotations
@@ -41,25 +49,35 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, PrunekitError
 from ..granularity import parse_granularity
-from ..masks import MaskState, record_granularity
+from ..masks import MaskState, record_granularity, shrink_mask
 from ..targets import is_hf_conv1d, is_prunable
 from .auto import AUTO, encode
 from .base import DTYPES, FORMATS, dtype_name
+from .dirlock import locked
 from .header import (
+    COMPRESSED_FILE,
     HEADER_FILE,
     HF_CONFIG_FILE,
+    MAX_CONFIG_BYTES,
+    MAX_HEADER_BYTES,
     MODEL_FILE,
     SCHEMA,
+    WEIGHT_FILES,
     checksum,
     read_header,
     read_json,
     sha256_file,
     storage_summary,
+    weights_file,
 )
-from .manifest import apply_shape_manifest, shape_manifest
+from .manifest import plan_shape_manifest, shape_manifest
+from .maskrecord import MASK_PART, decode_mask, encode_mask
 
 SEP = "::"
-_TEMP = re.compile(r"\.pk-[0-9a-f]{12}\.(model\.safetensors|config\.json|prunekit\.json)\.tmp")
+_TEMP = re.compile(
+    r"\.pk-[0-9a-f]{12}\.(model\.safetensors|prunekit\.safetensors|config\.json|prunekit\.json)"
+    r"\.tmp"
+)
 _RESERVED = {"prunekit", "tensors", "manifest", "config", "report", "storage", "files", "checksum"}
 
 
@@ -75,26 +93,36 @@ def _identity(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
-def _effective_state(model: nn.Module) -> dict[str, torch.Tensor | str]:
-    """``model.state_dict()`` with masks applied (pruned entries exactly ``+0.0``).
+def _effective_state(
+    model: nn.Module,
+) -> tuple[dict[str, torch.Tensor | str], dict[str, torch.Tensor]]:
+    """``model.state_dict()`` with masks applied (pruned entries exactly ``+0.0``), and the masks
+    by the name of the parameter they belong to.
 
     A tensor seen under an earlier name (tied weights) maps to that name instead.
     """
     state = model.state_dict()
-    masks = {_identity(state[q]): m for q, _, _, m in MaskState(model).items() if q in state}
-    out: dict[str, torch.Tensor | str] = {}
-    seen: dict[tuple, str] = {}
     for name, t in state.items():
         if not isinstance(t, torch.Tensor):
             raise ConfigError(f"state_dict entry {name!r} is not a tensor; it cannot be saved")
+        if t.is_meta:
+            raise ConfigError(
+                f"{name} is on the meta device (it has a shape but no values): materialise the "
+                "model first (model.to_empty(device='cpu') and load its weights)"
+            )
+    masks = {q: m for q, _, _, m in MaskState(model).items() if q in state}
+    by_identity = {_identity(state[q]): m for q, m in masks.items()}
+    out: dict[str, torch.Tensor | str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in state.items():
         ident = _identity(t)
         if t.numel() and ident in seen:
             out[name] = seen[ident]
             continue
         seen[ident] = name
-        mask = masks.get(ident)
+        mask = by_identity.get(ident)
         out[name] = t if mask is None else torch.where(mask, t, torch.zeros((), dtype=t.dtype))
-    return out
+    return out, masks
 
 
 def _layouts(model: nn.Module) -> dict[str, list[int]]:
@@ -170,7 +198,7 @@ def _warn_if_not_transformers_loadable(model: nn.Module) -> None:
     if any(fresh_shapes.get(k) != v.shape for k, v in model.state_dict().items()):
         warnings.warn(
             "this model's shapes differ from what its config describes (was it shrunk?): plain "
-            "transformers cannot load the dense export, but pk.load(DIR) can",
+            "transformers refuses the dense export, but pk.load(DIR) can load it",
             stacklevel=3,
         )
 
@@ -182,7 +210,8 @@ def _encode_state(
     perms = _layouts(model)
     parts: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, Any]] = {}
-    for name, t in _effective_state(model).items():
+    state, masks = _effective_state(model)
+    for name, t in state.items():
         if SEP in name:
             raise ConfigError(
                 f"state_dict key {name!r} contains {SEP!r}, which checkpoints reserve"
@@ -192,24 +221,45 @@ def _encode_state(
                 f"{name}: dtype {t.dtype} cannot be saved; supported: {sorted(DTYPES)}"
             )
         if isinstance(t, str):  # tied weights are stored once
-            entries[name] = {**entries[t], "alias": t}
-            continue
-        t = t.detach().cpu()
-        if t.is_floating_point():
-            t = t.masked_fill(t == 0, 0)  # -0.0 -> +0.0, so that pruned weights compress
-        perm = perms.get(name)
-        fmt_name, enc = encode(t.permute(perm) if perm else t, fmt)
-        if fmt_name == "dense":  # dense tensors keep their own layout (and their plain name)
-            perm, enc = None, encode(t, "dense")[1]
-        for pname, p in enc.parts.items():
-            parts[part_key(name, pname)] = p.contiguous()
-        entries[name] = {
-            "format": fmt_name, "dtype": dtype_name(t.dtype),
-            "shape": list(t.shape), "meta": enc.meta, "nnz": int(torch.count_nonzero(t)),
-            "bytes": enc.nbytes, "finite": bool(torch.isfinite(t).all()),
-            **({"perm": perm} if perm else {}),
-        }  # fmt: skip
+            entries[name] = {k: v for k, v in entries[t].items() if k != "mask"} | {"alias": t}
+        else:
+            t = t.detach().cpu()
+            if t.is_floating_point():
+                t = t.masked_fill(t == 0, 0)  # -0.0 -> +0.0, so that pruned weights compress
+            perm = perms.get(name)
+            fmt_name, enc = encode(t.permute(perm) if perm else t, fmt)
+            if fmt_name == "dense":  # dense tensors keep their own layout (and their plain name)
+                perm, enc = None, encode(t, "dense")[1]
+            for pname, p in enc.parts.items():
+                parts[part_key(name, pname)] = p.contiguous()
+            entries[name] = {
+                "format": fmt_name, "dtype": dtype_name(t.dtype),
+                "shape": list(t.shape), "meta": enc.meta, "nnz": int(torch.count_nonzero(t)),
+                "bytes": enc.nbytes, "finite": bool(torch.isfinite(t).all()),
+                **({"perm": perm} if perm else {}),
+            }  # fmt: skip
+        if name in masks:
+            stored = state[entries[name].get("alias", name)]
+            kind, packed = encode_mask(stored.detach().cpu(), masks[name])
+            entries[name]["mask"] = kind
+            if packed is not None:
+                parts[part_key(name, MASK_PART)] = packed
     return parts, entries
+
+
+def _checkpoint_directory(directory: str | os.PathLike) -> Path:
+    """``directory``, created if needed; a clear error where it cannot be one."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(
+            f"{directory} is a file: pk.save writes a checkpoint directory; pass a new or "
+            "existing directory"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the checkpoint directory {directory}: {e}") from None
+    return directory
 
 
 def save(
@@ -224,10 +274,16 @@ def save(
     """Write ``model`` to ``directory`` (created if needed), atomically; returns its path.
 
     ``format`` is ``"auto"`` (smallest per tensor) or a registered format name applied to every
-    tensor it can hold; ``dense=True`` stores plain tensors under their own names, so that a Hugging
-    Face model loads with ``transformers``' ``from_pretrained``. A masked model is saved with its
-    masks applied. ``config`` (a PruneConfig, Pruner or dict) and ``extra`` (JSON-able, merged
-    into ``prunekit.json``) are recorded as given.
+    tensor it can hold; ``dense=True`` stores plain tensors under their own names in
+    ``model.safetensors``, so that a Hugging Face model loads with ``transformers``'
+    ``from_pretrained``. Compressed tensors go to ``prunekit.safetensors``, which ``transformers``
+    does not read (it raises rather than load random weights). A masked model is saved with its
+    masks applied, and the masks are recorded so that :func:`load` re-attaches them. ``config`` (a
+    PruneConfig, Pruner or dict) and ``extra`` (JSON-able, merged into ``prunekit.json``) are
+    recorded as given.
+
+    Saving into a directory another process is saving into is safe: the last save wins, whole. In
+    distributed training only rank 0 needs to save (every rank holds the same weights and masks).
     """
     from .. import __version__
 
@@ -255,18 +311,30 @@ def save(
         json.dumps(header, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config and extra must be JSON-serialisable: {e}") from None
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(6)
-    pending = {MODEL_FILE: directory / f".pk-{token}.{MODEL_FILE}.tmp"}
+    plain = all(e["format"] == "dense" for e in entries.values())
     hf_config = _hf_config_json(model)
-    if dense and hf_config is not None:
+    if plain and hf_config is not None:
         _warn_if_not_transformers_loadable(model)
+    directory = _checkpoint_directory(directory)
+    with locked(directory, shared=False):
+        _write(directory, MODEL_FILE if plain else COMPRESSED_FILE, parts, header, hf_config)
+    return directory
+
+
+def _write(
+    directory: Path,
+    weights: str,
+    parts: dict[str, torch.Tensor],
+    header: dict[str, Any],
+    hf_config: str | None,
+) -> None:
+    """Write temporaries, commit the header, then move the rest into place (under the lock)."""
+    token = secrets.token_hex(6)
+    pending = {weights: directory / f".pk-{token}.{weights}.tmp"}
     header_tmp = directory / f".pk-{token}.{HEADER_FILE}.tmp"
     try:
-        save_file(parts, pending[MODEL_FILE], metadata={"format": "pt"})
-        with open(pending[MODEL_FILE], "rb+") as f:
+        save_file(parts, pending[weights], metadata={"format": "pt"})
+        with open(pending[weights], "rb+") as f:
             os.fsync(f.fileno())
         if hf_config is not None:
             pending[HF_CONFIG_FILE] = directory / f".pk-{token}.{HF_CONFIG_FILE}.tmp"
@@ -276,19 +344,27 @@ def save(
             for name, p in pending.items()
         }
         header["checksum"] = checksum(header)
-        _write_durably(header_tmp, json.dumps(header, indent=1).encode())
+        data = json.dumps(header, indent=1).encode()
+        if len(data) > MAX_HEADER_BYTES:
+            raise ConfigError(
+                f"this model's {HEADER_FILE} would take {len(data)} bytes, more than the "
+                f"{MAX_HEADER_BYTES} a checkpoint may hold (too many tensors or too large extra)"
+            )
+        _write_durably(header_tmp, data)
         os.replace(header_tmp, directory / HEADER_FILE)  # the commit
     except BaseException:
         for p in [header_tmp, *pending.values()]:
             p.unlink(missing_ok=True)
         raise
+    for other in WEIGHT_FILES:  # the other weights file belongs to the earlier checkpoint
+        if other != weights:
+            (directory / other).unlink(missing_ok=True)
     for name, p in pending.items():
         os.replace(p, directory / name)
     _fsync_dir(directory)
     for stale in directory.iterdir():  # temporaries of earlier, interrupted saves
         if _TEMP.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
-    return directory
 
 
 # ---- load --------------------------------------------------------------------------------------
@@ -322,22 +398,27 @@ def _read_parts(path: Path, entries: dict[str, dict[str, Any]]) -> dict[str, tor
         if "alias" not in e
         for p in FORMATS.get(e["format"]).part_names
     }
+    expected |= {part_key(n, MASK_PART) for n, e in entries.items() if e.get("mask") == "bitmask"}
     if set(stored) != expected:
         odd = sorted(set(stored) ^ expected)[:5]
         raise CheckpointError(f"{path} does not hold the tensors its header lists (e.g. {odd})")
     return stored
 
 
-def _build_hf_model(directory: Path, header: dict[str, Any], verify: bool) -> nn.Module:
-    """A fresh instance of the saved Hugging Face class, built from the saved config."""
+def _read_hf_config(directory: Path, header: dict[str, Any], verify: bool) -> Any:
     if HF_CONFIG_FILE not in header["files"]:
         raise CheckpointError(
             f"{directory} holds no Hugging Face config; pass model=<a fresh instance of the saved "
             "model's class>"
         )
-    cfg = read_json(
-        _committed_file(directory, HF_CONFIG_FILE, header["files"][HF_CONFIG_FILE], verify)
-    )
+    info = header["files"][HF_CONFIG_FILE]
+    return read_json(_committed_file(directory, HF_CONFIG_FILE, info, verify), MAX_CONFIG_BYTES)
+
+
+def _build_hf_model(cfg: Any) -> nn.Module:
+    """A fresh instance of the saved Hugging Face class, built from the saved config.
+
+    Only a class that ``transformers`` itself defines is built (no remote code)."""
     archs = cfg.get("architectures") if isinstance(cfg, dict) else None
     if not (isinstance(archs, list) and len(archs) == 1 and isinstance(archs[0], str)):
         raise CheckpointError(f"{HF_CONFIG_FILE} does not name one model class in 'architectures'")
@@ -379,73 +460,66 @@ def _decode(name: str, e: dict[str, Any], stored: dict[str, torch.Tensor]) -> to
     return t
 
 
-@torch.no_grad()
-def _adopt_dtype(model: nn.Module, name: str, dtype: torch.dtype) -> None:
-    """Give ``model``'s tensor ``name`` the saved dtype, so that loading it is exact."""
-    mod_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(mod_name)
-    if attr in module._parameters:
-        module._parameters[attr].data = module._parameters[attr].data.to(dtype)
-    else:
-        module._buffers[attr] = module._buffers[attr].to(dtype)
+def _kind(dtype: torch.dtype) -> str:
+    return "float" if dtype.is_floating_point else "bool" if dtype == torch.bool else "int"
 
 
-def load(
-    directory: str | os.PathLike, model: nn.Module | None = None, *, verify: bool = True
-) -> nn.Module:
-    """Load a checkpoint written by :func:`save` into ``model`` and return it.
-
-    ``model`` is a freshly built instance of the saved model's class (a physically shrunk model is
-    resized to the saved shapes through the shape manifest). Without it, a Hugging Face
-    checkpoint rebuilds its class through ``transformers`` (no hub access). Weights come back
-    exactly, in their saved dtypes. ``verify`` checks every file's SHA-256 (on by default).
-    """
-    directory = Path(directory)
-    header = read_header(directory, verify=verify)
-    entries: dict[str, dict[str, Any]] = header["tensors"]
-    path = _committed_file(directory, MODEL_FILE, header["files"][MODEL_FILE], verify)
-    stored = _read_parts(path, entries)
-    if model is None:
-        model = _build_hf_model(directory, header, verify)
-    elif not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    keys = set(model.state_dict())
-    missing, unexpected = sorted(keys - set(entries)), sorted(set(entries) - keys)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not match {type(model).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    apply_shape_manifest(model, header["manifest"])
+def _check_entries(
+    model: nn.Module, entries: dict[str, dict[str, Any]], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """Every entry against the model: planned shape, dtype kind, and the layout a save writes."""
     state = model.state_dict()
+    layouts = _layouts(model)
     for name, e in entries.items():
-        if tuple(e["shape"]) != tuple(state[name].shape):
+        planned = shapes.get(name, tuple(state[name].shape))
+        if tuple(e["shape"]) != planned:
             raise CheckpointError(
-                f"{name}: checkpoint shape {e['shape']} != model shape {list(state[name].shape)}"
+                f"{name}: checkpoint shape {e['shape']} != model shape {list(planned)}"
             )
-    decoded = {n: _decode(n, e, stored) for n, e in entries.items() if "alias" not in e}
-    decoded.update({n: decoded[e["alias"]] for n, e in entries.items() if "alias" in e})
-    for name, t in decoded.items():
-        if state[name].dtype != t.dtype:
-            _adopt_dtype(model, name, t.dtype)
-    try:
-        model.load_state_dict(decoded, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"cannot load the checkpoint into {type(model).__name__}: {e}"
-        ) from None
-    _restore_granularities(model, header.get("report"))
-    return model
+        if _kind(DTYPES[e["dtype"]]) != _kind(state[name].dtype):
+            raise CheckpointError(
+                f"{name}: a {e['dtype']} tensor cannot load into the model's {state[name].dtype}"
+            )
+        layout = None if e["format"] == "dense" else layouts.get(name)
+        if "alias" not in e and e.get("perm") != layout:
+            raise CheckpointError(
+                f"{name}: stored in layout {e.get('perm')}, where a save writes {layout}"
+            )
 
 
-def _restore_granularities(model: nn.Module, report: Any) -> None:
-    """Re-attach each pruned layer's granularity from the saved report (for N:M checks)."""
+def _decode_masks(
+    model: nn.Module,
+    entries: dict[str, dict[str, Any]],
+    decoded: dict[str, torch.Tensor],
+    stored: dict[str, torch.Tensor],
+) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """(module, parameter, mask) for every recorded mask, checked against its tensor."""
+    out = []
+    for name, e in entries.items():
+        if "mask" not in e:
+            continue
+        mod_name, _, pname = name.rpartition(".")
+        module = model.get_submodule(mod_name)
+        if pname not in module._parameters:
+            raise CheckpointError(f"{name}: a mask is recorded, but it is not a parameter")
+        parts = {MASK_PART: stored.get(part_key(name, MASK_PART))}
+        try:
+            mask = decode_mask(e["mask"], decoded[name], parts)
+        except PrunekitError as err:
+            raise CheckpointError(f"{name}: {err}") from None
+        out.append((module, pname, mask))
+    return out
+
+
+def _granularities(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, str]]:
+    """Each pruned layer's granularity from the saved report (for N:M checks), checked."""
     if report is None:
-        return
+        return []
     rows = report.get("layers") if isinstance(report, dict) else None
     if not isinstance(rows, list):
         raise CheckpointError("prunekit.json: report.layers must be a list")
     modules = dict(model.named_modules())
+    out = []
     for row in rows:
         name, spec = (row.get("name"), row.get("granularity")) if isinstance(row, dict) else (0, 0)
         if not isinstance(name, str) or not isinstance(spec, str):
@@ -460,4 +534,93 @@ def _restore_granularities(model: nn.Module, report: Any) -> None:
             parse_granularity(spec)
         except PrunekitError as e:
             raise CheckpointError(f"prunekit.json: report row {name!r}: {e}") from None
+        out.append((module, param, spec))
+    return out
+
+
+@torch.no_grad()
+def _adopt_dtype(model: nn.Module, name: str, dtype: torch.dtype) -> None:
+    """Give ``model``'s tensor ``name`` the saved dtype, so that loading it is exact."""
+    mod_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(mod_name)
+    if attr in module._parameters:
+        module._parameters[attr].data = module._parameters[attr].data.to(dtype)
+    else:
+        module._buffers[attr] = module._buffers[attr].to(dtype)
+
+
+def load(
+    directory: str | os.PathLike,
+    model: nn.Module | None = None,
+    *,
+    verify: bool = True,
+    masks: bool = True,
+) -> nn.Module:
+    """Load a checkpoint written by :func:`save` into ``model`` and return it.
+
+    ``model`` is a freshly built instance of the saved model's class (a physically shrunk model is
+    resized to the saved shapes through the shape manifest). Without it, a Hugging Face
+    checkpoint rebuilds its class through ``transformers`` (no hub access, no remote code).
+    Weights come back exactly, in their saved dtypes. The masks of a model saved masked are
+    re-attached and enforced, so fine-tuning keeps every pruned weight at zero (``masks=False``
+    loads the weights only). ``verify`` checks every file's SHA-256 (on by default). Everything is
+    checked before ``model`` is touched: a load that raises leaves it as it was.
+    """
+    directory = Path(directory)
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not (directory / HEADER_FILE).is_file():
+        raise CheckpointError(
+            f"{directory} holds no prunekit checkpoint ({HEADER_FILE} is missing)"
+        )
+    with locked(directory, shared=True):  # no save may swap files while they are read
+        header = read_header(directory, verify=verify)
+        entries: dict[str, dict[str, Any]] = header["tensors"]
+        name = weights_file(header)
+        stored = _read_parts(
+            _committed_file(directory, name, header["files"][name], verify), entries
+        )
+        cfg = _read_hf_config(directory, header, verify) if model is None else None
+    model = _build_hf_model(cfg) if model is None else model
+    state = model.state_dict()
+    if any(t.is_meta for t in state.values()):
+        raise ConfigError(
+            "the model is on the meta device: build it on a real one (or model.to_empty("
+            "device='cpu')) before loading a checkpoint into it"
+        )
+    missing, unexpected = (
+        sorted(state.keys() - entries.keys()),
+        sorted(entries.keys() - state.keys()),
+    )
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match {type(model).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    dtypes = {DTYPES[e["dtype"]] for e in entries.values()}
+    plan = plan_shape_manifest(
+        model, header["manifest"], {d for d in dtypes if d.is_floating_point}
+    )
+    _check_entries(model, entries, plan.shapes)
+    decoded = {n: _decode(n, e, stored) for n, e in entries.items() if "alias" not in e}
+    decoded.update({n: decoded[e["alias"]] for n, e in entries.items() if "alias" in e})
+    recorded_masks = _decode_masks(model, entries, decoded, stored)
+    granularities = _granularities(model, header.get("report"))
+
+    plan.apply()  # everything is checked: from here on the model changes
+    state = model.state_dict()
+    for n, t in decoded.items():
+        if state[n].dtype != t.dtype:
+            _adopt_dtype(model, n, t.dtype)
+    try:
+        model.load_state_dict(decoded, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"cannot load the checkpoint into {type(model).__name__}: {e}"
+        ) from None
+    if masks:
+        for module, pname, mask in recorded_masks:
+            shrink_mask(module, pname, mask)
+    for module, param, spec in granularities:
         record_granularity(module, param, spec)
+    return model

@@ -20,13 +20,27 @@ import torch
 from ..errors import CheckpointError
 from .base import DTYPES, FORMATS, entropy_limit_bits
 
+#: the weights of a checkpoint whose tensors are all stored plainly (what transformers reads)
 MODEL_FILE = "model.safetensors"
+#: the weights of a checkpoint with compressed tensors: a name transformers does not read, so
+#: that ``from_pretrained`` on the directory raises instead of initialising those tensors at random
+COMPRESSED_FILE = "prunekit.safetensors"
+WEIGHT_FILES = (MODEL_FILE, COMPRESSED_FILE)
 HEADER_FILE = "prunekit.json"
 HF_CONFIG_FILE = "config.json"
 SCHEMA = 1
-#: the largest prunekit.json or config.json the loader reads
-MAX_JSON_BYTES = 256 * 2**20
-_ENTRY_KEYS = {"format", "dtype", "shape", "meta", "perm", "alias", "nnz", "bytes", "finite"}
+#: the largest prunekit.json written or read (about 25k tensors: a header takes about 630 bytes per
+#: tensor); parsed JSON takes up to about 25 times its size in memory, so the size is checked
+#: before anything is parsed
+MAX_HEADER_BYTES = 16 * 2**20
+#: the largest config.json read
+MAX_CONFIG_BYTES = 4 * 2**20
+#: how a tensor entry records its mask: the non-zeros of the stored tensor, or a packed bitmask
+#: part ``<name>::keep_mask`` where the two differ (a kept weight that is exactly zero)
+MASK_KINDS = ("nonzero", "bitmask")
+_ENTRY_KEYS = {
+    "format", "dtype", "shape", "meta", "perm", "alias", "nnz", "bytes", "finite", "mask",
+}  # fmt: skip
 
 
 def checksum(header: dict[str, Any]) -> str | None:
@@ -85,15 +99,17 @@ def _bad(msg: str) -> CheckpointError:
     return CheckpointError(f"corrupt checkpoint header: {msg}")
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, limit: int) -> Any:
+    """The JSON in ``path``, refused unread when it is larger than ``limit`` bytes."""
     try:
-        size = path.stat().st_size
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # never more than the limit, even if the file grows
     except OSError:
-        raise CheckpointError(f"{path} is missing") from None
-    if size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path} is {size} bytes, larger than any checkpoint header")
+        raise CheckpointError(f"{path} is missing or unreadable") from None
+    if len(data) > limit:
+        raise CheckpointError(f"{path} is larger than {limit} bytes, the most prunekit reads")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurdly long numbers
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
 
@@ -117,6 +133,8 @@ def _check_entry(name: str, e: Any, entries: dict[str, Any]) -> None:
         raise _bad(f"tensor {name!r} has a malformed shape {shape!r}")
     if not _is_int(e["nnz"]) or e["nnz"] > math.prod(shape) or not _is_int(e.get("bytes", 0)):
         raise _bad(f"tensor {name!r} has a malformed non-zero count or size")
+    if e.get("mask", "nonzero") not in MASK_KINDS:
+        raise _bad(f"tensor {name!r} records its mask as {e['mask']!r}, not one of {MASK_KINDS}")
     perm = e.get("perm")
     if perm is not None and (
         e["format"] == "dense"
@@ -148,10 +166,10 @@ def _check_header(header: Any) -> None:
     for name, e in entries.items():
         _check_entry(name, e, entries)
     files = header.get("files")
-    if not isinstance(files, dict) or MODEL_FILE not in files:
-        raise _bad(f"'files' does not list {MODEL_FILE}")
+    if not isinstance(files, dict) or len(set(files) & set(WEIGHT_FILES)) != 1:
+        raise _bad(f"'files' does not list exactly one of {WEIGHT_FILES}")
     for name, f in files.items():
-        if name not in (MODEL_FILE, HF_CONFIG_FILE) or not isinstance(f, dict):
+        if name not in (*WEIGHT_FILES, HF_CONFIG_FILE) or not isinstance(f, dict):
             raise _bad(f"unexpected file entry {name!r}")
         sha, size, pending = f.get("sha256"), f.get("bytes"), f.get("pending")
         if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) and _is_int(size)):
@@ -164,6 +182,11 @@ def _check_header(header: Any) -> None:
         raise _bad("'manifest' is not a mapping")
 
 
+def weights_file(header: dict[str, Any]) -> str:
+    """The name of the weights file a validated header lists."""
+    return next(name for name in WEIGHT_FILES if name in header["files"])
+
+
 def read_header(directory: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
     """The validated ``prunekit.json`` of a checkpoint (its checksum checked if ``verify``)."""
     directory = Path(directory)
@@ -171,7 +194,7 @@ def read_header(directory: str | os.PathLike, *, verify: bool = True) -> dict[st
         raise CheckpointError(
             f"{directory} holds no prunekit checkpoint ({HEADER_FILE} is missing)"
         )
-    header = read_json(directory / HEADER_FILE)
+    header = read_json(directory / HEADER_FILE, MAX_HEADER_BYTES)
     if verify and (not isinstance(header, dict) or header.get("checksum") != checksum(header)):
         raise _bad(f"checksum mismatch: {HEADER_FILE} is corrupt or was edited")
     _check_header(header)

@@ -2,14 +2,22 @@
 original class without pickle.
 
 :func:`shape_manifest` records, for every module, the shapes of its own parameters and buffers and
-the integer size attributes named in :data:`MANIFEST_ATTRS`. :func:`apply_shape_manifest` takes a
-freshly built model of the original class and resizes it to match, after which its
-``state_dict`` has the shrunk model's keys and shapes.
+the integer size attributes named in :data:`MANIFEST_ATTRS`. :func:`plan_shape_manifest` checks a
+manifest against a freshly built model of the original class without touching it;
+:meth:`ManifestPlan.apply` then resizes the model, after which its ``state_dict`` has the shrunk
+model's keys and shapes.
+
+A manifest read from disk is untrusted. Besides types and ranges, the plan refuses what a genuine
+save never writes: a tensor that grows, a size attribute that no longer describes the tensors it
+described in the fresh model (``in_features`` against the weight's columns, a head count against
+the width of its projections), a norm epsilon other than the one shrinking derives, or a buffer
+dtype of another kind.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +42,18 @@ MANIFEST_ATTRS: set[str] = {
 #: float attributes recorded and restored: structured shrinking folds a width change into the
 #: epsilon of RMS norms (prunekit.structure.shrink.rescale_rms_norms)
 MANIFEST_FLOAT_ATTRS: set[str] = {"variance_epsilon", "eps"}
+
+#: attention attributes bound by ``heads * head_dim == width`` and ``kv_heads * groups == heads``
+#: wherever the fresh model satisfies those products (as every head adapter keeps them)
+HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+HEAD_DIMS = ("head_dim", "attention_head_size", "key_value_proj_dim")
+HEAD_WIDTHS = ("all_head_size", "inner_dim", "split_size")
+PRODUCTS = [(h, d, w) for h in HEAD_COUNTS for d in HEAD_DIMS for w in HEAD_WIDTHS] + [
+    ("num_key_value_heads", "num_key_value_groups", h) for h in HEAD_COUNTS
+]
+#: the one size attribute that may grow when heads are pruned (query heads per KV head): it is
+#: checked as the ratio of its children's q and k rows
+GROWING_ATTRS = {"num_key_value_groups"}
 
 
 _ENTRY = {"tensors", "attrs", "dtypes"}
@@ -97,73 +117,214 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-@torch.no_grad()
-def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
-    """Resize a freshly built ``model`` to the recorded shapes and attributes, in place.
+Shapes = list[tuple[tuple[int, ...], tuple[int, ...]]]
 
-    Resized tensors are left uninitialised: load the checkpoint's weights next. Everything is
-    checked before the model is touched. A recorded tensor may only shrink (no dimension grows,
-    the rank stays), so a tampered manifest cannot make the loader allocate more than the model.
-    Non-persistent buffers cannot be restored from weights: they must keep their shape, and take
-    the recorded dtype.
+
+@dataclass
+class ManifestPlan:
+    """A checked manifest: the resizes, attribute values and buffer casts it makes."""
+
+    #: qualified tensor name -> new shape (only tensors that shrink)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    resizes: list[tuple[nn.Module, str, tuple[int, ...]]] = field(default_factory=list)
+    attrs: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
+    casts: list[tuple[nn.Module, str, torch.dtype]] = field(default_factory=list)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Resize the model (resized tensors are uninitialised: load the weights next)."""
+        for module, pname, shape in self.resizes:
+            old = getattr(module, pname)
+            new = torch.empty(shape, dtype=old.dtype, device=old.device)
+            if pname in module._parameters:
+                module._parameters[pname].data = new  # keeps the Parameter: ties stay tied
+            else:
+                module._buffers[pname] = new
+        for module, bname, dtype in self.casts:
+            module._buffers[bname] = module._buffers[bname].to(dtype)
+        for module, attr, value in self.attrs:
+            setattr(module, attr, value)
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "float" if dtype.is_floating_point else "bool" if dtype == torch.bool else "int"
+
+
+def _plan_tensors(
+    plan: ManifestPlan, name: str, module: nn.Module, entry: Any, float_dtypes: set[torch.dtype]
+) -> dict[str, Any]:
+    """Check one module's entry and add its resizes and casts to ``plan``; its recorded attrs."""
+    if not isinstance(entry, dict) or set(entry) - _ENTRY:
+        raise _bad(f"module {name!r} has a malformed entry")
+    own = _tensors(module)
+    tensors, recorded = entry.get("tensors", {}), entry.get("attrs", {})
+    dtypes = entry.get("dtypes", {})
+    if not all(isinstance(x, dict) for x in (tensors, recorded, dtypes)):
+        raise _bad(f"module {name!r} has a malformed entry")
+    for bname, dtype in dtypes.items():
+        if bname not in module._non_persistent_buffers_set or own.get(bname) is None:
+            raise _bad(f"{name}.{bname} is not a non-persistent buffer")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise _bad(f"{name}.{bname} has an unknown dtype {dtype!r}")
+        new, old = DTYPES[dtype], own[bname].dtype
+        if new == old:
+            continue
+        if _kind(new) != _kind(old) or (new.is_floating_point and new not in float_dtypes):
+            allowed = sorted(map(dtype_name, float_dtypes))
+            raise _bad(
+                f"{name}.{bname} is {old} and cannot become {new}: a save records the dtype of a "
+                f"model cast to one of its weights' dtypes ({allowed})"
+            )
+        plan.casts.append((module, bname, new))
+    for pname, shape in tensors.items():
+        t = own.get(pname)
+        where = f"{name}.{pname}" if name else pname
+        if t is None:
+            raise _bad(f"{where} is not a tensor of {type(module).__name__}")
+        shape = _shape(shape, where)
+        if len(shape) != t.dim() or any(a > b for a, b in zip(shape, t.shape, strict=True)):
+            raise _bad(f"{where} {tuple(t.shape)} cannot shrink to {shape}")
+        if shape != tuple(t.shape):
+            if pname in module._non_persistent_buffers_set:
+                raise _bad(f"non-persistent buffer {where} would need shape {shape}")
+            plan.resizes.append((module, pname, shape))
+            plan.shapes[where] = shape
+    for attr, value in recorded.items():
+        current = module.__dict__.get(attr)
+        if attr in MANIFEST_FLOAT_ATTRS and isinstance(current, float):
+            ok = isinstance(value, float)
+        else:
+            ok = (
+                attr in MANIFEST_ATTRS
+                and _size_value(current) is not None
+                and _size_value(value) is not None
+                and isinstance(value, list) == isinstance(current, (tuple, list))
+            )
+        if not ok:
+            raise _bad(f"attribute {name}.{attr} cannot be set to {value!r}")
+    return recorded
+
+
+def _shapes(prefix: str, module: nn.Module, plan: ManifestPlan, children: bool = False) -> Shapes:
+    """(fresh shape, planned shape) of the module's own tensors (and its children's)."""
+    out = []
+    for child_name, child in [("", module), *(module.named_children() if children else ())]:
+        path = ".".join(p for p in (prefix, child_name) if p)
+        for pname, t in _tensors(child).items():
+            if t is not None:
+                where = f"{path}.{pname}" if path else pname
+                out.append((tuple(t.shape), plan.shapes.get(where, tuple(t.shape))))
+    return out
+
+
+def _describes(c: Any, v: Any, shapes: Shapes) -> bool:
+    """False when the fresh value ``c`` is the module's own tensor's shape or dimension and ``v``
+    is not the planned tensors' shape or dimension in the same place."""
+    if isinstance(c, tuple):
+        cands = [p for f, p in shapes if f == c]
+        return not cands or tuple(v) in cands
+    cands = [p[i] for f, p in shapes for i in range(len(f)) if f[i] == c]
+    return not cands or v in cands
+
+
+def _ratio_fits(c: int, v: int, shapes: Shapes) -> bool:
+    """For query heads per KV head: a ratio of two dimensions of the children (q rows / k rows)
+    that is ``c`` in the fresh model must be ``v`` in the planned one."""
+    dims = [(f[i], p[i]) for f, p in shapes for i in range(len(f))]
+    cands = [
+        p1 // p2
+        for f1, p1 in dims
+        for f2, p2 in dims
+        if f2 and f1 % f2 == 0 and f1 // f2 == c and p2 and p1 % p2 == 0
+    ]
+    return not cands or v in cands
+
+
+def _plan_attrs(name: str, module: nn.Module, recorded: dict[str, Any], plan: ManifestPlan) -> None:
+    """Check every size attribute of ``module``, recorded or kept, against the planned tensors."""
+    fresh = {
+        a: module.__dict__[a]
+        for a in MANIFEST_ATTRS
+        if _size_value(module.__dict__.get(a)) is not None
+    }
+    if not fresh and not recorded:
+        return
+    shapes = _shapes(name, module, plan)
+    final = {a: recorded.get(a, c) for a, c in fresh.items()}
+    for a, c in fresh.items():
+        v = final[a]
+        new, old = (list(v), list(c)) if isinstance(c, (tuple, list)) else ([v], [c])
+        if len(new) != len(old) or any(
+            x != o and (x < 1 or (x > o and a not in GROWING_ATTRS))
+            for x, o in zip(new, old, strict=False)
+        ):
+            raise _bad(f"attribute {name}.{a} = {v!r} is not a positive size of at most {c!r}")
+        fits = (
+            _ratio_fits(c, v, _shapes(name, module, plan, children=True))
+            if a in GROWING_ATTRS
+            else _describes(c, v, shapes)
+        )
+        if not fits:
+            raise _bad(f"attribute {name}.{a} = {v!r} does not describe the saved tensors")
+    for a, b, w in PRODUCTS:
+        holds = a in fresh and b in fresh and w in fresh and fresh[a] * fresh[b] == fresh[w]
+        if holds and final[a] * final[b] != final[w]:
+            raise _bad(f"{name}: {a} * {b} != {w} ({final[a]} * {final[b]} != {final[w]})")
+    for attr, value in recorded.items():
+        if attr in MANIFEST_FLOAT_ATTRS:
+            _check_eps(name, module, attr, value, shapes)
+            plan.attrs.append((module, attr, value))
+        else:
+            plan.attrs.append(
+                (module, attr, tuple(value) if isinstance(fresh[attr], tuple) else value)
+            )
+
+
+def _check_eps(name: str, module: nn.Module, attr: str, value: float, shapes: Shapes) -> None:
+    """A norm's epsilon is kept, or scaled by D/D' where its width shrank from D to D'
+    (``prunekit.structure.shrink.rescale_rms_norms``)."""
+    eps = module.__dict__[attr]
+    allowed = [eps]
+    w = module._parameters.get("weight")
+    if w is not None and w.dim() == 1:
+        planned = next(p for f, p in shapes if f == tuple(w.shape))
+        if planned[0]:
+            allowed.append(eps * (w.shape[0] / planned[0]))
+    if not any(math.isclose(value, a, rel_tol=1e-9) for a in allowed):
+        raise _bad(f"{name}.{attr} = {value!r}, where a save writes one of {allowed}")
+
+
+def plan_shape_manifest(
+    model: nn.Module, manifest: Any, float_dtypes: set[torch.dtype] | None = None
+) -> ManifestPlan:
+    """Check ``manifest`` against a freshly built ``model`` without touching it.
+
+    A recorded tensor may only shrink (no dimension grows, the rank stays), so a tampered manifest
+    cannot make the loader allocate more than the model. Non-persistent buffers cannot be restored
+    from weights: they keep their shape, and may only take a floating dtype in ``float_dtypes``
+    (the dtypes of the checkpoint's tensors; by default the model's).
     """
     if not isinstance(manifest, dict) or not isinstance(manifest.get("modules"), dict):
         raise _bad("it is not a {'modules': {...}} mapping")
+    if float_dtypes is None:
+        float_dtypes = {t.dtype for t in model.state_dict().values() if t.is_floating_point()}
     modules = dict(model.named_modules())
-    plan: list[tuple[nn.Module, str, tuple[int, ...]]] = []
-    attrs: list[tuple[nn.Module, str, Any]] = []
-    casts: list[tuple[nn.Module, str, torch.dtype]] = []
+    plan = ManifestPlan()
+    recorded: dict[str, dict[str, Any]] = {}
     for name, entry in manifest["modules"].items():
         module = modules.get(name)
-        if module is None or not isinstance(entry, dict) or set(entry) - _ENTRY:
-            raise _bad(f"module {name!r} is missing from the model or its entry is malformed")
-        own = _tensors(module)
-        tensors, recorded_attrs = entry.get("tensors", {}), entry.get("attrs", {})
-        dtypes = entry.get("dtypes", {})
-        if not all(isinstance(x, dict) for x in (tensors, recorded_attrs, dtypes)):
-            raise _bad(f"module {name!r} has a malformed entry")
-        for bname, dtype in dtypes.items():
-            if bname not in module._non_persistent_buffers_set or own.get(bname) is None:
-                raise _bad(f"{name}.{bname} is not a non-persistent buffer")
-            if not isinstance(dtype, str) or dtype not in DTYPES:
-                raise _bad(f"{name}.{bname} has an unknown dtype {dtype!r}")
-            if DTYPES[dtype] != own[bname].dtype:
-                casts.append((module, bname, DTYPES[dtype]))
-        for pname, shape in tensors.items():
-            t = own.get(pname)
-            where = f"{name}.{pname}" if name else pname
-            if t is None:
-                raise _bad(f"{where} is not a tensor of {type(module).__name__}")
-            shape = _shape(shape, where)
-            if len(shape) != t.dim() or any(a > b for a, b in zip(shape, t.shape, strict=True)):
-                raise _bad(f"{where} {tuple(t.shape)} cannot shrink to {shape}")
-            persistent = pname not in module._non_persistent_buffers_set
-            if shape != tuple(t.shape):
-                if not persistent:
-                    raise _bad(f"non-persistent buffer {where} would need shape {shape}")
-                plan.append((module, pname, shape))
-        for attr, value in recorded_attrs.items():
-            current = module.__dict__.get(attr)
-            if attr in MANIFEST_FLOAT_ATTRS and isinstance(current, float):
-                if not isinstance(value, float) or not math.isfinite(value) or value < 0:
-                    raise _bad(f"attribute {name}.{attr} cannot be set to {value!r}")
-                attrs.append((module, attr, value))
-                continue
-            new = _size_value(value)
-            if attr not in MANIFEST_ATTRS or _size_value(current) is None or new is None:
-                raise _bad(f"attribute {name}.{attr} cannot be set to {value!r}")
-            if isinstance(new, list) != isinstance(current, (tuple, list)):
-                raise _bad(f"attribute {name}.{attr} changes kind ({current!r} -> {value!r})")
-            attrs.append((module, attr, tuple(new) if isinstance(current, tuple) else new))
-    for module, pname, shape in plan:
-        old = getattr(module, pname)
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        if pname in module._parameters:
-            module._parameters[pname].data = new  # keeps the Parameter, so tied weights stay tied
-        else:
-            module._buffers[pname] = new
-    for module, bname, dtype in casts:
-        module._buffers[bname] = module._buffers[bname].to(dtype)
-    for module, attr, value in attrs:
-        setattr(module, attr, value)
+        if module is None:
+            raise _bad(f"module {name!r} is missing from the model")
+        recorded[name] = _plan_tensors(plan, name, module, entry, float_dtypes)
+    for name, module in modules.items():  # every module: a kept attribute must fit too
+        _plan_attrs(name, module, recorded.get(name, {}), plan)
+    return plan
+
+
+def apply_shape_manifest(model: nn.Module, manifest: Any) -> nn.Module:
+    """Resize a freshly built ``model`` to the recorded shapes and attributes, in place.
+
+    Everything is checked (:func:`plan_shape_manifest`) before the model is touched.
+    """
+    plan_shape_manifest(model, manifest).apply()
     return model
