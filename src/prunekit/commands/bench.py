@@ -74,9 +74,7 @@ def load_baseline(args: argparse.Namespace, header: dict[str, Any]) -> tuple[Any
     """The unpruned model: ``--baseline``, else the one ``prunekit prune`` recorded (if it is
     still there), else None. Returns (model, its path or spec)."""
     from ..errors import PrunekitError
-    from ..modelio import load_model
-
-    from ..modelio import TRUSTED_SOURCES
+    from ..modelio import TRUSTED_SOURCES, load_model
 
     if args.baseline is not None:
         return load_model(args.baseline), args.baseline
@@ -84,12 +82,12 @@ def load_baseline(args: argparse.Namespace, header: dict[str, Any]) -> tuple[Any
     if not isinstance(rec, dict) or not isinstance(rec.get("model"), str):
         return None, None
     spec, weights = rec["model"], rec.get("weights")
-    if ":" in spec and not Path(spec).is_dir():  # code named by a file: as a checkpoint's source
-        if spec not in TRUSTED_SOURCES and not args.trust_source:
-            raise PrunekitError(
-                f"prunekit.json names the code {spec!r} to build the baseline; prunekit does not "
-                "run code named by a file: pass --baseline MODEL, or --trust-source"
-            )
+    named_code = ":" in spec and not Path(spec).is_dir()  # as a checkpoint's source
+    if named_code and spec not in TRUSTED_SOURCES and not args.trust_source:
+        raise PrunekitError(
+            f"prunekit.json names the code {spec!r} to build the baseline; prunekit does not "
+            "run code named by a file: pass --baseline MODEL, or --trust-source"
+        )
     if Path(spec).is_dir() or (":" in spec and (weights is None or Path(weights).is_file())):
         try:
             return load_model(spec, weights, trust_source=args.trust_source), (
