@@ -218,9 +218,10 @@ def test_prune_writes_the_smallest_format_and_loads_exactly(cnn_weights, tmp_pat
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
     w = loaded["6.weight"]
     assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
-    stored = load_file(str(out / "model.safetensors"))
+    assert not (out / "model.safetensors").exists()  # nothing another library would misread
+    stored = load_file(str(out / "prunekit.safetensors"))
     assert "6.weight::values" in stored  # compressed, not dense
-    model_bytes = (out / "model.safetensors").stat().st_size
+    model_bytes = (out / "prunekit.safetensors").stat().st_size
     assert model_bytes < 0.75 * cnn_weights.stat().st_size
     meta = json.loads((out / "prunekit.json").read_text())
     assert meta["config"]["granularity"] == "2:4"

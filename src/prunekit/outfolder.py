@@ -137,8 +137,9 @@ def model_card(
     ]
     if not all_dense:
         lines += [
-            "The weights are stored compressed, which plain `transformers` does not read; "
-            "`prunekit prune ... --format dense` writes a folder that it loads.",
+            "The weights are stored compressed (`prunekit.safetensors`), which plain "
+            "`transformers` refuses to load rather than misread; `prunekit prune ... --format "
+            "dense` writes a folder that it loads.",
             "",
         ]
     lines += ["## Report", "", "```", report_text.rstrip(), "```", ""]
