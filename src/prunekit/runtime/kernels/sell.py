@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError
-from ._build import call_linear, library_function
-from .base import KERNELS, Kernel
+from ._build import CompiledKernel, library_function
+from .base import KERNELS
 from .torch_csr import csr_parts
 
 SOURCE = Path(__file__).with_name("sell.cpp")
@@ -29,8 +29,8 @@ def _function():
     return library_function(SOURCE, "pk_sell16", ARGTYPES)
 
 
-@KERNELS.register("prunekit_sell", examples=(0.5, 0.9))  # weight sparsities
-class PrunekitSELL(Kernel):
+@KERNELS.register("prunekit_sell", examples=("unstructured:0.5", "unstructured:0.9"))
+class PrunekitSELL(CompiledKernel):
     """SELL-16 with a row permutation, uint16 columns, fp32 values."""
 
     version = 1
@@ -72,12 +72,9 @@ class PrunekitSELL(Kernel):
             "values": val,
         }
 
-    def linear(self, x, packed: Mapping[str, torch.Tensor], bias, shape):
-        fn = _function()
-        if fn is None:
-            raise ConfigError("the prunekit_sell library is not available in this process")
+    def bind(self, packed: Mapping[str, torch.Tensor], shape):
         arrays = [packed["sptr"], packed["perm"], packed["col"], packed["values"]]
-        return call_linear(fn, shape[0], x, bias, arrays)
+        return _function(), arrays, (), True
 
     def unpack(self, packed, shape):
         sptr, perm = packed["sptr"].long(), packed["perm"].long()

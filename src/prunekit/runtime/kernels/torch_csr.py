@@ -30,7 +30,7 @@ def csr_dense(rowptr, col, values, shape: tuple[int, int]) -> torch.Tensor:
     return dense
 
 
-@KERNELS.register("torch_csr", examples=(0.5, 0.9))  # weight sparsities
+@KERNELS.register("torch_csr", examples=("unstructured:0.5", "unstructured:0.9"))
 class TorchCSR(Kernel):
     """CSR with int32 indices through ``torch.addmm`` on a sparse CSR tensor."""
 
