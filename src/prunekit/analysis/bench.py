@@ -277,13 +277,9 @@ def bench(
     twin = copy.deepcopy(model)
     fast, rep = model, None
     if use_sparse_kernels:
-        if isinstance(inputs, dict):  # time each layer at the real number of rows
-            rows = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).numel()
-            fast = sparsify(model, rows, cache=cache or DecisionCache(), **sparsify_options)
-        else:
-            fast = sparsify(
-                model, example_inputs=inputs, cache=cache or DecisionCache(), **sparsify_options
-            )
+        fast = sparsify(
+            model, example_inputs=inputs, cache=cache or DecisionCache(), **sparsify_options
+        )
         rep = sparsify_report(fast)
     swapped = rep is not None and any(d.swapped for d in rep.layers)
     if baseline is not None:
