@@ -44,7 +44,14 @@ class Case:
     name: str
     build: Callable[[], nn.Module]
     inputs: Callable[[int], Any]  # batch size -> example inputs
-    attention: bool
+    #: what prunekit prunes, one after the other, each at the ratio
+    granularities: tuple[str, ...] = ("channel",)
+    #: Torch-Pruning may prune the LayerNorm'd hidden width too
+    width: bool = False
+
+    @property
+    def attention(self) -> bool:
+        return "head" in self.granularities
 
 
 def _resnet(quick: bool) -> nn.Module:
@@ -57,8 +64,8 @@ def _resnet(quick: bool) -> nn.Module:
     return ResNetForImageClassification(cfg)
 
 
-def _bert(quick: bool) -> nn.Module:
-    from transformers import BertConfig, BertModel
+def _bert(quick: bool, classifier: bool = False) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     cfg = (
         BertConfig(
@@ -67,13 +74,14 @@ def _bert(quick: bool) -> nn.Module:
         if quick
         else BertConfig()
     )
-    return BertModel(cfg)
+    # a classifier's output is its logits, so the hidden width is prunable; BertModel returns it
+    return BertForSequenceClassification(cfg) if classifier else BertModel(cfg)
 
 
-def _llama(quick: bool) -> nn.Module:
+def _llama(quick: bool, layers: int = 4) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    layers, hidden = (2, 64) if quick else (4, 512)
+    layers, hidden = (2, 64) if quick else (layers, 512)
     cfg = LlamaConfig(
         vocab_size=32000,
         hidden_size=hidden,
@@ -96,24 +104,37 @@ def cases(quick: bool) -> list[Case]:
         g = torch.Generator().manual_seed(0)
         return {"input_ids": torch.randint(0, 1000, (b, seq), generator=g), **extra}
 
+    tag = " (quick)" if quick else ""
     return [
-        Case("ResNet-50" + (" (quick)" if quick else ""), lambda: _resnet(quick), image, False),
-        Case("BERT-base" + (" (quick)" if quick else ""), lambda: _bert(quick), ids, True),
+        Case("ResNet-50" + tag, lambda: _resnet(quick), image),
+        Case("BERT-base" + tag, lambda: _bert(quick), ids, ("channel", "head")),
         Case(
-            "Llama h512 L4 8q/2kv" + (" (quick)" if quick else ""),
+            "BERT-base width" + tag,
+            lambda: _bert(quick, classifier=True),
+            ids,
+            ("channel", "head"),
+            width=True,
+        ),
+        Case(
+            "Llama h512 L4 8q/2kv" + tag,
             lambda: _llama(quick),
             lambda b: ids(b, use_cache=False),
-            True,
+            ("channel", "head"),
+        ),
+        Case(
+            "Llama h512 L8 depth" + tag,
+            lambda: _llama(quick, layers=8),
+            lambda b: ids(b, use_cache=False),
+            ("layer",),
         ),
     ]
 
 
 # -- the two pruners ---------------------------------------------------------------------------
-def prune_prunekit(model: nn.Module, x: Any, ratio: float, attention: bool) -> nn.Module:
+def prune_prunekit(model: nn.Module, x: Any, ratio: float, case: Case) -> nn.Module:
     t = time.perf_counter()
-    pk.prune(model, ratio, granularity="channel", example_inputs=x)
-    if attention:
-        pk.prune(model, ratio, granularity="head", example_inputs=x)
+    for granularity in case.granularities:
+        pk.prune(model, ratio, granularity=granularity, example_inputs=x)
     _split["mask"] = time.perf_counter() - t
     return pk.shrink(model, x)  # includes the verification forward against the masked model
 
@@ -145,15 +166,18 @@ def _tp_patch(model: nn.Module) -> None:
             m.all_head_size = m.query.out_features
 
 
-def prune_torch_pruning(model: nn.Module, x: Any, ratio: float, attention: bool) -> nn.Module:
+def prune_torch_pruning(model: nn.Module, x: Any, ratio: float, case: Case) -> nn.Module:
     import torch_pruning as tp
 
+    if "layer" in case.granularities:
+        raise NotImplementedError("Torch-Pruning removes no whole blocks")
+    attention = case.attention
     ignored = [
         m
         for n, m in model.named_modules()
         if n.endswith(("classifier.1", "lm_head", "pooler.dense"))
     ]
-    if any(isinstance(m, nn.LayerNorm) for m in model.modules()):
+    if not case.width and any(isinstance(m, nn.LayerNorm) for m in model.modules()):
         # keep the LayerNorm'd hidden width, as prunekit does (its removal is not exact; TP's
         # default prunes it anyway, and crashes on BERT under transformers 5)
         ignored += [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.LayerNorm))]
@@ -231,7 +255,7 @@ def run_case(case: Case, ratio: float, rounds: int) -> list[Row]:
         model = copy.deepcopy(dense)
         t = time.perf_counter()
         try:
-            small = fn(model, x1, ratio, case.attention).eval()
+            small = fn(model, x1, ratio, case).eval()
             with torch.no_grad():
                 call_model(small, case.inputs(8))  # must run at another batch size too
             rows.append(Row(method, small, time.perf_counter() - t))

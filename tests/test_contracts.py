@@ -127,6 +127,12 @@ def test_criterion_contract(criterion, gran):
 )
 def test_structured_granularity_contract(gran, criterion):
     model, x = ZOO["llama"](), INPUTS["llama"]()
+    if CRITERIA.get(criterion)().supports(gran) is not None:  # refused up front, untouched
+        snap = snapshot(model)
+        with pytest.raises(pk.ConfigError):
+            run(model, gran, criterion, 0.5, example_inputs=x)
+        assert_untouched(model, snap)
+        return
     before = sum(p.numel() for p in model.parameters())
     pruner = run(model, gran, criterion, 0.5, example_inputs=x)
     assert pruner.groups(), f"{gran.spec} found nothing to prune in a Llama"

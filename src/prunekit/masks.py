@@ -17,12 +17,16 @@ Enforcement costs nothing in the forward pass and one masked multiply of the gra
 
 A copy made by ``deepcopy`` or pickling is re-armed on its first forward call by a cheap
 forward pre-hook (its arm token does not survive copying, by design).
+
+Module types whose output is not right with zeroed weights alone register a forward hook in
+:data:`MASKED_FORWARD` (the structure package: a masked LayerNorm normalises over its kept
+channels only); every masked module of that type gets it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 from weakref import WeakKeyDictionary
 
@@ -58,6 +62,9 @@ class _Enforced(NamedTuple):
 
 
 _versions = itertools.count()
+
+#: module type -> forward hook ``(module, args, output) -> output`` applied while it is masked
+MASKED_FORWARD: dict[type[nn.Module], Callable[..., object]] = {}
 #: armed parameter -> its enforcement
 _ENFORCED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 #: optimizer -> parameter -> (mask version, state dict) last cleaned
@@ -174,10 +181,14 @@ def shrink_mask(module: nn.Module, param: str, keep: torch.Tensor) -> torch.Tens
     if mask is None:
         module.register_buffer(param + SUFFIX, keep.clone(), persistent=False)
         if _HOOK_IDS not in module.__dict__:
-            module.__dict__[_HOOK_IDS] = (
+            ids = (
                 module.register_forward_pre_hook(_arm_on_forward).id,
                 module.register_load_state_dict_post_hook(_remask_after_load).id,
             )
+            fix = next((h for t, h in MASKED_FORWARD.items() if isinstance(module, t)), None)
+            if fix is not None:
+                ids += (module.register_forward_hook(fix).id,)
+            module.__dict__[_HOOK_IDS] = ids
     else:
         mask.logical_and_(keep)
     arm(module)
@@ -195,6 +206,8 @@ def unmask(module: nn.Module) -> None:
     if hook_ids is not None:
         module._forward_pre_hooks.pop(hook_ids[0], None)
         module._load_state_dict_post_hooks.pop(hook_ids[1], None)
+        if len(hook_ids) > 2:
+            module._forward_hooks.pop(hook_ids[2], None)
     module.__dict__.pop(_TOKEN, None)
 
 

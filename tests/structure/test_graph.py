@@ -229,3 +229,44 @@ def test_phi3_fused_qkv_heads():
         small.config.num_attention_heads == 2
         and small.model.layers[0].self_attn.num_key_value_groups == 1
     )
+
+
+def test_a_prune_that_removes_nothing_warns():
+    model, x = ZOO["mlp"](), INPUTS["mlp"]()
+    with pytest.warns(UserWarning, match="removes nothing"):
+        pk.prune(model, 0.005, granularity="channel", example_inputs=x)  # 0.32 of a unit
+    frozen = nn.Sequential(nn.Linear(4, 3))  # its only channels are the model's output
+    with pytest.warns(UserWarning, match="removes nothing"):
+        pk.prune(frozen, 0.5, granularity="channel", example_inputs=torch.randn(2, 4))
+
+
+def test_transposed_weight_linears_are_coupled_like_linears():
+    from prunekit.structure.rules.linear import _TransposedLinears
+
+    model, x = _TransposedLinears(), torch.randn(3, 8)
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert small.a.weight.shape == (8, 8) and small.b.weight.shape == (4, 8)
+
+
+class DenseBlock(nn.Module):
+    """DenseNet style: each layer appends to the list it concatenates."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.layers = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)])
+        self.head = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        for layer in self.layers:
+            features.append(torch.relu(layer(torch.cat(features, 1))))
+        return self.head(torch.cat(features, 1))
+
+
+def test_densenet_list_appends_are_snapshotted():
+    model, x = DenseBlock(), torch.randn(2, 3, 6, 6)
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)  # verified against the masked model
+    assert small.head.in_channels == 12 and small.layers[1].in_channels == 8

@@ -133,3 +133,17 @@ def test_non_uniform_widths_round_trip_through_the_shape_manifest(tmp_path):
     back = pk.load(tmp_path / "m", model=ZOO["llama"]())
     with torch.no_grad():
         assert torch.equal(back(**x).logits, small(**x).logits)
+
+
+def test_activation_importance_prunes_the_neurons_that_carry_least():
+    torch.manual_seed(0)
+    model, x = ZOO["mlp"](), INPUTS["mlp"]()
+    data = [torch.randn(16, 20, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with torch.no_grad():  # independent: the L2 norm of each hidden neuron of layer 2
+        acts = torch.cat(
+            [torch.nn.functional.gelu(model[2](torch.relu(model[0](b)))) for b in data]
+        )
+    expected = set(torch.argsort(acts.norm(dim=0))[:32].tolist())
+    pk.prune(model, 0.5, granularity="channel", criterion="activation", example_inputs=x, data=data)
+    pruned = set(torch.nonzero(~model[2].weight.any(1)).flatten().tolist())
+    assert pruned == expected

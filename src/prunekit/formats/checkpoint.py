@@ -415,6 +415,27 @@ def _read_hf_config(directory: Path, header: dict[str, Any], verify: bool) -> An
     return read_json(_committed_file(directory, HF_CONFIG_FILE, info, verify), MAX_CONFIG_BYTES)
 
 
+def _changed_config_values(model: nn.Module, saved: Any) -> dict[str, int]:
+    """The saved config.json sizes that differ from ``model.config``'s (a shrunk model's widths
+    and head counts): positive integers, for keys the config has (None or an int there)."""
+    config = getattr(model, "config", None)
+    if saved is None or not callable(getattr(config, "to_dict", None)):
+        return {}
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{HF_CONFIG_FILE} is not a JSON object")
+    current = config.to_dict()
+    return {
+        k: v
+        for k, v in saved.items()
+        if k in current
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        and v > 0
+        and v != current[k]
+        and (current[k] is None or type(current[k]) is int)
+    }
+
+
 def _build_hf_model(cfg: Any) -> nn.Module:
     """A fresh instance of the saved Hugging Face class, built from the saved config.
 
@@ -580,7 +601,9 @@ def load(
         stored = _read_parts(
             _committed_file(directory, name, header["files"][name], verify), entries
         )
-        cfg = _read_hf_config(directory, header, verify) if model is None else None
+        has_cfg = model is None or HF_CONFIG_FILE in header["files"]
+        cfg = _read_hf_config(directory, header, verify) if has_cfg else None
+    config_values = _changed_config_values(model, cfg) if model is not None else {}
     model = _build_hf_model(cfg) if model is None else model
     state = model.state_dict()
     if any(t.is_meta for t in state.values()):
@@ -608,6 +631,8 @@ def load(
     granularities = _granularities(model, header.get("report"))
 
     plan.apply()  # everything is checked: from here on the model changes
+    for key, value in config_values.items():
+        setattr(model.config, key, value)  # a shrunk model's widths and head counts
     state = model.state_dict()
     for n, t in decoded.items():
         if state[n].dtype != t.dtype:

@@ -1,16 +1,19 @@
 """Structured pruning: trace the model, group coupled channels and heads, shrink physically.
 
 * :mod:`.graph` records one real forward pass on ``example_inputs`` (torch-function level).
-* :mod:`.rules` gives every recorded op a channel rule (a table by op name); an op without one
-  blocks the channels it touches, with a warning naming the op and module.
+* :mod:`.propagate` runs the channel rules over the trace; :mod:`.rules` holds them, one module
+  per op family, registered in ``RULES`` with the op names they handle. An op without a rule keeps
+  the channels it touches, with a warning naming the op and module.
 * :mod:`.groups` turns linked channels into :class:`Group` objects (slices removed together).
-* :mod:`.heads` does the same for attention heads, through one adapter per attention class.
+* :mod:`.heads` does the same for attention heads, through one adapter per attention layout
+  (``HEAD_ADAPTERS``); :mod:`.resize` updates size attributes (``RESIZERS``).
 * :mod:`.select` scores units with a criterion (``Criterion.group_scores`` /
   ``Criterion.channel_scores`` hooks, else summed element scores) and masks the pruned ones.
 * :mod:`.shrink` removes them, updates module attributes (:mod:`.resize`) and Hugging Face
   configs (:mod:`.hf_config`), and verifies the result against the masked model.
 """
 
+from . import masked_norm, rules  # noqa: F401  (register the masked LayerNorm and the rules)
 from .graph import Graph, trace
 from .groups import ChannelAnalysis, Group, Slot, channel_groups
 from .heads import HEAD_ADAPTERS, HeadAdapter, head_groups

@@ -60,6 +60,10 @@ _METADATA = {
 }
 
 
+#: tensor properties that transpose (recorded as calls; every other property is metadata)
+_TRANSPOSING = {"T", "mT"}
+
+
 @dataclass
 class Call:
     """One recorded call: ``func(*args, **kwargs) -> out`` issued by module ``module``."""
@@ -162,37 +166,49 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
+        if name == "__get__":  # a property: record the transposing ones (x @ W.T layers)
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+            name = name if name in _TRANSPOSING else "__get__"
         if name not in _METADATA and not self.opaque:
             leaves, _ = tree_flatten((args, kwargs))
             if any(isinstance(a, torch.Tensor) for a in leaves) or isinstance(out, torch.Tensor):
+                # snapshot list arguments: a DenseNet block appends to the list it concatenates
+                args = tuple(list(a) if isinstance(a, list) else a for a in args)
                 self.calls.append(Call(func, name, args, kwargs, out, self.stack[-1]))
         return out
 
 
-def _module_hooks(model: nn.Module, stack: list[str], rec: _Recorder) -> Iterator[Any]:
-    rms = {id(m) for m in model.modules() if is_rms_norm(m)}
-    for name, module in model.named_modules():
-        opaque = id(module) in rms
+def opaque_kind(module: nn.Module) -> tuple[str, int] | None:
+    """Modules recorded as one call (op name, channel dimension) instead of their inner ops: RMS
+    norms (``rms_norm_module``, args x and weight) and LayerNorms whose channels can go
+    (``layer_norm_module``, args x, weight and bias), whose masked forward corrects its
+    statistics."""
+    from .masked_norm import norm_dim
 
-        def pre(mod, args, _name=name, _opaque=opaque):
+    if is_rms_norm(module):
+        return "rms_norm_module", -1
+    dim = norm_dim(module)
+    return ("layer_norm_module", dim) if dim is not None else None
+
+
+def _module_hooks(model: nn.Module, stack: list[str], rec: _Recorder) -> Iterator[Any]:
+    for name, module in model.named_modules():
+        kind = opaque_kind(module)
+
+        def pre(mod, args, _name=name, _opaque=kind is not None):
             stack.append(_name)
             rec.opaque += _opaque
 
-        def post(mod, args, out, _opaque=opaque):
+        def post(mod, args, out, _kind=kind):
             stack.pop()
-            if _opaque:
+            if _kind is not None:
                 rec.opaque -= 1
                 if not rec.opaque:
-                    rec.calls.append(
-                        Call(
-                            mod.forward,
-                            "rms_norm_module",
-                            (args[0], mod.weight),
-                            {"module": mod},
-                            out,
-                            stack[-1],
-                        )
-                    )
+                    op, dim = _kind
+                    tensors = (args[0], mod.weight, getattr(mod, "bias", None))
+                    n = 2 if op == "rms_norm_module" else 3
+                    call = Call(mod.forward, op, tensors[:n], {"dim": dim}, out, stack[-1])
+                    rec.calls.append(call)
 
         yield module.register_forward_pre_hook(pre)
         yield module.register_forward_hook(post, always_call=True)

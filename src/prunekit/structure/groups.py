@@ -24,7 +24,7 @@ from ..masks import get_mask
 from ..targets import Target, is_hf_conv1d, is_prunable
 from ..threads import torch_threads
 from .graph import Graph, flatten, trace
-from .rules import State, check_cuts, propagate
+from .propagate import State, check_cuts, propagate
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +63,7 @@ class Group:
     name: str
     kind: str
     slots: list[Slot]
-    #: one ``[units, k]`` LongTensor per slot
+    #: one ``[units, k]`` LongTensor per slot (``-1``: padding, the unit owns fewer positions)
     index: list[torch.Tensor]
     #: groups sharing a tie prune the same number of units (GQA query heads per KV group)
     tie: str | None = None
@@ -84,23 +84,25 @@ class Group:
 
     def dead(self, cache: dict | None = None) -> torch.Tensor:
         """Units already removed by masks: every masked slice of the unit is all False (and at
-        least one slice is masked). Returns a bool ``[units]``. ``cache`` shares the per-slice
-        work between groups."""
+        least one of its slices is masked). Returns a bool ``[units]``. ``cache`` shares the
+        per-slice work between groups. Index entries ``-1`` pad units that own fewer slices
+        (whole layers)."""
         cache = {} if cache is None else cache
         dead = torch.ones(self.units, dtype=torch.bool)
-        masked = False
+        masked = torch.zeros(self.units, dtype=torch.bool)
         for slot, idx in self.members():
             mask = get_mask(slot.module, slot.attr) if slot.is_param else None
             if mask is None:
                 continue
-            masked = True
+            owned = idx >= 0
+            masked |= owned.any(1)
             key = (id(mask), slot.dim)
             if key not in cache:
                 cache[key] = (
                     mask.movedim(slot.dim, 0).reshape(mask.shape[slot.dim], -1).any(1).cpu()
                 )
-            dead &= ~cache[key][idx].any(1)
-        return dead if masked else torch.zeros(self.units, dtype=torch.bool)
+            dead &= ~(cache[key][idx.clamp_min(0)] & owned).any(1)
+        return dead & masked
 
     def __repr__(self) -> str:
         return f"Group({self.kind} {self.name!r}, units={self.units}, slots={len(self.slots)})"

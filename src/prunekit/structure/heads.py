@@ -10,21 +10,28 @@ masked and shrunk exactly like channel groups:
   each group loses the same number (``Head(kv_groups=True)`` prunes whole KV groups instead).
 
 After slicing, the adapter's :meth:`HeadAdapter.resize` updates the module's head counts so its
-own forward runs unchanged. Adapters register by class name in :data:`HEAD_ADAPTERS`; modules with
-``q_proj``/``k_proj``/``v_proj``/``o_proj`` (or ``out_proj``) and a ``head_dim`` match the generic
-adapter.
+own forward runs unchanged. Adapters register in :data:`HEAD_ADAPTERS` with the attention class
+names they serve (matched along the MRO); modules with ``q_proj``/``k_proj``/``v_proj``/``o_proj``
+and a ``head_dim`` match the generic adapter. Each adapter's examples are tiny models whose 50%
+head pruning it serves (run by the contract tests).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..registry import Registry
+from .attention import StructuralAdapter, find_heads
 from .groups import Group, Slot
+from .propagate import Example
 
-HEAD_ADAPTERS: dict[str, HeadAdapter] = {}
+HEAD_ADAPTERS: Registry[HeadAdapter] = Registry("head adapter")
+#: attention class name -> its adapter
+_BY_CLASS: dict[str, HeadAdapter] = {}
 
 
 @dataclass
@@ -40,6 +47,9 @@ class Heads:
     kv: list[tuple[Slot, int]] = field(default_factory=list)
     #: index space [hq]: one entry per query head (relative position bias tables)
     per_head: list[Slot] = field(default_factory=list)
+    #: (slot, index [hq, k]) and (slot, index [hkv, k]): slices of each head, found by structure
+    q_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
+    kv_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
 
     @property
     def rep(self) -> int:
@@ -107,6 +117,11 @@ class HeadAdapter:
                 heads.per_head.append(s)
         return heads
 
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        """(query heads, KV heads, head size) as the module's weights now hold them."""
+        heads = self.layout("", module)
+        return heads.hq, heads.hkv, heads.d
+
     def couple(self, prefix: str, module: nn.Module) -> str | None:
         """Modules returning the same key must keep the same heads (shared position bias)."""
         return None
@@ -136,50 +151,132 @@ def _set_existing(obj: object, attrs: tuple[str, ...], value: int) -> None:
             setattr(obj, a, value)
 
 
-def register(*class_names: str):
+def register(name: str, *class_names: str, examples: tuple[Example, ...]):
+    """Register the adapter class as ``name``, serving attention classes ``class_names``."""
+
     def add(cls: type[HeadAdapter]) -> type[HeadAdapter]:
+        adapter = cls()
         for n in class_names:
-            HEAD_ADAPTERS[n] = cls()
+            if n in _BY_CLASS:
+                raise RuntimeError(f"attention class {n!r} has two head adapters")
+        HEAD_ADAPTERS.register(name, examples=examples)(adapter)
+        for n in class_names:
+            _BY_CLASS[n] = adapter
         return cls
 
     return add
 
 
-@register("LlamaAttention", "MistralAttention", "Qwen2Attention", "ViTAttention", "_Generic")
+def hf_example(model: str, inputs: str = "tokens", **cfg: object) -> Example:
+    """An example built from ``transformers.<model>(<its config>(**cfg))`` (random weights)."""
+
+    def build() -> nn.Module:
+        import transformers
+
+        torch.manual_seed(0)
+        cls = getattr(transformers, model)
+        return cls(cls.config_class(**cfg)).eval()
+
+    def make_inputs() -> object:
+        g = torch.Generator().manual_seed(0)
+        if inputs == "image":
+            return torch.randn(2, 3, 32, 32, generator=g)
+        return {"input_ids": torch.randint(0, 64, (2, 8), generator=g)}
+
+    return Example(build, make_inputs)
+
+
+_TEXT = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
+_LLAMA = {**_TEXT, "intermediate_size": 64, "num_key_value_heads": 2}
+
+
+@register(
+    "proj",
+    "LlamaAttention",
+    "MistralAttention",
+    "Qwen2Attention",
+    "ViTAttention",
+    examples=(hf_example("LlamaForCausalLM", **_LLAMA),),
+)
 class ProjAttention(HeadAdapter):
     """``q_proj``/``k_proj``/``v_proj``/``o_proj`` and ``head_dim`` (Llama, Mistral, Qwen2, ViT)."""
 
 
-@register("OPTAttention", "BartAttention", "WhisperAttention")
+@register(
+    "out-proj",
+    "OPTAttention",
+    "BartAttention",
+    "WhisperAttention",
+    examples=(hf_example("OPTForCausalLM", **_TEXT, ffn_dim=64, word_embed_proj_dim=32),),
+)
 class OutProjAttention(HeadAdapter):
     o = "out_proj"
 
 
-@register("SwinAttention")
+@register(
+    "swin",
+    "SwinAttention",
+    examples=(
+        hf_example(
+            "SwinModel", "image", image_size=32, patch_size=4, embed_dim=16, depths=[1],
+            num_heads=[4], window_size=4,
+        ),
+    ),
+)  # fmt: skip
 class SwinAttention(HeadAdapter):
     per_head = (("relative_position_bias", "relative_position_bias_table", 1),)
 
 
-@register("BertAttention", "RobertaAttention")
+@register(
+    "bert",
+    "BertAttention",
+    "RobertaAttention",
+    examples=(hf_example("BertModel", **_TEXT, intermediate_size=64),),
+)
 class BertAttention(HeadAdapter):
     q, k, v, o = "self.query", "self.key", "self.value", "output.dense"
     holder = "self"
 
 
-@register("MobileViTAttention")
+@register(
+    "mobilevit",
+    "MobileViTAttention",
+    examples=(
+        hf_example(
+            "MobileViTModel", "image", image_size=32, hidden_sizes=[16, 16, 16],
+            neck_hidden_sizes=[8, 8, 8, 8, 8, 8, 16], num_attention_heads=4,
+        ),
+    ),
+)  # fmt: skip
 class MobileViTAttention(HeadAdapter):
     q, k, v, o = "attention.query", "attention.key", "attention.value", "output.dense"
     holder = "attention"
 
 
-@register("DistilBertSelfAttention", "MultiHeadSelfAttention")
+@register(
+    "distilbert",
+    "DistilBertSelfAttention",
+    "MultiHeadSelfAttention",
+    examples=(
+        hf_example("DistilBertModel", vocab_size=64, dim=32, n_layers=1, n_heads=4, hidden_dim=64),
+    ),
+)
 class DistilBertAttention(HeadAdapter):
     """DistilBERT."""
 
     q, k, v, o = "q_lin", "k_lin", "v_lin", "out_lin"
 
 
-@register("T5Attention")
+@register(
+    "t5",
+    "T5Attention",
+    examples=(
+        hf_example(
+            "T5EncoderModel", vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+            num_heads=4, relative_attention_num_buckets=8,
+        ),
+    ),
+)  # fmt: skip
 class T5Attention(HeadAdapter):
     """T5: the relative position bias of layer 0 is reused by every layer of its stack, so all
     layers of a stack keep the same heads (self- and cross-attention separately)."""
@@ -187,11 +284,18 @@ class T5Attention(HeadAdapter):
     q, k, v, o = "q", "k", "v", "o"
     per_head = (("relative_attention_bias", "weight", 1),)
 
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        """(query heads, KV heads, head size) as the module's weights now hold them."""
+        heads = self.layout("", module)
+        return heads.hq, heads.hkv, heads.d
+
     def couple(self, prefix: str, module: nn.Module) -> str | None:
         return f"{prefix.split('.block.')[0]}:{prefix.rsplit('.', 1)[-1]}"
 
 
-@register("Phi3Attention")
+@register(
+    "phi3", "Phi3Attention", examples=(hf_example("Phi3ForCausalLM", **_LLAMA, pad_token_id=0),)
+)
 class Phi3Attention(HeadAdapter):
     """Phi-3: one fused ``qkv_proj`` holds q, k and v rows; it finds the split from
     ``config.num_attention_heads``, so only uniform head counts (written to the config) work."""
@@ -225,7 +329,11 @@ class Phi3Attention(HeadAdapter):
         module.config.num_key_value_heads = hkv
 
 
-@register("GPT2Attention")
+@register(
+    "gpt2",
+    "GPT2Attention",
+    examples=(hf_example("GPT2Model", vocab_size=64, n_embd=32, n_layer=1, n_head=4),),
+)
 class GPT2Attention(HeadAdapter):
     """GPT-2: one fused ``c_attn`` Conv1D ``[in, 3E]`` holds q, k and v side by side."""
 
@@ -256,10 +364,10 @@ class GPT2Attention(HeadAdapter):
 
 def adapter_for(module: nn.Module) -> HeadAdapter | None:
     for cls in type(module).__mro__:
-        found = HEAD_ADAPTERS.get(cls.__name__)
+        found = _BY_CLASS.get(cls.__name__)
         if found is not None:
             return found if found.matches(module) else None
-    generic = HEAD_ADAPTERS["_Generic"]
+    generic = HEAD_ADAPTERS.get("proj")
     if generic.matches(module) and isinstance(getattr(module, "head_dim", None), int):
         return generic
     return None
@@ -278,26 +386,50 @@ def _group(name: str, heads: Heads, units: list[list[int]], kv: list[int] | None
     for slot in heads.per_head:
         slots.append(slot)
         index.append(torch.tensor(units))
+    for slot, idx in heads.q_index:
+        slots.append(slot)
+        index.append(idx[torch.tensor(units)].reshape(len(units), -1))  # [units, heads * k]
     if kv is not None:
         for slot, off in heads.kv:
             slots.append(slot)
             index.append(torch.tensor([_rows(off, [g], heads.d) for g in kv]))
+        for slot, idx in heads.kv_index:
+            slots.append(slot)
+            index.append(idx[torch.tensor(kv)])
     return Group(name, "head", slots, index)
 
 
-def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
-    """Head groups of every attention module with an adapter.
+def head_groups(
+    model: nn.Module, kv_groups: bool | None = None, example_inputs: Any = None
+) -> list[Group]:
+    """Head groups of every attention module with an adapter, and (given ``example_inputs``)
+    of every other attention that structure can tell (:mod:`.attention`).
 
     ``kv_groups=None`` (as ``pk.shrink`` uses) returns both kinds: whole KV groups, and tied query
     heads within KV groups where there is GQA. ``True``/``False`` picks one kind, as pruning does.
     """
-    groups: list[Group] = []
-    coupled: dict[str, list[Group]] = {}
+    layouts: list[tuple[str, nn.Module, HeadAdapter | StructuralAdapter, Heads]] = []
+    generic: list[tuple[str, nn.Module, HeadAdapter]] = []
     for name, module in model.named_modules():
         adapter = adapter_for(module)
-        if adapter is None:
+        if adapter is not None and _by_class(module):
+            layouts.append((name, module, adapter, adapter.layout(name, module)))
+        elif adapter is not None:
+            generic.append((name, module, adapter))
+    known = [n for n, *_ in layouts]
+    for found in find_heads(model, example_inputs) if example_inputs is not None else []:
+        if any(_nested(found.module, n) for n in known):
             continue
-        heads = adapter.layout(name, module)
+        heads = Heads(found.hq, found.hkv, found.d, q_index=found.q, kv_index=found.kv)
+        module = model.get_submodule(found.module)
+        layouts.append((found.module, module, StructuralAdapter(found), heads))
+    known = [n for n, *_ in layouts]
+    for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
+        if not any(_nested(name, n) for n in known):
+            layouts.append((name, module, adapter, adapter.layout(name, module)))
+    groups: list[Group] = []
+    coupled: dict[str, list[Group]] = {}
+    for name, module, adapter, heads in layouts:
         if heads.hkv < 1 or heads.hq % heads.hkv:
             continue
         rep = heads.rep
@@ -309,7 +441,7 @@ def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
                 list(range(heads.hkv)),
             )
             g.info.update(adapter=adapter, module=module)
-            key = adapter.couple(name, module)
+            key = adapter.couple(name, module) if isinstance(adapter, HeadAdapter) else None
             if key is None:
                 groups.append(g)
             else:
@@ -337,12 +469,26 @@ def head_groups(model: nn.Module, kv_groups: bool | None = None) -> list[Group]:
     return groups
 
 
-def resize_heads(groups: list[Group]) -> None:
-    """Update the head counts of every module the groups cover (after slicing)."""
+def _by_class(module: nn.Module) -> bool:
+    """An adapter is registered for the module's class (not the generic naming fallback)."""
+    return any(c.__name__ in _BY_CLASS for c in type(module).__mro__)
+
+
+def _nested(a: str, b: str) -> bool:
+    """Module ``a`` is ``b``, inside it, or holds it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not b or not a
+
+
+def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
+    """Update the head counts of every module the groups cover (after slicing); returns the
+    (query heads, KV heads, head size) of each."""
     done: set[int] = set()
+    counts = []
     for g in groups:
         adapter = g.info.get("adapter")
         for module in g.info.get("modules", [g.info.get("module")]):
             if adapter is not None and module is not None and id(module) not in done:
                 done.add(id(module))
                 adapter.resize(module)
+                counts.append(adapter.counts(module))
+    return counts

@@ -1,26 +1,36 @@
 """Keep a Hugging Face config true to a shrunk model, where one value can describe every layer.
 
 Widths that differ from layer to layer (``scope="global"``) cannot be written into a config; they
-live in the shape manifest (:mod:`prunekit.formats.manifest`). Head counts are written only where
-the config also fixes the head size (``head_dim`` or ``d_kv``), so a model rebuilt from the config
-keeps it.
+live in the shape manifest (:mod:`prunekit.formats.manifest`). Uniform values are written: MLP
+widths, the hidden (residual) width, head counts, and the head size where the config has a
+field for it (so a model rebuilt from the config keeps it), and the norms' epsilon where one
+value holds for all. :func:`describes` says whether the patched config rebuilds exactly the
+shrunk shapes and epsilons (then ``from_pretrained`` loads the model and computes the same).
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import nn
 
 from ..targets import is_hf_conv1d
 
 #: config field -> module-name suffixes whose output width is that field
 WIDTH_FIELDS: dict[str, tuple[str, ...]] = {
-    "intermediate_size": ("mlp.up_proj", "intermediate.dense", "mlp.fc1"),
+    "intermediate_size": ("mlp.up_proj", "intermediate.dense", "mlp.fc1", "mlp.dense_h_to_4h"),
     "n_inner": ("mlp.c_fc",),
     "ffn_dim": (".fc1",),
     "d_ff": ("DenseReluDense.wi", "DenseReluDense.wi_0"),
+    "hidden_dim": ("ffn.lin1",),
+    "ffn_hidden_size": ("mlp.dense_h_to_4h",),
 }
-
-
+#: config fields that hold the residual width (aliases resolve through ``attribute_map``)
+HIDDEN_FIELDS = ("hidden_size", "word_embed_proj_dim", "embedding_size")
+#: norm attributes holding epsilon, and the config fields they come from
+EPS_ATTRS = ("variance_epsilon", "eps")
+EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
 #: model types whose attention takes ``config.head_dim`` when the config has it
 HEAD_DIM_FROM_CONFIG = {"vit", "llama", "mistral", "qwen2"}
 
@@ -37,42 +47,82 @@ def _uniform(values: list[int]) -> int | None:
     return values[0] if values and len(set(values)) == 1 else None
 
 
-def update_config(model: nn.Module, attention: list[nn.Module]) -> None:
-    """Write uniform widths and head counts of ``model`` into ``model.config`` (if any)."""
+def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
+    """Write uniform widths and head counts of ``model`` into ``model.config`` (if any);
+    ``heads`` lists (query heads, KV heads, head size) per attention module."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return
     for fld, suffixes in WIDTH_FIELDS.items():
-        if not hasattr(config, fld):
+        if getattr(config, fld, None) is None:
             continue
-        widths = [
-            w
-            for n, m in model.named_modules()
-            if n.endswith(suffixes) and (w := _width(m)) is not None
-        ]
-        value = _uniform(widths)
+        value = _uniform(
+            [
+                w
+                for n, m in model.named_modules()
+                if n.endswith(suffixes) and (w := _width(m)) is not None
+            ]
+        )
         if value is not None:
             setattr(config, fld, value)
-    hq = _uniform(
-        [
-            a.q_proj.out_features // a.head_dim
-            for a in attention
-            if hasattr(a, "q_proj") and isinstance(getattr(a, "head_dim", None), int)
-        ]
+    try:
+        width = getattr(model.get_input_embeddings(), "embedding_dim", None)
+    except (AttributeError, NotImplementedError):  # a model without input embeddings
+        width = None
+    old = getattr(config, "hidden_size", None)
+    if isinstance(width, int) and isinstance(old, int) and width != old:
+        for fld in HIDDEN_FIELDS:
+            if getattr(config, fld, None) == old:
+                setattr(config, fld, width)
+    eps = {getattr(m, a) for m in model.modules() for a in EPS_ATTRS if _is_float(m, a)}
+    for fld in EPS_FIELDS:  # RMS norms fold a width change into eps (shrink.rescale_rms_norms)
+        if isinstance(getattr(config, fld, None), float) and len(eps) == 1:
+            setattr(config, fld, eps.pop())
+    hq = _uniform([h[0] for h in heads])
+    hkv = _uniform([h[1] for h in heads])
+    d = _uniform([h[2] for h in heads])
+    if hq is None or d is None:
+        return
+    if hasattr(config, "head_dim") or config.model_type in HEAD_DIM_FROM_CONFIG:
+        _set(config, "head_dim", d)
+    if hasattr(config, "num_attention_heads"):
+        _set(config, "num_attention_heads", hq)
+    if hasattr(config, "d_kv") and hasattr(config, "num_heads"):  # T5
+        _set(config, "num_heads", hq)
+    for fld in ("num_key_value_heads", "num_kv_heads"):
+        if hkv is not None and getattr(config, fld, None) is not None:
+            _set(config, fld, hkv)
+
+
+def _set(config: object, field: str, value: int) -> None:
+    """Set a config field; a derived one (a read-only property) is left as it is."""
+    with contextlib.suppress(AttributeError):
+        setattr(config, field, value)
+
+
+def describes(model: nn.Module) -> bool:
+    """The model's config rebuilds exactly its parameter and buffer shapes (checked on the
+    ``meta`` device); False for models without a Hugging Face config."""
+    config = getattr(model, "config", None)
+    build = getattr(type(model), "_from_config", None)
+    if config is None or build is None:
+        return False
+    try:
+        with torch.device("meta"):
+            fresh = build(config)
+    except Exception:  # a config the class cannot be built from describes nothing
+        return False
+    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+    if any(shapes.get(k) != v.shape for k, v in model.state_dict().items()):
+        return False
+    built = dict(fresh.named_modules())
+    return all(
+        getattr(built.get(n), a, None) == getattr(m, a)
+        for n, m in model.named_modules()
+        for a in EPS_ATTRS
+        if _is_float(m, a)
     )
-    hkv = _uniform(
-        [
-            a.k_proj.out_features // a.head_dim
-            for a in attention
-            if hasattr(a, "k_proj") and isinstance(getattr(a, "head_dim", None), int)
-        ]
-    )
-    reads_head_dim = getattr(config, "head_dim", None) or config.model_type in HEAD_DIM_FROM_CONFIG
-    if hq is not None and reads_head_dim:
-        config.head_dim = next(a.head_dim for a in attention if hasattr(a, "q_proj"))
-        config.num_attention_heads = hq
-        if hkv is not None and getattr(config, "num_key_value_heads", None) is not None:
-            config.num_key_value_heads = hkv
-    t5 = _uniform([a.n_heads for a in attention if hasattr(a, "n_heads")])
-    if t5 is not None and hasattr(config, "d_kv") and hasattr(config, "num_heads"):
-        config.num_heads = t5
+
+
+def _is_float(module: nn.Module, attr: str) -> bool:
+    return isinstance(module.__dict__.get(attr), float)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -55,15 +56,20 @@ def unit_scores(
         if target is not None and slot.out_dim:
             per = criterion.channel_scores(target, ctx)
             if per is not None:
-                total += per.float().reshape(-1).cpu()[idx].sum(1)
+                total += _gather(per.float().reshape(-1).cpu(), idx)
                 found = True
     if found:
         return total
     for slot, idx in group.members():
         per = _element_scores(criterion, slot, ctx, cache)
         if per is not None:
-            total += per[idx].sum(1)
+            total += _gather(per, idx)
     return total
+
+
+def _gather(per: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``per[idx].sum(1)`` over the owned (non-padding) entries of ``idx [units, k]``."""
+    return (per[idx.clamp_min(0)] * (idx >= 0)).sum(1)
 
 
 def group_targets(groups: list[Group]) -> list[Target]:
@@ -135,7 +141,8 @@ def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
                     torch.ones_like(slot.tensor, dtype=torch.bool),
                 )
             keep = keeps[key][2]
-            keep.index_fill_(slot.dim, idx[mask].reshape(-1).to(keep.device), False)
+            drop = idx[mask].reshape(-1)
+            keep.index_fill_(slot.dim, drop[drop >= 0].to(keep.device), False)
     for module, attr, keep in keeps.values():
         shrink_mask(module, attr, keep)
 
@@ -148,14 +155,17 @@ def prune_groups(
     allocation: Allocation,
     granularity: Structured,
 ) -> None:
-    """Prune ``sparsity`` of the units of the groups, spread over them by ``allocation``."""
+    """Prune ``sparsity`` of the units of the groups, spread over them by ``allocation``.
+
+    A call that removes nothing (no group, or every group too small for the request) warns."""
     if not groups:
+        _warn_nothing(f"the model has no prunable {granularity.spec} group")
         return
     criterion.collect(group_targets(groups), ctx)
     with torch_threads(1):  # hundreds of small ops
         cache: dict[int, torch.Tensor] = {}
         dead_cache: dict = {}
-        scores = []
+        scores, dead = [], []
         for g in groups:
             s = unit_scores(criterion, g, ctx, cache)
             if not torch.isfinite(s).all():
@@ -163,8 +173,15 @@ def prune_groups(
                     f"channel group {g.name} scores NaN or inf: its weights hold NaN or inf; "
                     "fix them before pruning"
                 )
-            scores.append(s.masked_fill(g.dead(dead_cache), -torch.inf))
+            dead.append(g.dead(dead_cache))
+            scores.append(s.masked_fill(dead[-1], -torch.inf))
         pruned = choose(
             groups, scores, sparsity, allocation, granularity.round_to, granularity.max_ratio
         )
         apply_masks(groups, pruned)
+    if sparsity > 0 and not any(bool((p & ~d).any()) for p, d in zip(pruned, dead, strict=True)):
+        _warn_nothing(f"no {granularity.spec} group can lose a unit at sparsity {sparsity:g}")
+
+
+def _warn_nothing(why: str) -> None:
+    warnings.warn(f"prunekit: this prune removes nothing: {why}", stacklevel=3)

@@ -16,6 +16,7 @@ from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
+from .layers import drop_layers, layer_group
 from .resize import resize
 
 
@@ -39,7 +40,7 @@ def _removals(groups: list[Group]) -> dict[int, dict[int, set[int]]]:
         if not d.any():
             continue
         for slot, idx in g.members():
-            out[id(slot.tensor)][slot.dim].update(idx[d].reshape(-1).tolist())
+            out[id(slot.tensor)][slot.dim].update(i for i in idx[d].reshape(-1).tolist() if i >= 0)
     return out
 
 
@@ -123,22 +124,24 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     ref = None
     with torch_threads(1):  # hundreds of small ops
         small = copy.deepcopy(model)
-        heads = head_groups(small)
+        heads = head_groups(small, example_inputs=example_inputs)
         channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
         if channels is None:
             analysis = channel_groups(small, example_inputs, warn=False)
             ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
             channels = analysis.groups
         small.__dict__.pop("_pk_channel_groups", None)
+        layers = layer_group(small, example_inputs, strict=False)
+        dead_layers = layers.dead() if layers is not None else None
         removals = _removals(channels + heads)
+        if dead_layers is not None and dead_layers.any():
+            drop_layers(small, layers, dead_layers)
         bake(small)
         widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
         for module in _slice(small, removals):
             resize(module)
         rescale_rms_norms(small, widths)
-        resize_heads(heads)
-        attention = [m for g in heads for m in g.info.get("modules", [g.info.get("module")])]
-        update_config(small, attention)
+        update_config(small, resize_heads(heads))
     if ref is None:
         ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing
     try:

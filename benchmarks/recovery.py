@@ -1,0 +1,222 @@
+"""Recovery after pruning: dense, one-shot, and recovered quality, with the compute spent.
+
+Rows (``--rows`` picks a subset):
+
+* ``cnn``: the demo's digits CNN (scikit-learn digits, fixed split) at 90% unstructured, 2:4 and
+  50% channels (shrunk). Dense and pruned models get the same total epochs: the dense row trains
+  ``--epochs``; the pruned row trains ``--epochs - --recover-epochs`` dense, then prunes in
+  ``--prune-steps`` steps while it distils (with the labels' loss) for ``--recover-epochs``.
+  One-shot: the dense row's model pruned once, no training. Metric: test accuracy.
+* ``minilm``: all-MiniLM-L6-v2's encoder at 2:4 (SparseGPT) and 50% channels, one-shot on 128 x 128
+  tokens of stdlib docstrings, then distilled from the dense model (last and per-layer hidden
+  states) on calibration-module sentences. Metric: mean cosine of sentence embeddings against
+  dense on 512 sentences of disjoint modules.
+* ``smollm2``: SmolLM2-135M at 2:4 and 50% unstructured (SparseGPT), then distilled (logits KL) on
+  calibration-module docstrings. Metric: perplexity on disjoint docstrings.
+
+Compute is process CPU time (all threads) of the recovery alone, in CPU-minutes.
+
+    python benchmarks/recovery.py [--rows cnn,minilm,smollm2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+import prunekit as pk
+from prunekit.demo import DemoSettings, accuracy, digits_cnn, load_digits_split, train
+from prunekit.evaluate import (
+    CALIBRATION_MODULES,
+    EVALUATION_MODULES,
+    docstring_corpus,
+    embedding_agreement,
+    mean_pooled,
+    perplexity,
+    sentences,
+    token_windows,
+)
+from prunekit.train import distill, prune_and_recover
+
+ROWS: list[dict] = []
+
+
+def row(model: str, config: str, metric: str, dense: float, oneshot: float, recovered: float,
+        cpu_s: float, work: str, curve: str = "") -> None:  # fmt: skip
+    ROWS.append(dict(model=model, config=config, metric=metric, dense=dense, oneshot=oneshot,
+                     recovered=recovered, cpu_min=cpu_s / 60, work=work, curve=curve))  # fmt: skip
+    r = ROWS[-1]
+    print(f"  {model} {config}: dense {dense:.4g} one-shot {oneshot:.4g} recovered "
+          f"{recovered:.4g} ({r['cpu_min']:.2f} CPU-min, {work}) {curve}", flush=True)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- digits CNN
+def cnn_rows(epochs: int, recover_epochs: int, prune_steps: int) -> None:
+    settings = DemoSettings()
+    x_tr, y_tr, x_te, y_te = load_digits_split(settings.seed)
+    torch.manual_seed(settings.seed)
+    base = digits_cnn()
+    train(base, x_tr, y_tr, settings, epochs - recover_epochs, "dense (first part)", progress=False)
+    dense = copy.deepcopy(base)
+    train(dense, x_tr, y_tr, settings, recover_epochs, "dense (rest)", progress=False)
+    dense_acc = accuracy(dense, x_te, y_te) * 100
+    gen = torch.Generator().manual_seed(settings.seed)
+    batches = [
+        (x_tr[idx], y_tr[idx])
+        for _ in range(recover_epochs)
+        for idx in torch.randperm(len(x_tr), generator=gen).split(settings.batch_size)
+    ]
+    every = len(batches) // (prune_steps + 1)
+    example = x_tr[:1]
+    configs = [
+        ("90% unstructured", pk.PruneConfig(sparsity=0.9, scope="global")),
+        ("2:4 (not the stem)", pk.PruneConfig(granularity="2:4", exclude=["0"])),
+        ("50% channels", pk.PruneConfig(sparsity=0.5, granularity="channel", criterion="l2")),
+    ]
+    for label, config in configs:
+        oneshot = copy.deepcopy(dense)
+        pk.prune(oneshot, config, example_inputs=example)
+        result = prune_and_recover(
+            copy.deepcopy(base),
+            config,
+            batches,
+            recover_steps=len(batches) - (prune_steps - 1) * every,
+            prune_steps=prune_steps,
+            example_inputs=example,
+            inputs=lambda b: b[0],
+            loss_fn=lambda out, b: F.cross_entropy(out, b[1]),
+            lr=settings.lr,
+            alpha=0.5,
+        )
+        row("digits CNN", label, "test acc %", dense_acc, accuracy(oneshot, x_te, y_te) * 100,
+            accuracy(result.model.eval(), x_te, y_te) * 100, result.history.cpu_seconds,
+            f"{epochs} epochs total, {recover_epochs} pruning+recovering")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- MiniLM
+def sentence_batches(tokenizer, texts, batch_size):
+    """Sentences batched by length (little padding), in a fixed order."""
+    texts = sorted(texts, key=lambda t: (len(tokenizer.tokenize(t)), t))
+    return [
+        dict(tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=128,
+                       return_tensors="pt"))
+        for i in range(0, len(texts), batch_size)
+    ]  # fmt: skip
+
+
+def minilm_rows(cpu_minutes: float, lr: float) -> None:
+    from prunekit.pretrained import load_minilm
+
+    dense, tok = load_minilm()
+    body = token_windows(docstring_corpus(CALIBRATION_MODULES), tok, 126, 128)
+    cls = torch.full((len(body), 1), tok.cls_token_id)
+    sep = torch.full((len(body), 1), tok.sep_token_id)
+    ids = torch.cat([cls, body, sep], 1)  # [128, 128]
+    calib = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in ids.split(16)]
+    train_batches = sentence_batches(tok, sentences(docstring_corpus(CALIBRATION_MODULES)), 32)
+    order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(0))
+    train_batches = [train_batches[i] for i in order]
+    evals = sentence_batches(tok, sentences(docstring_corpus(EVALUATION_MODULES))[:512], 64)
+    reference = mean_pooled(dense, evals)
+
+    def cosine(model, step=None):
+        return embedding_agreement(reference, mean_pooled(model, evals))["cosine"]
+
+    layers = [f"encoder.layer.{i}" for i in range(dense.config.num_hidden_layers)]
+    example = dict(calib[0])
+    for label, kwargs in [
+        ("2:4 SparseGPT", dict(granularity="2:4", criterion="sparsegpt", data=calib)),
+        ("50% channels", dict(sparsity=0.5, granularity="channel", criterion="l2",
+                              example_inputs=example)),
+    ]:  # fmt: skip
+        student = copy.deepcopy(dense)
+        pk.prune(student, include=r"encoder\..*", **kwargs)
+        before = cosine(student)
+        history = distill(student, dense, train_batches, steps=100_000, lr=lr,
+                          hidden_layers=layers, cpu_budget=cpu_minutes * 60, eval_fn=cosine,
+                          eval_every=max(1, len(train_batches)))  # fmt: skip
+        if kwargs["granularity"] == "channel":
+            student = pk.shrink(student, example)
+        after = cosine(student)
+        curve = " ".join(f"{s}:{v:.3f}" for s, v in history.evals)
+        row("all-MiniLM-L6-v2", label, "cosine", 1.0, before, after, history.cpu_seconds,
+            f"{history.steps} steps x 32 sentences", f"[cosine by step {curve}]")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- SmolLM2
+def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: str) -> None:
+    from prunekit.pretrained import load_smollm2
+
+    dense, tok = load_smollm2()
+    train_ids = token_windows(docstring_corpus(CALIBRATION_MODULES), tok, seqlen)
+    calib = [{"input_ids": c} for c in train_ids[:32].split(8)]
+    order = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(0))
+    train_batches = [{"input_ids": c} for c in train_ids[order].split(batch)]
+    eval_ids = token_windows(docstring_corpus(EVALUATION_MODULES), tok, 256, 24)
+    eval_batches = list(eval_ids.split(4))
+
+    def ppl(model, step=None):
+        return perplexity(model, eval_batches)
+
+    dense_ppl = ppl(dense)
+    for label, kwargs in [("2:4 SparseGPT", dict(granularity="2:4")),
+                          ("50% SparseGPT", dict(sparsity=0.5))]:  # fmt: skip
+        if only and not label.startswith(only):
+            continue
+        student = copy.deepcopy(dense)
+        pk.prune(student, criterion="sparsegpt", data=calib, **kwargs)
+        before = ppl(student)
+        student.get_input_embeddings().weight.requires_grad_(False)  # tied, unpruned
+        history = distill(student, dense, train_batches, steps=100_000, lr=lr, temperature=1.0,
+                          cpu_budget=cpu_minutes * 60, eval_fn=ppl,
+                          eval_every=max(1, int(cpu_minutes * 4)))  # fmt: skip
+        curve = " ".join(f"{s}:{v:.1f}" for s, v in history.evals)
+        closed = (before - history.evals[-1][1]) / (before - dense_ppl)
+        row("SmolLM2-135M", label, "perplexity", dense_ppl, before, history.evals[-1][1],
+            history.cpu_seconds, f"{history.steps} steps x {batch}x{seqlen} tokens, "
+            f"{closed:.0%} of gap closed", f"[ppl by step {curve}]")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="cnn,minilm,smollm2")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--recover-epochs", type=int, default=15)
+    parser.add_argument("--prune-steps", type=int, default=5)
+    parser.add_argument("--minilm-cpu-minutes", type=float, default=10.0)
+    parser.add_argument("--minilm-lr", type=float, default=2e-4)
+    parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
+    parser.add_argument("--smollm2-lr", type=float, default=5e-5)
+    parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--smollm2-only", default="", help="run only the row starting so (2:4)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows = args.rows.split(",")
+    if "cnn" in rows:
+        cnn_rows(args.epochs, args.recover_epochs, args.prune_steps)
+    if "minilm" in rows:
+        minilm_rows(args.minilm_cpu_minutes, args.minilm_lr)
+    if "smollm2" in rows:
+        smollm2_rows(
+            args.smollm2_cpu_minutes, args.smollm2_lr, args.seqlen, args.batch, args.smollm2_only
+        )
+    print(f"\nrecovery benchmark, {args.threads} threads, {time.perf_counter() - start:.0f} s wall")
+    print(f"{'model':17} {'config':19} {'metric':11} {'dense':>8} {'one-shot':>9} "
+          f"{'recovered':>9} {'CPU-min':>7}  work")  # fmt: skip
+    for r in ROWS:
+        cells = f"{r['dense']:8.4g} {r['oneshot']:9.4g} {r['recovered']:9.4g} {r['cpu_min']:7.2f}"
+        print(f"{r['model']:17} {r['config']:19} {r['metric']:11} {cells}  {r['work']}")
+    for r in ROWS:
+        if r["curve"]:
+            print(f"{r['model']} {r['config']}: {r['curve']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Attention heads found by structure: what feeds each ``scaled_dot_product_attention`` call.
+
+The model is traced once and its channel ids propagated in head mode (reshapes into heads are
+allowed; each attention call is recorded and gives its output fresh ids ``[H, d]``). Then, per
+attention call:
+
+* query head ``h`` owns every weight or bias slice whose ids join ``q[:, h]`` or the attention
+  output ``out[:, h]``: q rows (plain or fused, in whatever order the code splits them), their
+  bias, per-head norms, and the output projection's columns;
+* key/value head ``g`` owns every slice joining ``k[:, g]`` or ``v[:, g]`` (repeated or
+  ``enable_gqa`` KV heads are recognised by their ids, so GQA and MQA group themselves);
+* per-head tables (relative position biases added to the attention mask) are parameters whose
+  elements reach the mask of head ``h`` only, sliced along the one dimension that separates them.
+
+A head layout is kept only if heads own disjoint slices of equal size; anything else is left to
+the registered adapters (:mod:`.heads`). Counts stored as attributes (``num_heads`` ...) are not
+visible in a trace: :class:`StructuralAdapter` updates the usual ones after slicing, and
+``pk.shrink`` verifies the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .graph import Graph, trace
+from .groups import Slot, components
+from .propagate import State, arg, compress, propagate
+
+
+@dataclass
+class FoundHeads:
+    """The head layout of one attention call."""
+
+    module: str
+    hq: int
+    hkv: int
+    d: int
+    #: (slot, index [hq, k]) slices of each query head; (slot, index [hkv, k]) of each KV head
+    q: list[tuple[Slot, torch.Tensor]]
+    kv: list[tuple[Slot, torch.Tensor]]
+
+
+def _slot(graph: Graph, pid: int, dim: int) -> Slot:
+    mod_name, module, attr = graph.owners[pid][0]
+    return Slot(f"{mod_name}.{attr}" if mod_name else attr, module, attr, dim)
+
+
+def _per_head(atoms: torch.Tensor | None, t: Any, lab: torch.Tensor) -> torch.Tensor | None:
+    """Labels ``[H, d]`` of a ``[B, H, T, d]`` tensor whose ids vary along H and d only."""
+    if atoms is None or not isinstance(t, torch.Tensor) or t.dim() != 4:
+        return None
+    small = compress(atoms)
+    if small.dim() != 4 or small.shape[0] != 1 or small.shape[2] != 1:
+        return None
+    full = small.expand(1, t.shape[1], 1, t.shape[3])[0, :, 0, :]  # [H, d]
+    if bool((full < 0).any()):
+        return None
+    return lab[full]
+
+
+def _unit_index(owner: torch.Tensor, units: range) -> torch.Tensor | None:
+    """``[len(units), k]`` positions owned by each unit (equal counts), or None."""
+    rows = [torch.nonzero(owner == u).flatten() for u in units]
+    if len({len(r) for r in rows}) != 1 or not len(rows[0]):
+        return None
+    return torch.stack(rows)
+
+
+def _separable(hid: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+    """The one dimension along which the head ids of a data parameter change, and the head of
+    each index along it. Elements no head reached (``-1``) follow their index's head."""
+    found = []
+    for d in range(hid.dim()):
+        rows = hid.movedim(d, 0).reshape(hid.shape[d], -1)  # [n, rest]
+        head = rows.max(1).values
+        if bool(((rows == head[:, None]) | (rows < 0)).all()) and len(set(head.tolist())) > 1:
+            found.append((d, head))
+    return found[0] if len(found) == 1 else None
+
+
+def _layout(st: State, lab: torch.Tensor, call, slots: torch.Tensor) -> FoundHeads | None:
+    q, k, v = call.args[0], arg(call, 1, "key"), arg(call, 2, "value")
+    ql, kl, vl = (_per_head(st.small(t), t, lab) for t in (q, k, v))
+    if ql is None or kl is None or vl is None:
+        return None
+    hq, d = ql.shape
+    out = lab[slots.reshape(hq, d)]
+    # KV heads: distinct label sets among the (possibly repeated) k/v heads
+    kv_sets: dict[tuple[int, ...], int] = {}
+    kv_of = []
+    for g in range(kl.shape[0]):
+        key = tuple(sorted(set(kl[g].tolist()) | set(vl[g].tolist())))
+        kv_of.append(kv_sets.setdefault(key, len(kv_sets)))
+    hkv = len(kv_sets)
+    if hkv < 1 or hq % hkv or hq % kl.shape[0]:
+        return None
+    rep_k = hq // kl.shape[0]
+    group_of_q = [kv_of[h // rep_k] for h in range(hq)]
+    rep = hq // hkv
+    if group_of_q != [h // rep for h in range(hq)]:  # query heads of a KV group are contiguous
+        return None
+    owner = torch.full((st.count,), -1, dtype=torch.long)
+    for h in range(hq):
+        owner[ql[h]] = h
+        owner[out[h]] = h
+    mask = arg(call, 3, "attn_mask")
+    ma = st.small(mask) if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
+    if ma is not None and mask.shape[1] == hq and compress(ma).shape[1] == hq:
+        ml = lab[ma.expand(mask.shape)[:1]]  # [1, H, T, S]: per-head position biases
+        per = [torch.unique(ml[:, h]) for h in range(hq)]
+        ids, count = torch.unique(torch.cat(per), return_counts=True)
+        own = set(ids[(count == 1) & (ids >= 0)].tolist())  # ids shared by heads stay whole
+        for h in range(hq):
+            mine = torch.tensor([i for i in per[h].tolist() if i in own], dtype=torch.long)
+            if bool((owner[mine] >= 0).any()):
+                return None
+            owner[mine] = h
+    for key, g in kv_sets.items():
+        ids = torch.tensor(key)
+        if bool((owner[ids] >= 0).any()):
+            return None  # q and k/v share channels: not a head layout
+        owner[ids] = hq + g
+    found = FoundHeads(call.module, hq, hkv, d, [], [])
+    for (pid, dim), atoms in st.wdims.items():
+        if not _add(found, _slot(st.graph, pid, dim), owner[lab[atoms]]):
+            return None
+    for pid, elem in st.data.items():
+        hid = owner[lab[elem]]
+        if not bool((hid >= 0).any()):
+            continue
+        if hkv == 1 and bool((hid[hid >= 0] == hq).all()):
+            continue  # reached only through the one KV head, which always stays
+        sep = _separable(hid)
+        if sep is None or not _add(found, _slot(st.graph, pid, sep[0]), sep[1]):
+            return None
+    return found if found.q and found.kv else None
+
+
+def _add(found: FoundHeads, slot: Slot, owner: torch.Tensor) -> bool:
+    """Record the per-head positions of one slot (``owner``: unit id per position, -1: none);
+    False when some heads own positions of it and others do not, or not as many."""
+    for units, into in (
+        (range(found.hq), found.q),
+        (range(found.hq, found.hq + found.hkv), found.kv),
+    ):
+        if not bool(((owner >= units.start) & (owner < units.stop)).any()):
+            continue
+        index = _unit_index(owner, units)
+        if index is None:
+            return False
+        into.append((slot, index))
+    return True
+
+
+def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
+    """The head layout of every attention call of ``model`` that structure can tell."""
+    graph = trace(model, example_inputs)
+    st = propagate(graph, heads=True)
+    lab = components(st.count, st.edges)
+    found = []
+    seen: set[str] = set()
+    for call, slots in st.attention:
+        heads = _layout(st, lab, call, slots)
+        if heads is not None and heads.module not in seen:
+            seen.add(heads.module)
+            found.append(heads)
+    return found
+
+
+#: count attributes updated after slicing, by what they count
+Q_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_attn_heads")
+KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+WIDTH_ATTRS = ("all_head_size", "inner_dim", "embed_dim", "split_size", "hidden_size", "proj_size")
+
+
+class StructuralAdapter:
+    """Updates the head counts of a module whose heads were found by structure: every count
+    attribute that still holds the old value takes the new one. The new counts come from how
+    many positions the slots lost: a q-only slot (the output projection) gives the query heads,
+    a k/v slot (less its query rows, where q, k and v are fused) the KV heads."""
+
+    def __init__(self, heads: FoundHeads) -> None:
+        self.heads = heads
+        self.initial = (heads.hq, heads.hkv)
+        own = f"{heads.module}."  # count from the module's own slices first
+        kv = sorted(heads.kv, key=lambda e: not e[0].name.startswith(own))
+        kv_slots = {id(s) for s, _ in kv}
+        q_only = [(s, i) for s, i in heads.q if id(s) not in kv_slots]
+        self.q = q_only[0] if q_only else heads.q[0]
+        self.kv = kv[0]
+        #: the query rows that the k/v slot holds too (fused projections), [hq, k] or None
+        kv_slot = self.kv[0]
+        self.kv_q = next(
+            (i for s, i in heads.q if (s.name, s.dim) == (kv_slot.name, kv_slot.dim)), None
+        )
+        self.sizes = [s.tensor.shape[s.dim] for s, _ in (self.q, self.kv)]
+        self.now = (heads.hq, heads.hkv, heads.d)
+
+    def resize(self, module: nn.Module) -> None:
+        (hq0, hkv0), d = self.initial, self.heads.d
+        (qs, qi), (ks, ki) = self.q, self.kv
+        hq = hq0 - (self.sizes[0] - qs.tensor.shape[qs.dim]) // qi.shape[1]
+        lost = self.sizes[1] - ks.tensor.shape[ks.dim]
+        if self.kv_q is not None:
+            lost -= (hq0 - hq) * self.kv_q.shape[1]
+        hkv = hkv0 - lost // ki.shape[1]
+        changes = [(Q_ATTRS, hq0, hq), (KV_ATTRS, hkv0, hkv), (WIDTH_ATTRS, hq0 * d, hq * d)]
+        changes.append((("num_key_value_groups",), hq0 // hkv0, hq // max(hkv, 1)))
+        for names, old, value in changes:
+            for a in names:
+                if old != value and getattr(module, a, None) == old:
+                    setattr(module, a, value)
+        self.now = (hq, hkv, d)
+
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        """(query heads, KV heads, head size) after the last :meth:`resize`."""
+        return self.now

@@ -1,0 +1,180 @@
+"""The masked training loop shared by distillation, fine-tuning and prune-and-recover.
+
+Masks need no help here: prunekit's masks hold through any optimizer (see :mod:`prunekit.masks`),
+so this loop is plain AdamW with warm-up and cosine decay, gradient clipping, a seed, a progress
+bar, a periodic evaluation callback and an ``after_step`` hook (where a Pruner steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calibrate import as_batches
+from ..errors import ConfigError, WeightError
+from ..progress import track
+
+Batch = tuple[tuple, dict]
+#: ``eval_fn(model, step) -> a number or a dict of numbers``
+EvalFn = Callable[[nn.Module, int], Any]
+
+
+@dataclass
+class History:
+    """What a training run did: the loss of every step, the evaluations, the CPU time spent."""
+
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    #: ``(step, eval_fn's result)``, every ``eval_every`` steps and after the last one
+    evals: list[tuple[int, Any]] = field(default_factory=list)
+    #: process CPU seconds (all threads) and wall seconds of the whole run
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+def check_positive(name: str, value: object, allow_zero: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is an int > 0 (or >= 0 with ``allow_zero``)."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_number(name: str, value: object, low: float, high: float = math.inf) -> float:
+    """``value`` as a float in ``[low, high]``, or ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def normalise(item: Any, inputs: Callable[[Any], Any] | None) -> Batch:
+    """One raw batch as ``(args, kwargs)`` model inputs, after ``inputs(item)`` if given."""
+    return as_batches([inputs(item) if inputs is not None else item])[0]
+
+
+def cycle(data: Iterable[Any]) -> Iterator[Any]:
+    """Yield the batches of ``data`` again and again (a list, dataset or DataLoader)."""
+    if data is None:
+        raise ConfigError("data is None: pass an iterable of training batches")
+    seen = 0
+    while True:
+        count = 0
+        for item in data:
+            count += 1
+            yield item
+        if count == 0:
+            raise ConfigError(
+                "data is empty"
+                if seen == 0
+                else f"data ran out after {seen} batches: pass a "
+                "re-iterable (a list, a Dataset or a DataLoader), not a one-shot iterator"
+            )
+        seen += count
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module) -> Iterator[None]:
+    """Train mode and, for Hugging Face models, no KV cache; both restored on exit."""
+    was_training = model.training
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    model.train()
+    if use_cache:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if use_cache:
+            config.use_cache = use_cache
+
+
+def run_training(
+    model: nn.Module,
+    data: Iterable[Any],
+    steps: int,
+    loss_of: Callable[[Any], torch.Tensor],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup: int | None = None,
+    max_grad_norm: float | None = 1.0,
+    extra_params: Iterable[nn.Parameter] = (),
+    seed: int = 0,
+    progress: bool = False,
+    eval_fn: EvalFn | None = None,
+    eval_every: int | None = None,
+    after_step: Callable[[int], object] | None = None,
+    cpu_budget: float | None = None,
+    label: str = "training",
+) -> History:
+    """Train ``model`` for ``steps`` optimizer steps on ``loss_of(raw batch)``; return the history.
+
+    ``data`` is cycled. The RNG (dropout) is seeded with ``seed`` inside a forked RNG state, so the
+    caller's global RNG is left as it was. ``eval_fn(model, step)`` runs every ``eval_every`` steps
+    and at the end; then ``after_step(step)`` (a Pruner's ``step``), after every optimizer step.
+    ``cpu_budget`` (process CPU seconds, evaluations included) ends training early once spent.
+    """
+    check_positive("steps", steps)
+    lr = check_number("lr", lr, 0.0)
+    if lr == 0.0:
+        raise ConfigError("lr must be > 0")
+    check_number("weight_decay", weight_decay, 0.0)
+    warmup = min(100, steps // 10) if warmup is None else warmup
+    check_positive("warmup", warmup, allow_zero=True)
+    if eval_every is not None:
+        check_positive("eval_every", eval_every)
+    if max_grad_norm is not None:
+        check_number("max_grad_norm", max_grad_norm, 0.0)
+    if cpu_budget is not None:
+        check_number("cpu_budget", cpu_budget, 0.0)
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    if not params:
+        raise ConfigError(f"{type(model).__name__} has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+    history = History()
+    batches = cycle(data)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    with torch.random.fork_rng(devices=[]), training_mode(model):
+        torch.manual_seed(seed)
+        for step in track(range(steps), label, progress):
+            loss = loss_of(next(batches))
+            if not torch.isfinite(loss):
+                raise WeightError(
+                    f"the loss became {float(loss)} at step {step}; lower lr (now {lr:g})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            history.losses.append(float(loss.detach()))
+            history.steps = step + 1
+            spent = cpu_budget is not None and time.process_time() - cpu0 >= cpu_budget
+            last = step + 1 == steps or spent
+            if eval_fn is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
+                model.eval()
+                history.evals.append((step + 1, eval_fn(model, step + 1)))
+                model.train()
+            if after_step is not None:
+                after_step(step)
+            if spent:
+                break
+    history.cpu_seconds = time.process_time() - cpu0
+    history.wall_seconds = time.perf_counter() - wall0
+    return history

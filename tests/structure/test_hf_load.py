@@ -1,0 +1,71 @@
+"""Shrunk Hugging Face models load with plain transformers when their config can describe them."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.structure.hf_config import describes
+
+from .zoo import INPUTS, ZOO
+
+transformers = pytest.importorskip("transformers")
+
+
+def _width_and_heads(name: str, granularities=("channel", "head")):
+    model, x = ZOO[name](), INPUTS[name]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for granularity in granularities:
+            pk.prune(model, 0.5, granularity=granularity, example_inputs=x)
+            model = pk.shrink(model, x)
+    return model, x
+
+
+@pytest.mark.parametrize(
+    ("name", "granularities", "hidden"),
+    [("llama", ("channel", "head"), 16), ("mistral", ("channel", "head"), 16),
+     ("qwen3", ("head",), 32)],
+)  # fmt: skip
+def test_uniform_results_load_in_plain_transformers(name, granularities, hidden, tmp_path):
+    small, x = _width_and_heads(name, granularities)
+    assert small.config.hidden_size == hidden and small.config.num_attention_heads == 2
+    assert describes(small)
+    small.save_pretrained(tmp_path / "hf")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = x["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, small(ids).logits, rtol=0, atol=1e-6)
+        a = small.generate(ids, max_new_tokens=4, do_sample=False)
+        b = loaded.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(a, b)
+
+
+def test_dense_export_loads_and_pk_load_patches_the_config(tmp_path):
+    small, x = _width_and_heads("llama")
+    pk.save(small, tmp_path / "out", dense=True)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    again = pk.load(tmp_path / "out", model=ZOO["llama"]())
+    assert again.config.hidden_size == 16 and again.config.num_attention_heads == 2
+    assert again.config.intermediate_size == small.config.intermediate_size
+    with torch.no_grad():
+        ref = small(**x).logits
+        torch.testing.assert_close(loaded(**x).logits, ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(again(**x).logits, ref, rtol=0, atol=1e-6)
+
+
+def test_rms_norms_of_two_widths_cannot_share_one_config_eps():
+    small, _ = _width_and_heads("qwen3")  # stream norms over 16 of 32, q/k norms over 8 of 8
+    assert not describes(small)
+
+
+def test_a_config_that_cannot_describe_the_model_warns_on_dense_export(tmp_path):
+    model, x = ZOO["gpt2"](), INPUTS["gpt2"]()
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)  # hidden width 16, attention width 32: GPT-2 ties the two
+    assert not describes(small)
+    with pytest.warns(UserWarning, match="plain transformers"):
+        pk.save(small, tmp_path / "gpt2", dense=True)

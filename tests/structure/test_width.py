@@ -1,0 +1,85 @@
+"""Width through normalisation: LayerNorm'd residual channels go, masked == shrunk stays exact."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit as pk
+from prunekit.masks import shrink_mask
+from prunekit.structure.graph import call_model
+
+from .zoo import INPUTS, ZOO
+
+
+def test_masked_layer_norm_normalises_over_kept_channels_only():
+    torch.manual_seed(0)
+    norm = nn.LayerNorm(16)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    keep = torch.rand(16) > 0.4
+    x = torch.randn(5, 16) * keep  # pruned channels carry zeros, as in a masked model
+    shrink_mask(norm, "weight", keep)
+    shrink_mask(norm, "bias", keep)
+    # independent: a LayerNorm over the kept channels alone, scattered back
+    expected = torch.zeros(5, 16)
+    expected[:, keep] = F.layer_norm(
+        x[:, keep], (int(keep.sum()),), norm.weight[keep], norm.bias[keep], norm.eps
+    )
+    torch.testing.assert_close(norm(x), expected)
+    assert not torch.allclose(F.layer_norm(x, (16,), norm.weight, norm.bias), expected)
+
+
+def test_gpt2_hidden_width_shrinks_with_its_embeddings_norms_and_tied_head():
+    model, x = ZOO["gpt2"](), INPUTS["gpt2"]()
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    width = small.transformer.wte.weight.shape[1]
+    assert width == 16
+    assert small.transformer.wpe.weight.shape[1] == width
+    assert small.transformer.ln_f.normalized_shape == (width,)
+    assert small.transformer.h[0].attn.c_attn.weight.shape[0] == width
+    assert small.lm_head.weight is small.transformer.wte.weight
+    with torch.no_grad():
+        assert small(**x).logits.shape == (2, 8, 64)  # the vocabulary stays
+
+
+def test_interface_width_stays_where_it_is_the_output():
+    model, x = ZOO["bert"](), INPUTS["bert"]()  # BertModel returns the hidden states
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert small.embeddings.word_embeddings.weight.shape[1] == 32
+    assert small.encoder.layer[0].intermediate.dense.out_features == 64
+
+
+_LOAD_MASKED = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import prunekit as pk
+from tests.structure.zoo import ZOO, INPUTS
+model = pk.load({path!r}, model=ZOO["vit"]())
+with torch.no_grad():
+    torch.save(model(INPUTS["vit"]()).logits, {path!r} + "/out.pt")
+"""
+
+
+def test_masked_width_survives_save_and_load_in_a_fresh_process(tmp_path):
+    model, x = ZOO["vit"](), INPUTS["vit"]()
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    with torch.no_grad():
+        expected = call_model(model, x).logits
+    pk.save(model, tmp_path / "vit")
+    root = str(Path(__file__).resolve().parents[2])
+    code = _LOAD_MASKED.format(root=root, path=str(tmp_path / "vit"))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    got = torch.load(tmp_path / "vit" / "out.pt", weights_only=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    small = pk.shrink(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x).logits, expected, rtol=1e-4, atol=1e-5)

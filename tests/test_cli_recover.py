@@ -1,0 +1,145 @@
+"""``prunekit recover``: prune a tiny Llama directory with the CLI, distil it back on a text file,
+and check the zeros held and the student moved towards the teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.cli import main
+from prunekit.train.distill import kl_loss
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+WORDS = [
+    "the",
+    "a",
+    "pruning",
+    "model",
+    "weight",
+    "mask",
+    "zero",
+    "layer",
+    "train",
+    "step",
+    "loss",
+    "teacher",
+    "student",
+    "data",
+    "text",
+    "file",
+    "sparse",
+    "dense",
+    "keep",
+    "remove",
+    "value",
+    "group",
+    "row",
+    "column",
+    "channel",
+    "head",
+    "block",
+    "token",
+    "window",
+    "batch",
+    "learn",
+    "rate",
+    "seed",
+    "run",
+    "test",
+    "check",
+    "hold",
+    "fast",
+    "slow",
+    "small",
+    "large",
+    "good",
+    "bad",
+    "new",
+    "old",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "and",
+    "or",
+    "not",
+    "if",
+    "then",
+    "else",
+    "for",
+    "while",
+    "with",
+    "from",
+    "into",
+]
+
+
+@pytest.fixture
+def llama_dir(tmp_path) -> Path:
+    """A tiny Llama with a word-level tokenizer, saved as a Hugging Face directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]"
+    )
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        initializer_range=0.3,
+    )  # fmt: skip
+    path = tmp_path / "llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def test_recover_distils_a_pruned_folder_and_keeps_its_zeros(llama_dir, tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    words = [WORDS[i] for i in torch.randint(0, len(WORDS), (3000,), generator=g)]
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"text": " ".join(words[i : i + 100])}) for i in range(0, 3000, 100))
+    )
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(llama_dir), "--sparsity", "0.7", "-o", str(pruned)]) == 0
+    out = tmp_path / "recovered"
+    code = main(["recover", str(pruned), "--teacher", str(llama_dir), "--data", str(data),
+                 "--steps", "30", "--lr", "3e-3", "--seqlen", "32", "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    teacher = transformers.LlamaForCausalLM.from_pretrained(llama_dir).eval()
+    before = pk.load(pruned).eval()
+    after = pk.load(out).eval()
+    for name, w in before.state_dict().items():
+        zeros = w == 0
+        if zeros.float().mean() > 0.5:  # a pruned weight: its zeros held through training
+            assert not after.state_dict()[name][zeros].any(), name
+    ids = torch.randint(2, len(WORDS) + 2, (8, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = teacher(ids).logits
+        gap_before = float(kl_loss(before(ids).logits, ref, 1.0, None))
+        gap_after = float(kl_loss(after(ids).logits, ref, 1.0, None))
+    assert gap_after < 0.8 * gap_before
+    header = json.loads((out / "prunekit.json").read_text())
+    assert header["recovery"]["steps"] == 30
+
+
+def test_recover_refuses_a_folder_that_is_not_pruned(llama_dir, tmp_path, capsys):
+    code = main(["recover", str(llama_dir), "--teacher", str(llama_dir), "--data", "x.txt",
+                 "--steps", "3", "-o", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and "prunekit.json" in capsys.readouterr().err

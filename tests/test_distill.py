@@ -1,0 +1,214 @@
+"""Distillation: the loss terms against hand computations, training that moves the student towards
+the teacher with its masks held, determinism, Hugging Face models, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit as pk
+from prunekit.errors import ConfigError
+from prunekit.train import Distiller, distill
+from prunekit.train.distill import kl_loss, mse_loss
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 8))
+
+
+def batches(n: int = 8, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(32, 16, generator=g) for _ in range(n)]
+
+
+def gap(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> float:
+    student.eval()
+    with torch.no_grad():
+        return float(F.mse_loss(student(x), teacher(x)))
+
+
+def test_kl_loss_matches_hand_computation():
+    s, t = torch.randn(3, 5, 7), torch.randn(3, 5, 7)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    temp = 2.5
+    p_t, p_s = torch.softmax(t / temp, -1), torch.softmax(s / temp, -1)
+    per_pos = (p_t * (p_t.log() - p_s.log())).sum(-1)  # [3, 5]
+    expected = per_pos[mask.bool()].mean() * temp**2
+    got = kl_loss(s, t, temp, mask.float())
+    torch.testing.assert_close(got, expected)
+    assert float(kl_loss(t, t, temp, None)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mse_loss_ignores_padding():
+    s, t = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    mask = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 0]])
+    expected = (s - t)[mask.bool()].square().mean()
+    torch.testing.assert_close(mse_loss(s, t, mask), expected)
+
+
+def test_distill_moves_student_to_teacher_and_holds_masks():
+    teacher = mlp()
+    student = copy.deepcopy(teacher)
+    pk.prune(student, 0.8)
+    masks = pk.MaskState(student).state_dict()
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    held_out = torch.randn(256, 16, generator=torch.Generator().manual_seed(9))
+    before = gap(student, teacher, held_out)
+    history = distill(student, teacher, batches(), steps=150, lr=3e-3)
+    after = gap(student, teacher, held_out)
+    assert after < 0.6 * before
+    assert history.steps == 150 and len(history.losses) == 150
+    for name, mask in pk.MaskState(student).masks.items():
+        assert torch.equal(mask, masks[name])  # masks unchanged
+    for name, w in student.state_dict().items():
+        if name in masks:
+            assert not w[~masks[name]].any()  # pruned weights exactly zero
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_state[k])  # the teacher never trains
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_distill_is_deterministic_with_a_seed():
+    teacher = mlp()
+    runs = []
+    for seed in (0, 0, 1):
+        student = copy.deepcopy(teacher)
+        pk.prune(student, 0.5)
+        distill(student, teacher, batches(), steps=20, lr=1e-3, seed=seed)
+        runs.append(student.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])  # dropout follows seed
+
+
+def test_task_loss_is_mixed_in_with_alpha():
+    teacher, student = mlp().eval(), mlp().eval()
+    x, y = torch.randn(8, 16), torch.randint(0, 8, (8,))
+    for alpha in (0.0, 0.3, 1.0):
+        d = Distiller(
+            student,
+            teacher,
+            alpha=alpha,
+            temperature=1.0,
+            inputs=lambda b: b[0],
+            loss_fn=lambda out, b: F.cross_entropy(out, b[1]),
+        )
+        student.eval()
+        total, parts = d.loss((x, y))
+        kd = F.kl_div(
+            F.log_softmax(student(x), -1), F.log_softmax(teacher(x), -1), log_target=True,
+            reduction="batchmean",
+        )  # fmt: skip
+        task = F.cross_entropy(student(x), y)
+        torch.testing.assert_close(total, alpha * kd + (1 - alpha) * task)
+        assert parts["task"] == pytest.approx(float(task.detach()), rel=1e-5)
+
+
+def test_eval_callback_runs_every_n_steps_and_at_the_end():
+    teacher = mlp()
+    student = copy.deepcopy(teacher)
+    seen = []
+    history = distill(
+        student, teacher, batches(), steps=25, eval_every=10,
+        eval_fn=lambda m, step: seen.append((step, m.training)) or step,
+    )  # fmt: skip
+    assert seen == [(10, False), (20, False), (25, False)]
+    assert history.evals == [(10, 10), (20, 20), (25, 25)]
+    assert student.training  # restored
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    return BertModel(config).eval()
+
+
+def text_batches(n: int = 4, vocab: int = 64, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (4, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 8:] = 0
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def test_hf_encoder_hidden_states_with_projection_for_a_shrunk_student():
+    teacher = tiny_bert()
+    student = copy.deepcopy(teacher)
+    data = text_batches()
+    pk.prune(student, 0.5, granularity="channel", include=r"encoder\..*", example_inputs=data[0])
+    student = pk.shrink(student, data[0])
+    layer = "encoder.layer.0.intermediate"
+    widths = [dict(m.named_modules())[layer].dense.out_features for m in (student, teacher)]
+    assert widths[0] < widths[1]
+    d = Distiller(student, teacher, hidden_layers=[layer])
+    d.prepare(data[0])
+    assert dict(d.projections.named_children()).keys() == {layer.replace(".", "__")}
+    history = distill(student, teacher, data, steps=40, lr=3e-3, hidden_layers=[layer])
+    assert history.losses[-1] < 0.5 * history.losses[0]
+    with pytest.raises(ConfigError, match="prepare"):
+        Distiller(student, teacher, hidden_layers=[layer]).loss(data[0])
+
+
+def test_hf_causal_lm_uses_kl_and_the_labels_loss():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
+    teacher = LlamaForCausalLM(config).eval()
+    student = copy.deepcopy(teacher)
+    pk.prune(student, granularity="2:4")
+    data = [{**b, "labels": b["input_ids"]} for b in text_batches()]
+    d = Distiller(student, teacher, alpha=0.5)
+    _, parts = d.loss(data[0])
+    assert set(parts) == {"kd", "task"}
+    distill(student, teacher, data, steps=10, lr=1e-3)
+    assert all(r.nm_valid for r in pk.report(student).layers)
+    for _, module, pname, mask in pk.MaskState(student).items():
+        w = getattr(module, pname)
+        assert not w[~mask].any()
+        assert (w.reshape(-1, 4) != 0).sum(-1).max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": 1.5}, "alpha"),
+        ({"temperature": 0}, "temperature"),
+        ({"target": "soft"}, "target"),
+        ({"hidden_layers": ["nope"]}, "nope"),
+        ({"steps": 0}, "steps"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
+def test_bad_input_raises_before_training(kwargs, match):
+    teacher = mlp()
+    student = copy.deepcopy(teacher)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    kwargs = {"steps": 5, **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        distill(student, teacher, batches(), **kwargs)
+    assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())
+
+
+def test_same_module_as_teacher_and_exhausted_iterator_are_refused():
+    teacher = mlp()
+    with pytest.raises(ConfigError, match="same module"):
+        distill(teacher, teacher, batches(), steps=1)
+    student = copy.deepcopy(teacher)
+    with pytest.raises(ConfigError, match="re-iterable"):
+        distill(student, teacher, iter(batches(2)), steps=5)
