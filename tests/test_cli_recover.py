@@ -120,7 +120,7 @@ def test_recover_distils_a_pruned_folder_and_keeps_its_zeros(llama_dir, tmp_path
     assert main(["prune", str(llama_dir), "--sparsity", "0.7", "-o", str(pruned)]) == 0
     out = tmp_path / "recovered"
     code = main(["recover", str(pruned), "--teacher", str(llama_dir), "--data", str(data),
-                 "--steps", "30", "--lr", "3e-3", "--seqlen", "32", "-o", str(out)])  # fmt: skip
+                 "--steps", "30", "--lr", "3e-3", "--seq-len", "32", "-o", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     teacher = transformers.LlamaForCausalLM.from_pretrained(llama_dir).eval()
     before = pk.load(pruned).eval()

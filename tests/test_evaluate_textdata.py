@@ -115,7 +115,7 @@ def test_cli_prune_with_calibration(tmp_path, capsys):
     base = ["prune", str(model_dir), "--include", r"encoder\.layer\.0\..*"]
     code = main(
         [*base, "--criterion", "wanda", "--granularity", "2:4", "--calibration", str(text),
-         "--nsamples", "4", "--seqlen", "32", "-o", str(tmp_path / "out")]
+         "--nsamples", "4", "--seq-len", "32", "-o", str(tmp_path / "out")]
     )  # fmt: skip
     assert code == 0
     assert (tmp_path / "out" / "prunekit.json").is_file()

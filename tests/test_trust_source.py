@@ -46,7 +46,7 @@ def hostile(tmp_path, monkeypatch):
 
 COMMANDS = {
     "report": ["report", "{dir}", "--json"],
-    "bench": ["bench", "{dir}", "--input-shape", "1,1,8,8", "--json"],
+    "bench": ["bench", "{dir}", "--example-shape", "1,1,8,8", "--json"],
     "prune": ["prune", "{dir}", "--sparsity", "0.6", "-o", "{out}"],
 }
 

@@ -173,3 +173,137 @@ def sentences(texts: Sequence[str], min_chars: int = 40) -> list[str]:
             if len(sentence) >= min_chars:
                 seen.setdefault(sentence, None)
     return list(seen)
+
+
+# ---- pk.evaluate(model, texts, baseline=...) ---------------------------------------------------
+
+TASKS = ("auto", "perplexity", "embedding", "accuracy")
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A Hugging Face model that predicts the next token (transformers' causal-LM classes)."""
+    name = type(model).__name__
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return name.endswith("ForCausalLM")
+    return name.endswith("ForCausalLM") or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def _is_classifier(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def task_of(model: nn.Module, labels: Sequence[Any] | None) -> str:
+    """What quality means for ``model``: perplexity (causal LMs), accuracy (classifiers given
+    labels), else the agreement of its sentence embeddings with the baseline's."""
+    if is_causal_lm(model):
+        return "perplexity"
+    if labels is not None and _is_classifier(model):
+        return "accuracy"
+    return "embedding"
+
+
+def length_batches(
+    texts: Sequence[str], tokenizer: Any, batch_size: int = 64, max_length: int = 128
+) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """Texts batched by token length (little padding), in a fixed order; and that order."""
+    order = sorted(range(len(texts)), key=lambda i: (len(tokenizer.tokenize(texts[i])), texts[i]))
+    batches = [
+        dict(tokenizer([texts[i] for i in order[s : s + batch_size]], padding=True,
+                       truncation=True, max_length=max_length, return_tensors="pt"))
+        for s in range(0, len(order), batch_size)
+    ]  # fmt: skip
+    return batches, order
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, batches: list[dict], labels: list[int]) -> float:
+    device = model_device(model)
+    preds = []
+    with calibration_mode(model):
+        for i, batch in enumerate(as_batches(batches)):
+            out = run_batch(model, batch, i, device)
+            logits = out.logits if hasattr(out, "logits") else out
+            preds.append(logits.argmax(-1).cpu())
+    return float((torch.cat(preds) == torch.tensor(labels)).float().mean())
+
+
+def _label_ids(model: nn.Module, labels: Sequence[Any]) -> list[int]:
+    mapping = getattr(getattr(model, "config", None), "label2id", None) or {}
+    out = []
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise ConfigError(f"labels must be class indices or names, got {label!r}")
+        if isinstance(label, str):
+            if label not in mapping:
+                raise ConfigError(
+                    f"label {label!r} is not one of the model's labels {sorted(mapping)}"
+                )
+            label = mapping[label]
+        out.append(int(label))
+    return out
+
+
+def compare(
+    model: nn.Module,
+    texts: Sequence[str],
+    *,
+    baseline: nn.Module | None = None,
+    tokenizer: Any = None,
+    labels: Sequence[Any] | None = None,
+    task: str = "auto",
+    seq_len: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """The quality of ``model`` on ``texts``, next to ``baseline``'s (the unpruned model).
+
+    - ``perplexity`` (causal LMs): the texts joined and cut into windows of ``seq_len`` tokens;
+      ``perplexity`` and ``baseline_perplexity``.
+    - ``embedding`` (encoders): mean-pooled sentence embeddings of each text (at most ``seq_len``
+      tokens, default 128) against the baseline's: mean ``cosine`` and ``top1`` nearest-neighbour
+      agreement (:func:`embedding_agreement`). Needs ``baseline``.
+    - ``accuracy`` (sequence classifiers, with ``labels``: class indices or label names).
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ConfigError("texts must be a non-empty list of strings")
+    if labels is not None and len(labels) != len(texts):
+        raise ConfigError(f"{len(labels)} labels for {len(texts)} texts")
+    task = task_of(model, labels) if task == "auto" else task
+    tokenizer = tokenizer or _load_tokenizer(model)
+    result: dict[str, Any] = {"task": task, "texts": len(texts)}
+    if task == "perplexity":
+        result["perplexity"] = perplexity(model, texts, tokenizer, seq_len)
+        if baseline is not None:
+            result["baseline_perplexity"] = perplexity(baseline, texts, tokenizer, seq_len)
+            result["ratio"] = result["perplexity"] / result["baseline_perplexity"]
+        return result
+    batches, order = length_batches(texts, tokenizer, batch_size, seq_len or 128)
+    if task == "accuracy":
+        if labels is None:
+            raise ConfigError("task 'accuracy' needs labels (a 'label' field per text)")
+        ids = [_label_ids(model, labels)[i] for i in order]
+        result["accuracy"] = _accuracy(model, batches, ids)
+        if baseline is not None:
+            result["baseline_accuracy"] = _accuracy(baseline, batches, ids)
+        return result
+    if baseline is None:
+        raise ConfigError("embedding agreement needs the unpruned model: pass baseline=...")
+    result.update(embedding_agreement(mean_pooled(baseline, batches), mean_pooled(model, batches)))
+    return result
+
+
+class _CallableModule(type(importlib)):  # type: ignore[misc]
+    """Lets ``pk.evaluate(model, texts, baseline=...)`` call :func:`compare` while
+    ``pk.evaluate.perplexity`` and the rest stay plain module attributes."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return compare(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

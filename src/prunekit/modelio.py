@@ -14,10 +14,12 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError, PrunekitError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SPEC_HELP = "a Hugging Face model directory, a prunekit output directory, or package.module:factory"
 TRUST_SOURCE_HELP = (
@@ -40,7 +42,8 @@ def load_hf_directory(path: Path) -> nn.Module:
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:  # a broken or remote-code config
-        raise CheckpointError(f"cannot read {path}/config.json: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {path}/config.json: {first}") from None
     arch = (getattr(config, "architectures", None) or ["AutoModel"])[0]
     cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
     known = isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)
@@ -48,7 +51,11 @@ def load_hf_directory(path: Path) -> nn.Module:
         raise PrunekitError(
             f"{path}/config.json names architecture {arch!r}, unknown to transformers"
         )
-    return cls.from_pretrained(path, local_files_only=True)
+    try:
+        return cls.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:  # missing or unreadable weights
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrunekitError(f"cannot load {arch} from {path}: {first}") from None
 
 
 def load_factory(spec: str) -> nn.Module:
@@ -60,6 +67,8 @@ def load_factory(spec: str) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise PrunekitError(f"cannot import {spec!r}: {e}") from None
+    from torch import nn
+
     model = factory()
     if not isinstance(model, nn.Module):
         raise PrunekitError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")

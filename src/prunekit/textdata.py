@@ -52,7 +52,8 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 def load_calibration(
     path: str | Path, tokenizer: Any, n: int = 128, seqlen: int = 512, batch_size: int = 8
 ) -> list[dict[str, torch.Tensor]]:
-    """Up to ``n`` windows of ``seqlen`` tokens from a text file, as batches of
+    """Up to ``n`` windows of ``seqlen`` tokens from a text file (or a built-in corpus, see
+    :func:`corpus_texts`), as batches of
     ``{"input_ids": [B, seqlen], "attention_mask": [B, seqlen]}``.
 
     The texts are joined by blank lines and tokenized once; each window gets the tokenizer's
@@ -63,7 +64,7 @@ def load_calibration(
     from .evaluate import token_windows
 
     prefix, suffix = special_tokens(tokenizer)
-    body = token_windows(read_texts(path), tokenizer, seqlen - len(prefix) - len(suffix), n)
+    body = token_windows(corpus_texts(path), tokenizer, seqlen - len(prefix) - len(suffix), n)
     rows = body.shape[0]
     ids = torch.cat(
         [
@@ -77,3 +78,61 @@ def load_calibration(
         {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
         for chunk in ids.split(batch_size)
     ]
+
+
+#: built-in corpora (offline English: Python standard-library docstrings), named instead of a file
+BUILTIN_CORPORA = ("builtin:docstrings", "builtin:docstrings-eval")
+
+
+def corpus_texts(name_or_path: str | Path) -> list[str]:
+    """The texts of a ``.txt``/``.jsonl`` file, or of a built-in corpus: ``builtin:docstrings``
+    (calibration docstrings) or ``builtin:docstrings-eval`` (disjoint evaluation sentences)."""
+    from .evaluate import CALIBRATION_MODULES, EVALUATION_MODULES, docstring_corpus, sentences
+
+    name = str(name_or_path)
+    if name == "builtin:docstrings":
+        return docstring_corpus(CALIBRATION_MODULES)
+    if name == "builtin:docstrings-eval":
+        return sentences(docstring_corpus(EVALUATION_MODULES))[:512]
+    if name.startswith("builtin:"):
+        raise ConfigError(
+            f"unknown corpus {name!r}; built-in corpora: {', '.join(BUILTIN_CORPORA)}"
+        )
+    return read_texts(name)
+
+
+#: what ``--loss`` may be: the language-modelling loss a Hugging Face head computes from labels
+LOSSES = ("lm", "mlm")
+
+
+def add_labels(
+    batches: list[dict[str, torch.Tensor]], loss: str, tokenizer: Any, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Calibration batches that make a Hugging Face model compute its own loss (``output.loss``),
+    for the gradient criteria (``obd``, ``taylor``).
+
+    ``lm``: causal language modelling (``labels = input_ids``; padding ignored). ``mlm``: 15% of
+    the non-special tokens, chosen with ``seed``, replaced by the mask token and predicted.
+    """
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for b in batches:
+        ids, mask = b["input_ids"], b["attention_mask"]
+        if loss == "lm":
+            out.append({**b, "labels": ids.masked_fill(mask == 0, -100)})
+            continue
+        if tokenizer.mask_token_id is None:
+            raise ConfigError("--loss mlm needs a tokenizer with a mask token")
+        special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids.dtype)
+        maskable = (mask == 1) & ~torch.isin(ids, special)
+        chosen = maskable & (torch.rand(ids.shape, generator=gen) < 0.15)
+        out.append(
+            {
+                **b,
+                "input_ids": ids.masked_fill(chosen, tokenizer.mask_token_id),
+                "labels": ids.masked_fill(~chosen, -100),
+            }
+        )
+    return out

@@ -1,71 +1,163 @@
-"""``prunekit bench``: a saved model against its dense twin: size on disk, memory, latency."""
+"""``prunekit bench``: a pruned model against the model it was pruned from."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
+from typing import Any
 
-import torch
-from rich.console import Console
-
-from ..analysis.bench import bench, example_input
-from ..errors import PrunekitError
-from ..formats.checkpoint import load
-from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP, load_factory, load_model
-from ..runtime import DecisionCache
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
 from .base import COMMANDS, Command
 
 
-def _shape(text: str) -> list[int]:
-    try:
-        dims = [int(d) for d in text.replace("x", ",").split(",") if d]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a shape like 1,3,224,224: {text!r}") from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"not a shape like 1,3,224,224: {text!r}")
-    return dims
+def add_input_options(parser: argparse.ArgumentParser, default_batch: int | None = None) -> None:
+    """The example-input options that bench, eval and export share with prune."""
+    parser.add_argument(
+        "--example-shape",
+        default=None,
+        metavar="N,C,H,W",
+        help="shape of one input batch (language models: batch,tokens; default: the inputs "
+        "recorded by prunekit prune, else guessed from the model)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=default_batch,
+        help="replace the batch size of the recorded inputs"
+        + (f" (default {default_batch})" if default_batch else ""),
+    )
+    parser.add_argument(
+        "--seq-len", type=int, default=None, help="replace the tokens per sequence of the inputs"
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE.safetensors",
+        help="weights for a package.module:factory MODEL",
+    )
+    parser.add_argument(
+        "--factory",
+        default=None,
+        metavar="package.module:factory",
+        help="builds the model a prunekit folder was saved from (if it did not record one)",
+    )
+    parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
+
+
+def load_pruned(args: argparse.Namespace) -> Any:
+    """The model ``args.model`` names, with ``--weights`` or ``--factory``."""
+    from ..errors import PrunekitError
+    from ..formats.checkpoint import load
+    from ..modelio import load_factory, load_model
+
+    if args.factory is not None:
+        if not (Path(args.model) / "prunekit.json").is_file():
+            raise PrunekitError("--factory applies to a prunekit output folder")
+        return load(args.model, model=load_factory(args.factory))
+    return load_model(args.model, args.weights, trust_source=args.trust_source)
+
+
+def recorded(path: str) -> dict[str, Any]:
+    """What ``prunekit prune`` recorded in ``path/prunekit.json`` (empty for other models)."""
+    from ..formats.header import read_header
+
+    if not (Path(path) / "prunekit.json").is_file():
+        return {}
+    return read_header(Path(path))
+
+
+def load_baseline(args: argparse.Namespace, header: dict[str, Any]) -> tuple[Any, str | None]:
+    """The unpruned model: ``--baseline``, else the one ``prunekit prune`` recorded (if it is
+    still there), else None. Returns (model, its path or spec)."""
+    from ..errors import PrunekitError
+    from ..modelio import TRUSTED_SOURCES, load_model
+
+    if args.baseline is not None:
+        return load_model(args.baseline), args.baseline
+    rec = header.get("baseline")
+    if not isinstance(rec, dict) or not isinstance(rec.get("model"), str):
+        return None, None
+    spec, weights = rec["model"], rec.get("weights")
+    named_code = ":" in spec and not Path(spec).is_dir()  # as a checkpoint's source
+    if named_code and spec not in TRUSTED_SOURCES and not args.trust_source:
+        raise PrunekitError(
+            f"prunekit.json names the code {spec!r} to build the baseline; prunekit does not "
+            "run code named by a file: pass --baseline MODEL, or --trust-source"
+        )
+    if Path(spec).is_dir() or (":" in spec and (weights is None or Path(weights).is_file())):
+        try:
+            return load_model(spec, weights, trust_source=args.trust_source), (
+                spec if weights is None else weights
+            )
+        except PrunekitError as e:
+            raise PrunekitError(
+                f"cannot load the recorded baseline {spec}: {e}; pass --baseline MODEL"
+            ) from None
+    return None, None
+
+
+def check_input_options(args: argparse.Namespace) -> None:
+    """Fail on a bad --example-shape, --batch-size or --seq-len before loading anything."""
+    from ..errors import PrunekitError
+    from ..example_inputs import parse_shape
+
+    for flag in ("batch_size", "seq_len"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise PrunekitError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.example_shape is not None:
+        parse_shape(args.example_shape)
+
+
+def inputs_for(args: argparse.Namespace, model: Any, header: dict[str, Any]) -> Any:
+    """``--example-shape``, else the recorded example inputs (with --batch-size/--seq-len), else
+    guessed from the model."""
+    from ..example_inputs import for_model, parse_shape, rebuild
+
+    check_input_options(args)
+    if args.example_shape is not None:
+        return for_model(model, parse_shape(args.example_shape))
+    spec = header.get("example_inputs")
+    if isinstance(spec, dict):
+        return rebuild(spec, 0, args.batch_size, args.seq_len)
+    return for_model(model, None, args.batch_size or 1, args.seq_len or 128)
 
 
 @COMMANDS.register("bench", examples=(["--help"],))  # argv
 class BenchCommand(Command):
-    """Measure a saved model against its dense twin: size on disk, weight memory and latency.
+    """Measure a pruned model against the model it was pruned from: size, memory, latency.
 
-    The model is swapped to sparse kernels where they are measured faster (prunekit.sparsify),
-    and dense and sparse forward passes are timed interleaved in one run.
+    The baseline is the model that prunekit prune recorded (or --baseline MODEL), so structured
+    pruning shows its real speedup; without one, the pruned model's dense twin. The pruned model
+    moves to sparse kernels where they are measured faster (prunekit.sparsify). Both run on the
+    example inputs recorded at prune time, interleaved, on 1 thread by default; min/median/max
+    and the machine's load are printed, with a warning when the load makes them unreliable.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", metavar="DIR", help=SPEC_HELP)
+        parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
         parser.add_argument(
-            "--weights",
+            "--baseline",
             default=None,
-            metavar="FILE.safetensors",
-            help="weights for a package.module:factory model",
+            metavar="MODEL",
+            help="the unpruned model to compare with (default: the one prune recorded)",
+        )
+        add_model_options(parser)
+        add_input_options(parser)
+        parser.add_argument(
+            "--threads", type=int, default=1, help="torch threads while timing (default 1)"
         )
         parser.add_argument(
-            "--factory",
-            default=None,
-            metavar="package.module:factory",
-            help="builds the model a checkpoint DIR was saved from (if it did not record one)",
-        )
-        parser.add_argument("--batch-size", type=int, default=1, help="input batch (default 1)")
-        parser.add_argument(
-            "--seq-len",
-            type=int,
-            default=16,
-            help="tokens per sequence for language models (default 16)",
+            "--rounds", type=int, default=30, help="interleaved timing rounds (default 30)"
         )
         parser.add_argument(
-            "--input-shape",
-            type=_shape,
-            default=None,
-            metavar="1,3,224,224",
-            help="the input tensor's shape (default: guessed from the model)",
-        )
-        parser.add_argument(
-            "--threads", type=int, default=None, help="torch threads (default: torch's own)"
+            "--no-sparse-kernels",
+            action="store_true",
+            help="time the pruned model with dense kernels only (no prunekit.sparsify)",
         )
         parser.add_argument(
             "--cache-file",
@@ -75,30 +167,51 @@ class BenchCommand(Command):
         )
         parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
-        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
-        if args.batch_size < 1 or args.seq_len < 1:
-            raise PrunekitError("--batch-size and --seq-len must be positive")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise PrunekitError("--threads must be positive")
-            torch.set_num_threads(args.threads)
-        if args.factory is not None:
-            if not (Path(args.model) / "prunekit.json").is_file():
-                raise PrunekitError("--factory applies to a prunekit checkpoint directory")
-            model = load(args.model, model=load_factory(args.factory))
-        else:
-            model = load_model(args.model, args.weights, trust_source=args.trust_source)
+        import os
+        import sys
+
+        from rich.console import Console
+
+        from ..analysis.bench import bench
+        from ..errors import PrunekitError
+        from ..runtime import DecisionCache
+        from ..threads import torch_threads
+
+        if args.threads < 1 or args.rounds < 3:
+            raise PrunekitError("--threads must be positive and --rounds at least 3")
+        check_input_options(args)
+        header = recorded(args.model)
+        model = load_pruned(args)
+        baseline, baseline_spec = load_baseline(args, header)
+        inputs = inputs_for(args, model, header)
         path = args.weights if args.weights is not None else args.model
-        x = example_input(model, args.batch_size, args.seq_len, args.input_shape)
         cache = DecisionCache(args.cache_file) if args.cache_file else None
-        _, result = bench(model, path if os.path.exists(path) else None, x, cache=cache)
+        recorded_bytes = None
+        if baseline is not None and args.baseline is None:
+            recorded_bytes = (header.get("input") or {}).get("bytes")
+        with torch_threads(args.threads):
+            _, result = bench(
+                model,
+                path if os.path.exists(path) else None,
+                inputs,
+                baseline=baseline,
+                baseline_path=baseline_spec
+                if baseline_spec and os.path.exists(baseline_spec)
+                else None,
+                baseline_bytes=recorded_bytes,
+                rounds=args.rounds,
+                use_sparse_kernels=not args.no_sparse_kernels,
+                cache=cache,
+            )
+        for warning in result.warnings:
+            print(f"prunekit bench: warning: {warning}", file=sys.stderr)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
             return 0
         console = Console(width=max(Console().width, 120))  # keep the tables readable in logs
-        if args.layers:
+        if args.layers and result.sparsify is not None:
             console.print(result.sparsify)
         console.print(result)
         return 0

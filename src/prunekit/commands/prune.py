@@ -1,34 +1,101 @@
-"""``prunekit prune``: prune a model once and write a finalized checkpoint."""
+"""``prunekit prune``: prune a model once and write a complete, smaller output folder."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from rich.console import Console
-from torch import nn
-
-from ..analysis.report import report
-from ..api import finalize
-from ..config import dump_recipe
-from ..errors import PrunekitError
-from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP, load_model
-from ..pruner import Pruner
-from ..structure.shrink import shrink
-from ..textdata import load_calibration
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
 from ._config_options import add_config_options, config_from_args
-from .base import COMMANDS, Command
+from .base import COMMANDS, Command, plugin_names
+
+FORMAT_CHOICES = ("auto", *plugin_names("formats"))
 
 
-def calibration_batches(args: argparse.Namespace) -> list[dict]:
-    """Token batches from ``--calibration``, with the model directory's tokenizer (offline)."""
+# ---- the config options' help --------------------------------------------------------------------
+
+#: the package whose plugin files register each plugin option's names
+PLUGIN_PACKAGES = {
+    "granularity": "granularity",
+    "criterion": "criteria",
+    "scope": "allocation",
+    "schedule": "schedule",
+}
+
+
+def list_registered_names(parser: argparse.ArgumentParser) -> None:
+    """Append every registered name to each plugin option's help (read from the plugin files, so
+    ``--help`` still imports no torch)."""
+    for action in parser._actions:
+        package = PLUGIN_PACKAGES.get(action.dest)
+        if package is not None and action.help:
+            action.help += f"; registered: {', '.join(plugin_names(package))}"
+
+
+# ---- data, loss and example inputs --------------------------------------------------------------
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Calibration text, the loss of gradient criteria, and the example inputs."""
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE.txt|.jsonl",
+        help="text for data-aware criteria (wanda, sparsegpt, obd, taylor, ...), tokenized with "
+        "the Hugging Face model folder's tokenizer; or builtin:docstrings (stdlib docstrings, "
+        "offline)",
+    )
+    parser.add_argument(
+        "--nsamples", type=int, default=128, help="calibration windows (default: 128)"
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=512,
+        help="tokens per calibration window and per example input (default: 512, at most the "
+        "model's context)",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=("lm", "mlm"),
+        default=None,
+        help="the loss of gradient criteria (obd, taylor): lm = next-token prediction (the "
+        "default for causal LMs), mlm = masked-token prediction (models with a masked-LM head)",
+    )
+    parser.add_argument(
+        "--example-shape",
+        default=None,
+        metavar="N,C,H,W",
+        help="shape of one input batch, traced by channel/head pruning and recorded for bench, "
+        "eval and export (Hugging Face language models: batch,tokens; default: 1 x --seq-len "
+        "tokens, or the first Linear's width)",
+    )
+
+
+def calibration_batches(args: argparse.Namespace, model: Any, config: Any) -> list[dict]:
+    """Token batches from ``--calibration``, with the model folder's tokenizer (offline), with
+    the labels of ``--loss`` (causal LMs: ``lm`` by default) for the gradient criteria."""
+    from ..criteria.obd import OBD
+    from ..criteria.taylor import Taylor
+    from ..errors import PrunekitError
+    from ..evaluate import is_causal_lm
+    from ..textdata import add_labels, load_calibration
+
+    criterion = config.resolve().criterion
+    name = type(criterion).__name__
+    gradient = isinstance(criterion, (OBD, Taylor))  # they take gradients of a loss
+
     if args.calibration is None:
-        raise PrunekitError("the criterion is data-aware: pass --calibration FILE.txt|.jsonl")
+        raise PrunekitError(
+            f"criterion {name} is data-aware: pass --calibration FILE.txt|.jsonl "
+            "(or builtin:docstrings)"
+        )
     if not (Path(args.model) / "config.json").is_file():
-        raise PrunekitError("--calibration needs a Hugging Face model directory (its tokenizer)")
+        raise PrunekitError("--calibration needs a Hugging Face model folder (its tokenizer)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from transformers import AutoTokenizer
@@ -37,35 +104,105 @@ def calibration_batches(args: argparse.Namespace) -> list[dict]:
             "--calibration needs transformers: pip install 'prunekit[hf]'"
         ) from None
     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-    seqlen = min(args.seqlen, getattr(tokenizer, "model_max_length", args.seqlen) or args.seqlen)
-    return load_calibration(args.calibration, tokenizer, args.nsamples, seqlen)
-
-
-def example_inputs(model: nn.Module, shape: str | None, seed: int) -> Any:
-    """Inputs to trace for channel/head pruning: a random tensor of ``--example-shape``, else a
-    Hugging Face model's own ``dummy_inputs``."""
-    if shape is not None:
-        try:
-            dims = [int(d) for d in shape.split(",")]
-        except ValueError:
-            dims = []
-        if not dims or min(dims) < 1:
-            raise PrunekitError(
-                f"--example-shape must be positive integers like 1,3,32,32, not {shape!r}"
-            )
-        return torch.randn(dims, generator=torch.Generator().manual_seed(seed))
-    dummy = getattr(model, "dummy_inputs", None)
-    if isinstance(dummy, dict) and dummy:
-        return dict(dummy)
-    raise PrunekitError(
-        "channel and head pruning trace the model: pass --example-shape N,C,H,W (the shape of one "
-        "input batch)"
+    longest = getattr(tokenizer, "model_max_length", args.seq_len) or args.seq_len
+    batches = load_calibration(
+        args.calibration, tokenizer, args.nsamples, min(args.seq_len, longest)
     )
+    loss = args.loss
+    if loss is None and gradient and is_causal_lm(model):
+        loss = "lm"
+    if loss is None and gradient:
+        raise PrunekitError(
+            f"criterion {name} takes gradients of a loss: pass --loss lm (causal "
+            f"LMs) or --loss mlm (masked-LM heads); {type(model).__name__} has neither by default"
+        )
+    return batches if loss is None else add_labels(batches, loss, tokenizer, config.seed)
+
+
+# ---- the output folder --------------------------------------------------------------------------
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output folder (created if needed)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMAT_CHOICES,
+        default="auto",
+        help="weight storage: auto = the smallest format per tensor (default); dense = plain "
+        "tensors that transformers' from_pretrained loads",
+    )
+
+
+def baseline_record(args: argparse.Namespace) -> dict[str, Any]:
+    """How to load the unpruned model again (for ``bench`` and ``eval``)."""
+    if Path(args.model).is_dir():
+        return {"model": str(Path(args.model).resolve())}
+    weights = str(Path(args.weights).resolve()) if args.weights else None
+    return {"model": args.model, "weights": weights}
+
+
+def input_bytes(args: argparse.Namespace, model: Any) -> int:
+    """Bytes of what the input model is made of: its weight files, config and the carried files
+    (a folder), its --weights file, else a plain safetensors file of its state dict."""
+    from ..analysis.bench import dense_safetensors_bytes, model_folder_bytes
+
+    if Path(args.model).is_dir():
+        return model_folder_bytes(args.model)
+    if args.weights:
+        return Path(args.weights).stat().st_size
+    return dense_safetensors_bytes(model)
+
+
+def write_output(
+    model: Any, args: argparse.Namespace, config: Any, example: Any, baseline_bytes: int
+) -> dict[str, Any]:
+    """Write the output folder: checkpoint, carried-over files, model card. Returns its facts."""
+    from .. import save
+    from ..analysis.bench import directory_bytes
+    from ..analysis.report import report
+    from ..example_inputs import describe
+    from ..formats.header import read_header
+    from ..outfolder import CARD_FILE, carry_over, model_card, write_atomically
+    from ..runtime.report import as_text
+
+    out = Path(args.output)
+    extra = {
+        "baseline": baseline_record(args),
+        "input": {"bytes": baseline_bytes},
+        **({"example_inputs": describe(example)} if example is not None else {}),
+    }
+    if not Path(args.model).is_dir():
+        extra["source"] = args.model  # lets `report OUT/` rebuild it
+    save(model, out, format=args.format, config=config, extra=extra)
+    carried = carry_over(Path(args.model), out) if Path(args.model).is_dir() else []
+    command = "prunekit " + " ".join(shlex.quote(a) for a in getattr(args, "_argv", sys.argv[1:]))
+    card = model_card(
+        source=args.model,
+        command=command,
+        header=read_header(out),
+        report_text=as_text(report(model)),
+        carried=carried,
+        input_bytes=baseline_bytes,
+        output_bytes=directory_bytes(out),  # without the card itself
+    )
+    write_atomically(out / CARD_FILE, card.encode())
+    return {"bytes": directory_bytes(out), "input_bytes": baseline_bytes, "carried": carried}
+
+
+# ---- the command --------------------------------------------------------------------------------
 
 
 @COMMANDS.register("prune", examples=(["--help"],))  # argv
 class PruneCommand(Command):
-    """Prune a model once and write OUT/model.safetensors (dense, finalized) + OUT/prunekit.json."""
+    """Prune a model once and write a complete, smaller output folder.
+
+    OUT holds the weights in the smallest format (--format), every non-weight file of the input
+    folder (tokenizer, processor, generation and sentence-transformers configs), prunekit.json
+    (config, report, the model it was pruned from, its example inputs) and a model card
+    (README.md). Channel and head pruning shrink the model physically (and patch its config).
+    """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
@@ -76,49 +213,57 @@ class PruneCommand(Command):
             help="weights for a package.module:factory model",
         )
         add_config_options(parser)
-        parser.add_argument(
-            "--calibration",
-            default=None,
-            metavar="FILE.txt|.jsonl",
-            help="text for data-aware criteria (wanda, sparsegpt, ...), tokenized with the "
-            "Hugging Face model directory's tokenizer",
-        )
-        parser.add_argument(
-            "--nsamples", type=int, default=128, help="calibration windows (default: 128)"
-        )
-        parser.add_argument(
-            "--seqlen", type=int, default=512, help="tokens per calibration window (default: 512)"
-        )
-        parser.add_argument(
-            "--example-shape",
-            default=None,
-            metavar="N,C,H,W",
-            help="input shape to trace for channel/head pruning (Hugging Face models default to "
-            "their own dummy inputs); the pruned model is shrunk physically",
-        )
-        parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+        list_registered_names(parser)
+        add_data_options(parser)
+        add_output_options(parser)
         parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
+        from rich.console import Console
+
+        from ..analysis.report import report
+        from ..api import finalize
+        from ..errors import PrunekitError
+        from ..example_inputs import for_model, parse_shape
+        from ..modelio import load_model
+        from ..outfolder import check_output_dir
+        from ..pruner import Pruner
+        from ..structure.shrink import shrink
+
+        check_output_dir(args.output, args.model)  # every user error before the slow work
+        shape = parse_shape(args.example_shape) if args.example_shape is not None else None
+        if args.nsamples < 1 or args.seq_len < 2:
+            raise PrunekitError("--nsamples must be >= 1 and --seq-len >= 2")
         config = config_from_args(args)  # a bad config fails before a large model loads
         if args.print_config:
+            from ..config import dump_recipe
+
             print(dump_recipe(config), end="")
             return 0
-        data = None
-        if args.calibration is not None or config.resolve().criterion.requires_data:
-            data = calibration_batches(args)
+        resolved = config.resolve()
         model = load_model(args.model, args.weights, trust_source=args.trust_source)
-        example = None
-        if config.resolve().granularity.structured:
-            example = example_inputs(model, args.example_shape, config.seed)
-        pruner = Pruner(model, config, data=data, example_inputs=example, progress=True)
+        data = None
+        if args.calibration is not None or resolved.criterion.requires_data:
+            data = calibration_batches(args, model, config)
+        baseline_bytes = input_bytes(args, model)
+        structured = resolved.granularity.structured
+        try:
+            example = for_model(model, shape, 1, args.seq_len, config.seed)
+        except PrunekitError:
+            if structured:  # tracing needs them; bench and export can take --example-shape later
+                raise
+            example = None
+        pruner = Pruner(
+            model, config, data=data, example_inputs=example if structured else None, progress=True
+        )
         pruner.step()
-        model = finalize(model) if example is None else shrink(model, example)
-        from .. import save
-
-        is_directory = Path(args.model).is_dir()
-        source = {} if is_directory else {"source": args.model}  # lets `report OUT/` rebuild it
-        save(model, args.output, dense=True, config=config, extra=source)
-        Console().print(report(model))
-        print(f"wrote {args.output}")
+        model = shrink(model, example) if structured else finalize(model)
+        facts = write_output(model, args, config, example, baseline_bytes)
+        Console(width=max(Console().width, 100)).print(report(model))
+        ratio = facts["bytes"] / facts["input_bytes"]
+        print(
+            f"wrote {args.output}: {facts['bytes']:,} bytes, {ratio:.1%} of the input's "
+            f"{facts['input_bytes']:,} ({1 / ratio:.2f}x smaller); carried over "
+            f"{len(facts['carried'])} file(s)"
+        )
         return 0

@@ -33,12 +33,14 @@ class RecoverCommand(Command):
             default=0.5,
             help="weight of distillation against the task loss, where labels exist",
         )
-        parser.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+        parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
         parser.add_argument("--batch-size", type=int, default=4, help="windows per step")
         parser.add_argument(
             "--nsamples", type=int, default=100_000, help="at most this many windows of --data"
         )
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--seed", type=int, default=0, help="seed of data order and pruning ties (default 0)"
+        )
         parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -68,7 +70,7 @@ class RecoverCommand(Command):
 
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, local_files_only=True)
         batches = load_calibration(
-            args.data, tokenizer, args.nsamples, args.seqlen, args.batch_size
+            args.data, tokenizer, args.nsamples, args.seq_len, args.batch_size
         )
         student = load_model(args.pruned)
         teacher = load_model(args.teacher).eval()

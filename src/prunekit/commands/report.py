@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
-
-from ..analysis.report import report
-from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP, load_model
+from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
 from .base import COMMANDS, Command
 
 
@@ -17,15 +14,25 @@ class ReportCommand(Command):
     """Print per-layer sparsity, N:M validity, parameters and size of a model or checkpoint."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", metavar="MODEL_OR_DIR", help=SPEC_HELP)
-        parser.add_argument("--weights", default=None, metavar="FILE.safetensors")
+        parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
+        parser.add_argument(
+            "--weights",
+            default=None,
+            metavar="FILE.safetensors",
+            help="weights for a package.module:factory MODEL",
+        )
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
         parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
+        from rich.console import Console
+
+        from ..analysis.report import report
+        from ..modelio import load_model
+
         rep = report(load_model(args.model, args.weights, trust_source=args.trust_source))
         if args.json:
             print(json.dumps(rep.to_dict(), indent=2))
         else:
-            Console().print(rep)
+            Console(width=max(Console().width, 100)).print(rep)
         return 0
