@@ -53,6 +53,7 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return
+    before = {f: getattr(config, f, None) for f in (*WIDTH_FIELDS, *HIDDEN_FIELDS)}
     for fld, suffixes in WIDTH_FIELDS.items():
         if getattr(config, fld, None) is None:
             continue
@@ -74,6 +75,7 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
         for fld in HIDDEN_FIELDS:
             if getattr(config, fld, None) == old:
                 setattr(config, fld, width)
+    _sync_module_copies(model, config, before)
     eps = {getattr(m, a) for m in model.modules() for a in EPS_ATTRS if _is_float(m, a)}
     for fld in EPS_FIELDS:  # RMS norms fold a width change into eps (shrink.rescale_rms_norms)
         if isinstance(getattr(config, fld, None), float) and len(eps) == 1:
@@ -126,3 +128,16 @@ def describes(model: nn.Module) -> bool:
 
 def _is_float(module: nn.Module, attr: str) -> bool:
     return isinstance(module.__dict__.get(attr), float)
+
+
+def _sync_module_copies(model: nn.Module, config: object, before: dict[str, object]) -> None:
+    """Modules keep copies of config widths (``LlamaDecoderLayer.hidden_size``,
+    ``LlamaMLP.intermediate_size``): where a field changed, update the copies that held its old
+    value, so that the model describes itself as its config does."""
+    for fld, old in before.items():
+        new = getattr(config, fld, None)
+        if not isinstance(old, int) or isinstance(old, bool) or new == old:
+            continue
+        for m in model.modules():
+            if m.__dict__.get(fld) == old and type(m.__dict__[fld]) is int:
+                setattr(m, fld, new)
