@@ -83,3 +83,16 @@ def test_masked_width_survives_save_and_load_in_a_fresh_process(tmp_path):
     small = pk.shrink(model, x)
     with torch.no_grad():
         torch.testing.assert_close(small(x).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_width_pruned_hf_folder_reloads_from_its_own_config(tmp_path):
+    """pk.load(DIR) builds the model from the patched config.json: every module's copy of a
+    width (LlamaDecoderLayer.hidden_size, LlamaMLP.intermediate_size) must agree with it."""
+    model, x = ZOO["llama"](), INPUTS["llama"]()
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    pk.save(small, tmp_path / "m")
+    back = pk.load(tmp_path / "m")
+    assert back.config.hidden_size < ZOO["llama"]().config.hidden_size
+    with torch.no_grad():
+        assert torch.equal(back(**x).logits, small(**x).logits)
