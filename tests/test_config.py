@@ -276,3 +276,22 @@ def test_example_inputs_of_the_wrong_shape_are_a_clear_error():
     with pytest.raises(pk.ConfigError, match="example_inputs do not fit Sequential"):
         pk.prune(model, 0.5, granularity="channel", example_inputs=torch.randn(2, 3, 6, 6))
     assert_untouched(model, snap)
+
+
+def test_a_layer_the_calibration_never_reaches_is_refused_before_any_mask():
+    class Skips(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+            self.unused = nn.Linear(8, 8)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    model = Skips()
+    snap = snapshot(model)
+    with pytest.raises(pk.ConfigError, match="unused.weight never ran"):
+        pk.prune(model, 0.5, criterion="wanda", data=[torch.randn(4, 8)])
+    assert_untouched(model, snap)

@@ -10,13 +10,14 @@ later pass (a dense scoring pass, then the pruning pass) sees the same batches.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..targets import Target
 
 #: one batch as (positional args, keyword args)
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
@@ -142,12 +143,25 @@ def run_batch(model: nn.Module, batch: Batch, index: int, device: torch.device) 
         ) from e
 
 
-def check_batches(model: nn.Module, batches: list[Batch]) -> None:
+def check_batches(model: nn.Module, batches: list[Batch], targets: Sequence[Target] = ()) -> None:
     """Validate ``batches`` before any mask is written: a dry forward of the first batch (which
-    turns a wrong shape into a :class:`ConfigError`), and every other batch must pass the same
-    arguments with the same tensor ranks and dtypes."""
-    with torch.no_grad(), calibration_mode(model):
-        run_batch(model, batches[0], 0, model_device(model))
+    turns a wrong shape into a :class:`ConfigError`, and must call every target's module), and
+    every other batch must pass the same arguments with the same tensor ranks and dtypes."""
+    called: set[int] = set()
+    hooks = [t.module.register_forward_hook(lambda m, i, o: called.add(id(m))) for t in targets]
+    try:
+        with torch.no_grad(), calibration_mode(model):
+            run_batch(model, batches[0], 0, model_device(model))
+    finally:
+        for h in hooks:
+            h.remove()
+    missed = [t.qualname for t in targets if id(t.module) not in called]
+    if missed:
+        raise ConfigError(
+            f"{', '.join(missed[:5])}{' and more' if len(missed) > 5 else ''} never ran in the "
+            "model's forward on the calibration data, so it cannot be calibrated; exclude it "
+            "(exclude=...) or pass data that reaches it"
+        )
     ref = _layout(batches[0])
     for i, b in enumerate(batches[1:], 1):
         if _layout(b) != ref:

@@ -178,7 +178,7 @@ def run_blockwise(
     before any weight changes, so data that does not fit raises :class:`ConfigError` first.
     """
     batches = as_batches(data)
-    check_batches(model, batches)
+    check_batches(model, batches, targets)
     found = find_blocks(model, targets)
     if found is None:
         warnings.warn(
