@@ -67,7 +67,7 @@ def test_analyze_writes_plots_and_json(bert_with_tokenizer, tmp_path, capsys):
             "analyze", str(bert_with_tokenizer),
             "--calibration", str(text(tmp_path, "calib.txt", 0)),
             "--eval", str(text(tmp_path, "eval.txt", 1)),
-            "-o", str(out), "--nsamples", "4", "--seqlen", "16",
+            "-o", str(out), "--nsamples", "4", "--seq-len", "16",
             "--sparsities", "0.3,0.6", "--sparsity", "0.45",
         ]
     )  # fmt: skip

@@ -185,6 +185,8 @@ def shrink_mask(module: nn.Module, param: str, keep: torch.Tensor) -> torch.Tens
                 module.register_forward_pre_hook(_arm_on_forward).id,
                 module.register_load_state_dict_post_hook(_remask_after_load).id,
             )
+            from .structure import masked_norm  # noqa: F401  registers masked LayerNorm forwards
+
             fix = next((h for t, h in MASKED_FORWARD.items() if isinstance(module, t)), None)
             if fix is not None:
                 ids += (module.register_forward_hook(fix).id,)

@@ -14,21 +14,39 @@ class AnalyzeCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", metavar="MODEL", help="a Hugging Face model directory")
-        parser.add_argument("--calibration", required=True, metavar="FILE.txt|.jsonl")
+        parser.add_argument(
+            "--calibration",
+            required=True,
+            metavar="FILE.txt|.jsonl",
+            help="text the data-aware criteria calibrate on (or builtin:docstrings)",
+        )
         parser.add_argument(
             "--eval", required=True, metavar="FILE.txt|.jsonl", help="text the metric is taken on"
         )
-        parser.add_argument("-o", "--output", required=True, metavar="DIR")
-        parser.add_argument("--criterion", default="wanda", help="default: wanda")
-        parser.add_argument("--granularity", default="unstructured")
+        parser.add_argument(
+            "-o", "--output", required=True, metavar="DIR", help="folder for the PNGs and JSON"
+        )
+        parser.add_argument("--criterion", default="wanda", help="criterion (default: wanda)")
+        parser.add_argument(
+            "--granularity", default="unstructured", help="granularity (default: unstructured)"
+        )
         parser.add_argument(
             "--sparsities", default="0.3,0.5,0.7", help="grid (default: 0.3,0.5,0.7)"
         )
         parser.add_argument("--sparsity", type=float, default=None, help="budget of the bars")
-        parser.add_argument("--units", choices=["layer", "block"], default="layer")
-        parser.add_argument("--nsamples", type=int, default=32)
-        parser.add_argument("--seqlen", type=int, default=128)
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--units",
+            choices=["layer", "block"],
+            default="layer",
+            help="prune each layer alone, or each block alone (default: layer)",
+        )
+        parser.add_argument(
+            "--nsamples", type=int, default=32, help="calibration windows (default: 32)"
+        )
+        parser.add_argument(
+            "--seq-len", type=int, default=128, help="tokens per window (default: 128)"
+        )
+        parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
 
     def run(self, args: argparse.Namespace) -> int:
         import copy
@@ -46,6 +64,7 @@ class AnalyzeCommand(Command):
             output_error,
             sensitivity,
         )
+        from ..config import PruneConfig
         from ..errors import ConfigError
         from ..modelio import load_model
         from ..runtime.timing import MedianTimer
@@ -62,8 +81,13 @@ class AnalyzeCommand(Command):
             raise ConfigError(f"-o {out} is a file; pass a directory")
         out.mkdir(parents=True, exist_ok=True)
         model = load_model(args.model).eval()
-        calib = calibration_batches(args)
-        evals = calibration_batches(argparse.Namespace(**{**vars(args), "calibration": args.eval}))
+        job = PruneConfig(
+            sparsity=grid[0], criterion=args.criterion, granularity=args.granularity, seed=args.seed
+        )
+        text = argparse.Namespace(**vars(args), loss=None)
+        calib = calibration_batches(text, model, job)
+        text.calibration = args.eval
+        evals = calibration_batches(text, model, job)
         metric = "relative output error vs dense (eval text)"
         err = output_error(model, evals)
         sens = sensitivity(
