@@ -180,13 +180,19 @@ def _layout(batch: Batch) -> tuple:
     return tuple(one(a) for a in args), tuple(sorted((k, one(v)) for k, v in kwargs.items()))
 
 
-@contextlib.contextmanager
-def calibration_mode(model: nn.Module) -> Iterator[None]:
+def calibration_mode(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Eval mode (no dropout) and, for Hugging Face models, no KV cache, restored on exit."""
+    return model_mode(model, training=False)
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """``model.train(training)`` and, for Hugging Face models, no KV cache; both restored on
+    exit (calibration runs in eval mode, recovery in train mode)."""
     was_training = model.training
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
-    model.eval()
+    model.train(training)
     if use_cache:
         config.use_cache = False
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibrate import as_batches
+from ..calibrate.batches import as_batches, model_mode
 from ..errors import ConfigError, WeightError
 from ..progress import track
 
@@ -85,21 +85,9 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-@contextlib.contextmanager
-def training_mode(model: nn.Module) -> Iterator[None]:
+def training_mode(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Train mode and, for Hugging Face models, no KV cache; both restored on exit."""
-    was_training = model.training
-    config = getattr(model, "config", None)
-    use_cache = getattr(config, "use_cache", None)
-    model.train()
-    if use_cache:
-        config.use_cache = False
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        if use_cache:
-            config.use_cache = use_cache
+    return model_mode(model, training=True)
 
 
 def run_training(
