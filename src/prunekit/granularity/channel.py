@@ -22,10 +22,6 @@ class Channel(Structured):
     round_to: int = 1
     max_ratio: float = 1.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_options()
-
     @classmethod
     def from_spec(cls, spec: str) -> Channel | None:
         return cls() if spec in ("channel", "filter", "neuron") else None

@@ -24,10 +24,6 @@ class Head(Structured):
     max_ratio: float = 1.0
     kv_groups: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_options()
-
     @classmethod
     def from_spec(cls, spec: str) -> Head | None:
         return cls() if spec in ("head", "heads") else None

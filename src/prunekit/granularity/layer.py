@@ -24,10 +24,6 @@ class Layer(Structured):
     round_to: int = 1
     max_ratio: float = 1.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_options()
-
     @classmethod
     def from_spec(cls, spec: str) -> Layer | None:
         return cls() if spec in ("layer", "layers", "depth") else None

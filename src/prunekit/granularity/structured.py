@@ -26,6 +26,10 @@ class Structured(Granularity):
     round_to: int = 1
     max_ratio: float = 1.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_options()
+
     def _check_options(self) -> None:
         if (
             isinstance(self.round_to, bool)
