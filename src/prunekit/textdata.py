@@ -12,28 +12,34 @@ import torch
 from .errors import ConfigError
 
 
+def jsonl_records(path: Path) -> list[tuple[str, Any]]:
+    """``(text, item)`` per non-blank line of a JSONL file: each line a JSON string or an object
+    with a ``"text"`` field; a malformed line raises ConfigError naming it."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        text = item.get("text") if isinstance(item, dict) else item
+        if not isinstance(text, str):
+            raise ConfigError(f"{path}:{number}: expected a string or an object with 'text'")
+        records.append((text, item))
+    return records
+
+
 def read_texts(path: str | Path) -> list[str]:
     """The texts in a ``.txt`` or ``.jsonl`` file; empty or malformed files raise ConfigError."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise ConfigError(f"calibration file {path} must be .txt or .jsonl, not {suffix or '?'}")
-    raw = path.read_text(encoding="utf-8")
     if suffix == ".txt":
-        texts = [raw]
+        texts = [path.read_text(encoding="utf-8")]
     else:
-        texts = []
-        for number, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            text = item.get("text") if isinstance(item, dict) else item
-            if not isinstance(text, str):
-                raise ConfigError(f"{path}:{number}: expected a string or an object with 'text'")
-            texts.append(text)
+        texts = [text for text, _ in jsonl_records(path)]
     if not any(t.strip() for t in texts):
         raise ConfigError(f"calibration file {path} holds no text")
     return texts

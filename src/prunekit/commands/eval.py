@@ -19,7 +19,7 @@ def read_eval_texts(name: str, whole: bool) -> tuple[list[str], list[Any] | None
     (perplexity) a ``.txt`` file is one text.
     """
     from ..errors import PrunekitError
-    from ..textdata import corpus_texts
+    from ..textdata import corpus_texts, jsonl_records
 
     path = Path(name)
     if name.startswith("builtin:") or whole or path.suffix.lower() != ".jsonl":
@@ -27,19 +27,9 @@ def read_eval_texts(name: str, whole: bool) -> tuple[list[str], list[Any] | None
         if path.suffix.lower() == ".txt" and not whole:
             texts = [line.strip() for t in texts for line in t.splitlines() if line.strip()]
         return texts, None
-    texts, labels = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrunekitError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        text = item.get("text") if isinstance(item, dict) else item
-        if not isinstance(text, str):
-            raise PrunekitError(f"{path}:{number}: expected a string or an object with 'text'")
-        texts.append(text)
-        labels.append(item.get("label") if isinstance(item, dict) else None)
+    records = jsonl_records(path)
+    texts = [text for text, _ in records]
+    labels = [item.get("label") if isinstance(item, dict) else None for _, item in records]
     if not texts:
         raise PrunekitError(f"{path} holds no text")
     return texts, labels if all(label is not None for label in labels) else None
