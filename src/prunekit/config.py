@@ -120,28 +120,21 @@ class PruneConfig:
             if f.metadata.get("selectors") and isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))  # equal after a round trip
             elif "plugin" in f.metadata and isinstance(value, dict):
-                object.__setattr__(self, f.name, _plugin_object(f.name, value))
+                object.__setattr__(self, f.name, _plugin(f.name, value))
 
     # -- validation ------------------------------------------------------------------------
     def resolve(self) -> Resolved:
         """Parse every plugin and check that they work together; raise :class:`ConfigError`
         naming the problem and the valid choices. The model is not needed (nor touched)."""
-        from .allocation import ALLOCATIONS, Allocation
-        from .criteria import CRITERIA, Criterion
-        from .granularity import parse_granularity
-        from .plugin import from_value
-        from .schedule import SCHEDULES
+        from .allocation import ALLOCATIONS
+        from .criteria import CRITERIA
         from .targets import check_selectors
 
-        gran = parse_granularity(self.granularity)
-        criterion = from_value(self.criterion, CRITERIA, Criterion)
-        allocation = from_value(self.scope, ALLOCATIONS, Allocation)
-        schedule = from_value(self.schedule, SCHEDULES, Schedule)
-        reconstruct = None
-        if self.reconstruct is not None:
-            from .reconstruct.block import RECONSTRUCTIONS, Reconstruction
-
-            reconstruct = from_value(self.reconstruct, RECONSTRUCTIONS, Reconstruction)
+        gran = _plugin("granularity", self.granularity)
+        criterion = _plugin("criterion", self.criterion)
+        allocation = _plugin("scope", self.scope)
+        schedule = _plugin("schedule", self.schedule)
+        reconstruct = None if self.reconstruct is None else _plugin("reconstruct", self.reconstruct)
         if not isinstance(self.refine, bool):
             raise ConfigError(f"refine must be True or False, got {self.refine!r}")
         if (reconstruct is not None or self.refine) and gran.structured:
@@ -187,12 +180,14 @@ class PruneConfig:
 
         The config is validated first (an invalid config has no recipe).
         """
-        resolved = self.resolve()
+        from .plugin import to_dict
+
+        self.resolve()
         out: dict[str, Any] = {"version": VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if "plugin" in f.metadata and not isinstance(value, (str, type(None))):
-                value = _plugin_dict(resolved, f.name)
+                value = to_dict(value, _kind(f.name)[0])
             elif f.metadata.get("selectors"):
                 value = _selectors_to_json(value)
             out[f.name] = value
@@ -289,44 +284,32 @@ class Resolved:
     refine: bool = False
 
 
-def _registry(field_name: str):
-    from .allocation import ALLOCATIONS
-    from .criteria import CRITERIA
-    from .granularity import GRANULARITIES
-    from .reconstruct.block import RECONSTRUCTIONS
+def _kind(field_name: str) -> tuple[Any, type]:
+    """The registry and base class of a plugin field."""
+    from .allocation import ALLOCATIONS, Allocation
+    from .criteria import CRITERIA, Criterion
+    from .granularity import GRANULARITIES, Granularity
+    from .reconstruct.block import RECONSTRUCTIONS, Reconstruction
     from .schedule import SCHEDULES
 
     return {
-        "granularity": GRANULARITIES,
-        "criterion": CRITERIA,
-        "scope": ALLOCATIONS,
-        "schedule": SCHEDULES,
-        "reconstruct": RECONSTRUCTIONS,
+        "granularity": (GRANULARITIES, Granularity),
+        "criterion": (CRITERIA, Criterion),
+        "scope": (ALLOCATIONS, Allocation),
+        "schedule": (SCHEDULES, Schedule),
+        "reconstruct": (RECONSTRUCTIONS, Reconstruction),
     }[field_name]
 
 
-def _plugin_dict(resolved: Resolved, field_name: str) -> dict[str, Any]:
-    from .plugin import to_dict
-
-    attr = {"scope": "allocation"}.get(field_name, field_name)
-    return to_dict(getattr(resolved, attr), _registry(field_name))
-
-
-def _plugin_object(field_name: str, value: dict[str, Any]) -> Any:
-    from .allocation import Allocation
-    from .criteria import Criterion
-    from .granularity import Granularity
+def _plugin(field_name: str, value: Any) -> Any:
+    """The plugin object a field's value (shorthand, dict or object) stands for."""
+    from .granularity import parse_granularity
     from .plugin import from_value
-    from .reconstruct.block import Reconstruction
 
-    base = {
-        "granularity": Granularity,
-        "criterion": Criterion,
-        "scope": Allocation,
-        "schedule": Schedule,
-        "reconstruct": Reconstruction,
-    }[field_name]
-    return from_value(value, _registry(field_name), base)
+    if field_name == "granularity":  # specs such as "2:4" parse by pattern
+        return parse_granularity(value)
+    registry, base = _kind(field_name)
+    return from_value(value, registry, base)
 
 
 def _selectors_to_json(value: Any) -> Any:
