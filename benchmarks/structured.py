@@ -1,28 +1,35 @@
-"""Structured pruning, before and after, against Torch-Pruning in the same run.
+"""Structured pruning, before and after, against Torch-Pruning at equal MACs.
 
-For an HF ResNet-50-sized classifier, a BERT-base-sized encoder and a Llama-style LM (hidden 512,
-4 layers, 8 query / 2 KV heads) it prints parameters, MACs (attention matmuls included, counted with
-``torch.utils.flop_counter``), CPU latency at batch 1 and 8 (median of interleaved runs) and
-pruning time, for the dense model, prunekit and Torch-Pruning at the same ratios.
+For a ResNet-50 (plain torch), a BERT-base encoder (inner widths + heads), a BERT-base classifier
+(hidden width + heads), a Llama-style LM (hidden 512, 8 query / 2 KV heads; widths + heads) and
+an 8-block Llama (depth) it prints parameters, MACs (attention matmuls included, counted with
+``torch.utils.flop_counter``), latency at batch 1 and 8 and pruning time, for the dense model,
+prunekit and Torch-Pruning.
 
-prunekit prunes 50% of every channel group (and, for the transformers, 50% of the heads) and
-returns a verified, physically smaller model. Torch-Pruning runs with its documented settings
-(``GroupMagnitudeImportance``, ``num_heads`` for attention, the head-count attributes patched by
-hand afterwards, as its examples do). Torch-Pruning is installed only in a separate benchmark
-environment::
+prunekit prunes ``--ratio`` of every channel group (then of the heads, or of the blocks) and
+returns a verified, physically smaller model; its prune time is mask + shrink + verification.
+Torch-Pruning runs in its own environment, as a subprocess (``--tp-python``), with its documented
+settings (``GroupMagnitudeImportance``, ``num_heads`` for attention, the head-count attributes
+patched by hand afterwards, as its examples do); its pruning ratio is bisected (untimed) until its
+MACs match prunekit's, then it prunes a fresh copy, timed. Each process times its pruned model
+against its own dense copy (interleaved rounds), so every ratio is measured within one process.
+Times are this thread's CPU time at one thread (``time.thread_time``: it resists the load of
+other processes); prune times are the range over ``--repeat`` fresh copies::
 
-    python3 -m venv .venv-bench
-    .venv-bench/bin/pip install -c constraints.txt torch==2.13.0 transformers torch-pruning
-    .venv-bench/bin/pip install -c constraints.txt -e .
-    .venv-bench/bin/python benchmarks/structured.py            # ~5-10 min on 2 cores
-    .venv-bench/bin/python benchmarks/structured.py --quick    # tiny configs, a smoke test
+    python3 -m venv /work/tpvenv
+    /work/tpvenv/bin/pip install -c constraints.txt torch==2.13.0 transformers torch-pruning
+    PYTHONPATH=src python benchmarks/structured.py --tp-python /work/tpvenv/bin/python
+    PYTHONPATH=src python benchmarks/structured.py --quick    # tiny configs, a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -30,13 +37,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import prunekit as pk
-from prunekit.structure.graph import call_model
+# this file also runs as Torch-Pruning's worker, in an environment without prunekit: prunekit
+# and rich are imported where they are used
+
+clock = time.thread_time  # at one thread, the work runs on this thread
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
 
 @dataclass
@@ -54,14 +65,49 @@ class Case:
         return "head" in self.granularities
 
 
-def _resnet(quick: bool) -> nn.Module:
-    from transformers import ResNetConfig, ResNetForImageClassification
+class Bottleneck(nn.Module):
+    """ResNet-50's bottleneck block (1x1, 3x3, 1x1 convolutions, projection shortcut)."""
 
-    if quick:
-        cfg = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64, 96, 128], depths=[1, 1, 1, 1])
-    else:
-        cfg = ResNetConfig()  # ResNet-50: depths 3-4-6-3, widths 256-512-1024-2048
-    return ResNetForImageClassification(cfg)
+    def __init__(self, cin: int, mid: int, stride: int) -> None:
+        super().__init__()
+        cout = mid * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.short = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.short(x))
+
+
+def resnet(quick: bool) -> nn.Module:
+    """ResNet-50 (depths 3-4-6-3, 25.6M parameters) in plain torch; ``quick``: 1-1-1-1, narrow."""
+    depths, width = ((1, 1, 1, 1), 16) if quick else ((3, 4, 6, 3), 64)
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, width, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    cin = width
+    for stage, depth in enumerate(depths):
+        mid = width * 2**stage
+        for i in range(depth):
+            layers.append(Bottleneck(cin, mid, 2 if i == 0 and stage else 1))
+            cin = mid * 4
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
+    return nn.Sequential(*layers)
 
 
 def _bert(quick: bool, classifier: bool = False) -> nn.Module:
@@ -106,7 +152,7 @@ def cases(quick: bool) -> list[Case]:
 
     tag = " (quick)" if quick else ""
     return [
-        Case("ResNet-50" + tag, lambda: _resnet(quick), image),
+        Case("ResNet-50" + tag, lambda: resnet(quick), image),
         Case("BERT-base" + tag, lambda: _bert(quick), ids, ("channel", "head")),
         Case(
             "BERT-base width" + tag,
@@ -131,15 +177,16 @@ def cases(quick: bool) -> list[Case]:
 
 
 # -- the two pruners ---------------------------------------------------------------------------
-def prune_prunekit(model: nn.Module, x: Any, ratio: float, case: Case) -> nn.Module:
-    t = time.perf_counter()
+def prune_prunekit(model: nn.Module, x: Any, ratio: float, case: Case) -> tuple[nn.Module, dict]:
+    """Mask each granularity in turn, then shrink (which verifies against the masked model)."""
+    import prunekit as pk
+
+    t0 = clock()
     for granularity in case.granularities:
         pk.prune(model, ratio, granularity=granularity, example_inputs=x)
-    _split["mask"] = time.perf_counter() - t
-    return pk.shrink(model, x)  # includes the verification forward against the masked model
-
-
-_split: dict[str, float] = {}
+    t1 = clock()
+    small = pk.shrink(model, x)
+    return small, {"mask": t1 - t0, "shrink": clock() - t1}
 
 
 def _tp_attention(model: nn.Module) -> dict[nn.Module, int]:
@@ -167,21 +214,20 @@ def _tp_patch(model: nn.Module) -> None:
 
 
 def prune_torch_pruning(model: nn.Module, x: Any, ratio: float, case: Case) -> nn.Module:
+    """Torch-Pruning's documented recipe; blocks (which it cannot remove) become width + heads."""
     import torch_pruning as tp
 
-    if "layer" in case.granularities:
-        raise NotImplementedError("Torch-Pruning removes no whole blocks")
-    attention = case.attention
+    transformer = any(isinstance(m, (nn.LayerNorm, nn.Embedding)) for m in model.modules())
     ignored = [
         m
         for n, m in model.named_modules()
-        if n.endswith(("classifier.1", "lm_head", "pooler.dense"))
+        if n.endswith(("classifier", "classifier.1", "lm_head", "pooler.dense"))
+        or (not transformer and isinstance(m, nn.Linear))  # the CNN's 1000 logits
     ]
-    if not case.width and any(isinstance(m, nn.LayerNorm) for m in model.modules()):
-        # keep the LayerNorm'd hidden width, as prunekit does (its removal is not exact; TP's
-        # default prunes it anyway, and crashes on BERT under transformers 5)
+    if transformer and not case.width and "layer" not in case.granularities:
+        # keep the LayerNorm'd hidden width, as prunekit does for a model that returns it
         ignored += [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.LayerNorm))]
-    heads = _tp_attention(model) if attention else {}
+    heads = _tp_attention(model) if transformer else {}
     pruner = tp.pruner.BasePruner(
         model,
         x,
@@ -218,118 +264,184 @@ def macs(model: nn.Module, x: Any) -> float:
     return counter.get_total_flops() / 2
 
 
+def latency(models: list[nn.Module], inputs: Callable[[int], Any], rounds: int) -> list[dict]:
+    """Median seconds per call of each model at batch 1 and 8, in interleaved rounds."""
+    xs = {b: inputs(b) for b in (1, 8)}
+    times: list[dict[int, list[float]]] = [{1: [], 8: []} for _ in models]
+    with torch.no_grad():
+        for m in models:  # warm-up
+            for b in (1, 8):
+                call_model(m, xs[b])
+        for r in range(rounds):
+            for b in (1, 8):
+                for i in range(len(models)):
+                    j = (i + r) % len(models)  # rotate the order every round
+                    t = clock()
+                    call_model(models[j], xs[b])
+                    times[j][b].append(clock() - t)
+    return [{b: statistics.median(t[b]) for b in (1, 8)} for t in times]
+
+
 @dataclass
 class Row:
     method: str
-    model: nn.Module | None
-    prune_s: float = 0.0
-    status: str = "ok"
-    params: int = 0
-    macs: float = 0.0
-    lat: dict[int, list[float]] = field(default_factory=lambda: {1: [], 8: []})
+    params: float = 0.0  # ratio to dense
+    macs: float = 0.0  # ratio to dense
+    lat: dict[int, float] = field(default_factory=dict)  # ratio to dense, by batch
+    prune_s: list[float] = field(default_factory=list)
+    notes: str = ""
 
 
-def latency(rows: list[Row], inputs: Callable[[int], Any], rounds: int) -> None:
-    xs = {b: inputs(b) for b in (1, 8)}
-    live = [r for r in rows if r.model is not None]
-    with torch.no_grad():
-        for r in live:  # warm-up
-            for b in (1, 8):
-                call_model(r.model, xs[b])
-        for _ in range(rounds):
-            for b in (1, 8):
-                for r in live:
-                    t = time.perf_counter()
-                    call_model(r.model, xs[b])
-                    r.lat[b].append(time.perf_counter() - t)
+def measure(
+    dense: nn.Module, prune: Callable[[nn.Module], tuple[nn.Module, dict]], case: Case, args
+) -> tuple[Row, dict]:
+    """Prune ``--repeat`` fresh copies (timed), then measure the last one against ``dense``."""
+    x1 = case.inputs(1)
+    times, split, small = [], {}, None
+    for _ in range(args.repeat):
+        model = copy.deepcopy(dense)
+        t = clock()
+        small, split = prune(model)
+        times.append(clock() - t)
+        small.eval()
+        with torch.no_grad():
+            call_model(small, case.inputs(8))  # must run at another batch size too
+    (ld, ls) = latency([dense, small], case.inputs, args.rounds)
+    row = Row(
+        "",
+        params(small) / params(dense),
+        macs(small, x1) / macs(dense, x1),
+        {b: ls[b] / ld[b] for b in (1, 8)},
+        times,
+    )
+    return row, {"dense_lat": ld, **split}
 
 
-def run_case(case: Case, ratio: float, rounds: int) -> list[Row]:
+def tp_worker(args) -> None:
+    """Torch-Pruning's side, in its own environment: bisect its ratio to prunekit's MACs, then
+    prune and measure; prints one JSON line."""
+    torch.set_num_threads(1)
+    case = next(c for c in cases(args.quick) if c.name == args.tp_worker)
     torch.manual_seed(0)
     dense = case.build().eval()
     x1 = case.inputs(1)
-    with torch.no_grad():  # warm up, so neither pruner pays for the first forward
+    with torch.no_grad():
         call_model(dense, x1)
-    rows = [Row("dense", dense)]
-    for method, fn in (("prunekit", prune_prunekit), ("Torch-Pruning", prune_torch_pruning)):
-        model = copy.deepcopy(dense)
-        t = time.perf_counter()
-        try:
-            small = fn(model, x1, ratio, case).eval()
-            with torch.no_grad():
-                call_model(small, case.inputs(8))  # must run at another batch size too
-            rows.append(Row(method, small, time.perf_counter() - t))
-            if method == "prunekit":
-                rows[-1].status = (
-                    f"ok (mask {_split['mask']:.1f}s + shrink/verify "
-                    f"{rows[-1].prune_s - _split['mask']:.1f}s)"
-                )
-        except Exception as e:  # a peer's failure is a result, not a crash of the benchmark
-            traceback.print_exc()
-            rows.append(Row(method, None, time.perf_counter() - t, f"fails: {type(e).__name__}"))
-    for r in rows:
-        if r.model is not None:
-            r.params, r.macs = params(r.model), macs(r.model, x1)
-    latency(rows, case.inputs, rounds)
-    return rows
+    base = macs(dense, x1)
+    lo, hi, ratio = 0.0, 0.95, args.ratio
+    for _ in range(args.bisect):  # untimed: find the ratio whose MACs match prunekit's
+        got = macs(prune_torch_pruning(copy.deepcopy(dense), x1, ratio, case), x1) / base
+        lo, hi = (ratio, hi) if got > args.target_macs else (lo, ratio)
+        ratio = (lo + hi) / 2
+    row, _ = measure(dense, lambda m: (prune_torch_pruning(m, x1, ratio, case), {}), case, args)
+    print(json.dumps({"row": row.__dict__, "ratio": ratio}))
+
+
+def run_tp(case: Case, target_macs: float, args) -> Row:
+    cmd = [args.tp_python, __file__, "--tp-worker", case.name, "--target-macs", str(target_macs)]
+    for flag in ("ratio", "rounds", "repeat", "bisect"):
+        cmd += [f"--{flag}", str(getattr(args, flag))]
+    proc = subprocess.run(
+        cmd + ["--quick"] * args.quick, capture_output=True, text=True, check=False
+    )
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return Row("Torch-Pruning", notes=f"fails: {last[:70]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = Row(**{**out["row"], "lat": {int(k): v for k, v in out["row"]["lat"].items()}})
+    row.method = "Torch-Pruning"
+    row.notes = f"ratio {out['ratio']:.3f}" + (
+        " (width+heads: no block removal)" if "layer" in case.granularities else ""
+    )
+    return row
+
+
+def run_case(case: Case, args) -> tuple[list[Row], dict]:
+    torch.manual_seed(0)
+    dense = case.build().eval()
+    x1 = case.inputs(1)
+    with torch.no_grad():  # warm up, so no pruner pays for the first forward
+        call_model(dense, x1)
+    info = {"params": params(dense), "macs": macs(dense, x1)}
+    try:
+        row, split = measure(dense, lambda m: prune_prunekit(m, x1, args.ratio, case), case, args)
+        row.method = "prunekit"
+        row.notes = f"last: mask {split['mask']:.2f}s + shrink/verify {split['shrink']:.2f}s"
+        info["lat"] = split["dense_lat"]
+    except Exception as e:  # a failure is a result, not a crash of the benchmark
+        traceback.print_exc()
+        return [Row("prunekit", notes=f"fails: {type(e).__name__}")], info
+    rows = [row]
+    if args.tp_python:
+        rows.append(run_tp(case, row.macs, args))
+    return rows, info
+
+
+def _span(xs: list[float]) -> str:
+    return f"{min(xs):.2f}-{max(xs):.2f}" if xs else "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="timed prunes of fresh copies")
+    parser.add_argument("--bisect", type=int, default=6, help="Torch-Pruning ratio search steps")
+    parser.add_argument("--tp-python", help="python of an environment with torch-pruning")
     parser.add_argument("--quick", action="store_true", help="tiny configs (smoke test)")
     parser.add_argument("--only", nargs="*", help="case name prefixes to run")
+    parser.add_argument("--tp-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--target-macs", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.tp_worker:
+        tp_worker(args)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    torch.set_num_threads(1)
     table = Table(
-        title=f"structured pruning at ratio {args.ratio} ({args.threads} threads, "
-        f"median of {args.rounds} interleaved runs)"
+        title=f"structured pruning at ratio {args.ratio}, Torch-Pruning at equal MACs (1 thread, "
+        f"thread CPU time, median of {args.rounds} interleaved rounds; prune s: range of "
+        f"{args.repeat})"
     )
-    for col in (
-        "model",
-        "method",
-        "params",
-        "MACs",
-        "lat b1",
-        "lat b8",
-        "lat/MACs b8",
-        "prune s",
-        "notes",
-    ):
-        table.add_column(col, justify="left" if col in ("model", "method", "status") else "right")
+    cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b8", "prune s")
+    for col in (*cols, "notes"):
+        table.add_column(col, justify="left" if col in ("model", "method", "notes") else "right")
     for case in cases(args.quick):
         if args.only and not any(case.name.startswith(o) for o in args.only):
             continue
-        rows = run_case(case, args.ratio, args.rounds)
-        base = rows[0]
-        med = {
-            id(r): {b: statistics.median(r.lat[b]) if r.lat[b] else None for b in (1, 8)}
-            for r in rows
-        }
+        rows, info = run_case(case, args)
+        lat = info.get("lat", {1: float("nan"), 8: float("nan")})
+        table.add_row(
+            case.name,
+            "dense",
+            f"{info['params'] / 1e6:.2f}M",
+            f"{info['macs'] / 1e9:.2f}G",
+            f"{lat[1] * 1e3:.1f}ms",
+            f"{lat[8] * 1e3:.1f}ms",
+            "",
+            "",
+            "",
+        )
         for r in rows:
-            if r.model is None:
-                table.add_row(
-                    case.name, r.method, "-", "-", "-", "-", "-", f"{r.prune_s:.1f}", r.status
-                )
+            if not r.lat:
+                table.add_row(case.name, r.method, *["-"] * 5, _span(r.prune_s), r.notes)
                 continue
-            m, b = med[id(r)], med[id(base)]
-            mac_ratio = r.macs / base.macs
-            lat8 = m[8] / b[8]
             table.add_row(
                 case.name,
                 r.method,
-                f"{r.params / 1e6:.2f}M ({r.params / base.params:.2f})",
-                f"{r.macs / 1e9:.2f}G ({mac_ratio:.2f})",
-                f"{m[1] * 1e3:.1f}ms ({m[1] / b[1]:.2f})",
-                f"{m[8] * 1e3:.1f}ms ({lat8:.2f})",
-                f"{lat8 / mac_ratio:.2f}",
-                f"{r.prune_s:.1f}" if r.method != "dense" else "-",
-                r.status,
+                f"{r.params:.3f}",
+                f"{r.macs:.3f}",
+                f"{r.lat[1]:.2f}",
+                f"{r.lat[8]:.2f}",
+                f"{r.lat[8] / r.macs:.2f}",
+                _span(r.prune_s),
+                r.notes,
             )
         table.add_section()
-    Console(width=160).print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":
