@@ -10,7 +10,7 @@ import torch
 import prunekit as pk
 from prunekit.structure.hf_config import describes
 
-from .zoo import INPUTS, ZOO
+from .zoo import INPUTS, LLAMA_LIKE, ZOO
 
 transformers = pytest.importorskip("transformers")
 
@@ -69,3 +69,61 @@ def test_a_config_that_cannot_describe_the_model_warns_on_dense_export(tmp_path)
     assert not describes(small)
     with pytest.warns(UserWarning, match="plain transformers"):
         pk.save(small, tmp_path / "gpt2", dense=True)
+
+
+def _llama(layers: int = 4):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**{**LLAMA_LIKE, "num_hidden_layers": layers})
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _widths(model) -> set[tuple[int, int]]:
+    """(MLP width, query rows) of every block."""
+    return {
+        (b.mlp.up_proj.out_features, b.self_attn.q_proj.out_features) for b in model.model.layers
+    }
+
+
+def test_global_scope_is_uneven_unless_uniform():
+    x = INPUTS["llama"]()
+    widths, mlp = {}, {}
+    for uniform in (False, True):
+        model = _llama()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for granularity in ("channel", "head"):
+                gran = {"type": granularity, "uniform": uniform}
+                pk.prune(model, 0.5, granularity=gran, scope="global", example_inputs=x)
+                model = pk.shrink(model, x)
+        widths[uniform] = _widths(model)
+        mlp[uniform] = [b.mlp.up_proj.out_features for b in model.model.layers]
+    assert len(widths[False]) > 1 and len(widths[True]) == 1
+    # the same allocation, then every MLP loses the mean of what the uneven ones lost
+    removed = [128 - w for w in mlp[False]]
+    assert mlp[True] == [128 - round(sum(removed) / len(removed))] * 4
+
+
+def test_llama_by_width_heads_and_depth_uniform_loads_in_plain_transformers(tmp_path):
+    """The issue's target: channel, head and layer pruning one after the other under global
+    scope with ``uniform``, shrunk to half the parameters, written by save_pretrained."""
+    model, x = _llama(), INPUTS["llama"]()
+    before = sum(p.numel() for p in model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for gran in ({"type": "channel", "uniform": True}, {"type": "head", "uniform": True}):
+            pk.prune(model, 0.5, granularity=gran, scope="global", example_inputs=x)
+            model = pk.shrink(model, x)
+        pk.prune(model, 0.5, granularity="layer", example_inputs=x)
+        model = pk.shrink(model, x)
+    assert sum(p.numel() for p in model.parameters()) <= 0.5 * before
+    assert len(model.model.layers) == 2 and len(_widths(model)) == 1
+    assert describes(model)
+    model.save_pretrained(tmp_path / "hf")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(loaded) is transformers.LlamaForCausalLM
+    ids = x["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
+        a = model.generate(ids, max_new_tokens=6, do_sample=False)
+        b = loaded.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(a, b) and a.shape[1] == ids.shape[1] + 6

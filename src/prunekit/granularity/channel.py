@@ -15,12 +15,17 @@ from .structured import Structured
 @GRANULARITIES.register("channel")
 @dataclass(frozen=True)
 class Channel(Structured):
-    """Coupled channels. ``Channel(round_to=8, max_ratio=0.8)`` for options."""
+    """Coupled channels. ``Channel(round_to=8, max_ratio=0.8, uniform=True)`` for options."""
 
-    examples: ClassVar[tuple] = ("channel", {"type": "channel", "round_to": 2, "max_ratio": 0.9})
+    examples: ClassVar[tuple] = (
+        "channel",
+        {"type": "channel", "round_to": 2, "max_ratio": 0.9},
+        {"type": "channel", "uniform": True},
+    )
 
     round_to: int = 1
     max_ratio: float = 1.0
+    uniform: bool = False
 
     @classmethod
     def from_spec(cls, spec: str) -> Channel | None:

@@ -18,10 +18,11 @@ class Head(Structured):
     """Attention heads. With GQA, query heads go evenly per KV group; ``kv_groups=True`` removes
     whole KV groups (with their query heads) instead."""
 
-    examples: ClassVar[tuple] = ("head", {"type": "head", "kv_groups": True})
+    examples: ClassVar[tuple] = ("head", {"type": "head", "kv_groups": True, "uniform": True})
 
     round_to: int = 1
     max_ratio: float = 1.0
+    uniform: bool = False
     kv_groups: bool = False
 
     @classmethod

@@ -20,11 +20,14 @@ from .base import Granularity
 
 class Structured(Granularity):
     """Common options: ``round_to`` keeps every group's kept width a multiple of it; ``max_ratio``
-    caps the fraction of any one group that may go."""
+    caps the fraction of any one group that may go; ``uniform`` (channels, heads) removes the same
+    count from every group of one role (each layer's MLP, each layer's attention) under any scope,
+    so that one config value describes every layer."""
 
     structured = True
     round_to: int = 1
     max_ratio: float = 1.0
+    uniform: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +42,8 @@ class Structured(Granularity):
             raise ConfigError(f"round_to must be an integer >= 1, got {self.round_to!r}")
         if not isinstance(self.max_ratio, (int, float)) or not 0.0 < self.max_ratio <= 1.0:
             raise ConfigError(f"max_ratio must be in (0, 1], got {self.max_ratio!r}")
+        if not isinstance(self.uniform, bool):
+            raise ConfigError(f"uniform must be true or false, got {self.uniform!r}")
 
     @abstractmethod
     def groups(self, model: nn.Module, example_inputs: Any) -> list[Any]:

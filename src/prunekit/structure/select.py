@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import defaultdict
 
 import torch
 from torch import nn
@@ -83,6 +84,16 @@ def group_targets(groups: list[Group]) -> list[Target]:
     return list(seen.values())
 
 
+def role(group: Group) -> tuple:
+    """What a group is, regardless of which layer holds it: its kind, unit count and, per slot,
+    the module type, parameter, dimension and shape (layer ``i``'s MLP matches layer ``j``'s)."""
+    return (
+        group.kind,
+        group.units,
+        tuple((type(s.module).__name__, s.attr, s.dim, tuple(s.tensor.shape)) for s in group.slots),
+    )
+
+
 def _keep_count(units: int, prune: int, round_to: int, max_ratio: float) -> int:
     prune = min(prune, math.floor(max_ratio * units + 1e-9), units - 1)
     keep = units - max(prune, 0)
@@ -98,15 +109,25 @@ def choose(
     allocation: Allocation,
     round_to: int = 1,
     max_ratio: float = 1.0,
+    uniform: bool = False,
 ) -> list[torch.Tensor]:
     """A bool prune-mask ``[units]`` per group. Dead units score ``-inf`` and count as pruned.
 
-    The allocation sees each group as a layer of units (keyed by group name); ``round_to`` and
-    ``max_ratio`` then adjust each group's count, and tied groups keep the same width.
+    The allocation sees each group as a layer of units (keyed by group name); ``uniform`` then
+    gives every group of one :func:`role` the mean of their counts, ``round_to`` and
+    ``max_ratio`` adjust each group's count, and tied groups keep the same width.
     """
     names = [f"{g.name}#{i}" for i, g in enumerate(groups)]  # group names may repeat
     budget = allocation.layer_sparsities(dict(zip(names, scores, strict=True)), sparsity)
     prune = [round(budget[n] * g.units) for n, g in zip(names, groups, strict=True)]
+    if uniform:
+        roles: dict[tuple, list[int]] = defaultdict(list)
+        for i, g in enumerate(groups):
+            roles[role(g)].append(i)
+        for members in roles.values():
+            mean = round(sum(prune[i] for i in members) / len(members))
+            for i in members:
+                prune[i] = mean
     keep = [
         _keep_count(g.units, p, round_to, max_ratio) for g, p in zip(groups, prune, strict=True)
     ]
@@ -176,7 +197,13 @@ def prune_groups(
             dead.append(g.dead(dead_cache))
             scores.append(s.masked_fill(dead[-1], -torch.inf))
         pruned = choose(
-            groups, scores, sparsity, allocation, granularity.round_to, granularity.max_ratio
+            groups,
+            scores,
+            sparsity,
+            allocation,
+            granularity.round_to,
+            granularity.max_ratio,
+            granularity.uniform,
         )
         apply_masks(groups, pruned)
     if sparsity > 0 and not any(bool((p & ~d).any()) for p, d in zip(pruned, dead, strict=True)):
