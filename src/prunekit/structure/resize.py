@@ -66,13 +66,12 @@ def _layer_norm(m: nn.LayerNorm) -> None:
         m.normalized_shape = tuple(m.weight.shape)
 
 
-@RESIZERS.register("GroupNorm", examples=[Example(lambda: cnn_around(nn.GroupNorm(16, 16)), IMAGE)])
+@RESIZERS.register("GroupNorm", examples=[Example(lambda: cnn_around(nn.GroupNorm(4, 16)), IMAGE)])
 def _group_norm(m: nn.GroupNorm) -> None:
-    if m.weight is not None:
-        per_channel = m.num_groups == m.num_channels
+    if m.weight is not None:  # whole groups went: the channels per group stay
+        per_group = m.num_channels // m.num_groups
         m.num_channels = m.weight.shape[0]
-        if per_channel:
-            m.num_groups = m.num_channels
+        m.num_groups = m.num_channels // per_group
 
 
 @RESIZERS.register(

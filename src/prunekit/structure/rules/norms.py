@@ -1,7 +1,8 @@
 """Normalisation layers.
 
-Batch and instance norm keep channels apart. A group norm with one channel per group does too;
-with larger groups its statistics mix channels. A LayerNorm module with a weight normalises over
+Batch and instance norm keep channels apart. A group norm module with several channels per group
+loses whole groups (a group's channels are one unit: a zeroed group normalises to zero and leaves
+the others' statistics alone); a functional ``group_norm`` with such groups keeps its channels. A LayerNorm module with a weight normalises over
 its kept channels while masked (see :mod:`..masked_norm`), so its channels go like any other; a
 functional ``layer_norm`` (or a LayerNorm without weight) keeps them. An RMS norm module folds
 the lost channels into its weight and eps at shrink time.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..graph import Call
@@ -46,17 +48,26 @@ class BatchNorm(Rule):
 
 
 class GroupNorm(Rule):
+    """Channels of one group go together; the resizer keeps the channels per group."""
+
     ops = ("group_norm",)
     examples = (
         Example(lambda: cnn_around(nn.GroupNorm(16, 16)), IMAGE),
-        Example(lambda: cnn_around(nn.GroupNorm(4, 16)), IMAGE, shrinks=False),
+        Example(lambda: cnn_around(nn.GroupNorm(4, 16)), IMAGE),
+        Example(lambda: cnn_around(lambda h: F.group_norm(h, 4)), IMAGE, shrinks=False),
     )
 
     def apply(self, call: Call, st: State) -> None:
-        x, groups = call.args[0], arg(call, 1, "num_groups")
-        c = _per_channel(call, st, [arg(call, 2, "weight"), arg(call, 3, "bias")])
-        if groups != x.shape[1]:
+        x, groups, w = call.args[0], arg(call, 1, "num_groups"), arg(call, 2, "weight")
+        c = _per_channel(call, st, [w, arg(call, 3, "bias")])
+        if groups == x.shape[1]:
+            return
+        owner = st.graph.owner(w) if isinstance(w, torch.Tensor) else None
+        if owner is None or not isinstance(owner[1], nn.GroupNorm):  # num_groups fixed by code
             st.block(c, call, f"group_norm with {groups} groups mixes channels in its statistics")
+            return
+        per = c.view(groups, -1)  # [groups, channels per group]
+        st.join(per, per[:, :1])
 
 
 class LayerNorm(Rule):

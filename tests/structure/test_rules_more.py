@@ -1,0 +1,33 @@
+"""Rules added for issue 10's remaining gaps: group norms with several channels per group."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+import prunekit as pk
+
+
+def test_group_norm_loses_whole_groups_and_keeps_its_group_size():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.GroupNorm(4, 16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no channel may stay with a warning
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    kept = model[0].weight.detach().flatten(1).any(1).nonzero().flatten()
+    groups = set((kept // 4).tolist())
+    assert len(kept) == 8 and sorted(kept.tolist()) == [
+        c for g in groups for c in range(4 * g, 4 * g + 4)
+    ]
+    small = pk.shrink(model, x)
+    gn = small[1]
+    assert (gn.num_groups, gn.num_channels) == (2, 8)
+    # independent: the kept channels of a fresh GroupNorm(2, 8) with the kept affine parameters
+    ref = nn.GroupNorm(2, 8)
+    ref.load_state_dict({"weight": model[1].weight[kept], "bias": model[1].bias[kept]})
+    with torch.no_grad():
+        h = torch.nn.functional.conv2d(x, model[0].weight[kept], model[0].bias[kept])
+        torch.testing.assert_close(small[1](small[0](x)), ref(h), rtol=0, atol=1e-6)
