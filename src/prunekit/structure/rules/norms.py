@@ -2,7 +2,9 @@
 
 Batch and instance norm keep channels apart. A group norm module with several channels per group
 loses whole groups (a group's channels are one unit: a zeroed group normalises to zero and leaves
-the others' statistics alone); a functional ``group_norm`` with such groups keeps its channels. A LayerNorm module with a weight normalises over
+the others' statistics alone); a functional ``group_norm`` with such groups keeps its channels.
+
+A LayerNorm module with a weight normalises over
 its kept channels while masked (see :mod:`..masked_norm`), so its channels go like any other; a
 functional ``layer_norm`` (or a LayerNorm without weight) keeps them. An RMS norm module folds
 the lost channels into its weight and eps at shrink time.
