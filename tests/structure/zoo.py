@@ -19,10 +19,7 @@ ATTENTION: set[str] = set()
 #: the channels that stay are named in a warning)
 CHANNEL_GAPS: dict[str, str] = {}
 #: models whose shrunk checkpoint pk.load refuses today, and why (a known storage gap)
-RELOAD_GAPS = {
-    "phi3": "the manifest validator reads num_key_value_groups as q rows / k rows of separate "
-    "projections; Phi-3's fused qkv_proj does not fit it"
-}
+RELOAD_GAPS: dict[str, str] = {}
 
 
 def zoo(name: str, inputs: Callable[[], Any], attention: bool = False):
@@ -320,6 +317,37 @@ hf(
     eos_token_id=0,
 )
 hf("olmo2", CACHED, "Olmo2ForCausalLM", True, **LLAMA_LIKE, eos_token_id=0, pad_token_id=1)
+# heads of these three stay (eager baddbmm / matmul attention, CodeGen's mp_num layout): known gap
+hf("bloom", CACHED, "BloomForCausalLM", vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
+hf(
+    "codegen",
+    CACHED,
+    "CodeGenForCausalLM",
+    vocab_size=64,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    rotary_dim=4,
+    n_positions=16,
+    n_ctx=16,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+hf(
+    "swinv2",  # a non-persistent buffer (relative_coords_table) feeds a linear layer
+    image(),
+    "Swinv2ForImageClassification",
+    False,
+    "the attention's per-head channels (logit scale, position-bias MLP output) stay: its eager "
+    "attention has no head adapter",
+    image_size=32,
+    patch_size=4,
+    embed_dim=16,
+    depths=[1, 1],
+    num_heads=[2, 4],
+    window_size=4,
+    num_labels=5,
+)
 hf("qwen3", CACHED, "Qwen3ForCausalLM", True, **LLAMA_LIKE, head_dim=8)
 hf("gemma", CACHED, "GemmaForCausalLM", True, **LLAMA_LIKE, head_dim=8)
 hf(

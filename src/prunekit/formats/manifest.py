@@ -228,14 +228,21 @@ def _describes(c: Any, v: Any, shapes: Shapes) -> bool:
 
 
 def _ratio_fits(c: int, v: int, shapes: Shapes) -> bool:
-    """For query heads per KV head: a ratio of two dimensions of the children (q rows / k rows)
-    that is ``c`` in the fresh model must be ``v`` in the planned one."""
+    """For query heads per KV head: a ratio of two dimensions of the children (q rows / k rows;
+    or, for a fused qkv projection, q rows / half of what the fused rows hold beyond them) that
+    is ``c`` in the fresh model must be ``v`` in the planned one."""
     dims = [(f[i], p[i]) for f, p in shapes for i in range(len(f))]
     cands = [
         p1 // p2
         for f1, p1 in dims
         for f2, p2 in dims
         if f2 and f1 % f2 == 0 and f1 // f2 == c and p2 and p1 % p2 == 0
+    ] + [
+        q1 // kv1
+        for fused0, fused1 in dims
+        for q0, q1 in dims
+        for kv0, kv1 in [((fused0 - q0) // 2, (fused1 - q1) // 2)]  # [q | k | v] rows
+        if kv0 > 0 and kv1 > 0 and q0 == c * kv0 and q1 % kv1 == 0 and fused0 - q0 == 2 * kv0
     ]
     return not cands or v in cands
 

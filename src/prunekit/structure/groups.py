@@ -225,6 +225,11 @@ def _analyse(graph: Graph) -> ChannelAnalysis:
         el = lab[elem]
         if not in_weights[el].any():
             continue
+        _, module, attr = graph.owners[pid][0]
+        if attr in module._non_persistent_buffers_set:  # not saved: the loader rebuilds it whole
+            for label in torch.unique(el[in_weights[el]]).tolist():
+                blocked.setdefault(label, f"{NON_PERSISTENT} {_slot(graph, pid, 0).name}")
+            continue
         d = _separable_dim(el) if el.dim() else None
         if d is None:
             for label in torch.unique(el[in_weights[el]]).tolist():
@@ -259,6 +264,9 @@ def _analyse(graph: Graph) -> ChannelAnalysis:
     return ChannelAnalysis(graph, groups, dict(reasons))
 
 
+#: a buffer that is not saved is rebuilt by the model's constructor at load: its shape stays
+NON_PERSISTENT = "non-persistent buffer, rebuilt at load:"
+
 #: reasons that are the model's interface or its design, not a gap in the rules: no warning
 EXPECTED = (
     "part of the model's output",
@@ -269,6 +277,7 @@ EXPECTED = (
     "a channel dimension is split into several",
     "multiplies activations along their channels",
     "nn.MultiheadAttention ties",
+    NON_PERSISTENT,
 )
 
 
