@@ -1,4 +1,4 @@
-"""Rules added for issue 10's remaining gaps: group norms with several channels per group."""
+"""Rules added for issue 10's remaining gaps: group norms with several channels per group, LSTMs."""
 
 from __future__ import annotations
 
@@ -31,3 +31,35 @@ def test_group_norm_loses_whole_groups_and_keeps_its_group_size():
     with torch.no_grad():
         h = torch.nn.functional.conv2d(x, model[0].weight[kept], model[0].bias[kept])
         torch.testing.assert_close(small[1](small[0](x)), ref(h), rtol=0, atol=1e-6)
+
+
+def test_lstm_hidden_units_go_in_every_gate_layer_and_direction():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(16, 12, num_layers=2, bidirectional=True, batch_first=True)
+    model = nn.Sequential(nn.Linear(8, 16), lstm)
+    model = nn.Sequential(*model, _First(), nn.Linear(24, 4)).eval()
+    x = torch.randn(2, 5, 8)
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    # independent: a fresh LSTM holding the kept units' gate rows and recurrent columns
+    kept = model[3].weight.detach()[:, :12].any(0).nonzero().flatten()
+    assert len(kept) == 6 and small[1].hidden_size == 6
+    rows = torch.cat([g * 12 + kept for g in range(4)])
+    ref = nn.LSTM(small[1].input_size, 6, num_layers=2, bidirectional=True, batch_first=True)
+    inputs = model[0].weight.detach().any(1).nonzero().flatten()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            full = getattr(lstm, name)[rows]
+            cols = inputs if name.startswith("weight_ih_l0") else None
+            if name.startswith("weight_hh"):
+                cols = kept
+            elif name.startswith("weight_ih") and cols is None:  # layer 1: [fwd H | bwd H]
+                cols = torch.cat([kept, 12 + kept])
+            p.copy_(full[:, cols] if cols is not None else full)
+        h = small[0](x)
+        torch.testing.assert_close(small[1](h)[0], ref(h)[0], rtol=0, atol=1e-6)
+
+
+class _First(nn.Module):
+    def forward(self, out: tuple) -> torch.Tensor:
+        return out[0]

@@ -124,6 +124,27 @@ def mha() -> nn.Module:
     return MHABlock()
 
 
+class Recurrent(nn.Module):
+    """Embedding -> 2-layer bidirectional LSTM -> GRU -> classifier on the last step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(64, 16)
+        self.lstm = nn.LSTM(16, 24, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(48, 24, batch_first=True)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embed(ids))
+        out, _ = self.gru(h)
+        return self.head(out[:, -1])
+
+
+@zoo("recurrent", lambda: torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(2)))
+def recurrent() -> nn.Module:
+    return Recurrent()
+
+
 # -- Hugging Face (tiny configs, random weights, no downloads) ------------------------------------
 def hf(
     name: str,

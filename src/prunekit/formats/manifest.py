@@ -32,7 +32,7 @@ MANIFEST_ATTRS: set[str] = {
     # torch.nn
     "in_features", "out_features", "in_channels", "out_channels", "num_features",
     "normalized_shape", "num_groups", "num_channels", "num_embeddings", "embedding_dim",
-    "embed_dim", "kdim", "vdim", "num_heads", "head_dim", "groups", "hidden_size",
+    "embed_dim", "kdim", "vdim", "num_heads", "head_dim", "groups", "hidden_size", "input_size",
     # Hugging Face transformers
     "num_attention_heads", "num_key_value_heads", "num_key_value_groups", "attention_head_size",
     "all_head_size", "intermediate_size", "nf", "nx", "split_size", "inner_dim", "n_heads",

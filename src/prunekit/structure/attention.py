@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .graph import Graph, trace
-from .groups import Slot, components
+from .groups import Slot, components, signature
 from .propagate import State, arg, compress, propagate
 
 
@@ -156,8 +156,23 @@ def _add(found: FoundHeads, slot: Slot, owner: torch.Tensor) -> bool:
     return True
 
 
+_CACHE = "_pk_found_heads"
+
+
 def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
-    """The head layout of every attention call of ``model`` that structure can tell."""
+    """The head layout of every attention call of ``model`` that structure can tell. The result
+    is kept on the model (and follows it through a deepcopy, as ``pk.shrink`` makes) until a
+    shape of the model or of the inputs changes."""
+    key = signature(model, example_inputs)
+    found = model.__dict__.get(_CACHE)
+    if found is not None and found[0] == key:
+        return found[1]
+    found = _find_heads(model, example_inputs)
+    model.__dict__[_CACHE] = (key, found)
+    return found
+
+
+def _find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
     graph = trace(model, example_inputs)
     st = propagate(graph, heads=True)
     lab = components(st.count, st.edges)

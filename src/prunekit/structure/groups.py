@@ -50,6 +50,13 @@ class Slot:
             return Target(self.name.rpartition(".")[0], self.module, "weight")
         return None
 
+    def recurrent(self) -> Target | None:
+        """The input or recurrent weight of an LSTM/GRU/RNN this slot slices, if it is one
+        (scored by data-free criteria; not a target of the pruner)."""
+        if isinstance(self.module, nn.RNNBase) and self.attr.startswith("weight_"):
+            return Target(self.name.rpartition(".")[0], self.module, self.attr)
+        return None
+
     @property
     def out_dim(self) -> bool:
         """True when the slot is the output-channel dimension of a prunable weight."""
@@ -247,7 +254,9 @@ def _analyse(graph: Graph) -> ChannelAnalysis:
             reasons[why] += 1
 
     # every live (entry, position, label), sorted by label then entry: one pass builds the units
-    weighty = torch.tensor([s.target() is not None for s, _ in entries] + [False])
+    weighty = torch.tensor(
+        [s.target() is not None or s.recurrent() is not None for s, _ in entries] + [False]
+    )
     ent = torch.cat([torch.full((len(lab),), e) for e, (_, lab) in enumerate(entries)])
     pos = torch.cat([torch.arange(len(lab)) for _, lab in entries])
     labs = torch.cat([lab for _, lab in entries])
@@ -284,7 +293,7 @@ EXPECTED = (
 _CACHE = "_pk_channel_groups"
 
 
-def _signature(model: nn.Module, example_inputs: Any) -> tuple:
+def signature(model: nn.Module, example_inputs: Any) -> tuple:
     """What the groups depend on: every tensor shape of the model and of the inputs."""
     shapes = tuple((n, tuple(t.shape)) for n, t in model.state_dict(keep_vars=True).items())
     leaves = tuple(
@@ -299,7 +308,7 @@ def cached_groups(model: nn.Module, example_inputs: Any) -> list[Group] | None:
     """The groups of the last :func:`channel_groups` call on this model (or on the model it was
     deep-copied from: the copy's groups point at the copy's modules), if nothing changed."""
     found = model.__dict__.get(_CACHE)
-    if found is not None and found[0] == _signature(model, example_inputs):
+    if found is not None and found[0] == signature(model, example_inputs):
         return found[1]
     return None
 
@@ -307,7 +316,7 @@ def cached_groups(model: nn.Module, example_inputs: Any) -> list[Group] | None:
 def channel_groups(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> ChannelAnalysis:
     """Trace ``model`` on ``example_inputs`` and return its coupled channel groups."""
     analysis = analyse(trace(model, example_inputs))
-    model.__dict__[_CACHE] = (_signature(model, example_inputs), analysis.groups)
+    model.__dict__[_CACHE] = (signature(model, example_inputs), analysis.groups)
     unexpected = {w: n for w, n in analysis.blocked.items() if not w.startswith(EXPECTED)}
     if warn and unexpected:
         lines = "\n".join(f"  {n} channel(s): {why}" for why, n in sorted(unexpected.items()))

@@ -80,7 +80,23 @@ def layer_group(model: nn.Module, example_inputs: Any, *, strict: bool = True) -
                 "zero weights (pre-norm residual blocks); whole layers cannot be removed exactly"
             )
         return None
-    name, blocks = found
+    return _blocks_group(*found)
+
+
+def dead_layers(model: nn.Module, example_inputs: Any) -> tuple[Group, torch.Tensor] | None:
+    """The block group and its fully masked blocks, where some block is fully masked and the
+    blocks compute the identity with zero weights (checked only then: it runs the model)."""
+    found = find_layers(model)
+    if found is None:
+        return None
+    group = _blocks_group(*found)
+    dead = group.dead()
+    if not dead.any() or not _zeroed_is_identity(model, found[1][0], example_inputs):
+        return None
+    return group, dead
+
+
+def _blocks_group(name: str, blocks: nn.ModuleList) -> Group:
     slots, index = [], []
     for b, block in enumerate(blocks):
         for pname, p in block.named_parameters():

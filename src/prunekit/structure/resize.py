@@ -15,10 +15,12 @@ from torch import nn
 
 from ..registry import Registry
 from .propagate import Example
-from .rules._examples import IMAGE, VEC, Fn, cnn_around, mlp_around, tokens
+from .rules._examples import IMAGE, VEC, Fn, cnn_around, mlp_around, randn, tokens
 from .rules.linear import hf_conv1d
+from .rules.recurrent import _Around
 
 Resizer = Callable[[nn.Module], None]
+VEC3 = randn(2, 5, 8)
 RESIZERS: Registry[Resizer] = Registry("resizer")
 
 
@@ -72,6 +74,15 @@ def _group_norm(m: nn.GroupNorm) -> None:
         per_group = m.num_channels // m.num_groups
         m.num_channels = m.weight.shape[0]
         m.num_groups = m.num_channels // per_group
+
+
+@RESIZERS.register(
+    "RNNBase",
+    examples=[Example(lambda: _Around(nn.LSTM(16, 12, num_layers=2, batch_first=True)), VEC3)],
+)
+def _recurrent(m: nn.RNNBase) -> None:
+    m.input_size, m.hidden_size = m.weight_ih_l0.shape[1], m.weight_hh_l0.shape[1]
+    m._init_flat_weights()  # the sliced tensors went into _parameters directly
 
 
 @RESIZERS.register(

@@ -24,6 +24,8 @@ def _element_scores(
 ) -> torch.Tensor | None:
     """The criterion's element scores summed per index along the slot's dimension ``[size]``."""
     target = slot.target()
+    if target is None and not (criterion.requires_data or criterion.stats):
+        target = slot.recurrent()  # a data-free criterion scores any weight
     if target is None:
         return None
     key = id(target.weight)

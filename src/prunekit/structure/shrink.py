@@ -16,7 +16,7 @@ from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
-from .layers import drop_layers, layer_group
+from .layers import dead_layers, drop_layers
 from .resize import resize
 
 
@@ -130,12 +130,12 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             analysis = channel_groups(small, example_inputs, warn=False)
             ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
             channels = analysis.groups
-        small.__dict__.pop("_pk_channel_groups", None)
-        layers = layer_group(small, example_inputs, strict=False)
-        dead_layers = layers.dead() if layers is not None else None
+        for cache in ("_pk_channel_groups", "_pk_found_heads"):  # the shapes change
+            small.__dict__.pop(cache, None)
+        layers = dead_layers(small, example_inputs)
         removals = _removals(channels + heads)
-        if dead_layers is not None and dead_layers.any():
-            drop_layers(small, layers, dead_layers)
+        if layers is not None:
+            drop_layers(small, *layers)
         bake(small)
         widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
         for module in _slice(small, removals):
