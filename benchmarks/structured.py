@@ -390,7 +390,7 @@ def main() -> None:
     parser.add_argument("--bisect", type=int, default=6, help="Torch-Pruning ratio search steps")
     parser.add_argument("--tp-python", help="python of an environment with torch-pruning")
     parser.add_argument("--quick", action="store_true", help="tiny configs (smoke test)")
-    parser.add_argument("--only", nargs="*", help="case name prefixes to run")
+    parser.add_argument("--only", nargs="*", help="case names (or name prefixes) to run")
     parser.add_argument("--tp-worker", help=argparse.SUPPRESS)
     parser.add_argument("--target-macs", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -409,10 +409,17 @@ def main() -> None:
     cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b8", "prune s")
     for col in (*cols, "notes"):
         table.add_column(col, justify="left" if col in ("model", "method", "notes") else "right")
-    for case in cases(args.quick):
-        if args.only and not any(case.name.startswith(o) for o in args.only):
+    every = cases(args.quick)
+    names = {c.name for c in every}
+    for case in every:
+        # a name picks its case; otherwise a prefix picks every case it starts
+        if args.only and not any(
+            case.name == o or (o not in names and case.name.startswith(o)) for o in args.only
+        ):
             continue
         rows, info = run_case(case, args)
+        for r in rows:  # as each case ends: a long run shows its progress
+            print(case.name, r, flush=True)
         lat = info.get("lat", {1: float("nan"), 8: float("nan")})
         table.add_row(
             case.name,
