@@ -1,9 +1,11 @@
-"""Rules added for issue 10's remaining gaps: group norms with several channels per group, LSTMs."""
+"""Rules added for issue 10's remaining gaps: group norms with several channels per group, LSTMs,
+CodeGen's mp_num head blocks."""
 
 from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +65,20 @@ def test_lstm_hidden_units_go_in_every_gate_layer_and_direction():
 class _First(nn.Module):
     def forward(self, out: tuple) -> torch.Tensor:
         return out[0]
+
+
+def test_codegen_heads_go_evenly_from_each_mp_block():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.CodeGenConfig(
+        vocab_size=64, n_embd=64, n_layer=1, n_head=16, rotary_dim=4, n_positions=16, n_ctx=16
+    )
+    torch.manual_seed(0)
+    model = transformers.CodeGenForCausalLM(cfg).eval()
+    x = {"input_ids": torch.randint(0, 64, (2, 8))}
+    pk.prune(model, 0.5, granularity="head", scope="global", example_inputs=x)
+    # independent: the kept heads by the output projection's columns, 4 heads per mp block
+    kept = model.transformer.h[0].attn.out_proj.weight.detach().view(64, 16, 4).any(2).any(0)
+    assert kept.view(4, 4).sum(1).tolist() == [2, 2, 2, 2]
+    small = pk.shrink(model, x)
+    attn = small.transformer.h[0].attn
+    assert (attn.num_attention_heads, attn.embed_dim, attn.qkv_proj.out_features) == (8, 32, 96)

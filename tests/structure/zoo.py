@@ -338,16 +338,17 @@ hf(
     eos_token_id=0,
 )
 hf("olmo2", CACHED, "Olmo2ForCausalLM", True, **LLAMA_LIKE, eos_token_id=0, pad_token_id=1)
-# heads of these three stay (eager baddbmm / matmul attention, CodeGen's mp_num layout): known gap
+# Bloom's and Swinv2's heads stay (eager baddbmm / matmul attention): a known gap
 hf("bloom", CACHED, "BloomForCausalLM", vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
 hf(
-    "codegen",
+    "codegen",  # qkv cut into mp_num=4 blocks of 2 heads: each block loses as many
     CACHED,
     "CodeGenForCausalLM",
+    True,
     vocab_size=64,
     n_embd=32,
     n_layer=2,
-    n_head=4,
+    n_head=8,
     rotary_dim=4,
     n_positions=16,
     n_ctx=16,

@@ -189,6 +189,8 @@ def _find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
 #: count attributes updated after slicing, by what they count
 Q_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_attn_heads")
 KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+#: counts that cut a fused projection into equal blocks of heads (see heads.Heads.chunks)
+CHUNK_ATTRS = ("mp_num",)
 WIDTH_ATTRS = ("all_head_size", "inner_dim", "embed_dim", "split_size", "hidden_size", "proj_size")
 
 

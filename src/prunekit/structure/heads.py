@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
-from .attention import StructuralAdapter, find_heads
+from .attention import CHUNK_ATTRS, StructuralAdapter, find_heads
 from .groups import Group, Slot
 from .propagate import Example
 
@@ -50,6 +50,9 @@ class Heads:
     #: (slot, index [hq, k]) and (slot, index [hkv, k]): slices of each head, found by structure
     q_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
     kv_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
+    #: the fused projection is cut into this many equal blocks of consecutive heads by a count
+    #: the code reads once (CodeGen's ``mp_num``): every block must lose the same number
+    chunks: int = 1
 
     @property
     def rep(self) -> int:
@@ -420,8 +423,11 @@ def head_groups(
     for found in find_heads(model, example_inputs) if example_inputs is not None else []:
         if any(_nested(found.module, n) for n in known):
             continue
-        heads = Heads(found.hq, found.hkv, found.d, q_index=found.q, kv_index=found.kv)
         module = model.get_submodule(found.module)
+        heads = Heads(found.hq, found.hkv, found.d, q_index=found.q, kv_index=found.kv)
+        heads.chunks = next(
+            (v for a in CHUNK_ATTRS if isinstance(v := getattr(module, a, None), int)), 1
+        )
         layouts.append((found.module, module, StructuralAdapter(found), heads))
     known = [n for n, *_ in layouts]
     for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
@@ -433,6 +439,15 @@ def head_groups(
         if heads.hkv < 1 or heads.hq % heads.hkv:
             continue
         rep = heads.rep
+        if rep == 1 and heads.chunks > 1 and heads.hq % heads.chunks == 0:
+            per = heads.hq // heads.chunks  # tied blocks: each keeps as many heads
+            for c in range(heads.chunks):
+                hs = list(range(c * per, (c + 1) * per))
+                g = _group(f"{name}.heads[chunk{c}]", heads, [[h] for h in hs], hs)
+                g.tie = name
+                g.info.update(adapter=adapter, module=module)
+                groups.append(g)
+            continue
         if kv_groups is not False or rep == 1:
             g = _group(
                 f"{name}.heads",
