@@ -137,7 +137,9 @@ def test_shrink_refuses_a_wrong_model(monkeypatch):
         out = real(groups)
         first = next(iter(out.values()))
         dim = next(iter(first))
-        first[dim] = set(list(first[dim])[:-1])  # forget to remove one pruned channel
+        drop = first[dim].clone()
+        drop[torch.nonzero(drop).flatten()[-1]] = False  # forget to remove one pruned channel
+        first[dim] = drop
         return out
 
     monkeypatch.setattr(shrink_mod, "_removals", wrong)

@@ -186,21 +186,21 @@ def _units(
         h = torch.zeros(len(unit_ids), dtype=torch.long)
         sig.append(h.index_add_(0, run_unit, term * powers[rank]))
     _, group_of = torch.unique(torch.stack(sig, 1), dim=0, return_inverse=True)
+    # rows of groups with a weight, sorted by (group, entry); within one, by unit then position
     unit_of_row = torch.repeat_interleave(run_unit, counts)
-    out = []
-    for g in torch.unique(group_of[has_weight]).tolist():
-        members = torch.nonzero(group_of == g).flatten()
-        in_group = torch.zeros(len(unit_ids), dtype=torch.bool)
-        in_group[members] = True
-        runs = torch.nonzero(run_unit == members[0]).flatten()
-        rows = in_group[unit_of_row]
-        slots, index = [], []
-        for e, k in zip(run_ent[runs].tolist(), counts[runs].tolist(), strict=True):
-            sel = rows & (ent == e)
-            slots.append(entries[e][0])
-            index.append(pos[sel].view(len(members), k))
-        out.append((slots, index))
-    return out
+    live = has_weight[unit_of_row]
+    row_group, ent, pos = group_of[unit_of_row][live], ent[live], pos[live]
+    key = row_group * width + ent
+    order = torch.argsort(key, stable=True)
+    keys, seg = torch.unique_consecutive(key[order], return_counts=True)
+    members = torch.bincount(group_of)
+    out: dict[int, tuple[list[Slot], list[torch.Tensor]]] = {}
+    for k, rows in zip(keys.tolist(), torch.split(pos[order], seg.tolist()), strict=True):
+        g, e = divmod(k, width)
+        slots, index = out.setdefault(g, ([], []))
+        slots.append(entries[e][0])
+        index.append(rows.view(int(members[g]), -1))  # [units, k]
+    return [out[g] for g in sorted(out)]
 
 
 def _slot(graph: Graph, pid: int, dim: int) -> Slot:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
-from ..masks import bake
+from ..masks import bake, mask_names
 from ..threads import torch_threads
 from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups
@@ -19,9 +19,12 @@ from .hf_config import update_config
 from .layers import dead_layers, drop_layers
 from .resize import resize
 
+Removals = dict[int, dict[int, torch.Tensor]]
 
-def _removals(groups: list[Group]) -> dict[int, dict[int, set[int]]]:
-    """id(tensor) -> dim -> indices to remove, from every unit whose slices are all masked off.
+
+def _removals(groups: list[Group]) -> Removals:
+    """id(tensor) -> dim -> bool ``[size]``, True where the index goes: from every unit whose
+    slices are all masked off.
 
     Tied groups (GQA query heads of one layer) lose the same number of units: the fewest dead
     units among them.
@@ -32,7 +35,7 @@ def _removals(groups: list[Group]) -> dict[int, dict[int, set[int]]]:
     for g in groups:
         if g.tie is not None:
             quota[g.tie] = min(quota.get(g.tie, g.units), int(dead[id(g)].sum()))
-    out: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    out: Removals = defaultdict(dict)
     for g in groups:
         d = dead[id(g)]
         if g.tie is not None:
@@ -40,12 +43,31 @@ def _removals(groups: list[Group]) -> dict[int, dict[int, set[int]]]:
         if not d.any():
             continue
         for slot, idx in g.members():
-            out[id(slot.tensor)][slot.dim].update(i for i in idx[d].reshape(-1).tolist() if i >= 0)
+            drop = out[id(slot.tensor)].get(slot.dim)
+            if drop is None:
+                drop = torch.zeros(slot.tensor.shape[slot.dim], dtype=torch.bool)
+                out[id(slot.tensor)][slot.dim] = drop
+            picked = idx[d].reshape(-1)
+            drop[picked[picked >= 0]] = True
     return out
 
 
+def _unexplained(model: nn.Module, removals: Removals) -> bool:
+    """Some fully masked row or column of a weight is not in ``removals`` (heads or blocks were
+    pruned: their groups must be found too)."""
+    for module in model.modules():
+        for pname, mask in mask_names(module):
+            p = getattr(module, pname)
+            for dim in range(min(mask.dim(), 2)):
+                dead = ~mask.movedim(dim, 0).reshape(mask.shape[dim], -1).any(1).cpu()
+                gone = removals.get(id(p), {}).get(dim)
+                if bool((dead & ~gone if gone is not None else dead).any()):
+                    return True
+    return False
+
+
 @torch.no_grad()
-def _slice(model: nn.Module, removals: dict[int, dict[int, set[int]]]) -> list[nn.Module]:
+def _slice(model: nn.Module, removals: Removals) -> list[nn.Module]:
     """Replace every tensor with removals by its kept slice, in every module that holds it."""
     touched: dict[int, nn.Module] = {}
     for module in model.modules():
@@ -61,8 +83,8 @@ def _slice(model: nn.Module, removals: dict[int, dict[int, set[int]]]) -> list[n
                 if id(t) not in new:
                     data = t.detach()
                     for dim, drop in removals[id(t)].items():
-                        keep = [i for i in range(data.shape[dim]) if i not in drop]
-                        data = data.index_select(dim, torch.tensor(keep, device=data.device))
+                        keep = torch.nonzero(~drop).flatten().to(data.device)
+                        data = data.index_select(dim, keep)
                     data = data.contiguous().clone()
                     new[id(t)] = (
                         nn.Parameter(data, requires_grad=t.requires_grad)
@@ -124,16 +146,19 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     ref = None
     with torch_threads(1):  # hundreds of small ops
         small = copy.deepcopy(model)
-        heads = head_groups(small, example_inputs=example_inputs)
         channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
         if channels is None:
             analysis = channel_groups(small, example_inputs, warn=False)
             ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
             channels = analysis.groups
+        removals = _removals(channels)
+        heads: list[Group] = []
+        if _unexplained(small, removals):  # masked rows or columns no channel unit removes
+            heads = head_groups(small, example_inputs=example_inputs)
+            removals = _removals(channels + heads)
         for cache in ("_pk_channel_groups", "_pk_found_heads"):  # the shapes change
             small.__dict__.pop(cache, None)
         layers = dead_layers(small, example_inputs)
-        removals = _removals(channels + heads)
         if layers is not None:
             drop_layers(small, *layers)
         bake(small)
