@@ -166,6 +166,7 @@ def cases(quick: bool) -> list[Case]:
             lambda: _llama(quick),
             lambda b: ids(b, use_cache=False),
             ("channel", "head"),
+            width=True,  # its output is the logits: prunekit prunes the hidden width too
         ),
         Case(
             "Llama h512 L8 depth" + tag,

@@ -52,10 +52,12 @@ def _removals(groups: list[Group]) -> Removals:
     return out
 
 
-def _unexplained(model: nn.Module, removals: Removals) -> bool:
-    """Some fully masked row or column of a weight is not in ``removals`` (heads or blocks were
-    pruned: their groups must be found too)."""
+def _unexplained(model: nn.Module, removals: Removals, skip: set[int]) -> bool:
+    """Some fully masked row or column of a weight outside the ``skip`` modules is not in
+    ``removals`` (heads were pruned: their groups must be found too)."""
     for module in model.modules():
+        if id(module) in skip:
+            continue
         for pname, mask in mask_names(module):
             p = getattr(module, pname)
             for dim in range(min(mask.dim(), 2)):
@@ -152,13 +154,17 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
             channels = analysis.groups
         removals = _removals(channels)
+        layers = dead_layers(small, example_inputs)
+        gone: set[int] = set()  # modules of the blocks that go
+        if layers is not None:
+            blocks, dead = layers[0].info["blocks"], torch.nonzero(layers[1]).flatten().tolist()
+            gone = {id(m) for i in dead for m in blocks[i].modules()}
         heads: list[Group] = []
-        if _unexplained(small, removals):  # masked rows or columns no channel unit removes
+        if _unexplained(small, removals, gone):  # masked rows or columns nothing else removes
             heads = head_groups(small, example_inputs=example_inputs)
             removals = _removals(channels + heads)
         for cache in ("_pk_channel_groups", "_pk_found_heads"):  # the shapes change
             small.__dict__.pop(cache, None)
-        layers = dead_layers(small, example_inputs)
         if layers is not None:
             drop_layers(small, *layers)
         bake(small)
