@@ -240,6 +240,33 @@ def test_nm_kernel_runs_every_pattern(n, m, rows):
     assert rel_err(kernel.linear(x, packed, None, tuple(w.shape)), x @ w.t()) <= 1e-5
 
 
+@pytest.mark.parametrize(("n", "m"), nm.PATTERNS)
+def test_nm_kernel_packs_straight_from_the_nm_checkpoint_format(n, m):
+    """The checkpoint format's parts become the kernel's layout with no dense weight between."""
+    from prunekit.formats import FORMATS
+
+    w = n_of_m(12, 64, n, m, seed=n + m)
+    fmt = FORMATS.get("nm")()
+    enc = fmt.encode(w)
+    assert torch.equal(fmt.decode(enc.parts, enc.meta, (12, 64), torch.float32), w)
+    packed = nm.packed_from_nm_format(enc.parts, enc.meta, (12, 64))
+    kernel = kernel_or_skip("prunekit_nm")
+    assert torch.equal(kernel.unpack(packed, (12, 64)), w)
+    if tuple(enc.meta.values()) == nm.nm_pattern(w):  # the same N:M chosen: the same layout
+        assert all(torch.equal(packed[k], t) for k, t in kernel.pack(w).items())
+    x = torch.randn(5, 64)
+    assert rel_err(kernel.linear(x, packed, None, (12, 64)), x @ w.t()) <= 1e-5
+
+
+def test_nm_checkpoint_parts_of_an_unsupported_pattern_are_refused():
+    from prunekit.formats import FORMATS
+
+    w = n_of_m(4, 32, 3, 16)
+    enc = FORMATS.get("nm")().encode(w)
+    with pytest.raises(ConfigError, match="2:4"):
+        nm.packed_from_nm_format(enc.parts, enc.meta, (4, 32))
+
+
 def test_nm_pattern_detection_and_layout():
     assert nm.nm_pattern(n_of_m(4, 16, 2, 4)) == (2, 4)
     assert nm.nm_pattern(n_of_m(4, 16, 1, 4)) == (1, 4)
