@@ -79,6 +79,7 @@ def value_dtype(kernel: str) -> torch.dtype | None:
     return getattr(get_kernel(kernel), "value_dtype", None)
 
 
+@torch.no_grad()
 def layer_errors(lin: nn.Linear, kernels: list[str], gen: torch.Generator) -> dict[str, float]:
     """Each inexact kernel's max |y - y_fp32| / max |y_fp32| on 8 rows of N(0, 1) inputs."""
     x = torch.randn(8, lin.in_features, generator=gen)
@@ -178,8 +179,8 @@ def table(rows: list[dict], kernels: list[str], title: str, cold: bool) -> Table
     tab.caption = (
         f"ratio = dense time / kernel time, interleaved in this run: median of {clock} (ratio of "
         f"the minimums in brackets); caches flushed before each call: {cold}; memory = the "
-        "packed weight of the pick / dense fp32; *_bf16 = bfloat16 values (inexact), against "
-        "fp32 dense"
+        "packed weight of the pick / dense fp32; *_bf16, *_int8 = bfloat16 or int8 values "
+        "(inexact), against fp32 dense"
     )
     return tab
 
