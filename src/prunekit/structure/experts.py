@@ -45,9 +45,17 @@ def _is_experts(module: nn.Module) -> bool:
     return any(is_expert_weight(module, a) for a in module._parameters)
 
 
-def _is_router(module: nn.Module, count: int) -> bool:
+def _is_router(module: nn.Module, count: int | None = None) -> bool:
+    """A router: a 2-D ``weight`` with one row per expert, and a ``num_experts`` attribute."""
     w = module._parameters.get("weight")
-    return w is not None and w.dim() == 2 and w.shape[0] == count and not _is_experts(module)
+    count = num_experts(module) if count is None else count
+    return (
+        w is not None
+        and w.dim() == 2
+        and w.shape[0] == count
+        and num_experts(module) == count
+        and not _is_experts(module)
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,11 +166,12 @@ class _DeadLogits(TorchFunctionMode):
 
 class _RouterMeta(type):
     def __instancecheck__(cls, module: object) -> bool:
-        return isinstance(module, nn.Module) and module.__dict__.get("_pk_router", False)
+        return isinstance(module, nn.Module) and _is_router(module)
 
 
 class Router(metaclass=_RouterMeta):
-    """``isinstance(m, Router)``: ``m`` is a router whose experts prunekit masks."""
+    """``isinstance(m, Router)``: ``m`` is a MoE router (see :func:`find_moe`), whose masked
+    forward routes no token to a masked expert (through copies, saving and loading)."""
 
 
 def masked_router(module: nn.Module, args: tuple, out: Any) -> Any:
@@ -186,12 +195,6 @@ def masked_router(module: nn.Module, args: tuple, out: Any) -> Any:
 
 
 MASKED_FORWARD[Router] = masked_router
-
-
-def mark_routers(groups: list[Any]) -> None:
-    """Give every group's router the masked forward (before its first mask)."""
-    for g in groups:
-        g.info["moe"].router.__dict__["_pk_router"] = True
 
 
 # -- after slicing -------------------------------------------------------------------------------

@@ -178,6 +178,7 @@ def prune_groups(
         pruned = choose(
             groups, scores, sparsity, allocation, granularity.round_to, granularity.max_ratio
         )
+        granularity.check_choice(groups, pruned)
         apply_masks(groups, pruned)
     if sparsity > 0 and not any(bool((p & ~d).any()) for p, d in zip(pruned, dead, strict=True)):
         _warn_nothing(f"no {granularity.spec} group can lose a unit at sparsity {sparsity:g}")
