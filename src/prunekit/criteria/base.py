@@ -57,6 +57,12 @@ class Criterion(Plugin, ABC):
 
     def supports(self, granularity: Granularity) -> str | None:
         """Why this criterion cannot serve ``granularity``, or None if it can."""
+        if self.stats and not granularity.layer_statistics:
+            return (
+                f"{granularity.spec} units are not rows or columns of layers, so the per-layer "
+                "activation statistics this criterion reads cannot rank them; use a weight "
+                "criterion (magnitude, l2, taylor, ...) or the unit's own (e.g. reap for experts)"
+            )
         return None
 
     def comparison(self, granularity: Granularity) -> Granularity:

@@ -23,6 +23,7 @@ class Expert(Structured):
     block is never left fewer experts than its top-k (refused before any mask)."""
 
     examples: ClassVar[tuple] = ("expert",)
+    layer_statistics: ClassVar[bool] = False
 
     round_to: int = 1
     max_ratio: float = 1.0
