@@ -267,3 +267,18 @@ def expert_modules(model: nn.Module, include: Any = None, exclude: Any = None) -
     if include:
         found &= matching(model, include)
     return found - matching(model, exclude)
+
+
+#: grouped matmul kernels need every row of their operands to start on 16 bytes
+KERNEL_ALIGNMENT_BYTES = 16
+
+
+def alignment(group: Any) -> int:
+    """The multiple a group's kept width must be: a channel of fused expert weights (run by
+    ``grouped_mm``, which needs 16-byte aligned strides) keeps 16 bytes' worth of channels."""
+    sizes = [
+        s.tensor.element_size()
+        for s in group.slots
+        if s.dim != 0 and is_expert_weight(s.module, s.attr)
+    ]
+    return max(KERNEL_ALIGNMENT_BYTES // min(sizes), 1) if sizes else 1

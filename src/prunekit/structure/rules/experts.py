@@ -30,8 +30,8 @@ class _Experts(nn.Module):
         g = torch.Generator().manual_seed(0)
         self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
         self.num_experts = 4
-        self.up = nn.Parameter(torch.randn(4, 12, 16, generator=g) / 4)  # [E, out, in]
-        self.down = nn.Parameter(torch.randn(4, 12, 16, generator=g) / 4)  # [E, in, out]
+        self.up = nn.Parameter(torch.randn(4, 24, 16, generator=g) / 4)  # [E, out, in]
+        self.down = nn.Parameter(torch.randn(4, 24, 16, generator=g) / 4)  # [E, in, out]
         self.act = Fn(torch.nn.functional.silu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
