@@ -115,7 +115,7 @@ def test_half_the_experts_go_the_least_used_first(name):
 
 
 def test_a_masked_expert_receives_no_token():
-    model, x = prune_experts("mixtral")
+    model, _ = prune_experts("mixtral")
     routed: list[torch.Tensor] = []
     block = blocks(model)[0]
     dead = (~pk.masks.get_mask(block.gate, "weight").any(1)).nonzero().flatten()
@@ -144,7 +144,8 @@ def test_a_weight_criterion_sums_over_the_expert():
     model, x = prune_experts("qwen3_moe", criterion="magnitude")
     small = pk.shrink(model, x)
     for b_old, b_new in zip(blocks(original), blocks(small), strict=True):
-        l1 = b_old.experts.gate_up_proj.abs().sum((1, 2)) + b_old.experts.down_proj.abs().sum((1, 2))
+        experts = b_old.experts
+        l1 = experts.gate_up_proj.abs().sum((1, 2)) + experts.down_proj.abs().sum((1, 2))
         kept = torch.sort(torch.argsort(l1, descending=True)[:2]).values
         assert torch.equal(b_new.experts.down_proj, b_old.experts.down_proj[kept])
 
@@ -161,7 +162,9 @@ def test_fewer_experts_than_top_k_is_refused_untouched(name):
 def test_activation_statistics_criteria_are_refused_for_experts():
     model, x = ZOO["mixtral"](), INPUTS["mixtral"]()
     with pytest.raises(pk.ConfigError, match="per-layer activation statistics"):
-        pk.prune(model, 0.5, granularity="expert", criterion="wanda", example_inputs=x, data=batches())
+        pk.prune(
+            model, 0.5, granularity="expert", criterion="wanda", example_inputs=x, data=batches()
+        )
 
 
 def test_a_dense_model_has_no_experts():
@@ -248,3 +251,16 @@ def test_save_then_load_in_a_fresh_process_is_identical(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
     for path, want in expected.items():
         assert torch.equal(torch.load(path + ".pt", weights_only=True), want), path
+
+
+def test_experts_then_width_load_in_plain_transformers(tmp_path):
+    model, x = prune_experts("mixtral")
+    small = pk.shrink(model, x)
+    pk.prune(small, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(small, x)
+    assert (small.config.num_local_experts, small.config.hidden_size) == (2, 16)
+    assert small.config.intermediate_size == 64 and describes(small)
+    small.save_pretrained(tmp_path / "hf")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, small(**x).logits, rtol=0, atol=1e-6)

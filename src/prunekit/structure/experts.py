@@ -102,9 +102,7 @@ def find_moe(model: nn.Module) -> list[MoE]:
         if not isinstance(top_k, int):
             continue
         prefix = f"{name}." if name else ""
-        found.append(
-            MoE(name, block, prefix + r_name, router, prefix + e_name, e_mod, top_k)
-        )
+        found.append(MoE(name, block, prefix + r_name, router, prefix + e_name, e_mod, top_k))
     return found
 
 

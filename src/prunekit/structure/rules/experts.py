@@ -59,7 +59,8 @@ def expert_weight(st: State, w: Any) -> tuple[torch.Tensor, int, int] | None:
     call = _producers(st).get(id(w))
     if call is None or not st.owned(call.args[0]) or call.args[0].dim() != 3:
         return None
-    dims = [d % 3 for d in call.args[1:3]] if call.name in ("transpose", "swapaxes", "swapdims") else [1, 2]
+    swaps = call.name != "mT"
+    dims = [d % 3 for d in call.args[1:3]] if swaps else [1, 2]  # the dims swapped
     return (call.args[0], 2, 1) if sorted(dims) == [1, 2] else None
 
 
@@ -67,7 +68,9 @@ class GroupedMM(Rule):
     """Grouped matmul of tokens by fused 3-D expert weights."""
 
     ops = ("_grouped_mm", "grouped_mm", "grouped_mm_fallback")
-    examples = (Example(_Experts, lambda: torch.randn(6, 8, generator=torch.Generator().manual_seed(0))),)
+    examples = (
+        Example(_Experts, lambda: torch.randn(6, 8, generator=torch.Generator().manual_seed(0))),
+    )
 
     def apply(self, call: Call, st: State) -> None:
         x, w = call.args[0], arg(call, 1, "mat_b", arg(call, 1, "weight"))
