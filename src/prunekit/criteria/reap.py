@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..calibrate import as_batches, calibration_mode, run_batch
 from ..errors import ConfigError
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
@@ -56,14 +55,7 @@ class Reap(Criterion):
                 total[e] += (g * y.double().norm(dim=-1)).sum().cpu()
                 tokens[e] += len(tok)
 
-        handle = moe.experts.register_forward_hook(measure, with_kwargs=True)
-        try:
-            with calibration_mode(ctx.model):
-                device = next(ctx.model.parameters()).device
-                for n, batch in enumerate(as_batches(ctx.data)):
-                    run_batch(ctx.model, batch, n, device)
-        finally:
-            handle.remove()
+        ctx.run_hooked([(moe.experts, measure)])
         return (total / tokens.clamp_min(1)).float()
 
 
