@@ -264,3 +264,27 @@ def test_experts_then_width_load_in_plain_transformers(tmp_path):
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**x).logits, small(**x).logits, rtol=0, atol=1e-6)
+
+
+def test_biased_transposed_experts_lose_their_bias_slices_too():
+    """GPT-OSS: experts stored [E, in, out] with 2-D biases [E, out], a router with a bias."""
+    config = transformers.GptOssConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+        num_experts_per_tok=2, max_position_embeddings=16, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model, x = transformers.GptOssForCausalLM(config).eval(), batches(1)[0]
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    pk.prune(model, 0.5, granularity="expert", criterion="magnitude", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert max_rel_error(outputs(model, x), outputs(small, x)) <= 1e-4
+    assert small.config.num_local_experts == 2
+    experts = small.model.layers[0].mlp.experts
+    kept = (~(model.model.layers[0].mlp.router.weight == 0).all(1)).nonzero().flatten()
+    name = "model.layers.0.mlp.experts."
+    for attr in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"):
+        assert torch.equal(getattr(experts, attr), original[name + attr][kept]), attr
+    router = small.model.layers[0].mlp.router
+    assert torch.equal(router.bias, original["model.layers.0.mlp.router.bias"][kept])

@@ -115,8 +115,8 @@ def expert_groups(model: nn.Module) -> list[Any]:
     for moe in find_moe(model):
         slots, index = [], []
         ar = torch.arange(moe.count).unsqueeze(1)  # [experts, 1]
-        for attr in moe.experts._parameters:
-            if is_expert_weight(moe.experts, attr):
+        for attr, p in moe.experts._parameters.items():  # 3-D weights, 2-D biases
+            if p is not None and p.dim() >= 2 and p.shape[0] == moe.count:
                 slots.append(Slot(f"{moe.experts_name}.{attr}", moe.experts, attr, 0))
                 index.append(ar)
         for attr in ("weight", "bias"):
