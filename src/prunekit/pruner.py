@@ -14,6 +14,7 @@ from .criteria import ScoreContext
 from .errors import ConfigError, PrunekitError, TargetError
 from .execute import strategy_for
 from .masks import MaskState, get_mask, record_granularity, shrink_mask
+from .structure.experts import expert_modules
 from .targets import Target, default_excluded, matching, select_targets
 
 
@@ -101,6 +102,7 @@ class Pruner:
             # vocabulary rows are the model's output and never part of a group
             head = default_excluded(self.model) - matching(self.model, self.config.exclude)
             chosen = {id(t.module) for t in self.targets} | head
+            chosen |= expert_modules(self.model, self.config.include, self.config.exclude)
             try:
                 found = self.resolved.granularity.groups(self.model, self.example_inputs)
             except PrunekitError:

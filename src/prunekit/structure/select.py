@@ -16,6 +16,7 @@ from ..granularity.structured import Structured
 from ..masks import shrink_mask
 from ..targets import Target
 from ..threads import torch_threads
+from .experts import alignment
 from .groups import Group, Slot
 
 
@@ -131,7 +132,8 @@ def choose(
             for i in members:
                 prune[i] = mean
     keep = [
-        _keep_count(g.units, p, round_to, max_ratio) for g, p in zip(groups, prune, strict=True)
+        _keep_count(g.units, p, math.lcm(round_to, alignment(g)), max_ratio)
+        for g, p in zip(groups, prune, strict=True)
     ]
     ties: dict[str, int] = {}
     for g, k in zip(groups, keep, strict=True):
@@ -207,6 +209,7 @@ def prune_groups(
             granularity.max_ratio,
             granularity.uniform,
         )
+        granularity.check_choice(groups, pruned)
         apply_masks(groups, pruned)
     if sparsity > 0 and not any(bool((p & ~d).any()) for p, d in zip(pruned, dead, strict=True)):
         _warn_nothing(f"no {granularity.spec} group can lose a unit at sparsity {sparsity:g}")

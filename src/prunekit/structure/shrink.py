@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import VerificationError
 from ..masks import bake, mask_names
 from ..threads import torch_threads
+from .experts import expert_groups, patch_moe
 from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups
 from .heads import head_groups, resize_heads
@@ -153,7 +154,8 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             analysis = channel_groups(small, example_inputs, warn=False)
             ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
             channels = analysis.groups
-        removals = _removals(channels)
+        experts = expert_groups(small)
+        removals = _removals(channels + experts)
         layers = dead_layers(small, example_inputs)
         gone: set[int] = set()  # modules of the blocks that go
         if layers is not None:
@@ -162,7 +164,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         heads: list[Group] = []
         if _unexplained(small, removals, gone):  # masked rows or columns nothing else removes
             heads = head_groups(small, example_inputs=example_inputs)
-            removals = _removals(channels + heads)
+            removals = _removals(channels + heads + experts)
         for cache in ("_pk_channel_groups", "_pk_found_heads"):  # the shapes change
             small.__dict__.pop(cache, None)
         if layers is not None:
@@ -172,6 +174,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         for module in _slice(small, removals):
             resize(module)
         rescale_rms_norms(small, widths)
+        patch_moe(small, [g.info["moe"] for g in experts])
         update_config(small, resize_heads(heads))
     if ref is None:
         ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing
