@@ -127,3 +127,13 @@ def test_llama_by_width_heads_and_depth_uniform_loads_in_plain_transformers(tmp_
         a = model.generate(ids, max_new_tokens=6, do_sample=False)
         b = loaded.generate(ids, max_new_tokens=6, do_sample=False)
     assert torch.equal(a, b) and a.shape[1] == ids.shape[1] + 6
+
+
+def test_width_only_keeps_the_config_head_size(tmp_path):
+    """Heads untouched, hidden width halved: the config must still give the real head size."""
+    small, x = _width_and_heads("llama", ("channel",))
+    assert small.config.hidden_size == 16 and small.config.num_attention_heads == 4
+    small.save_pretrained(tmp_path / "hf")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, small(**x).logits, rtol=0, atol=1e-6)

@@ -162,7 +162,11 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             blocks, dead = layers[0].info["blocks"], torch.nonzero(layers[1]).flatten().tolist()
             gone = {id(m) for i in dead for m in blocks[i].modules()}
         heads: list[Group] = []
-        if _unexplained(small, removals, gone):  # masked rows or columns nothing else removes
+        # heads are searched where some were pruned (masked rows or columns nothing else
+        # removes) and where a config must be told every attention's counts
+        if hasattr(getattr(small, "config", None), "to_dict") or _unexplained(
+            small, removals, gone
+        ):
             heads = head_groups(small, example_inputs=example_inputs)
             removals = _removals(channels + heads + experts)
         for cache in ("_pk_channel_groups", "_pk_found_heads"):  # the shapes change
