@@ -148,7 +148,8 @@ def minilm_rows(cpu_minutes: float, lr: float) -> None:
 
 
 # ---------------------------------------------------------------------------------- SmolLM2
-def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: str) -> None:
+def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: str,
+                 evals: int) -> None:  # fmt: skip
     from prunekit.pretrained import load_smollm2
 
     dense, tok = load_smollm2()
@@ -158,11 +159,14 @@ def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: s
     train_batches = [{"input_ids": c} for c in train_ids[order].split(batch)]
     eval_ids = token_windows(docstring_corpus(EVALUATION_MODULES), tok, 256, 24)
     eval_batches = list(eval_ids.split(4))
+    print(f"SmolLM2: {train_ids.numel():,} training tokens, {eval_ids.numel():,} eval tokens",
+          flush=True)  # fmt: skip
 
     def ppl(model, step=None):
         return perplexity(model, eval_batches)
 
     dense_ppl = ppl(dense)
+    print(f"  dense perplexity {dense_ppl:.2f}", flush=True)
     for label, kwargs in [("2:4 SparseGPT", dict(granularity="2:4")),
                           ("50% SparseGPT", dict(sparsity=0.5))]:  # fmt: skip
         if only and not label.startswith(only):
@@ -170,15 +174,28 @@ def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: s
         student = copy.deepcopy(dense)
         pk.prune(student, criterion="sparsegpt", data=calib, **kwargs)
         before = ppl(student)
+        print(f"  {label} one-shot perplexity {before:.2f}", flush=True)
         student.get_input_embeddings().weight.requires_grad_(False)  # tied, unpruned
+        spent = [time.process_time(), 0.0]  # start, CPU of evaluations so far
+
+        def ppl_logged(model, step, spent=spent):
+            eval0 = time.process_time()
+            value = ppl(model)
+            minutes = (eval0 - spent[0] - spent[1]) / 60
+            spent[1] += time.process_time() - eval0
+            print(f"    step {step} ({minutes:.1f} CPU-min): perplexity {value:.2f}", flush=True)
+            return (round(minutes, 1), value)
+
+        # a short warm-up, then cosine decay over the CPU budget (run_training's lr_factor)
         history = distill(student, dense, train_batches, steps=100_000, lr=lr, temperature=1.0,
-                          cpu_budget=cpu_minutes * 60, eval_fn=ppl,
-                          eval_every=max(1, int(cpu_minutes * 4)))  # fmt: skip
-        curve = " ".join(f"{s}:{v:.1f}" for s, v in history.evals)
-        closed = (before - history.evals[-1][1]) / (before - dense_ppl)
-        row("SmolLM2-135M", label, "perplexity", dense_ppl, before, history.evals[-1][1],
+                          warmup=5, cpu_budget=cpu_minutes * 60, eval_fn=ppl_logged,
+                          eval_every=evals)  # fmt: skip
+        final = history.evals[-1][1][1]
+        curve = " ".join(f"{s}/{m}min:{v:.1f}" for s, (m, v) in history.evals)
+        closed = (before - final) / (before - dense_ppl)
+        row("SmolLM2-135M", label, "perplexity", dense_ppl, before, final,
             history.cpu_seconds, f"{history.steps} steps x {batch}x{seqlen} tokens, "
-            f"{closed:.0%} of gap closed", f"[ppl by step {curve}]")  # fmt: skip
+            f"{closed:.0%} of gap closed", f"[ppl by step/CPU-min {curve}]")  # fmt: skip
 
 
 def main() -> None:
@@ -191,7 +208,8 @@ def main() -> None:
     parser.add_argument("--minilm-cpu-minutes", type=float, default=10.0)
     parser.add_argument("--minilm-lr", type=float, default=2e-4)
     parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
-    parser.add_argument("--smollm2-lr", type=float, default=5e-5)
+    parser.add_argument("--smollm2-lr", type=float, default=1e-4)
+    parser.add_argument("--smollm2-eval-every", type=int, default=20, help="steps per evaluation")
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--smollm2-only", default="", help="run only the row starting so (2:4)")
@@ -205,7 +223,12 @@ def main() -> None:
         minilm_rows(args.minilm_cpu_minutes, args.minilm_lr)
     if "smollm2" in rows:
         smollm2_rows(
-            args.smollm2_cpu_minutes, args.smollm2_lr, args.seqlen, args.batch, args.smollm2_only
+            args.smollm2_cpu_minutes,
+            args.smollm2_lr,
+            args.seqlen,
+            args.batch,
+            args.smollm2_only,
+            args.smollm2_eval_every,
         )
     print(f"\nrecovery benchmark, {args.threads} threads, {time.perf_counter() - start:.0f} s wall")
     print(f"{'model':17} {'config':19} {'metric':11} {'dense':>8} {'one-shot':>9} "
