@@ -1,6 +1,8 @@
 """Masks under torch.distributed: two gloo processes on CPU, each with its own data.
 
 * gradual magnitude pruning inside a DDP training loop: masks and weights equal on both ranks;
+* prune_and_recover (distill and finetune) trains under DDP by itself: gradients averaged, so
+  masks and weights stay equal;
 * one-shot Wanda calibrated on different data per rank: the statistics are all-reduced, so the
   masks agree without any broadcast;
 * ranks that decided differently (random scores seeded per rank) agree after ``broadcast_masks``;
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import prunekit as pk
+from prunekit.train import prune_and_recover
 from prunekit.train.distributed import broadcast_masks
 
 pytestmark = pytest.mark.slow
@@ -65,6 +68,20 @@ def _worker(rank: int, case: str, out: Path) -> None:
                 opt.zero_grad()
                 if pruner.step():
                     broadcast_masks(model)
+        elif case.startswith("recover-"):  # prune_and_recover trains under DDP by itself
+            batches = [torch.randn(16, 16, generator=g) for _ in range(4)]
+            history = prune_and_recover(
+                model,
+                pk.PruneConfig(sparsity=0.8, scope="global"),
+                batches,
+                recover_steps=3,
+                prune_steps=2,
+                method=case.removeprefix("recover-"),
+                loss_fn=lambda out, x: (out - x[:, :4]).square().mean(),
+                lr=1e-2,
+                finalize=False,
+            ).history
+            assert history.steps == 6
         elif case == "wanda-oneshot":
             data = [torch.randn(32, 16, generator=g) * (1 + 3 * rank) for _ in range(2)]
             pk.prune(model, 0.5, criterion="wanda", data=data)
@@ -82,6 +99,10 @@ def _run(case: str, tmp_path: Path) -> list[dict[str, torch.Tensor]]:
     return [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
 
 
+def masks_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("mask:"): v.bool() for k, v in state.items() if k.startswith("mask:")}
+
+
 def _assert_equal(states: list[dict[str, torch.Tensor]]) -> None:
     assert states[0].keys() == states[1].keys()
     assert any(k.startswith("mask:") for k in states[0])
@@ -89,14 +110,19 @@ def _assert_equal(states: list[dict[str, torch.Tensor]]) -> None:
         assert torch.equal(states[0][k], states[1][k]), k
 
 
-@pytest.mark.parametrize("case", ["ddp-gradual", "wanda-oneshot"])
+@pytest.mark.parametrize(
+    "case", ["ddp-gradual", "wanda-oneshot", "recover-distill", "recover-finetune"]
+)
 def test_masks_and_weights_agree_across_ranks(case, tmp_path):
+    """Each rank trains on its own data: equal weights need averaged gradients."""
     states = _run(case, tmp_path)
     _assert_equal(states)
     masks = [v for k, v in states[0].items() if k.startswith("mask:")]
     sparsity = 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
-    assert sparsity == pytest.approx(0.8 if case == "ddp-gradual" else 0.5, abs=1e-3)
-    if case == "ddp-gradual":  # the ranks trained: weights moved from the shared start
+    assert sparsity == pytest.approx(0.5 if case == "wanda-oneshot" else 0.8, abs=1e-3)
+    for k, mask in masks_of(states[0]).items():  # pruned weights are exactly zero
+        assert not states[0][f"weight:{k}"][~mask].any(), k
+    if case != "wanda-oneshot":  # the ranks trained: weights moved from the shared start
         start = _mlp().state_dict()
         assert not torch.equal(states[0]["weight:2.bias"], start["2.bias"])
 

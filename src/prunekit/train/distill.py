@@ -24,6 +24,7 @@ from torch import nn
 
 from ..calibrate import model_device, run_batch
 from ..errors import ConfigError
+from .distributed import data_parallel
 from .loop import EvalFn, History, check_number, normalise, run_training
 
 TARGETS = ("auto", "logits", "hidden")
@@ -299,7 +300,8 @@ def distill(
     moved to each model's device. The student's masks hold throughout. Loss terms: see the module
     docstring; ``target`` forces ``"logits"`` (KL) or ``"hidden"`` (MSE). ``eval_fn(student, step)``
     runs every ``eval_every`` steps and at the end; ``cpu_budget`` (CPU seconds) may end training
-    early. The same ``seed`` and data give the same weights. Returns the
+    early. Under ``torch.distributed`` the student trains under DDP (gradients averaged across
+    ranks). The same ``seed`` and data give the same weights. Returns the
     :class:`~prunekit.train.loop.History`.
     """
     distiller = Distiller(
@@ -323,8 +325,10 @@ def distill(
             torch.manual_seed(seed)
             distiller.prepare(first)
 
+    forward = data_parallel(student)
+
     def loss_of(batch: Any) -> torch.Tensor:
-        return distiller.loss(batch)[0]
+        return distiller.loss(batch, forward)[0]
 
     return run_training(
         student,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..masks import MaskState, arm
+from ..masks import SUFFIX, MaskState, arm
 
 
 def distributed() -> bool:
@@ -49,3 +49,36 @@ def broadcast_masks(model: nn.Module, src: int = 0) -> None:
         mask.copy_(flags.bool())
         dist.broadcast(getattr(module, pname).data, src)
         arm(module)
+
+
+def data_parallel(model: nn.Module) -> nn.Module:
+    """The module to run training forwards through: ``model`` wrapped in
+    ``DistributedDataParallel`` under ``torch.distributed`` (gradients averaged across ranks), else
+    ``model`` itself (also when it is already a DDP wrapper).
+
+    Mask buffers are left out of DDP's buffer broadcast: :func:`broadcast_masks` keeps them equal
+    after each pruning step, so sending them with every forward would only cost bandwidth.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not distributed() or isinstance(model, DistributedDataParallel):
+        return model
+    masks = [name for name, _ in model.named_buffers() if name.endswith(SUFFIX)]
+    ignored = set(getattr(model, "_ddp_params_and_buffers_to_ignore", ()))
+    model._ddp_params_and_buffers_to_ignore = sorted(ignored | set(masks))  # read by DDP's init
+    return DistributedDataParallel(model, find_unused_parameters=True)
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """All-reduce the gradients of ``params`` (outside any DDP wrapper) to their mean across
+    ranks; a missing gradient counts as zero. No-op outside distributed."""
+    if not distributed() or not params:
+        return
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)

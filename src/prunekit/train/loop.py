@@ -20,6 +20,7 @@ from torch import nn
 from ..calibrate.batches import as_batches, model_mode
 from ..errors import ConfigError, WeightError
 from ..progress import track
+from .distributed import average_gradients
 
 Batch = tuple[tuple, dict]
 #: ``eval_fn(model, step) -> a number or a dict of numbers``
@@ -116,6 +117,10 @@ def run_training(
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps on ``loss_of(raw batch)``; return the history.
 
+    Under ``torch.distributed``, ``loss_of`` runs its forward through
+    :func:`~prunekit.train.distributed.data_parallel`'s wrapper of ``model`` (DDP averages the
+    gradients); those of ``extra_params`` are averaged here.
+
     ``data`` is cycled. The RNG (dropout) is seeded with ``seed`` inside a forked RNG state, so the
     caller's global RNG is left as it was. ``eval_fn(model, step)`` runs every ``eval_every`` steps
     and at the end; then ``after_step(step)`` (a Pruner's ``step``), after every optimizer step.
@@ -136,7 +141,8 @@ def run_training(
         check_number("max_grad_norm", max_grad_norm, 0.0)
     if cpu_budget is not None:
         check_number("cpu_budget", cpu_budget, 0.0)
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    extra = list(extra_params)
+    params = [p for p in model.parameters() if p.requires_grad] + extra
     if not params:
         raise ConfigError(f"{type(model).__name__} has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -160,6 +166,7 @@ def run_training(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(extra)  # the model's own are averaged by DDP (data_parallel)
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
