@@ -5,6 +5,8 @@
   masks and weights stay equal;
 * one-shot Wanda calibrated on different data per rank: the statistics are all-reduced, so the
   masks agree without any broadcast;
+* FSDP2 (fully_shard) after pruning, masks sharded with shard_masks: the shards train with their
+  zeros held, and the gathered weights agree;
 * ranks that decided differently (random scores seeded per rank) agree after ``broadcast_masks``;
 * ``transformers.Trainer`` under ``torchrun --nproc_per_node 2`` with the PruningCallback.
 """
@@ -26,7 +28,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.train import prune_and_recover
-from prunekit.train.distributed import broadcast_masks
+from prunekit.train.distributed import broadcast_masks, shard_masks
 
 pytestmark = pytest.mark.slow
 WORLD = 2
@@ -82,6 +84,26 @@ def _worker(rank: int, case: str, out: Path) -> None:
                 finalize=False,
             ).history
             assert history.steps == 6
+        elif case == "fsdp2":  # prune the full model, shard it, train the shards
+            from torch.distributed.fsdp import fully_shard
+
+            pk.prune(model, 0.5)
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
+            assert shard_masks(model) == 3
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            for _ in range(4):
+                x = torch.randn(16, 16, generator=g)
+                (model(x) - x[:, :4]).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+            state = {f"mask:{k}": v.full_tensor().to(torch.uint8)
+                     for k, v in pk.MaskState(model).masks.items()}  # fmt: skip
+            state.update({f"weight:{k}": v.full_tensor() for k, v in model.state_dict().items()})
+            save_file(state, str(out / f"rank{rank}.safetensors"))
+            return
         elif case == "wanda-oneshot":
             data = [torch.randn(32, 16, generator=g) * (1 + 3 * rank) for _ in range(2)]
             pk.prune(model, 0.5, criterion="wanda", data=data)
@@ -111,7 +133,7 @@ def _assert_equal(states: list[dict[str, torch.Tensor]]) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["ddp-gradual", "wanda-oneshot", "recover-distill", "recover-finetune"]
+    "case", ["ddp-gradual", "wanda-oneshot", "recover-distill", "recover-finetune", "fsdp2"]
 )
 def test_masks_and_weights_agree_across_ranks(case, tmp_path):
     """Each rank trains on its own data: equal weights need averaged gradients."""
@@ -119,7 +141,7 @@ def test_masks_and_weights_agree_across_ranks(case, tmp_path):
     _assert_equal(states)
     masks = [v for k, v in states[0].items() if k.startswith("mask:")]
     sparsity = 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
-    assert sparsity == pytest.approx(0.5 if case == "wanda-oneshot" else 0.8, abs=1e-3)
+    assert sparsity == pytest.approx(0.5 if case in ("wanda-oneshot", "fsdp2") else 0.8, abs=1e-3)
     for k, mask in masks_of(states[0]).items():  # pruned weights are exactly zero
         assert not states[0][f"weight:{k}"][~mask].any(), k
     if case != "wanda-oneshot":  # the ranks trained: weights moved from the shared start
