@@ -245,3 +245,18 @@ def test_pooled_target_is_one_minus_cosine_of_mean_pooled_embeddings():
     before = mean_loss()
     distill(student, teacher, data, steps=40, lr=1e-3, target="pooled")
     assert mean_loss() < 0.5 * before
+
+
+def test_lr_factor_warms_up_then_follows_the_steps_or_the_budget_whichever_is_further():
+    import math
+
+    from prunekit.train.loop import lr_factor
+
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)  # warm-up: (step + 1) / warmup
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)  # halfway through the cosine
+    assert lr_factor(10, 100_000, 10, spent=0.5) == pytest.approx(0.5)  # the budget is further
+    assert lr_factor(10, 100_000, 10, spent=0.25) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 4))
+    )
+    assert lr_factor(55, 100, 10, spent=0.1) == pytest.approx(0.5)  # the steps are further
+    assert lr_factor(99, 100_000, 10, spent=1.0) == 0.0
