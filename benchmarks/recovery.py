@@ -3,10 +3,12 @@
 Rows (``--rows`` picks a subset):
 
 * ``cnn``: the demo's digits CNN (scikit-learn digits, fixed split) at 90% unstructured, 2:4 and
-  50% channels (shrunk). Dense and pruned models get the same total epochs: the dense row trains
-  ``--epochs``; the pruned row trains ``--epochs - --recover-epochs`` dense, then prunes in
-  ``--prune-steps`` steps while it distils (with the labels' loss) for ``--recover-epochs``.
-  One-shot: the dense row's model pruned once, no training. Metric: test accuracy.
+  50% channels (shrunk), over ``--seeds`` (init and batch order). Dense and pruned models get the
+  same total epochs: the dense row trains ``--epochs``; the pruned row trains ``--dense-epochs``
+  dense, then prunes during training (cubic schedule over the first half of the remaining epochs;
+  2:4 via 3:4) while it distils from the dense model, mixed with the labels' loss. One-shot: the
+  dense model pruned once, no training. Metric: test accuracy (540 images: one = 0.19 pt), the
+  mean over seeds and the spread of the loss.
 * ``minilm``: all-MiniLM-L6-v2's encoder at 2:4 (SparseGPT) and 50% channels, one-shot on 128 x 128
   tokens of stdlib docstrings, then distilled from the dense model (last and per-layer hidden
   states) on calibration-module sentences. Metric: mean cosine of sentence embeddings against
@@ -14,7 +16,8 @@ Rows (``--rows`` picks a subset):
 * ``smollm2``: SmolLM2-135M at 2:4 and 50% unstructured (SparseGPT), then distilled (logits KL) on
   calibration-module docstrings. Metric: perplexity on disjoint docstrings.
 
-Compute is process CPU time (all threads) of the recovery alone, in CPU-minutes.
+Compute is process CPU time (all threads) of the recovery alone (evaluations excluded), in
+CPU-minutes.
 
     python benchmarks/recovery.py [--rows cnn,minilm,smollm2] [--threads 2]
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 
 import torch
@@ -55,46 +59,71 @@ def row(model: str, config: str, metric: str, dense: float, oneshot: float, reco
 
 
 # ------------------------------------------------------------------------------------- digits CNN
-def cnn_rows(epochs: int, recover_epochs: int, prune_steps: int) -> None:
-    settings = DemoSettings()
-    x_tr, y_tr, x_te, y_te = load_digits_split(settings.seed)
-    torch.manual_seed(settings.seed)
-    base = digits_cnn()
-    train(base, x_tr, y_tr, settings, epochs - recover_epochs, "dense (first part)", progress=False)
-    dense = copy.deepcopy(base)
-    train(dense, x_tr, y_tr, settings, recover_epochs, "dense (rest)", progress=False)
-    dense_acc = accuracy(dense, x_te, y_te) * 100
-    gen = torch.Generator().manual_seed(settings.seed)
-    batches = [
-        (x_tr[idx], y_tr[idx])
-        for _ in range(recover_epochs)
-        for idx in torch.randperm(len(x_tr), generator=gen).split(settings.batch_size)
-    ]
-    every = len(batches) // (prune_steps + 1)
-    example = x_tr[:1]
-    configs = [
-        ("90% unstructured", pk.PruneConfig(sparsity=0.9, scope="global")),
-        ("2:4 (not the stem)", pk.PruneConfig(granularity="2:4", exclude=["0"])),
-        ("50% channels", pk.PruneConfig(sparsity=0.5, granularity="channel", criterion="l2")),
-    ]
-    for label, config in configs:
-        oneshot = copy.deepcopy(dense)
-        pk.prune(oneshot, config, example_inputs=example)
-        result = prune_and_recover(
-            copy.deepcopy(base),
-            config,
-            batches,
-            recover_steps=len(batches) - (prune_steps - 1) * every,
-            prune_steps=prune_steps,
-            example_inputs=example,
-            inputs=lambda b: b[0],
-            loss_fn=lambda out, b: F.cross_entropy(out, b[1]),
-            lr=settings.lr,
-            alpha=0.5,
-        )
-        row("digits CNN", label, "test acc %", dense_acc, accuracy(oneshot, x_te, y_te) * 100,
-            accuracy(result.model.eval(), x_te, y_te) * 100, result.history.cpu_seconds,
-            f"{epochs} epochs total, {recover_epochs} pruning+recovering")  # fmt: skip
+def cnn_rows(epochs: int, dense_epochs: int, seeds: list[int]) -> None:
+    """Per seed (initialisation and batch order; the train/test split is fixed): a dense model
+    trains ``epochs``; each pruned model trains ``dense_epochs`` dense, then prunes during the
+    remaining epochs (cubic schedule over their first half; 2:4 via 3:4) while it distils from
+    the final dense model with the labels' loss. Same total epochs for both."""
+    x_tr, y_tr, x_te, y_te = load_digits_split(0)
+    configs = {
+        "90% unstructured": pk.PruneConfig(sparsity=0.9, scope="global"),
+        "2:4 (not the stem)": pk.PruneConfig(granularity="2:4", exclude=["0"]),
+        "50% channels": pk.PruneConfig(sparsity=0.5, granularity="channel", criterion="l2"),
+    }
+    results: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in configs}
+    for seed in seeds:
+        settings = DemoSettings(seed=seed)
+        torch.manual_seed(seed)
+        base = digits_cnn()
+        train(base, x_tr, y_tr, settings, dense_epochs, "dense (first part)", progress=False)
+        dense = copy.deepcopy(base)
+        train(dense, x_tr, y_tr, settings, epochs - dense_epochs, "dense (rest)", progress=False)
+        dense.eval()
+        dense_acc = accuracy(dense, x_te, y_te) * 100
+        gen = torch.Generator().manual_seed(seed)
+        batches = [
+            (x_tr[idx], y_tr[idx])
+            for _ in range(epochs - dense_epochs)
+            for idx in torch.randperm(len(x_tr), generator=gen).split(settings.batch_size)
+        ]
+        per_epoch = -(-len(x_tr) // settings.batch_size)
+        ramp = len(batches) // 2 // per_epoch * per_epoch  # prune over the first half
+        example = x_tr[:1]
+        for label, config in configs.items():
+            oneshot = copy.deepcopy(dense)
+            pk.prune(oneshot, config, example_inputs=example)
+            nm = config.granularity == "2:4"
+            if not nm:
+                config = dataclasses.replace(
+                    config, schedule=pk.Cubic(0, ramp, every=max(1, per_epoch // 2))
+                )
+            result = prune_and_recover(
+                copy.deepcopy(base),
+                config,
+                batches,
+                recover_steps=len(batches) // 2 if nm else len(batches) - ramp,
+                prune_steps=2,
+                teacher=dense,
+                example_inputs=example,
+                inputs=lambda b: b[0],
+                loss_fn=lambda out, b: F.cross_entropy(out, b[1]),
+                lr=settings.lr,
+                alpha=0.5,
+                seed=seed,
+            )
+            recovered = accuracy(result.model.eval(), x_te, y_te) * 100
+            results[label].append((dense_acc, accuracy(oneshot, x_te, y_te) * 100, recovered,
+                                   result.history.cpu_seconds))  # fmt: skip
+            print(f"  seed {seed} {label}: dense {dense_acc:.2f} recovered {recovered:.2f}",
+                  flush=True)  # fmt: skip
+    for label, runs in results.items():
+        d, o, r, cpu = (torch.tensor(v, dtype=torch.float64) for v in zip(*runs, strict=True))
+        lost = d - r
+        row("digits CNN", label, "test acc %", float(d.mean()), float(o.mean()),
+            float(r.mean()), float(cpu.mean()), f"mean of {len(runs)} seeds, lost "
+            f"{float(lost.mean()):.2f} +- {float(lost.std()) if len(runs) > 1 else 0:.2f} pt "
+            f"(per seed {', '.join(f'{v:.2f}' for v in lost.tolist())}); {epochs} epochs each, "
+            f"pruning from epoch {dense_epochs}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- MiniLM
@@ -108,7 +137,7 @@ def sentence_batches(tokenizer, texts, batch_size):
     ]  # fmt: skip
 
 
-def minilm_rows(cpu_minutes: float, lr: float) -> None:
+def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str) -> None:
     from prunekit.pretrained import load_minilm
 
     dense, tok = load_minilm()
@@ -133,22 +162,29 @@ def minilm_rows(cpu_minutes: float, lr: float) -> None:
         ("50% channels", dict(sparsity=0.5, granularity="channel", criterion="l2",
                               example_inputs=example)),
     ]:  # fmt: skip
+        if only and not label.startswith(only):
+            continue
         student = copy.deepcopy(dense)
         pk.prune(student, include=r"encoder\..*", **kwargs)
         before = cosine(student)
-        history = distill(student, dense, train_batches, steps=100_000, lr=lr,
-                          hidden_layers=layers, cpu_budget=cpu_minutes * 60, eval_fn=cosine,
-                          eval_every=max(1, len(train_batches)))  # fmt: skip
+        print(f"  {label} one-shot cosine {before:.4f}", flush=True)
+        # the judged embedding (pooled cosine) or the last hidden state, plus every layer's MSE;
+        # a short warm-up, then cosine decay over the CPU budget
+        history = distill(student, dense, train_batches, steps=100_000, lr=lr, target=target,
+                          hidden_layers=layers, warmup=10, cpu_budget=cpu_minutes * 60,
+                          eval_fn=cosine, eval_every=max(1, len(train_batches) // 2))  # fmt: skip
         if kwargs["granularity"] == "channel":
             student = pk.shrink(student, example)
         after = cosine(student)
         curve = " ".join(f"{s}:{v:.3f}" for s, v in history.evals)
         row("all-MiniLM-L6-v2", label, "cosine", 1.0, before, after, history.cpu_seconds,
-            f"{history.steps} steps x 32 sentences", f"[cosine by step {curve}]")  # fmt: skip
+            f"{history.steps} steps x 32 sentences, loss {target}+layers, lr {lr:g}",
+            f"[cosine by step {curve}]")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- SmolLM2
-def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: str) -> None:
+def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: str,
+                 evals: int) -> None:  # fmt: skip
     from prunekit.pretrained import load_smollm2
 
     dense, tok = load_smollm2()
@@ -158,11 +194,14 @@ def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: s
     train_batches = [{"input_ids": c} for c in train_ids[order].split(batch)]
     eval_ids = token_windows(docstring_corpus(EVALUATION_MODULES), tok, 256, 24)
     eval_batches = list(eval_ids.split(4))
+    print(f"SmolLM2: {train_ids.numel():,} training tokens, {eval_ids.numel():,} eval tokens",
+          flush=True)  # fmt: skip
 
     def ppl(model, step=None):
         return perplexity(model, eval_batches)
 
     dense_ppl = ppl(dense)
+    print(f"  dense perplexity {dense_ppl:.2f}", flush=True)
     for label, kwargs in [("2:4 SparseGPT", dict(granularity="2:4")),
                           ("50% SparseGPT", dict(sparsity=0.5))]:  # fmt: skip
         if only and not label.startswith(only):
@@ -170,28 +209,44 @@ def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: s
         student = copy.deepcopy(dense)
         pk.prune(student, criterion="sparsegpt", data=calib, **kwargs)
         before = ppl(student)
+        print(f"  {label} one-shot perplexity {before:.2f}", flush=True)
         student.get_input_embeddings().weight.requires_grad_(False)  # tied, unpruned
+        spent = [time.process_time(), 0.0]  # start, CPU of evaluations so far
+
+        def ppl_logged(model, step, spent=spent):
+            eval0 = time.process_time()
+            value = ppl(model)
+            minutes = (eval0 - spent[0] - spent[1]) / 60
+            spent[1] += time.process_time() - eval0
+            print(f"    step {step} ({minutes:.1f} CPU-min): perplexity {value:.2f}", flush=True)
+            return (round(minutes, 1), value)
+
+        # a short warm-up, then cosine decay over the CPU budget (run_training's lr_factor)
         history = distill(student, dense, train_batches, steps=100_000, lr=lr, temperature=1.0,
-                          cpu_budget=cpu_minutes * 60, eval_fn=ppl,
-                          eval_every=max(1, int(cpu_minutes * 4)))  # fmt: skip
-        curve = " ".join(f"{s}:{v:.1f}" for s, v in history.evals)
-        closed = (before - history.evals[-1][1]) / (before - dense_ppl)
-        row("SmolLM2-135M", label, "perplexity", dense_ppl, before, history.evals[-1][1],
+                          warmup=5, cpu_budget=cpu_minutes * 60, eval_fn=ppl_logged,
+                          eval_every=evals)  # fmt: skip
+        final = history.evals[-1][1][1]
+        curve = " ".join(f"{s}/{m}min:{v:.1f}" for s, (m, v) in history.evals)
+        closed = (before - final) / (before - dense_ppl)
+        row("SmolLM2-135M", label, "perplexity", dense_ppl, before, final,
             history.cpu_seconds, f"{history.steps} steps x {batch}x{seqlen} tokens, "
-            f"{closed:.0%} of gap closed", f"[ppl by step {curve}]")  # fmt: skip
+            f"{closed:.0%} of gap closed", f"[ppl by step/CPU-min {curve}]")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="cnn,minilm,smollm2")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--recover-epochs", type=int, default=15)
-    parser.add_argument("--prune-steps", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=40, help="CNN: total epochs, every row")
+    parser.add_argument("--dense-epochs", type=int, default=5, help="CNN: before pruning starts")
+    parser.add_argument("--seeds", default="0,1,2", help="CNN: seeds of init and batch order")
     parser.add_argument("--minilm-cpu-minutes", type=float, default=10.0)
-    parser.add_argument("--minilm-lr", type=float, default=2e-4)
+    parser.add_argument("--minilm-lr", type=float, default=5e-4)
+    parser.add_argument("--minilm-target", default="pooled", choices=("pooled", "hidden"))
+    parser.add_argument("--minilm-only", default="", help="run only the row starting so (2:4)")
     parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
-    parser.add_argument("--smollm2-lr", type=float, default=5e-5)
+    parser.add_argument("--smollm2-lr", type=float, default=1e-4)
+    parser.add_argument("--smollm2-eval-every", type=int, default=20, help="steps per evaluation")
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--smollm2-only", default="", help="run only the row starting so (2:4)")
@@ -200,12 +255,17 @@ def main() -> None:
     start = time.perf_counter()
     rows = args.rows.split(",")
     if "cnn" in rows:
-        cnn_rows(args.epochs, args.recover_epochs, args.prune_steps)
+        cnn_rows(args.epochs, args.dense_epochs, [int(v) for v in args.seeds.split(",")])
     if "minilm" in rows:
-        minilm_rows(args.minilm_cpu_minutes, args.minilm_lr)
+        minilm_rows(args.minilm_cpu_minutes, args.minilm_lr, args.minilm_target, args.minilm_only)
     if "smollm2" in rows:
         smollm2_rows(
-            args.smollm2_cpu_minutes, args.smollm2_lr, args.seqlen, args.batch, args.smollm2_only
+            args.smollm2_cpu_minutes,
+            args.smollm2_lr,
+            args.seqlen,
+            args.batch,
+            args.smollm2_only,
+            args.smollm2_eval_every,
         )
     print(f"\nrecovery benchmark, {args.threads} threads, {time.perf_counter() - start:.0f} s wall")
     print(f"{'model':17} {'config':19} {'metric':11} {'dense':>8} {'one-shot':>9} "

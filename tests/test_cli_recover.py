@@ -143,3 +143,62 @@ def test_recover_refuses_a_folder_that_is_not_pruned(llama_dir, tmp_path, capsys
     code = main(["recover", str(llama_dir), "--teacher", str(llama_dir), "--data", "x.txt",
                  "--steps", "3", "-o", str(tmp_path / "o")])  # fmt: skip
     assert code == 2 and "prunekit.json" in capsys.readouterr().err
+
+
+def _train_file(tmp_path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    words = [WORDS[i] for i in torch.randint(0, len(WORDS), (3000,), generator=g)]
+    data = tmp_path / "train.txt"
+    data.write_text("\n\n".join(" ".join(words[i : i + 100]) for i in range(0, 3000, 100)))
+    return data
+
+
+@pytest.mark.parametrize(
+    "flags, method",
+    [(["--sparsity", "0.5"], "distill"), (["--granularity", "2:4"], "finetune")],
+)
+def test_prune_with_recover_steps_trains_between_prunes(llama_dir, tmp_path, capsys, flags, method):
+    data = _train_file(tmp_path)
+    oneshot, out = tmp_path / "oneshot", tmp_path / "recovered"
+    assert main(["prune", str(llama_dir), *flags, "-o", str(oneshot)]) == 0
+    code = main(["prune", str(llama_dir), *flags, "--recover-steps", "4", "--prune-steps", "2",
+                 "--data", str(data), "--recover-method", method, "--seq-len", "32",
+                 "--recover-lr", "3e-3", "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    reference = pk.load(oneshot).state_dict()
+    recovered = pk.load(out).eval()
+    state = recovered.state_dict()
+    pruned = [name for name, w in reference.items() if (w == 0).any()]
+    assert len(pruned) == 14  # 7 Linear layers x 2 blocks
+    for name in pruned:
+        w = state[name]
+        # the same exact count of zeros as the one-shot prune: half of every weight
+        assert int((w == 0).sum()) == int((reference[name] == 0).sum()) == w.numel() // 2, name
+        if "2:4" in flags:
+            assert bool(((w.reshape(-1, 4) == 0).sum(-1) >= 2).all()), name
+        assert not torch.equal(w, reference[name]), f"{name} was not trained"
+    header = json.loads((out / "prunekit.json").read_text())
+    # Iterative(2, every=4): prunes before steps 0 and 4, then 4 more steps of recovery
+    assert header["recovery"]["steps"] == 8 and header["recovery"]["method"] == method
+    assert [step for step, _ in header["recovery"]["prunes"]] == [0, 4]
+    ids = torch.randint(2, len(WORDS) + 2, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.isfinite(recovered(ids).logits).all()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--recover-steps", "3"], "--data"),
+        (["--data", "train.txt"], "--recover-steps"),
+        (["--recover-steps", "0", "--data", "x"], ">= 1"),
+        (["--recover-steps", "3", "--data", "missing.txt"], "no such file"),
+    ],
+)
+def test_prune_recover_options_are_checked_before_loading(
+    llama_dir, tmp_path, capsys, extra, message
+):
+    out = tmp_path / "o"
+    assert main(["prune", str(llama_dir), "--sparsity", "0.5", *extra, "-o", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -212,3 +212,51 @@ def test_same_module_as_teacher_and_exhausted_iterator_are_refused():
     student = copy.deepcopy(teacher)
     with pytest.raises(ConfigError, match="re-iterable"):
         distill(student, teacher, iter(batches(2)), steps=5)
+
+
+def test_pooled_target_is_one_minus_cosine_of_mean_pooled_embeddings():
+    from prunekit.train.distill import pooled_cosine_loss
+
+    s, t = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    mask = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1]])
+    expected = torch.stack(
+        [1 - F.cosine_similarity(s[i, mask[i].bool()].mean(0), t[i, mask[i].bool()].mean(0), 0)
+         for i in range(2)]
+    ).mean()  # fmt: skip
+    torch.testing.assert_close(pooled_cosine_loss(s, t, mask), expected)
+    teacher = tiny_bert()
+    student = copy.deepcopy(teacher)
+    data = text_batches()
+    pk.prune(student, 0.9, include=r"encoder\..*")
+    for m in student.modules():  # no dropout: the loss measures the pruning alone
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    d = Distiller(student, teacher, target="pooled")
+    with torch.no_grad():
+        got = d.loss(data[0])[0]
+        s_h, t_h = student(**data[0]).last_hidden_state, teacher(**data[0]).last_hidden_state
+    torch.testing.assert_close(got, pooled_cosine_loss(s_h, t_h, data[0]["attention_mask"].float()))
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            student.eval()
+            return sum(float(d.loss(b)[0]) for b in data) / len(data)
+
+    before = mean_loss()
+    distill(student, teacher, data, steps=40, lr=1e-3, target="pooled")
+    assert mean_loss() < 0.5 * before
+
+
+def test_lr_factor_warms_up_then_follows_the_steps_or_the_budget_whichever_is_further():
+    import math
+
+    from prunekit.train.loop import lr_factor
+
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)  # warm-up: (step + 1) / warmup
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)  # halfway through the cosine
+    assert lr_factor(10, 100_000, 10, spent=0.5) == pytest.approx(0.5)  # the budget is further
+    assert lr_factor(10, 100_000, 10, spent=0.25) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 4))
+    )
+    assert lr_factor(55, 100, 10, spent=0.1) == pytest.approx(0.5)  # the steps are further
+    assert lr_factor(99, 100_000, 10, spent=1.0) == 0.0

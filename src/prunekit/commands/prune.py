@@ -119,6 +119,120 @@ def calibration_batches(args: argparse.Namespace, model: Any, config: Any) -> li
     return batches if loss is None else add_labels(batches, loss, tokenizer, config.seed)
 
 
+# ---- recovery (prune gradually, training between the steps) ------------------------------------
+
+RECOVER_METHODS = ("distill", "finetune")
+
+
+def add_recover_options(parser: argparse.ArgumentParser) -> None:
+    """``--recover-steps N --data FILE``: prune gradually and recover (prunekit.train)."""
+    parser.add_argument(
+        "--recover-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prune gradually in --prune-steps steps, training N optimizer steps between them "
+        "and after the last one on --data (prunekit.train.prune_and_recover)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE.txt|.jsonl",
+        help="training text for --recover-steps (or builtin:docstrings), tokenized with the "
+        "model folder's tokenizer into windows of --seq-len tokens",
+    )
+    parser.add_argument(
+        "--recover-method",
+        choices=RECOVER_METHODS,
+        default="distill",
+        help="distill = from the dense model (logits KL, plus the LM loss for causal LMs); "
+        "finetune = the language-modelling loss only (default: distill)",
+    )
+    parser.add_argument(
+        "--prune-steps", type=int, default=4, help="pruning steps of --recover-steps (default: 4)"
+    )
+    parser.add_argument(
+        "--recover-lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)"
+    )
+    parser.add_argument(
+        "--recover-batch-size", type=int, default=4, help="windows per step (default: 4)"
+    )
+
+
+def check_recover_options(args: argparse.Namespace) -> None:
+    """Every --recover-* mistake, before the model loads."""
+    from ..errors import PrunekitError
+
+    if args.recover_steps is None:
+        if args.data is not None:
+            raise PrunekitError("--data is training text for --recover-steps N: pass both")
+        return
+    if args.recover_steps < 1 or args.prune_steps < 1 or args.recover_batch_size < 1:
+        raise PrunekitError("--recover-steps, --prune-steps and --recover-batch-size must be >= 1")
+    if not args.recover_lr > 0:
+        raise PrunekitError(f"--recover-lr must be > 0, got {args.recover_lr}")
+    if args.data is None:
+        raise PrunekitError("--recover-steps needs --data FILE.txt|.jsonl (or builtin:docstrings)")
+    if not args.data.startswith("builtin:") and not Path(args.data).is_file():
+        raise PrunekitError(f"--data {args.data}: no such file")
+    if not (Path(args.model) / "config.json").is_file():
+        raise PrunekitError("--recover-steps needs a Hugging Face model folder (its tokenizer)")
+
+
+def recover(args: argparse.Namespace, model: Any, config: Any, calibration: Any, example: Any):
+    """Prune ``model`` gradually while training on ``--data``; masks stay attached (the caller
+    shrinks or bakes). Returns (model, a record of the recovery for prunekit.json)."""
+    from transformers import AutoTokenizer
+
+    from ..errors import PrunekitError
+    from ..evaluate import is_causal_lm
+    from ..textdata import add_labels, load_calibration
+    from ..train import prune_and_recover
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    longest = getattr(tokenizer, "model_max_length", args.seq_len) or args.seq_len
+    batches = load_calibration(
+        args.data, tokenizer, 10**9, min(args.seq_len, longest), args.recover_batch_size
+    )
+    loss = args.loss or ("lm" if is_causal_lm(model) else None)
+    if loss is not None:
+        batches = add_labels(batches, loss, tokenizer, config.seed)
+    elif args.recover_method == "finetune":
+        raise PrunekitError(
+            f"--recover-method finetune needs a loss: {type(model).__name__} is no causal LM; "
+            "pass --loss mlm (masked-LM heads) or use --recover-method distill"
+        )
+    result = prune_and_recover(
+        model,
+        config,
+        batches,
+        recover_steps=args.recover_steps,
+        prune_steps=args.prune_steps,
+        method=args.recover_method,
+        example_inputs=example,
+        calibration=calibration,
+        lr=args.recover_lr,
+        finalize=False,
+        seed=config.seed,
+        progress=True,
+    )
+    history = result.history
+    record = {
+        "method": args.recover_method,
+        "data": str(args.data),
+        "steps": history.steps,
+        "prunes": [[step, sparsity] for step, sparsity in result.prunes],
+        "loss_first": history.losses[0],
+        "loss_last": history.losses[-1],
+        "cpu_seconds": round(history.cpu_seconds, 1),
+    }
+    print(
+        f"pruned in {len(result.prunes)} step(s) while training {history.steps} steps "
+        f"({args.recover_method}): loss {history.losses[0]:.4g} -> {history.losses[-1]:.4g}"
+    )
+    return result.model, record
+
+
 # ---- the output folder --------------------------------------------------------------------------
 
 
@@ -156,7 +270,12 @@ def input_bytes(args: argparse.Namespace, model: Any) -> int:
 
 
 def write_output(
-    model: Any, args: argparse.Namespace, config: Any, example: Any, baseline_bytes: int
+    model: Any,
+    args: argparse.Namespace,
+    config: Any,
+    example: Any,
+    baseline_bytes: int,
+    recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the output folder: checkpoint, carried-over files, model card. Returns its facts."""
     from .. import save
@@ -172,6 +291,7 @@ def write_output(
         "baseline": baseline_record(args),
         "input": {"bytes": baseline_bytes},
         **({"example_inputs": describe(example)} if example is not None else {}),
+        **({"recovery": recovery} if recovery is not None else {}),
     }
     if not Path(args.model).is_dir():
         extra["source"] = args.model  # lets `report OUT/` rebuild it
@@ -209,6 +329,7 @@ class PruneCommand(Command):
         add_config_options(parser)
         list_registered_names(parser)
         add_data_options(parser)
+        add_recover_options(parser)
         add_output_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -227,6 +348,7 @@ class PruneCommand(Command):
         shape = parse_shape(args.example_shape) if args.example_shape is not None else None
         if args.nsamples < 1 or args.seq_len < 2:
             raise PrunekitError("--nsamples must be >= 1 and --seq-len >= 2")
+        check_recover_options(args)
         config = config_from_args(args)  # a bad config fails before a large model loads
         if args.print_config:
             from ..config import dump_recipe
@@ -236,7 +358,9 @@ class PruneCommand(Command):
         resolved = config.resolve()
         model = load_model(args.model, args.weights, trust_source=args.trust_source)
         data = None
-        if args.calibration is not None or resolved.criterion.requires_data:
+        recovering = args.recover_steps is not None
+        needs_data = resolved.criterion.requires_data and not recovering  # else: --data's batches
+        if args.calibration is not None or needs_data:
             data = calibration_batches(args, model, config)
         baseline_bytes = input_bytes(args, model)
         structured = resolved.granularity.structured
@@ -246,12 +370,14 @@ class PruneCommand(Command):
             if structured:  # tracing needs them; bench and export can take --example-shape later
                 raise
             example = None
-        pruner = Pruner(
-            model, config, data=data, example_inputs=example if structured else None, progress=True
-        )
-        pruner.step()
+        traced = example if structured else None
+        recovery = None
+        if recovering:
+            model, recovery = recover(args, model, config, data, traced)
+        else:
+            Pruner(model, config, data=data, example_inputs=traced, progress=True).step()
         model = shrink(model, example) if structured else finalize(model)
-        facts = write_output(model, args, config, example, baseline_bytes)
+        facts = write_output(model, args, config, example, baseline_bytes, recovery)
         Console(width=max(Console().width, 100)).print(report(model))
         ratio = facts["bytes"] / facts["input_bytes"]
         print(

@@ -6,6 +6,8 @@ The loss of one batch (:class:`Distiller`):
   teacher's and the student's softened distributions, ``T² · KL(p_t^T ‖ p_s^T)``, averaged over
   positions (padding excluded through ``attention_mask``);
 * **hidden states** otherwise (an encoder's ``last_hidden_state``): mean squared error;
+* **pooled** (``target="pooled"``, sentence encoders): ``1 - cos`` between the mean-pooled (over
+  ``attention_mask``) last hidden states: the sentence embedding that is judged;
 * **intermediate layers** (``hidden_layers``): MSE between the outputs of the named modules, through
   a learned linear projection where a shrunk student's width differs from the teacher's;
 * **task loss** where labels exist (the model's own ``.loss``, or ``loss_fn(output, batch)``):
@@ -24,9 +26,10 @@ from torch import nn
 
 from ..calibrate import model_device, run_batch
 from ..errors import ConfigError
+from .distributed import data_parallel
 from .loop import EvalFn, History, check_number, normalise, run_training
 
-TARGETS = ("auto", "logits", "hidden")
+TARGETS = ("auto", "logits", "hidden", "pooled")
 
 
 def output_logits(out: Any) -> torch.Tensor | None:
@@ -100,6 +103,22 @@ def mse_loss(
     per_position = (student.float() - teacher.float()).square()
     per_position = per_position.mean(-1) if weights is not None else per_position
     return _masked_mean(per_position, weights)
+
+
+def pooled_cosine_loss(
+    student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """``1 - cos`` of the mean-pooled ``[B, T, H]`` hidden states (over ``weights`` ``[B, T]``),
+    averaged over the batch."""
+    if student.shape != teacher.shape or student.dim() != 3:
+        raise ConfigError(
+            f"pooled distillation needs equal [batch, tokens, hidden] states, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    w = torch.ones(student.shape[:2], device=student.device) if weights is None else weights
+    w = w.unsqueeze(-1)  # [B, T, 1]
+    pooled = [(h.float() * w).sum(1) / w.sum(1).clamp_min(1.0) for h in (student, teacher)]
+    return (1.0 - F.cosine_similarity(pooled[0], pooled[1], dim=-1)).mean()
 
 
 def _layer_map(
@@ -221,7 +240,7 @@ class Distiller(nn.Module):
         """:meth:`loss`, plus the student's output."""
         s_out, t_out, s_hidden, t_hidden, kwargs = self._forward_both(batch, student)
         device = model_device(self.student)
-        s_logits = output_logits(s_out) if self.target != "hidden" else None
+        s_logits = output_logits(s_out) if self.target in ("auto", "logits") else None
         if s_logits is not None:
             t_logits = output_logits(t_out)
             if t_logits is None:
@@ -232,7 +251,9 @@ class Distiller(nn.Module):
             raise ConfigError("target='logits' but the student's output has no logits")
         else:
             s_h = output_hidden(s_out)
-            kd = mse_loss(s_h, output_hidden(t_out).to(device), _position_weights(kwargs, s_h))
+            t_h = output_hidden(t_out).to(device)
+            loss = pooled_cosine_loss if self.target == "pooled" else mse_loss
+            kd = loss(s_h, t_h, _position_weights(kwargs, s_h))
         parts = {"kd": float(kd.detach())}
         total = kd
         if self.layers:
@@ -297,9 +318,11 @@ def distill(
     as ``input_ids``/``attention_mask``/``labels``), cycled as needed. The teacher runs in eval mode
     without gradients, on its own device (``teacher_device`` moves it there), and the batches are
     moved to each model's device. The student's masks hold throughout. Loss terms: see the module
-    docstring; ``target`` forces ``"logits"`` (KL) or ``"hidden"`` (MSE). ``eval_fn(student, step)``
+    docstring; ``target`` forces ``"logits"`` (KL), ``"hidden"`` (MSE) or ``"pooled"`` (cosine of
+    mean-pooled embeddings). ``eval_fn(student, step)``
     runs every ``eval_every`` steps and at the end; ``cpu_budget`` (CPU seconds) may end training
-    early. The same ``seed`` and data give the same weights. Returns the
+    early. Under ``torch.distributed`` the student trains under DDP (gradients averaged across
+    ranks). The same ``seed`` and data give the same weights. Returns the
     :class:`~prunekit.train.loop.History`.
     """
     distiller = Distiller(
@@ -323,8 +346,10 @@ def distill(
             torch.manual_seed(seed)
             distiller.prepare(first)
 
+    forward = data_parallel(student)
+
     def loss_of(batch: Any) -> torch.Tensor:
-        return distiller.loss(batch)[0]
+        return distiller.loss(batch, forward)[0]
 
     return run_training(
         student,

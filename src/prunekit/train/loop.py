@@ -20,6 +20,7 @@ from torch import nn
 from ..calibrate.batches import as_batches, model_mode
 from ..errors import ConfigError, WeightError
 from ..progress import track
+from .distributed import average_gradients
 
 Batch = tuple[tuple, dict]
 #: ``eval_fn(model, step) -> a number or a dict of numbers``
@@ -34,9 +35,12 @@ class History:
     losses: list[float] = field(default_factory=list)
     #: ``(step, eval_fn's result)``, every ``eval_every`` steps and after the last one
     evals: list[tuple[int, Any]] = field(default_factory=list)
-    #: process CPU seconds (all threads) and wall seconds of the whole run
+    #: process CPU seconds (all threads) of the training, evaluations excluded
     cpu_seconds: float = 0.0
+    #: wall seconds of the whole run
     wall_seconds: float = 0.0
+    #: process CPU seconds spent in ``eval_fn``
+    eval_cpu_seconds: float = 0.0
 
 
 def check_positive(name: str, value: object, allow_zero: bool = False) -> None:
@@ -78,10 +82,12 @@ def cycle(data: Iterable[Any]) -> Iterator[Any]:
         seen += count
 
 
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
+def lr_factor(step: int, steps: int, warmup: int, spent: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``steps``, or earlier
+    when ``spent`` (the fraction of a CPU budget used, 0..1) is further along."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
+    progress = max((step - warmup) / max(1, steps - warmup), spent)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -111,10 +117,16 @@ def run_training(
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps on ``loss_of(raw batch)``; return the history.
 
+    Under ``torch.distributed``, ``loss_of`` runs its forward through
+    :func:`~prunekit.train.distributed.data_parallel`'s wrapper of ``model`` (DDP averages the
+    gradients); those of ``extra_params`` are averaged here.
+
     ``data`` is cycled. The RNG (dropout) is seeded with ``seed`` inside a forked RNG state, so the
     caller's global RNG is left as it was. ``eval_fn(model, step)`` runs every ``eval_every`` steps
     and at the end; then ``after_step(step)`` (a Pruner's ``step``), after every optimizer step.
-    ``cpu_budget`` (process CPU seconds, evaluations included) ends training early once spent.
+    ``cpu_budget`` (process CPU seconds of training, evaluations excluded) ends training early once
+    spent; the cosine decay then follows whichever of the step count and the budget is further
+    along, so a budget-bound run still anneals its learning rate to zero.
     """
     check_positive("steps", steps)
     lr = check_number("lr", lr, 0.0)
@@ -129,17 +141,24 @@ def run_training(
         check_number("max_grad_norm", max_grad_norm, 0.0)
     if cpu_budget is not None:
         check_number("cpu_budget", cpu_budget, 0.0)
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    extra = list(extra_params)
+    params = [p for p in model.parameters() if p.requires_grad] + extra
     if not params:
         raise ConfigError(f"{type(model).__name__} has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
     history = History()
     batches = cycle(data)
     cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    def trained() -> float:  # CPU seconds of training so far
+        return time.process_time() - cpu0 - history.eval_cpu_seconds
+
     with torch.random.fork_rng(devices=[]), training_mode(model):
         torch.manual_seed(seed)
         for step in track(range(steps), label, progress):
+            used = min(1.0, trained() / cpu_budget) if cpu_budget else 0.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(step, steps, warmup, used)
             loss = loss_of(next(batches))
             if not torch.isfinite(loss):
                 raise WeightError(
@@ -147,22 +166,24 @@ def run_training(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(extra)  # the model's own are averaged by DDP (data_parallel)
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
-            schedule.step()
             history.losses.append(float(loss.detach()))
             history.steps = step + 1
-            spent = cpu_budget is not None and time.process_time() - cpu0 >= cpu_budget
+            spent = cpu_budget is not None and trained() >= cpu_budget
             last = step + 1 == steps or spent
             if eval_fn is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
+                eval0 = time.process_time()
                 model.eval()
                 history.evals.append((step + 1, eval_fn(model, step + 1)))
                 model.train()
+                history.eval_cpu_seconds += time.process_time() - eval0
             if after_step is not None:
                 after_step(step)
             if spent:
                 break
-    history.cpu_seconds = time.process_time() - cpu0
+    history.cpu_seconds = trained()
     history.wall_seconds = time.perf_counter() - wall0
     return history

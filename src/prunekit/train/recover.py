@@ -25,7 +25,7 @@ from ..masks import bake
 from ..pruner import Pruner
 from ..schedule import Iterative, OneShot, Schedule
 from .distill import Distiller
-from .distributed import broadcast_masks
+from .distributed import broadcast_masks, data_parallel
 from .loop import EvalFn, History, check_positive, normalise, run_training
 
 METHODS = ("distill", "finetune")
@@ -79,7 +79,7 @@ def finetune(
         model,
         data,
         steps,
-        TaskLoss(model, loss_fn, inputs),
+        TaskLoss(data_parallel(model), loss_fn, inputs),
         lr=lr,
         eval_fn=eval_fn,
         eval_every=eval_every,
@@ -148,8 +148,9 @@ def prune_and_recover(
     ``hidden_layers`` and ``target`` are :class:`~prunekit.train.distill.Distiller`'s. Data-aware
     criteria calibrate on ``calibration`` (default: the first training batches). Structured
     granularities need ``example_inputs`` and are shrunk physically at the end; the others are
-    baked. ``finalize=False`` leaves the masks attached. Under ``torch.distributed`` rank 0's
-    masks are broadcast after every pruning step.
+    baked. ``finalize=False`` leaves the masks attached. Under ``torch.distributed`` the model
+    trains under DDP (gradients averaged across ranks) and rank 0's masks are broadcast after
+    every pruning step.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown recovery method {method!r}; valid choices: {METHODS}")
@@ -186,6 +187,7 @@ def prune_and_recover(
             prunes.append((step, applied))
 
     prune(0)  # schedule step 0, before any training
+    forward = data_parallel(model)  # DDP under torch.distributed: gradients averaged
     if method == "distill":
         distiller = Distiller(
             model,
@@ -199,9 +201,9 @@ def prune_and_recover(
         )
 
         def loss_of(batch: Any) -> torch.Tensor:
-            return distiller.loss(batch)[0]
+            return distiller.loss(batch, forward)[0]
     else:
-        loss_of = TaskLoss(model, loss_fn, inputs)
+        loss_of = TaskLoss(forward, loss_fn, inputs)
     history = run_training(
         model,
         data,
