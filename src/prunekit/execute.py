@@ -129,8 +129,10 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
         ctx.stats = {}
         return True
 
-    # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked
+    # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked;
+    # with its dense_targets, Hessian-based solvers fit the dense model's layer outputs
+    cross = res.reconstruct is not None and res.reconstruct.dense_targets and "hessian" in kinds
     run_blockwise(
         ctx.model, pruner.targets, ctx.data, kinds, process, progress=ctx.progress,
-        after=res.reconstruct,
+        after=res.reconstruct, cross=cross,
     )  # fmt: skip

@@ -13,7 +13,7 @@ from ..granularity import Granularity
 from ..granularity.nm import NM
 from ..granularity.unstructured import Unstructured
 from ..masks import get_mask
-from ..reconstruct.sparsegpt import Segment, sparsegpt
+from ..reconstruct.sparsegpt import Segment, dense_target, sparsegpt
 from ..targets import Target
 from .base import CRITERIA, ScoreContext, Solver
 from .wanda import input_norms
@@ -33,6 +33,10 @@ def nm_keep(granularity: NM, sparsity: float) -> tuple[int, int]:
 class SparseGPT(Solver):
     """OBS reconstruction in column blocks of ``block_size``, with ``damp`` times the mean
     Hessian diagonal added to it; unstructured and N:M.
+
+    When calibration gathered ``X_sᵀX_d`` (the dense model's inputs next to the pruned stream's,
+    e.g. under block reconstruction), each layer is solved to fit the dense model's outputs
+    (:func:`~prunekit.reconstruct.sparsegpt.dense_target`).
 
     Its :meth:`scores` (used only to spread sparsity across layers, e.g. ``scope="owl"``) are
     |W|·‖X_j‖₂, the diagonal-Hessian approximation of the OBS saliency.
@@ -122,8 +126,11 @@ class SparseGPT(Solver):
                 if isinstance(granularity, NM)
                 else None
             )
+            stacked = torch.cat(parts)  # [rows of all targets, cols]
+            if inputs.cross is not None:  # fit the dense model's outputs, not the pruned stream's
+                stacked = dense_target(stacked, xtx[g], inputs.cross[g], self.damp)
             W, mask = sparsegpt(
-                torch.cat(parts),
+                stacked,
                 xtx[g].to(parts[0].device),
                 segments,
                 nm=nm,

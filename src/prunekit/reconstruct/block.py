@@ -34,6 +34,10 @@ RECONSTRUCTIONS: Registry[type[Reconstruction]] = Registry("reconstruct")
 class Reconstruction(Plugin, ABC):
     """A stage the block runner calls on every block once its layers are masked."""
 
+    #: whether Hessian-based solvers and refinement should fit the dense model's layer outputs
+    #: (the runner then gathers ``X_sᵀX_d``; :func:`prunekit.reconstruct.sparsegpt.dense_target`)
+    dense_targets: bool = False
+
     @abstractmethod
     def __call__(self, stage: BlockStage) -> None:
         """Rewrite the kept weights of ``stage.block`` in place; masks hold."""
@@ -50,7 +54,9 @@ class BlockReconstruction(Reconstruction):
     batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr``; ``stages``
     are regexes on parameter names inside the block, tuned one
     after the other (e.g. ``("attention", "intermediate|output")``: attention, then MLP); the
-    default tunes every pruned layer of the block at once.
+    default tunes every pruned layer of the block at once. ``dense_targets``: SparseGPT and
+    ``refine`` fit each layer to the dense model's output of that layer (on the dense stream)
+    instead of the dense layer's output on the pruned stream.
     """
 
     steps: int = 40
@@ -58,6 +64,7 @@ class BlockReconstruction(Reconstruction):
     rows: int | None = 4
     stages: tuple[str, ...] = ("",)
     seed: int = 0
+    dense_targets: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,15 +88,17 @@ class BlockReconstruction(Reconstruction):
         reconstruct_block(stage, self)
 
 
-def block_error(stage: BlockStage) -> float:
-    """Σ‖block(x) − y_dense‖² / Σ‖y_dense‖² over the stage's batches."""
+def block_error(stage: BlockStage) -> tuple[float, list[torch.Tensor]]:
+    """Σ‖block(x) − y_dense‖² / Σ‖y_dense‖² over the stage's batches, and the block's outputs."""
     num = den = 0.0
+    outputs = []
     with torch.no_grad():
         for inp, y in zip(stage.inputs, stage.dense, strict=True):
-            out = stage.call(stage.block, inp).float()
+            outputs.append(stage.call(stage.block, inp))
+            out = outputs[-1].float()
             num += float((out - y.to(out.device).float()).square().sum())
             den += float(y.float().square().sum())
-    return num / max(den, 1e-30)
+    return num / max(den, 1e-30), outputs
 
 
 def tuned_parameters(stage: BlockStage, pattern: str) -> list[torch.nn.Parameter]:
@@ -126,10 +135,10 @@ def subset(inp: BlockInputs, y: torch.Tensor, rows: int | None, gen: torch.Gener
 
 def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
     """Tune ``stage.block`` in place (see the module docstring); returns the block's relative
-    output error after the stage."""
+    output error after the stage, and leaves the block's outputs in ``stage.outputs``."""
     block = stage.block
     before_state = {k: v.detach().clone() for k, v in block.state_dict().items()}
-    before = block_error(stage)
+    before, before_out = block_error(stage)
     scale = sum(float(y.float().square().mean()) for y in stage.dense) / len(stage.dense)
     gen = torch.Generator().manual_seed(config.seed)
     flags = {id(p): p.requires_grad for p in block.parameters()}
@@ -160,8 +169,9 @@ def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
     finally:
         for p in block.parameters():
             p.requires_grad_(flags[id(p)])
-    after = block_error(stage)
+    after, stage.outputs = block_error(stage)
     if not after < before:  # never leave a block worse than the masking left it
         block.load_state_dict(before_state)
+        stage.outputs = before_out
         return before
     return after

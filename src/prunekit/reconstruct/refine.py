@@ -20,6 +20,7 @@ from ..calibrate import LayerStats
 from ..errors import ConfigError
 from ..masks import get_mask
 from ..targets import Target
+from .sparsegpt import dense_target
 
 
 @torch.no_grad()
@@ -100,7 +101,9 @@ def refine_target(
     target's weight is rewritten (pruned entries zero, grown ones set); returns the new mask.
 
     ``dense`` is the target's matrix before pruning; weights an earlier mask pruned never grow.
-    With G conv groups, output rows of chunk g are refined against ``XᵀX[g]``.
+    With G conv groups, output rows of chunk g are refined against ``XᵀX[g]``. Where calibration
+    gathered ``X_sᵀX_d`` the error is measured against the dense model's outputs
+    (:func:`~prunekit.reconstruct.sparsegpt.dense_target`).
     """
     if stats is None or stats.inputs is None or stats.inputs.xtx is None:
         raise ConfigError(f"refine needs the 'hessian' statistic for {target.qualname}")
@@ -110,10 +113,12 @@ def refine_target(
     current = target.matrix().detach().float().masked_fill(~keep, 0.0)
     rows = current.shape[0] // xtx.shape[0]
     new_w, new_keep = torch.empty_like(current), torch.empty_like(keep)
+    cross = stats.inputs.cross  # [G, cols, cols] or None
     for g in range(xtx.shape[0]):
         sl = slice(g * rows, (g + 1) * rows)
+        reference = dense[sl] if cross is None else dense_target(dense[sl], xtx[g], cross[g])
         new_w[sl], new_keep[sl] = refine_rows(
-            dense[sl],
+            reference,
             current[sl],
             keep[sl],
             xtx[g],

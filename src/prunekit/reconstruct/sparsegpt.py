@@ -90,6 +90,32 @@ def inverse_hessian_factor(
     )
 
 
+@torch.no_grad()
+def dense_target(
+    weight: torch.Tensor, xtx: torch.Tensor, cross: torch.Tensor, damp: float = 0.01
+) -> torch.Tensor:
+    """The weight whose output on the pruned stream best matches the dense model's output.
+
+    With ``X_s`` a layer's inputs on the pruned model's stream and ``X_d`` the dense model's
+    inputs on the same tokens (``xtx = X_sᵀX_s``, ``cross = X_sᵀX_d``, both ``[cols, cols]``),
+    returns ``W* = argmin ‖X_d Wᵀ − X_s W*ᵀ‖² + λ‖W* − W‖²`` ``[rows, cols]``, i.e.
+    ``W* = W + W(crossᵀ − xtx)(xtx + λI)⁻¹`` with ``λ = damp · mean(diag xtx)`` (a ridge towards
+    the dense weight). Then ``‖X_d Wᵀ − X_s Ŵᵀ‖² = ‖X_s(W* − Ŵ)ᵀ‖² + const`` for every ``Ŵ``,
+    so pruning ``W*`` against ``xtx`` (SparseGPT, refinement) fits the dense model's outputs.
+    """
+    a = xtx.double()
+    lam = damp * float(a.diagonal().mean().clamp_min(1e-12))
+    a = a + lam * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    w = weight.double()
+    rhs = (cross.double() - xtx.double()) @ w.t()  # [cols, rows]
+    with _one_thread(a):
+        chol, info = torch.linalg.cholesky_ex(a)
+        if info:
+            raise WeightError("the calibration Hessian is not positive definite; raise damp")
+        delta = torch.cholesky_solve(rhs, chol).t()  # [rows, cols]
+    return (w + delta).to(weight.dtype)
+
+
 def _one_thread(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """One intra-op thread for CPU tensors (sequential ops, or thread-independent rounding)."""
     return torch_threads(1) if t.device.type == "cpu" else contextlib.nullcontext()
