@@ -129,10 +129,8 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
         ctx.stats = {}
         return True
 
-    # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked;
-    # with its dense_targets, Hessian-based solvers fit the dense model's layer outputs
-    cross = res.reconstruct is not None and res.reconstruct.dense_targets and "hessian" in kinds
+    # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked
     run_blockwise(
         ctx.model, pruner.targets, ctx.data, kinds, process, progress=ctx.progress,
-        after=res.reconstruct, cross=cross,
+        after=res.reconstruct,
     )  # fmt: skip

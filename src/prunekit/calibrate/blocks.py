@@ -169,15 +169,12 @@ def run_blockwise(
     progress: bool = False,
     offload: bool = False,
     after: Callable[[BlockStage], None] | None = None,
-    cross: bool = False,
 ) -> None:
     """Calibrate and prune block by block (see the module docstring).
 
     ``process(targets, stats)`` prunes or solves the given targets from their statistics and
     returns True if it changed the weights. ``after(stage)`` then runs on every block that
-    ``process`` changed. ``cross`` also gathers, for every target, ``X_sᵀX_d`` of its input on
-    the pruned stream against the dense model's input on the same batch
-    (:attr:`InputStats.cross`), so that solvers can fit the dense model's layer outputs. Targets
+    ``process`` changed (and may hand back the block's outputs in ``stage.outputs``). Targets
     outside the block list are handled after the blocks, with whole-model hooks. A model with no
     recognisable block list falls back to whole-model hooks for all targets, with a warning (and
     no ``after`` stage). ``offload`` keeps the captured activations on the CPU between block
@@ -199,23 +196,21 @@ def run_blockwise(
     call = BlockCaller(model_device(model), offload)
     with calibration_mode(model):
         inputs = capture_inputs(model, blocks[0], batches, offload)
-        carry = after is not None or cross  # the dense model's stream, alongside
-        dense_in = [inp.hidden() for inp in inputs] if carry else None
+        dense_in = [inp.hidden() for inp in inputs] if after is not None else None
         done: set[int] = set()
         n = len(blocks)
         for i, block in enumerate(track(blocks, f"pruning {n} blocks", progress, total=n)):
             members = {id(m) for m in block.modules()}
             block_targets = [t for t in targets if id(t.module) in members]
             done.update(id(t.module) for t in block_targets)
-            dense_out: list[torch.Tensor] | None = [] if dense_in is not None else None
+            dense_out = None
+            if dense_in is not None:  # the dense model's stream, before this block changes
+                dense_out = [call(block, inp, h) for inp, h in zip(inputs, dense_in, strict=True)]
             outputs = None
             if block_targets:
                 outputs = []
-                with Collector(block_targets, kinds, block, cross) as col:
-                    for j, inp in enumerate(inputs):
-                        if dense_out is not None:  # before this block changes
-                            with col.dense():
-                                dense_out.append(call(block, inp, dense_in[j]))
+                with Collector(block_targets, kinds, block) as col:
+                    for inp in inputs:
                         outputs.append(call(block, inp))
                         col.end_batch()
                 col.check_seen()
@@ -226,8 +221,6 @@ def run_blockwise(
                         stage = BlockStage(block, block_targets, inputs, dense_out, call)
                         after(stage)
                         outputs = stage.outputs
-            elif dense_out is not None:
-                dense_out = [call(block, inp, h) for inp, h in zip(inputs, dense_in, strict=True)]
             dense_in = dense_out
             if i == n - 1:
                 break

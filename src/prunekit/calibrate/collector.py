@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -55,43 +54,22 @@ class Collector:
     """Forward hooks that gather ``kinds`` statistics for ``targets`` while active (a context).
 
     ``root`` is searched for activation modules that consume a target's output (through BN,
-    dropout or identity), for the output statistics. Inside :meth:`dense` (a pass of the dense
-    model) the hooks gather nothing; with ``cross`` they record each target's input there, and
-    the next pass on the same batch also adds ``X_sᵀX_d`` (:meth:`InputStats.add_cross`).
+    dropout or identity), for the output statistics.
     """
 
-    def __init__(
-        self, targets: list[Target], kinds: Iterable[str], root: nn.Module, cross: bool = False
-    ) -> None:
+    def __init__(self, targets: list[Target], kinds: Iterable[str], root: nn.Module) -> None:
         self.by_source = resolve_statistics(kinds)
         self.targets, self.root = targets, root
         self.stats: dict[str, LayerStats] = {t.qualname: LayerStats() for t in targets}
         self._shared: list[InputStats] = []
         self._pending: dict[int, tuple[weakref.ref, str, int]] = {}
         self._handles: list[Any] = []
-        #: each target's input from the dense pass of the current batch (see :meth:`dense`)
-        self._dense: dict[str, torch.Tensor] = {}
-        self._recording = False
-        self._cross = cross
-
-    @contextlib.contextmanager
-    def dense(self) -> Iterator[None]:
-        """While active, hooks record the targets' inputs instead of accumulating statistics."""
-        self._recording = True
-        try:
-            yield
-        finally:
-            self._recording = False
 
     def _input_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not args or not isinstance(args[0], torch.Tensor):
                 raise ConfigError(f"{name} was called without a positional input tensor")
             x = args[0]
-            if self._recording:
-                if self._cross:
-                    self._dense[name] = x.detach()
-                return
             st = self.stats[name]
             if st.inputs is None:  # first call: share with a layer that saw this very tensor
                 sig = signature(module)
@@ -103,15 +81,11 @@ class Collector:
                     self._shared.append(st.inputs)
             if not st.inputs.seen(x):
                 st.inputs.add(module, x)
-                if name in self._dense:
-                    st.inputs.add_cross(module, x, self._dense[name])
 
         return hook
 
     def _output_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if self._recording:
-                return
             st = self.stats[name]
             st.raw_outputs = st.raw_outputs or OutputStats(self.by_source["output"])
             dim = channel_dim(module)
@@ -122,7 +96,7 @@ class Collector:
 
     def _follow_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         """On BN / dropout / identity / activations: follow a pending target output."""
-        if self._recording or not args or not isinstance(args[0], torch.Tensor):
+        if not args or not isinstance(args[0], torch.Tensor):
             return
         entry = self._pending.get(id(args[0]))
         if entry is None or entry[0]() is not args[0]:
@@ -156,7 +130,6 @@ class Collector:
 
     def end_batch(self) -> None:
         self._pending.clear()
-        self._dense.clear()
 
     def check_seen(self) -> None:
         """Raise if a target was never called while statistics were being gathered."""

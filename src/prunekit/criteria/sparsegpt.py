@@ -13,7 +13,7 @@ from ..granularity import Granularity
 from ..granularity.nm import NM
 from ..granularity.unstructured import Unstructured
 from ..masks import get_mask
-from ..reconstruct.sparsegpt import Segment, dense_target, sparsegpt
+from ..reconstruct.sparsegpt import Segment, sparsegpt
 from ..targets import Target
 from .base import CRITERIA, ScoreContext, Solver
 from .wanda import input_norms
@@ -33,10 +33,6 @@ def nm_keep(granularity: NM, sparsity: float) -> tuple[int, int]:
 class SparseGPT(Solver):
     """OBS reconstruction in column blocks of ``block_size``, with ``damp`` times the mean
     Hessian diagonal added to it; unstructured and N:M.
-
-    When calibration gathered ``X_sᵀX_d`` (the dense model's inputs next to the pruned stream's,
-    e.g. under block reconstruction), each layer is solved to fit the dense model's outputs
-    (:func:`~prunekit.reconstruct.sparsegpt.dense_target`).
 
     Its :meth:`scores` (used only to spread sparsity across layers, e.g. ``scope="owl"``) are
     |W|·‖X_j‖₂, the diagonal-Hessian approximation of the OBS saliency.
@@ -102,7 +98,10 @@ class SparseGPT(Solver):
         xtx = inputs.xtx  # [G, cols, cols]; H = 2XᵀX/N is formed inside the solver's one copy
         G = xtx.shape[0]
         name = ", ".join(t.qualname for t in targets)
+        # memory: one float32 working copy of the stacked rows (sparsegpt's); with conv groups
+        # the groups' results are gathered in one more copy before they are written back
         new = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.float32) for t in targets}
+        new = new if G > 1 else {}
         kept = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.bool) for t in targets}
         for g in range(G):
             parts, segments, forced, start = [], [], [], 0
@@ -126,12 +125,11 @@ class SparseGPT(Solver):
                 if isinstance(granularity, NM)
                 else None
             )
-            stacked = torch.cat(parts)  # [rows of all targets, cols]
-            if inputs.cross is not None:  # fit the dense model's outputs, not the pruned stream's
-                stacked = dense_target(stacked, xtx[g], inputs.cross[g], self.damp)
+            stacked = parts[0] if len(parts) == 1 else torch.cat(parts)  # [rows, cols]
+            del parts
             W, mask = sparsegpt(
                 stacked,
-                xtx[g].to(parts[0].device),
+                xtx[g].to(stacked.device),
                 segments,
                 nm=nm,
                 forced=torch.cat(forced) if any(f.any() for f in forced) else None,
@@ -140,11 +138,16 @@ class SparseGPT(Solver):
                 name=name,
                 scale=2.0 / max(inputs.n, 1),
             )
+            del stacked
             for t, seg in zip(targets, segments, strict=True):
                 rows = seg.stop - seg.start
-                new[t.qualname][g * rows : (g + 1) * rows] = W[seg.start : seg.stop]
                 kept[t.qualname][g * rows : (g + 1) * rows] = mask[seg.start : seg.stop]
-        for t in targets:
+                if G == 1:
+                    t.weight.data.copy_(t.from_matrix(W[seg.start : seg.stop]).to(t.weight.dtype))
+                else:
+                    new[t.qualname][g * rows : (g + 1) * rows] = W[seg.start : seg.stop]
+            del W, mask
+        for t in targets if G > 1 else ():
             w = t.weight
             w.data.copy_(t.from_matrix(new[t.qualname]).to(w.dtype))
         return kept

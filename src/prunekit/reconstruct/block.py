@@ -17,6 +17,7 @@ fixed thread count.
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -34,10 +35,6 @@ RECONSTRUCTIONS: Registry[type[Reconstruction]] = Registry("reconstruct")
 class Reconstruction(Plugin, ABC):
     """A stage the block runner calls on every block once its layers are masked."""
 
-    #: whether Hessian-based solvers and refinement should fit the dense model's layer outputs
-    #: (the runner then gathers ``X_sᵀX_d``; :func:`prunekit.reconstruct.sparsegpt.dense_target`)
-    dense_targets: bool = False
-
     @abstractmethod
     def __call__(self, stage: BlockStage) -> None:
         """Rewrite the kept weights of ``stage.block`` in place; masks hold."""
@@ -51,12 +48,11 @@ class BlockReconstruction(Reconstruction):
     """Tune a masked block's kept weights towards the dense block's output.
 
     ``steps`` optimizer steps per stage (each on ``rows`` sequences drawn from one calibration
-    batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr``; ``stages``
+    batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr`` decaying to
+    zero on a cosine; ``stages``
     are regexes on parameter names inside the block, tuned one
     after the other (e.g. ``("attention", "intermediate|output")``: attention, then MLP); the
-    default tunes every pruned layer of the block at once. ``dense_targets``: SparseGPT and
-    ``refine`` fit each layer to the dense model's output of that layer (on the dense stream)
-    instead of the dense layer's output on the pruned stream.
+    default tunes every pruned layer of the block at once.
     """
 
     steps: int = 40
@@ -64,7 +60,6 @@ class BlockReconstruction(Reconstruction):
     rows: int | None = 4
     stages: tuple[str, ...] = ("",)
     seed: int = 0
-    dense_targets: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -154,7 +149,9 @@ def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
             opt = torch.optim.Adam(params, lr=config.lr)
             order = torch.randint(len(stage.inputs), (config.steps,), generator=gen).tolist()
             with torch.enable_grad():
-                for i in order:
+                for step, i in enumerate(order):
+                    for group in opt.param_groups:  # cosine decay from lr to 0
+                        group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / len(order)))
                     inp, y = subset(stage.inputs[i], stage.dense[i], config.rows, gen)
                     out = stage.call(block, inp)
                     y = y.to(out.device)

@@ -20,7 +20,6 @@ from ..calibrate import LayerStats
 from ..errors import ConfigError
 from ..masks import get_mask
 from ..targets import Target
-from .sparsegpt import dense_target
 
 
 @torch.no_grad()
@@ -52,34 +51,35 @@ def refine_rows(
     g = (w - what) @ H  # [rows, cols]; H is symmetric
     rows, cols = w.shape
     blocked = dead.expand(rows, cols) if frozen is None else frozen | dead
-    active = torch.ones(rows, dtype=torch.bool, device=w.device)
-    r = torch.arange(rows, device=w.device)
+    live = torch.arange(rows, device=w.device)  # rows still improving (a row that fails stops)
     col = torch.arange(cols, device=w.device)
     for _ in range(cycles):
-        gain = (g.square() / hdiag).masked_fill(keep | blocked, -1.0)  # grow gain, pruned only
-        j = gain.argmax(1)  # [rows]
-        a = g[r, j] / hdiag[j]
-        g2 = g - a[:, None] * H[j]  # [rows, cols] after growing j
-        cost = 2 * what * g2 + what.square() * hdiag  # prune cost, kept only
-        allowed = keep.clone()
-        allowed[r, j] = False
+        # every tensor below is [len(live), cols]: only rows still improving are touched
+        g_l, what_l, keep_l = g[live], what[live], keep[live]
+        r = torch.arange(live.numel(), device=w.device)
+        gain = (g_l.square() / hdiag).masked_fill(keep_l | blocked[live], -1.0)  # grow gain
+        j = gain.argmax(1)
+        a = g_l[r, j] / hdiag[j]
+        g2 = g_l - a[:, None] * H[j]  # after growing j
+        cost = 2 * what_l * g2 + what_l.square() * hdiag  # prune cost, kept only
+        allowed = keep_l
+        allowed[r, j] = False  # keep_l is a copy (advanced indexing)
         if m is not None:  # the prune must come from j's group of M
             allowed &= (col[None, :] // m) == (j // m)[:, None]
-        cost = cost.masked_fill(~allowed, torch.inf)
-        k = cost.argmin(1)
+        k = cost.masked_fill(~allowed, torch.inf).argmin(1)
         total = -gain[r, j] + cost[r, k]
-        ok = active & (gain[r, j] > 0) & (total < -1e-12 * (g.abs().sum(1) + 1e-30))
+        ok = (gain[r, j] > 0) & (total < -1e-12 * (g_l.abs().sum(1) + 1e-30))
         if not ok.any():
             break
-        rr, jj, kk = r[ok], j[ok], k[ok]
+        rr, jj, kk = live[ok], j[ok], k[ok]
         b = what[rr, kk]
         # apply: grow j (δ_j -= a), prune k (δ_k += b); g follows H's rows
         what[rr, jj] = a[ok]
         what[rr, kk] = 0.0
-        g[rr] = g2[rr] + b[:, None] * H[kk]
+        g[rr] = g2[ok] + b[:, None] * H[kk]
         keep[rr, jj] = True
         keep[rr, kk] = False
-        active &= ok
+        live = rr
     return what.to(pruned.dtype).masked_fill(~keep, 0.0), keep
 
 
@@ -101,9 +101,7 @@ def refine_target(
     target's weight is rewritten (pruned entries zero, grown ones set); returns the new mask.
 
     ``dense`` is the target's matrix before pruning; weights an earlier mask pruned never grow.
-    With G conv groups, output rows of chunk g are refined against ``XᵀX[g]``. Where calibration
-    gathered ``X_sᵀX_d`` the error is measured against the dense model's outputs
-    (:func:`~prunekit.reconstruct.sparsegpt.dense_target`).
+    With G conv groups, output rows of chunk g are refined against ``XᵀX[g]``.
     """
     if stats is None or stats.inputs is None or stats.inputs.xtx is None:
         raise ConfigError(f"refine needs the 'hessian' statistic for {target.qualname}")
@@ -113,12 +111,10 @@ def refine_target(
     current = target.matrix().detach().float().masked_fill(~keep, 0.0)
     rows = current.shape[0] // xtx.shape[0]
     new_w, new_keep = torch.empty_like(current), torch.empty_like(keep)
-    cross = stats.inputs.cross  # [G, cols, cols] or None
     for g in range(xtx.shape[0]):
         sl = slice(g * rows, (g + 1) * rows)
-        reference = dense[sl] if cross is None else dense_target(dense[sl], xtx[g], cross[g])
         new_w[sl], new_keep[sl] = refine_rows(
-            reference,
+            dense[sl],
             current[sl],
             keep[sl],
             xtx[g],

@@ -90,32 +90,6 @@ def inverse_hessian_factor(
     )
 
 
-@torch.no_grad()
-def dense_target(
-    weight: torch.Tensor, xtx: torch.Tensor, cross: torch.Tensor, damp: float = 0.01
-) -> torch.Tensor:
-    """The weight whose output on the pruned stream best matches the dense model's output.
-
-    With ``X_s`` a layer's inputs on the pruned model's stream and ``X_d`` the dense model's
-    inputs on the same tokens (``xtx = X_sᵀX_s``, ``cross = X_sᵀX_d``, both ``[cols, cols]``),
-    returns ``W* = argmin ‖X_d Wᵀ − X_s W*ᵀ‖² + λ‖W* − W‖²`` ``[rows, cols]``, i.e.
-    ``W* = W + W(crossᵀ − xtx)(xtx + λI)⁻¹`` with ``λ = damp · mean(diag xtx)`` (a ridge towards
-    the dense weight). Then ``‖X_d Wᵀ − X_s Ŵᵀ‖² = ‖X_s(W* − Ŵ)ᵀ‖² + const`` for every ``Ŵ``,
-    so pruning ``W*`` against ``xtx`` (SparseGPT, refinement) fits the dense model's outputs.
-    """
-    a = xtx.double()
-    lam = damp * float(a.diagonal().mean().clamp_min(1e-12))
-    a = a + lam * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    w = weight.double()
-    rhs = (cross.double() - xtx.double()) @ w.t()  # [cols, rows]
-    with _one_thread(a):
-        chol, info = torch.linalg.cholesky_ex(a)
-        if info:
-            raise WeightError("the calibration Hessian is not positive definite; raise damp")
-        delta = torch.cholesky_solve(rhs, chol).t()  # [rows, cols]
-    return (w + delta).to(weight.dtype)
-
-
 def _one_thread(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """One intra-op thread for CPU tensors (sequential ops, or thread-independent rounding)."""
     return torch_threads(1) if t.device.type == "cpu" else contextlib.nullcontext()
@@ -168,11 +142,13 @@ def sparsegpt(
     are then ignored). ``forced [rows, cols]`` marks weights that must be pruned (an earlier
     mask). Inputs that never fired (``H_jj = 0``) score zero, so they go first; they receive no
     error updates. ``hessian`` may be the raw XᵀX with ``scale = 2/N`` (no scaled copy is made).
-    Float32 throughout; the inputs are not modified. Memory: the weight, ``hessian`` and one
-    working ``[cols, cols]`` matrix (the factor).
+    Float32 throughout; the inputs are not modified. Memory: one working copy of the weight (held
+    transposed, so that every block and every lazy update is contiguous and no temporary is
+    made), its mask, ``hessian`` and one working ``[cols, cols]`` matrix (the factor). The
+    results are transposed views.
     """
-    W = weight.detach().float().clone()
-    rows, cols = W.shape
+    WT = weight.detach().float().t().contiguous()  # [cols, rows]: column i of W is row WT[i]
+    cols, rows = WT.shape
     if hessian.shape != (cols, cols):
         raise WeightError(
             f"{name}: Hessian {tuple(hessian.shape)} does not fit weight {(rows, cols)}"
@@ -181,17 +157,16 @@ def sparsegpt(
     U = inverse_hessian_factor(hessian.detach(), damp, name, scale=scale, dead=dead)  # upper
     if nm is not None:
         blocksize = max(nm[1], blocksize - blocksize % nm[1])
-    prune = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
+    pruneT = torch.zeros(cols, rows, dtype=torch.bool, device=WT.device)
     done = [0] * len(segments)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        # transposed block [b, rows]: column i of the block is the contiguous row Wt[i]
-        Wt = W[:, i1:i2].t().contiguous()
+        Wt = WT[i1:i2]  # the block [b, rows], a view: updated in place
         U1 = U[i1:i2, i1:i2]
         d = U1.diagonal().unsqueeze(1)  # [b, 1]
         dead1 = dead[i1:i2]
         forced1 = forced[:, i1:i2].t() if forced is not None else None  # [b, rows]
-        Pt = torch.zeros_like(Wt, dtype=torch.bool)  # pruned in this block
+        Pt = pruneT[i1:i2]  # pruned in this block [b, rows], a view
         if nm is None:
             saliency = Wt.square() / d.square()
             saliency[dead1] = 0.0
@@ -207,17 +182,15 @@ def sparsegpt(
                 if k:
                     flat = saliency[:, seg.start : seg.stop].reshape(-1)
                     idx = torch.topk(flat, k, largest=False, sorted=False).indices
-                    part = torch.zeros(flat.shape, dtype=torch.bool, device=W.device)
+                    part = torch.zeros(flat.shape, dtype=torch.bool, device=WT.device)
                     Pt[:, seg.start : seg.stop] = part.index_fill_(0, idx, True).view(-1, width)
                 done[s] += k
         scale = Pt.float() / d  # err_i = w_i * P_i / d_i
         Et = torch.empty_like(Wt)  # [b, rows] scaled errors
-        with _one_thread(W):  # the column loop's ops are too small to split across threads
+        with _one_thread(WT):  # the column loop's ops are too small to split across threads
             _column_loop(Wt, U1, d, dead1, forced1, Pt, scale, Et, nm)
-        W[:, i1:i2] = Wt.t()
-        prune[:, i1:i2] = Pt.t()
-        W[:, i2:].addmm_(Et.t(), U[i1:i2, i2:], alpha=-1.0)  # lazy update, in place
-    W.masked_fill_(prune, 0.0)
-    if not torch.isfinite(W).all():
-        raise WeightError(f"{name}: SparseGPT produced non-finite weights; raise the damping")
-    return W, ~prune
+        Wt.masked_fill_(Pt, 0.0)  # the block is final: later updates touch later columns only
+        if not torch.isfinite(Wt).all():
+            raise WeightError(f"{name}: SparseGPT produced non-finite weights; raise the damping")
+        WT[i2:].addmm_(U[i1:i2, i2:].t(), Et, alpha=-1.0)  # lazy update, in place
+    return WT.t(), pruneT.logical_not_().t()

@@ -148,26 +148,6 @@ class InputStats:
         for stat in self.statistics:
             stat.add(self.values, cols)
 
-    def add_cross(self, module: nn.Module, x: torch.Tensor, dense: torch.Tensor) -> None:
-        """Add ``X_sᵀX_d`` ``[G, cols, cols]`` into ``values["cross"]``: ``x`` this layer's input
-        on the pruned stream, ``dense`` the dense model's input to it on the same batch."""
-        cols = input_columns(module, x.detach())  # [G, N, cols]
-        dense_cols = input_columns(module, dense.detach())
-        if dense_cols.shape != cols.shape:
-            raise WeightError(
-                f"the dense and pruned inputs differ in shape: {tuple(dense_cols.shape)} vs "
-                f"{tuple(cols.shape)}"
-            )
-        if "cross" in self.values:
-            self.values["cross"].baddbmm_(cols.transpose(1, 2), dense_cols)
-        else:
-            self.values["cross"] = cols.transpose(1, 2) @ dense_cols
-
-    @property
-    def cross(self) -> torch.Tensor | None:
-        """X_sᵀX_d ``[G, cols, cols]`` (pruned-stream inputs against the dense model's), or None."""
-        return self.values.get("cross")
-
     @property
     def xtx(self) -> torch.Tensor | None:
         """XᵀX ``[G, cols, cols]`` (the ``hessian`` statistic), or None."""
