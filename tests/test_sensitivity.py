@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -181,3 +183,29 @@ def test_sensitivity_scope_bad_input_leaves_the_model_untouched(tmp_path):
     with pytest.raises(pk.ConfigError, match="not a sensitivity sweep"):
         pk.prune(model, 0.5, scope={"type": "sensitivity", "curves": {"sparsities": [0.5]}})
     assert_untouched(model, before)
+
+
+def test_sensitivity_scope_from_the_command_line(tmp_path, capsys):
+    from prunekit.demo import digits_cnn
+    from prunekit.targets import select_targets
+    from tests.test_cli import FACTORY, run_main
+
+    names = [t.qualname for t in select_targets(digits_cnn())]
+    sizes = {t.qualname: t.weight.numel() for t in select_targets(digits_cnn())}
+    # the first layer is made the most sensitive: it must keep the most weights
+    curves = {n: [0.1 * (i == 0) + 0.01, 0.5 * (i == 0) + 0.02, 2.0 * (i == 0) + 0.05]
+              for i, n in enumerate(names)}  # fmt: skip
+    path = make_sens(curves, sizes).save(tmp_path / "curves.json")
+    scope = json.dumps({"type": "sensitivity", "curves": str(path)})
+    out = tmp_path / "out"
+    code, _, err = run_main("prune", FACTORY, "--sparsity", "0.5", "--scope", scope, "-o",
+                            str(out), capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    model = pk.load(out, model=digits_cnn())
+    zeros = {t.qualname: int((t.weight == 0).sum()) for t in select_targets(model)}
+    assert sum(zeros.values()) == round(0.5 * sum(sizes.values()))
+    assert zeros[names[0]] / sizes[names[0]] < 0.5
+    missing = json.dumps({"type": "sensitivity", "curves": str(tmp_path / "none.json")})
+    code, _, err = run_main("prune", FACTORY, "--sparsity", "0.5", "--scope", missing, "-o",
+                            str(tmp_path / "o2"), capsys=capsys)  # fmt: skip
+    assert code != 0 and "does not exist" in err and not (tmp_path / "o2").exists()
