@@ -147,8 +147,10 @@ def sparsegpt(
     made), its mask, ``hessian`` and one working ``[cols, cols]`` matrix (the factor). The
     results are transposed views.
     """
-    WT = weight.detach().float().t().contiguous()  # [cols, rows]: column i of W is row WT[i]
-    cols, rows = WT.shape
+    rows, cols = weight.shape
+    # [cols, rows]: column i of W is row WT[i]; always a copy (weight may be a transposed view)
+    WT = torch.empty(cols, rows, dtype=torch.float32, device=weight.device)
+    WT.copy_(weight.detach().t())
     if hessian.shape != (cols, cols):
         raise WeightError(
             f"{name}: Hessian {tuple(hessian.shape)} does not fit weight {(rows, cols)}"
