@@ -56,7 +56,7 @@ class BlockReconstruction(Reconstruction):
     """
 
     steps: int = 40
-    lr: float = 3e-4
+    lr: float = 5e-4
     rows: int | None = 4
     stages: tuple[str, ...] = ("",)
     seed: int = 0

@@ -139,7 +139,7 @@ def refine_target(
     keep: torch.Tensor,
     stats: LayerStats,
     m: int | None = None,
-    cycles: int = 100,
+    cycles: int = 30,
 ) -> torch.Tensor:
     """Refine one target's ``[out, in]`` ``keep`` mask against its calibration Hessian, then
     re-fit its kept weights (:func:`refit_rows`); the target's weight is rewritten (pruned
