@@ -4,15 +4,17 @@ For each weight shape (out x in), sparsity (or N:M pattern) and batch, the dense
 available sparse kernel are timed interleaved (``MedianTimer``: warm-up, then rounds in rotating
 order, caches flushed before each call); each cell shows the kernel's ratio against dense
 (> 1 is faster) as median (min over calls in brackets), and what ``pk.sparsify`` picks among the
-exact kernels with its own rule (fastest, if >= min_speedup over dense). The ``*_bf16`` kernels
-store values as bfloat16 (inexact; sparsify uses them only when named) and are compared with the
-fp32 dense layer. Ratios, not absolute times, are the result: measured side by side, the load of
-other processes mostly cancels.
+exact kernels with its own rule (fastest, if >= min_speedup over dense). The ``*_bf16`` and
+``*_int8`` kernels store values as bfloat16 or as int8 with a scale per row (inexact; sparsify
+uses them only when named) and are compared with the fp32 dense layer; a second table gives their
+error on each layer. Ratios, not absolute times, are the result: measured side by side, the load
+of other processes mostly cancels. The last lines say which of issue 13's goals are met.
 
     python benchmarks/runtime.py             # 4096x4096: 50/70/90/95% and 2:4, batch 1 and 8
     python benchmarks/runtime.py --full      # + 768x768, 3072x768, 11008x4096, 80/98%, batch 64
     python benchmarks/runtime.py --threads 2 # the same grid at 2 threads
     python benchmarks/runtime.py --warm      # without flushing caches between calls
+    python benchmarks/runtime.py --row-order # + rows sorted by density (and unsorted at the output)
 
 At 1 thread the clock is the calling thread's CPU time, which leaves out the time the OS gave to
 other processes (see prunekit.runtime.timing.default_clock); at 2+ threads it is wall-clock.
@@ -25,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -71,6 +75,24 @@ def pruned_linear(out: int, inp: int, sparsity: float | str, gen: torch.Generato
     return lin
 
 
+def value_dtype(kernel: str) -> torch.dtype | None:
+    return getattr(get_kernel(kernel), "value_dtype", None)
+
+
+@torch.no_grad()
+def layer_errors(lin: nn.Linear, kernels: list[str], gen: torch.Generator) -> dict[str, float]:
+    """Each inexact kernel's max |y - y_fp32| / max |y_fp32| on 8 rows of N(0, 1) inputs."""
+    x = torch.randn(8, lin.in_features, generator=gen)
+    w = lin.weight.detach()
+    ref = F.linear(x, w, lin.bias)
+    out = {}
+    for k in kernels:
+        kernel = get_kernel(k)
+        y = kernel.linear(x, kernel.pack(w), lin.bias, tuple(w.shape))
+        out[k] = float((y - ref).abs().max() / ref.abs().max())
+    return out
+
+
 def run(shapes, sparsities, batches, budget: float, cold: bool) -> tuple[list[dict], list[str]]:
     gen = torch.Generator().manual_seed(0)
     timer = MedianTimer(warmup=2, min_rounds=9, max_rounds=41, budget_s=budget, flush=cold)
@@ -82,6 +104,7 @@ def run(shapes, sparsities, batches, budget: float, cold: bool) -> tuple[list[di
             weight = lin.weight.detach()
             names = [k for k in kernels if get_kernel(k).fits(weight)]
             dense_bytes = weight.numel() * 4
+            errors = layer_errors(lin, [k for k in names if not get_kernel(k).exact], gen)
             mem = {
                 k: sum(t.numel() * t.element_size() for t in get_kernel(k).pack(weight).values())
                 for k in names
@@ -116,9 +139,10 @@ def run(shapes, sparsities, batches, budget: float, cold: bool) -> tuple[list[di
                         "picked_path": get_kernel(pick).label() if pick != "dense" else "dense",
                         "picked_x": t["dense"] / t[pick],
                         "bf16_best": max(
-                            (t["dense"] / t[k] for k in names if not get_kernel(k).exact),
+                            (t["dense"] / t[k] for k in names if value_dtype(k) == torch.bfloat16),
                             default=None,
                         ),
+                        **{f"{k}_err": errors[k] for k in errors},
                         **{f"{k}_mem": mem[k] / dense_bytes for k in names},
                     }
                 )
@@ -155,9 +179,65 @@ def table(rows: list[dict], kernels: list[str], title: str, cold: bool) -> Table
     tab.caption = (
         f"ratio = dense time / kernel time, interleaved in this run: median of {clock} (ratio of "
         f"the minimums in brackets); caches flushed before each call: {cold}; memory = the "
-        "packed weight of the pick / dense fp32; *_bf16 = bfloat16 values (inexact), against "
-        "fp32 dense"
+        "packed weight of the pick / dense fp32; *_bf16, *_int8 = bfloat16 or int8 values "
+        "(inexact), against fp32 dense"
     )
+    return tab
+
+
+def error_table(rows: list[dict], kernels: list[str]) -> Table:
+    inexact = [k for k in kernels if not get_kernel(k).exact]
+    tab = Table(title="accuracy cost of the inexact kernels on each layer")
+    for col in ("shape", "sparsity", *[k.removeprefix("prunekit_") for k in inexact]):
+        tab.add_column(col, justify="right")
+    seen = set()
+    for r in rows:
+        key = (r["shape"], r["sparsity"])
+        if key in seen:
+            continue
+        seen.add(key)
+        sp = r["sparsity"]
+        tab.add_row(
+            r["shape"],
+            sp if isinstance(sp, str) else f"{sp:.0%}",
+            *[f"{r[f'{k}_err']:.1e}" if f"{k}_err" in r else "-" for k in inexact],
+        )
+    tab.caption = "max |y - y_fp32| / max |y_fp32| over 8 input rows of N(0, 1)"
+    return tab
+
+
+def row_order(budget: float, cold: bool) -> Table:
+    """The bitmask kernel on a weight whose rows differ in density (5-55% kept, 70% sparse
+    overall): rows as they are, against rows sorted by density with the output put back in order
+    (the permutation the issue suggests, its undo included)."""
+    gen = torch.Generator().manual_seed(1)
+    out, inp = 4096, 4096
+    keep = torch.rand(out, 1, generator=gen) * 0.5 + 0.05  # [out, 1] each row's density
+    w = torch.randn(out, inp, generator=gen) * (torch.rand(out, inp, generator=gen) < keep)
+    order = torch.argsort((w != 0).sum(1))
+    undo = torch.argsort(order)
+    kernel = get_kernel("prunekit_bitmask")
+    as_is = kernel.prepare(kernel.pack(w), None, (out, inp))
+    by_density = kernel.prepare(kernel.pack(w[order]), None, (out, inp))
+    timer = MedianTimer(warmup=2, min_rounds=15, max_rounds=61, budget_s=budget, flush=cold)
+    tab = Table(title="row order: rows sorted by density (output unsorted) vs as they are")
+    for col in ("batch", "as is", "sorted + undo", "ratio"):
+        tab.add_column(col, justify="right")
+    for b in BATCHES:
+        x = torch.randn(b, inp, generator=gen)
+        if not torch.allclose(as_is(x), by_density(x)[:, undo], rtol=1e-5, atol=1e-4):
+            raise RuntimeError("sorted rows changed the result")
+        t = timer({"as is": lambda x=x: as_is(x), "sorted": lambda x=x: by_density(x)[:, undo]})
+        # the same round's calls, side by side
+        samples = timer.samples
+        paired = [a / s for a, s in zip(samples["as is"], samples["sorted"], strict=False)]
+        tab.add_row(
+            str(b),
+            f"{t['as is'] * 1e3:.2f} ms",
+            f"{t['sorted'] * 1e3:.2f} ms",
+            f"{t['as is'] / t['sorted']:.2f}x (paired median {statistics.median(paired):.2f})",
+        )
+    tab.caption = "ratio > 1: sorting pays; 4096x4096, 70% sparse, 1 thread unless --threads"
     return tab
 
 
@@ -187,6 +267,9 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=0.6, help="seconds of timing per cell")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.add_argument(
+        "--row-order", action="store_true", help="also time rows sorted by density (bitmask)"
+    )
+    p.add_argument(
         "--warm",
         action="store_true",
         help="keep caches warm between calls (default: flush them, as inside a large model)",
@@ -201,6 +284,9 @@ def main() -> None:
     console = Console(width=200)
     title = f"sparse vs dense nn.Linear, fp32, {args.threads} thread(s), torch {torch.__version__}"
     console.print(table(rows, kernels, title, not args.warm))
+    console.print(error_table(rows, kernels))
+    if args.row_order:
+        console.print(row_order(args.budget, not args.warm))
     for line in goal_lines(rows):
         console.print(line)
     console.print(

@@ -66,6 +66,39 @@ def test_sparsegpt_2_4_folder_is_smaller_exact_complete_and_reproduces_the_readm
     assert r["cosine"] == pytest.approx(0.829, abs=0.02)
 
 
+def test_2_4_with_the_word_embeddings_is_at_most_60_percent_and_refuses_plain_transformers(
+    minilm, tmp_path, capsys
+):
+    from transformers import AutoModel
+
+    from prunekit.analysis.bench import directory_bytes, model_folder_bytes
+    from prunekit.pretrained import load_minilm
+    from prunekit.textdata import load_calibration
+
+    out = tmp_path / "sgpt24e"
+    include = [r"encoder\..*|pooler\..*", r"embeddings\.word_embeddings"]
+    run("prune", str(minilm), "--criterion", "sparsegpt", "--granularity", "2:4",
+        "--calibration", "builtin:docstrings", "--seq-len", "128", "--nsamples", "64",
+        "--include", include[0], "--include", include[1], "-o", str(out))  # fmt: skip
+    assert directory_bytes(out) / model_folder_bytes(minilm) <= 0.60
+    table = pk.load(out).embeddings.word_embeddings.weight.detach()
+    assert ((table.view(-1, 4) != 0).sum(1) <= 2).all()
+    # exact: the same prune in this process gives the loaded weights bit for bit
+    model, tok = load_minilm()
+    data = load_calibration("builtin:docstrings", tok, 64, 128)
+    pk.prune(model, granularity="2:4", criterion="sparsegpt", include=include, data=data)
+    expected = pk.finalize(model).state_dict()
+    loaded = pk.load(out).state_dict()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    # plain transformers finds no weights it can read and raises instead of loading random ones
+    with pytest.raises(OSError):
+        AutoModel.from_pretrained(out)
+    capsys.readouterr()
+    run("eval", str(out), "--json")
+    r = json.loads(capsys.readouterr().out)
+    assert r["cosine"] == pytest.approx(0.792, abs=0.02)
+
+
 def test_bench_of_the_50_percent_channel_output_is_against_the_input(minilm, tmp_path, capsys):
     out = tmp_path / "ch50"
     run("prune", str(minilm), "--granularity", "channel", "--sparsity", "0.5", "--seq-len", "128",

@@ -121,12 +121,17 @@ def test_criterion_contract(criterion, gran):
     assert all(torch.equal(first[k], second[k]) for k in first)  # deterministic
 
 
+#: the zoo model a structured granularity is tried on where a Llama has none of its units
+STRUCTURED_MODEL = {"expert": "qwen2_moe"}
+
+
 @pytest.mark.parametrize("gran", _granularities(structured=True))
 @pytest.mark.parametrize(
     "criterion", [n for n in CRITERIA if not issubclass(CRITERIA.get(n), pk.criteria.Solver)]
 )
 def test_structured_granularity_contract(gran, criterion):
-    model, x = ZOO["llama"](), INPUTS["llama"]()
+    name = STRUCTURED_MODEL.get(gran.spec, "llama")
+    model, x = ZOO[name](), INPUTS[name]()
     if CRITERIA.get(criterion)().supports(gran) is not None:  # refused up front, untouched
         snap = snapshot(model)
         with pytest.raises(pk.ConfigError):
@@ -135,7 +140,7 @@ def test_structured_granularity_contract(gran, criterion):
         return
     before = sum(p.numel() for p in model.parameters())
     pruner = run(model, gran, criterion, 0.5, example_inputs=x)
-    assert pruner.groups(), f"{gran.spec} found nothing to prune in a Llama"
+    assert pruner.groups(), f"{gran.spec} found nothing to prune in {name}"
     small = pk.shrink(model, x)  # raises VerificationError unless it matches the masked model
     assert sum(p.numel() for p in small.parameters()) < before
 
@@ -203,7 +208,8 @@ def test_format_contract(name, spec):
     ("name", "spec"), [(n, e) for n in KERNELS for e in KERNELS.examples(n)], ids=str
 )
 def test_kernel_contract(name, spec):
-    """Each kernel on its example patterns; bf16 kernels against their bf16-rounded weight."""
+    """Each kernel on its example patterns; inexact kernels against their rounded weight (bf16,
+    or int8 steps of each row's largest magnitude / 127)."""
     w = pattern_tensor(spec, (48, 96))
     x = torch.randn(3, 96, generator=torch.Generator().manual_seed(1))
     kernel = get_kernel(name)
@@ -211,6 +217,9 @@ def test_kernel_contract(name, spec):
         pytest.skip(f"{name} is not available on this machine")
     packed = kernel.pack(w)
     stored = w if kernel.exact else w.bfloat16().float()
+    if getattr(kernel, "value_dtype", None) == torch.int8:
+        step = (w.abs().amax(1, keepdim=True) / 127).clamp_min(1e-30)
+        stored = torch.round(w / step).clamp(-127, 127) * step
     assert torch.equal(kernel.unpack(packed, tuple(w.shape)), stored)
     out = kernel.linear(x, packed, None, tuple(w.shape))
     torch.testing.assert_close(out, x @ stored.T, rtol=1e-4, atol=1e-4)

@@ -17,8 +17,14 @@ from prunekit.runtime import KERNELS, get_kernel
 from prunekit.runtime.kernels import _build, bitmask, nm, prunekit_csr
 
 NM_KERNELS = {"prunekit_nm", "prunekit_nm_bf16"}
-COMPILED = {"prunekit_bitmask", "prunekit_bitmask_bf16", "prunekit_nm", "prunekit_nm_bf16"}
-ISAS = list(_build.ISA_FLAGS)
+COMPILED = {
+    "prunekit_bitmask",
+    "prunekit_bitmask_bf16",
+    "prunekit_bitmask_int8",
+    "prunekit_nm",
+    "prunekit_nm_bf16",
+}
+ISAS = [isa for isa in _build.ISA_FLAGS if _build.isa_runs_here(isa)]
 
 
 def unstructured(
@@ -55,9 +61,21 @@ def weight_for(
     return unstructured(out, inp, sparsity, seed, dense_row)
 
 
+def int8_rows(w: torch.Tensor) -> torch.Tensor:
+    """``w`` rounded to 255 levels per row (step: the row's largest magnitude / 127)."""
+    step = w.abs().amax(1, keepdim=True) / 127
+    step[step == 0] = 1
+    return torch.round(w / step).clamp(-127, 127) * step
+
+
 def stored(name: str, w: torch.Tensor) -> torch.Tensor:
-    """The weight a kernel really multiplies by: bf16-rounded for the inexact kernels."""
-    return w if get_kernel(name).exact else w.bfloat16().float()
+    """The weight a kernel really multiplies by: rounded to bf16 / int8 for the inexact kernels."""
+    kernel = get_kernel(name)
+    if kernel.exact:
+        return w
+    if getattr(kernel, "value_dtype", None) == torch.int8:
+        return int8_rows(w)
+    return w.bfloat16().float()
 
 
 def kernel_or_skip(name: str):
@@ -165,7 +183,9 @@ def test_empty_batch(name):
     assert y.shape == (0, 6)
 
 
-@pytest.mark.parametrize("name", ["prunekit_bitmask", "prunekit_bitmask_bf16"])
+@pytest.mark.parametrize(
+    "name", ["prunekit_bitmask", "prunekit_bitmask_bf16", "prunekit_bitmask_int8"]
+)
 def test_bitmask_fully_dense_and_wide_weights(name):
     kernel = kernel_or_skip(name)
     for shape in [(7, 64), (3, 1000), (2, 70_000)]:
@@ -194,6 +214,21 @@ def test_bf16_values_cost_half_and_round_to_nearest():
     assert not get_kernel("prunekit_bitmask_bf16").exact and get_kernel("prunekit_bitmask").exact
 
 
+def test_int8_values_cost_a_quarter_and_stay_within_half_a_step():
+    w = unstructured(64, 128, 0.5)
+    w[5, 7] = -3.0  # the row's largest magnitude sets its step
+    kernel = get_kernel("prunekit_bitmask_int8")
+    packed = kernel.pack(w)
+    f32 = get_kernel("prunekit_bitmask").pack(w)["values"]
+    assert packed["values"].dtype == torch.int8 and packed["values"].numel() == f32.numel()
+    assert packed["scale"].shape == (64,) and packed["scale"][5] == 3.0 / 127
+    assert packed["scale"][1] == 1.0  # the empty row
+    back = kernel.unpack(packed, (64, 128))
+    assert ((back - w).abs() <= packed["scale"].unsqueeze(1) / 2 + 1e-7).all()
+    assert ((back != 0) <= (w != 0)).all()  # no weight appears where the mask has none
+    assert not kernel.exact
+
+
 @pytest.mark.parametrize(("n", "m"), nm.PATTERNS)
 @pytest.mark.parametrize("rows", [1, 4, 9])
 def test_nm_kernel_runs_every_pattern(n, m, rows):
@@ -203,6 +238,33 @@ def test_nm_kernel_runs_every_pattern(n, m, rows):
     assert tuple(packed["pattern"].tolist()) == (n, m)
     x = torch.randn(rows, w.shape[1])
     assert rel_err(kernel.linear(x, packed, None, tuple(w.shape)), x @ w.t()) <= 1e-5
+
+
+@pytest.mark.parametrize(("n", "m"), nm.PATTERNS)
+def test_nm_kernel_packs_straight_from_the_nm_checkpoint_format(n, m):
+    """The checkpoint format's parts become the kernel's layout with no dense weight between."""
+    from prunekit.formats import FORMATS
+
+    w = n_of_m(12, 64, n, m, seed=n + m)
+    fmt = FORMATS.get("nm")()
+    enc = fmt.encode(w)
+    assert torch.equal(fmt.decode(enc.parts, enc.meta, (12, 64), torch.float32), w)
+    packed = nm.packed_from_nm_format(enc.parts, enc.meta, (12, 64))
+    kernel = kernel_or_skip("prunekit_nm")
+    assert torch.equal(kernel.unpack(packed, (12, 64)), w)
+    if tuple(enc.meta.values()) == nm.nm_pattern(w):  # the same N:M chosen: the same layout
+        assert all(torch.equal(packed[k], t) for k, t in kernel.pack(w).items())
+    x = torch.randn(5, 64)
+    assert rel_err(kernel.linear(x, packed, None, (12, 64)), x @ w.t()) <= 1e-5
+
+
+def test_nm_checkpoint_parts_of_an_unsupported_pattern_are_refused():
+    from prunekit.formats import FORMATS
+
+    w = n_of_m(4, 32, 3, 16)
+    enc = FORMATS.get("nm")().encode(w)
+    with pytest.raises(ConfigError, match="2:4"):
+        nm.packed_from_nm_format(enc.parts, enc.meta, (4, 32))
 
 
 def test_nm_pattern_detection_and_layout():

@@ -484,6 +484,47 @@ def test_two_four_layers_can_run_the_nm_kernel():
     assert "prunekit_nm" not in sparsify_report(unstructured).layers[0].candidates
 
 
+def test_saved_two_four_model_loads_and_sparsifies_onto_the_nm_kernel(tmp_path):
+    """pk.save stores 2:4 weights as ``nm``; after pk.load they run the N:M kernel with outputs
+    identical to the never-saved model's, and the kernel's layout is the checkpoint's parts."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from prunekit.runtime.kernels import get_kernel
+    from prunekit.runtime.kernels.nm import packed_from_nm_format
+
+    if not get_kernel("prunekit_nm").available():
+        pytest.skip("no compiled kernels here")
+
+    def net():
+        return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+
+    torch.manual_seed(0)
+    model = net()
+    pk.prune(model, granularity="2:4")
+    pk.finalize(model)
+    pk.save(model, tmp_path)
+    header = json.loads((tmp_path / "prunekit.json").read_text())["tensors"]
+    parts = load_file(tmp_path / "prunekit.safetensors")
+    loaded = pk.load(tmp_path, model=net())
+    x = torch.randn(5, 64)
+    fast = {"dense": 1.0, "prunekit_nm": 0.3}
+    for m in (model, loaded):
+        sparsify(m, timer=FakeTimer(fast), cache=DecisionCache(), kernels=["prunekit_nm"])
+        assert m[0].kernel == m[2].kernel == "prunekit_nm"
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    for i in (0, 2):
+        entry = header[f"{i}.weight"]
+        assert entry["format"] == "nm" and entry["meta"] == {"n": 2, "m": 4}
+        layer = loaded[i]
+        shape = (layer.out_features, layer.in_features)
+        own = {k: parts[f"{i}.weight::{k}"] for k in ("index", "values")}
+        direct = packed_from_nm_format(own, entry["meta"], shape)
+        assert all(torch.equal(getattr(layer, k), t) for k, t in direct.items())
+
+
 def test_hugging_face_causal_lm_with_a_tokenizer_style_dict():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(

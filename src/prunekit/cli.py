@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         doc = inspect.cleandoc(cls.__doc__ or "").replace("%", "%%")  # argparse formats help with %
         p = sub.add_parser(
             name,
-            help=doc.splitlines()[0] if doc else None,
+            help=doc.split("\n\n")[0].replace("\n", " ") if doc else None,
             description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

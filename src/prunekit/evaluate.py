@@ -36,8 +36,10 @@ def token_windows(
     texts: Sequence[str], tokenizer: Any, seqlen: int, n: int | None = None
 ) -> torch.Tensor:
     """The texts joined by blank lines, tokenized once and cut into ``[windows, seqlen]`` ids."""
-    ids = tokenizer("\n\n".join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ids = ids.reshape(-1)
+    # the joined corpus is longer than the model's window on purpose: no "too long" warning
+    quiet = {"verbose": False} if "verbose" in inspect.signature(tokenizer).parameters else {}
+    enc = tokenizer("\n\n".join(texts), add_special_tokens=False, return_tensors="pt", **quiet)
+    ids = enc["input_ids"].reshape(-1)
     count = ids.numel() // seqlen if n is None else min(n, ids.numel() // seqlen)
     if count == 0:
         raise ConfigError(f"the texts hold {ids.numel()} tokens, fewer than one window of {seqlen}")

@@ -15,6 +15,7 @@ same for weights, blocks, channels and heads.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,28 @@ def prune_whole(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
         pruner.attach(t, gran.select(scores[t.qualname], budget[t.qualname]))
 
 
+def prune_embeddings(pruner: Pruner, sparsity: float) -> list[Target]:
+    """Mask the included embedding tables of a layer-wise criterion's prune by magnitude, first,
+    so the blocks calibrate on their pruned output; return the other targets.
+
+    A table's input is a token id, not an activation: within one token's vector every weight
+    sees the same input, so activation-weighted scores (Wanda) order them as magnitude does, and
+    no other weight can compensate (SparseGPT's update is empty). Each table gets ``sparsity``.
+    """
+    tables = [t for t in pruner.targets if t.embedding]
+    if tables:
+        warnings.warn(
+            f"{', '.join(t.qualname for t in tables)}: embedding tables have no input "
+            f"activations for {pruner.config.criterion!r}; ranked by magnitude within each "
+            "token's vector",
+            stacklevel=2,
+        )
+    gran = pruner.resolved.granularity
+    for t in tables:
+        pruner.attach(t, gran.select(pruner.without_pruned(t, t.matrix().abs().float()), sparsity))
+    return [t for t in pruner.targets if not t.embedding]
+
+
 def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     """Calibrate and prune block by block.
 
@@ -91,7 +114,10 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     check_finite(pruner.targets)
     ctx.data = as_batches(ctx.data)  # read once: a generator must serve both passes
     criterion, gran = res.criterion, res.criterion.comparison(res.granularity)
-    budget: dict[str, float] = {t.qualname: sparsity for t in pruner.targets}
+    layers = prune_embeddings(pruner, sparsity)
+    if not layers:
+        return
+    budget: dict[str, float] = {t.qualname: sparsity for t in layers}
     if res.allocation.needs_scores:
         units: dict[str, torch.Tensor] = {}
 
@@ -100,9 +126,7 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
             units.update({t.qualname: gran.unit_scores(pruner.scores(t, ctx)) for t in targets})
             return False
 
-        run_blockwise(
-            ctx.model, pruner.targets, ctx.data, criterion.stats, score, progress=ctx.progress
-        )
+        run_blockwise(ctx.model, layers, ctx.data, criterion.stats, score, progress=ctx.progress)
         budget = res.allocation.layer_sparsities(units, sparsity)
         del units
 
@@ -131,6 +155,5 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
 
     # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked
     run_blockwise(
-        ctx.model, pruner.targets, ctx.data, kinds, process, progress=ctx.progress,
-        after=res.reconstruct,
-    )  # fmt: skip
+        ctx.model, layers, ctx.data, kinds, process, progress=ctx.progress, after=res.reconstruct
+    )

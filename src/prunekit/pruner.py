@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -13,7 +14,30 @@ from .criteria import ScoreContext
 from .errors import ConfigError, PrunekitError, TargetError
 from .execute import strategy_for
 from .masks import MaskState, get_mask, record_granularity, shrink_mask
+from .structure.experts import expert_modules
 from .targets import Target, default_excluded, matching, select_targets
+
+
+def check_embeddings(model: nn.Module, targets: list[Target], structured: bool) -> None:
+    """Refuse included embedding tables under a structured granularity (the width they feed
+    prunes their columns already); warn when one is tied to the output head."""
+    tables = [t for t in targets if t.embedding]
+    if tables and structured:
+        raise ConfigError(
+            f"embedding {tables[0].qualname} is included, but structured granularities prune "
+            "embedding columns through the width they feed; include embeddings only with an "
+            "element-wise granularity (unstructured, N:M, block)"
+        )
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    tied = getattr(head, "weight", None)
+    for t in tables:
+        if tied is not None and t.weight is tied:
+            warnings.warn(
+                f"{t.qualname} is tied to the output head ({type(head).__name__}): pruning the "
+                "embedding prunes the head's rows too",
+                stacklevel=3,
+            )
 
 
 class Pruner:
@@ -51,6 +75,7 @@ class Pruner:
             )
         for t in self.targets:
             self.resolved.granularity.check(t)
+        check_embeddings(model, self.targets, self.resolved.granularity.structured)
         if self.resolved.criterion.requires_data and data is None:
             raise ConfigError(
                 f"criterion {self.config.criterion!r} is data-aware: "
@@ -77,6 +102,7 @@ class Pruner:
             # vocabulary rows are the model's output and never part of a group
             head = default_excluded(self.model) - matching(self.model, self.config.exclude)
             chosen = {id(t.module) for t in self.targets} | head
+            chosen |= expert_modules(self.model, self.config.include, self.config.exclude)
             try:
                 found = self.resolved.granularity.groups(self.model, self.example_inputs)
             except PrunekitError:
@@ -124,9 +150,12 @@ class Pruner:
 
     def scores(self, target: Target, ctx: ScoreContext) -> torch.Tensor:
         """The criterion's ``[out, in]`` scores for ``target``, ``-inf`` where already pruned."""
-        s = self.resolved.criterion.scores(target, ctx).float()
+        return self.without_pruned(target, self.resolved.criterion.scores(target, ctx).float())
+
+    def without_pruned(self, target: Target, scores: torch.Tensor) -> torch.Tensor:
+        """``[out, in]`` scores, ``-inf`` where ``target`` is already pruned (masks only shrink)."""
         old = get_mask(target.module, target.param)
-        return s if old is None else s.masked_fill(~target.to_matrix(old), -torch.inf)
+        return scores if old is None else scores.masked_fill(~target.to_matrix(old), -torch.inf)
 
     def attach(self, target: Target, keep: torch.Tensor) -> None:
         """AND the ``[out, in]`` keep-mask into ``target``'s mask and enforce it."""

@@ -6,7 +6,10 @@ that N:M groups and blocks run along the input dimension for every layer type:
 * ``nn.Linear``: ``[out, in]`` as stored;
 * ``nn.ConvNd``: ``[out, in/groups, *k]`` is permuted to ``[out, *k, in/groups]`` and flattened to
   ``[out, prod(k) * in/groups]`` (input channels fastest, the NVIDIA ASP convention);
-* Hugging Face ``Conv1D`` (GPT-2): ``[in, out]`` is transposed to ``[out, in]``.
+* Hugging Face ``Conv1D`` (GPT-2): ``[in, out]`` is transposed to ``[out, in]``;
+* ``nn.Embedding`` ``[vocab, dim]`` as stored: one row per token, N:M groups and blocks run along
+  the embedding dimension. Embedding tables are targets only when an ``include`` entry names
+  them (by name, regex or type): most recipes keep them dense.
 """
 
 from __future__ import annotations
@@ -30,10 +33,21 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 
 
 def is_prunable(module: nn.Module) -> bool:
+    """A layer (Linear, Conv, Conv1D): a default target and a structure-coupled weight."""
     return isinstance(module, (nn.Linear, *_CONV)) or is_hf_conv1d(module)
 
 
-SUPPORTED = "nn.Linear, nn.Conv1d/2d/3d, transformers Conv1D"
+def is_embedding(module: nn.Module) -> bool:
+    """An embedding table: a target only when an ``include`` entry selects it."""
+    return isinstance(module, nn.Embedding)
+
+
+def is_target_type(module: nn.Module) -> bool:
+    """Any module whose weight can be a target (a layer, or an included embedding)."""
+    return is_prunable(module) or is_embedding(module)
+
+
+SUPPORTED = "nn.Linear, nn.Conv1d/2d/3d, transformers Conv1D, nn.Embedding (when included)"
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +65,11 @@ class Target:
     @property
     def weight(self) -> torch.Tensor:
         return getattr(self.module, self.param)
+
+    @property
+    def embedding(self) -> bool:
+        """True for an embedding table (its input is token ids, not activations)."""
+        return is_embedding(self.module)
 
     def to_matrix(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor shaped like the weight, viewed as ``[out, in]`` (input dimension last)."""
@@ -129,7 +148,8 @@ def select_targets(
 
     ``include`` and ``exclude`` take module names, regexes (full match on the module's qualified
     name) or module types. By default every Linear and Conv weight is a target, except a Hugging
-    Face model's output embeddings. An include entry that selects nothing, or that names an
+    Face model's output embeddings; embedding tables (``nn.Embedding``) are targets only when an
+    include entry selects them. An include entry that selects nothing, or that names an
     unsupported layer by name or type, raises :class:`TargetError`.
     """
     if not isinstance(model, nn.Module):
@@ -144,12 +164,12 @@ def select_targets(
         if not hits:
             raise TargetError(f"include entry {s!r} matches no module of {type(model).__name__}")
         explicit = isinstance(s, type) or any(n == s for n, _ in hits)
-        bad = [f"{n} ({type(m).__name__})" for n, m in hits if not is_prunable(m)]
+        bad = [f"{n} ({type(m).__name__})" for n, m in hits if not is_target_type(m)]
         if explicit and bad:
             raise TargetError(f"unsupported layer {bad[0]}; prunable layer types: {SUPPORTED}")
     targets = []
     for name, module in named:
-        if not is_prunable(module):
+        if not is_target_type(module) or (is_embedding(module) and not inc):
             continue
         if inc:
             if not any(_matches(s, name, module) for s in inc):

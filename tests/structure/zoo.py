@@ -212,7 +212,6 @@ VISION = {
     "image_size": 32,
     "patch_size": 8,
 }
-MOE = "MoE experts keep their width: 3-D expert weights have no channel rule yet"
 hf("xlm_roberta", tokens(), "XLMRobertaForSequenceClassification", True, **BERT_LIKE, num_labels=3)
 hf(
     "electra",
@@ -338,7 +337,6 @@ hf(
     CACHED,
     "MixtralForCausalLM",
     True,
-    MOE,
     **LLAMA_LIKE,
     num_local_experts=4,
     num_experts_per_tok=2,
@@ -348,7 +346,6 @@ hf(
     CACHED,
     "Qwen2MoeForCausalLM",
     True,
-    MOE,
     **LLAMA_LIKE,
     num_experts=4,
     num_experts_per_tok=2,
@@ -360,7 +357,6 @@ hf(
     CACHED,
     "Qwen3MoeForCausalLM",
     True,
-    MOE,
     **LLAMA_LIKE,
     num_experts=4,
     num_experts_per_tok=2,

@@ -14,7 +14,7 @@ from torch import nn
 from ..granularity import parse_granularity
 from ..granularity.nm import NM
 from ..masks import get_mask, granularity_of
-from ..targets import Target, is_prunable, select_targets
+from ..targets import Target, is_target_type, select_targets
 
 
 @dataclass
@@ -104,7 +104,9 @@ def _pruned_layers(model: nn.Module) -> list[tuple[str, nn.Module, torch.Tensor]
         qual = f"{name}.weight" if name else "weight"
         if isinstance(m, SparseLinear):
             rows.append((qual, m, m.weight_matrix()))
-        elif is_prunable(m) and (granularity_of(m, "weight") or get_mask(m, "weight") is not None):
+        elif is_target_type(m) and (
+            granularity_of(m, "weight") or get_mask(m, "weight") is not None
+        ):
             rows.append((qual, m, Target(name, m).matrix()))
     if rows:
         return rows

@@ -13,7 +13,7 @@ COMMANDS: Registry[type[Command]] = Registry("command")
 
 
 class Command(ABC):
-    """One ``prunekit <name>`` subcommand. The class docstring's first line is its help."""
+    """One ``prunekit <name>`` subcommand. The class docstring's first paragraph is its help."""
 
     @abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...

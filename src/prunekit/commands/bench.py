@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
+from ._model_options import add_model_options
 from .base import COMMANDS, Command
 
 
@@ -30,22 +30,6 @@ def add_input_options(parser: argparse.ArgumentParser, default_batch: int | None
     parser.add_argument(
         "--seq-len", type=int, default=None, help="replace the tokens per sequence of the inputs"
     )
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--weights",
-        default=None,
-        metavar="FILE.safetensors",
-        help="weights for a package.module:factory MODEL",
-    )
-    parser.add_argument(
-        "--factory",
-        default=None,
-        metavar="package.module:factory",
-        help="builds the model a prunekit folder was saved from (if it did not record one)",
-    )
-    parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
 
 def load_pruned(args: argparse.Namespace) -> Any:
@@ -139,14 +123,9 @@ class BenchCommand(Command):
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
-        parser.add_argument(
-            "--baseline",
-            default=None,
-            metavar="MODEL",
-            help="the unpruned model to compare with (default: the one prune recorded)",
+        add_model_options(
+            parser, baseline="the unpruned model to compare with (default: the one prune recorded)"
         )
-        add_model_options(parser)
         add_input_options(parser)
         parser.add_argument(
             "--threads", type=int, default=1, help="torch threads while timing (default 1)"

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..modelio import SPEC_HELP
+from ._model_options import add_model_options
 from .base import COMMANDS, Command
-from .bench import add_model_options, load_baseline, load_pruned, recorded
+from .bench import load_baseline, load_pruned, recorded
 
 
 def read_eval_texts(name: str, whole: bool) -> tuple[list[str], list[Any] | None]:
@@ -66,14 +66,9 @@ class EvalCommand(Command):
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
-        parser.add_argument(
-            "--baseline",
-            default=None,
-            metavar="MODEL",
-            help="the unpruned model (default: the one prunekit prune recorded)",
+        add_model_options(
+            parser, baseline="the unpruned model (default: the one prunekit prune recorded)"
         )
-        add_model_options(parser)
         parser.add_argument(
             "--text",
             default="builtin:docstrings-eval",

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..modelio import SPEC_HELP
+from ._model_options import add_model_options
 from .base import COMMANDS, Command
 from .bench import (
     add_input_options,
-    add_model_options,
     check_input_options,
     inputs_for,
     load_pruned,
@@ -27,7 +26,7 @@ class ExportCommand(Command):
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
+        add_model_options(parser)
         parser.add_argument(
             "--onnx", action="store_true", required=True, help="export to ONNX (the one format)"
         )
@@ -38,7 +37,6 @@ class ExportCommand(Command):
             metavar="FILE.onnx",
             help="the ONNX file to write (default: MODEL's folder name + .onnx, next to it)",
         )
-        add_model_options(parser)
         add_input_options(parser)
         parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
 

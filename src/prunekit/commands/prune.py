@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
 from ._config_options import add_config_options, config_from_args
+from ._model_options import add_model_options
 from .base import COMMANDS, Command, plugin_names
 
 FORMAT_CHOICES = ("auto", *plugin_names("formats"))
@@ -205,18 +205,11 @@ class PruneCommand(Command):
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
-        parser.add_argument(
-            "--weights",
-            default=None,
-            metavar="FILE.safetensors",
-            help="weights for a package.module:factory model",
-        )
+        add_model_options(parser, factory=False)
         add_config_options(parser)
         list_registered_names(parser)
         add_data_options(parser)
         add_output_options(parser)
-        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
         from rich.console import Console

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..modelio import SPEC_HELP, TRUST_SOURCE_HELP
+from ._model_options import add_model_options
 from .base import COMMANDS, Command
 
 
@@ -14,15 +14,8 @@ class ReportCommand(Command):
     """Print per-layer sparsity, N:M validity, parameters and size of a model or checkpoint."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", metavar="MODEL", help=SPEC_HELP)
-        parser.add_argument(
-            "--weights",
-            default=None,
-            metavar="FILE.safetensors",
-            help="weights for a package.module:factory MODEL",
-        )
+        add_model_options(parser, factory=False)
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
-        parser.add_argument("--trust-source", action="store_true", help=TRUST_SOURCE_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
         from rich.console import Console

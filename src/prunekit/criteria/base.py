@@ -34,6 +34,22 @@ class ScoreContext:
     #: show progress bars while calibrating
     progress: bool = False
 
+    @torch.no_grad()
+    def run_hooked(self, hooks: list[tuple[nn.Module, Callable[..., None]]]) -> None:
+        """Run the model over the calibration data (eval mode, no KV cache) with each
+        ``(module, hook)``'s forward hook ``hook(module, args, kwargs, output)`` attached."""
+        from ..calibrate import as_batches, calibration_mode, run_batch
+
+        handles = [m.register_forward_hook(h, with_kwargs=True) for m, h in hooks]
+        try:
+            with calibration_mode(self.model):
+                device = next(self.model.parameters()).device
+                for n, batch in enumerate(as_batches(self.data)):
+                    run_batch(self.model, batch, n, device)
+        finally:
+            for h in handles:
+                h.remove()
+
     def generator(self, target: Target) -> torch.Generator:
         """A generator seeded from the run's seed and the target's name (deterministic)."""
         gen = torch.Generator(device=target.weight.device)
@@ -57,6 +73,12 @@ class Criterion(Plugin, ABC):
 
     def supports(self, granularity: Granularity) -> str | None:
         """Why this criterion cannot serve ``granularity``, or None if it can."""
+        if self.stats and not granularity.layer_statistics:
+            return (
+                f"{granularity.spec} units are not rows or columns of layers, so the per-layer "
+                "activation statistics this criterion reads cannot rank them; use a weight "
+                "criterion (magnitude, l2, taylor, ...) or the unit's own (e.g. reap for experts)"
+            )
         return None
 
     def comparison(self, granularity: Granularity) -> Granularity:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..calibrate import as_batches, calibration_mode, first_output, hidden_key, run_batch
+from ..calibrate import first_output, hidden_key
 from ..errors import ConfigError
 from ..targets import Target
 from .base import CRITERIA, Criterion, ScoreContext
@@ -52,15 +52,5 @@ class BlockInfluence(Criterion):
 
             return hook
 
-        handles = [
-            b.register_forward_hook(measure(i), with_kwargs=True) for i, b in enumerate(blocks)
-        ]
-        try:
-            with calibration_mode(ctx.model):
-                device = next(ctx.model.parameters()).device
-                for n, batch in enumerate(as_batches(ctx.data)):
-                    run_batch(ctx.model, batch, n, device)
-        finally:
-            for h in handles:
-                h.remove()
+        ctx.run_hooked([(b, measure(i)) for i, b in enumerate(blocks)])
         return (total / tokens.clamp_min(1)).float()

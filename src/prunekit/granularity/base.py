@@ -27,6 +27,9 @@ class Granularity(Plugin, ABC):
     #: True for granularities that prune coupled groups (channels, heads) through the model's
     #: structure instead of one weight at a time; see :mod:`prunekit.granularity.structured`
     structured: bool = False
+    #: False where units are not whole layers' rows and columns (MoE experts): criteria that
+    #: read per-layer activation statistics (``Criterion.stats``) cannot rank them
+    layer_statistics: bool = True
     #: specs the registry-driven contract tests exercise
     examples: ClassVar[tuple[str, ...]] = ()
 

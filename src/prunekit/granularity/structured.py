@@ -44,6 +44,10 @@ class Structured(Granularity):
     def groups(self, model: nn.Module, example_inputs: Any) -> list[Any]:
         """The prunable groups of ``model`` (a list of :class:`~prunekit.structure.Group`)."""
 
+    def check_choice(self, groups: list[Any], pruned: list[torch.Tensor]) -> None:
+        """Raise :class:`~prunekit.errors.ConfigError` if pruning the ``pruned`` units (a bool
+        ``[units]`` per group) would break the model; called before any mask is applied."""
+
     def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"granularity {self.spec!r} prunes groups, not single weights")
 

@@ -7,8 +7,8 @@ dense by ``min_speedup``; otherwise the dense layer stays. With ``example_inputs
 is then timed end to end, dense against swapped, in interleaved rounds, and the swaps are undone
 if the swapped model is not faster: sparsify does not make a model slower. Decisions are cached by
 layer shape, sparsity bucket, rows, threads and dtype (see :mod:`.cache`). Kernels that store
-values at lower precision (``*_bf16``) change outputs slightly and are tried only when named in
-``kernels``.
+values at lower precision (``*_bf16``, ``*_int8``) change outputs slightly and are tried only
+when named in ``kernels``.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ def sparsify(
     as a tokenizer's ``{"input_ids": ...}``) instead records each layer's real input size, then
     times the whole model, dense against swapped, and undoes every swap if the swapped model is
     not faster end to end. ``kernels`` limits the candidates (and is the only way to get the
-    inexact ``*_bf16`` ones); ``min_speedup`` is the margin a kernel must beat dense by. ``cold``
-    times each layer with the CPU caches flushed, as it runs inside a model too large for them; by
-    default that is so when the model's weights exceed twice the last-level cache. Returns the
-    model (a new module only when ``model`` itself is a single layer); :func:`sparsify_report`
-    gives the report.
+    inexact ``*_bf16`` and ``*_int8`` ones); ``min_speedup`` is the margin a kernel must beat
+    dense by. ``cold`` times each layer with the CPU caches flushed, as it runs inside a model too
+    large for them; by default that is so when the model's weights exceed twice the last-level
+    cache. Returns the model (a new module only when ``model`` itself is a single layer);
+    :func:`sparsify_report` gives the report.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -23,6 +23,7 @@ from torch import nn
 from ..masks import get_mask
 from ..targets import Target, is_hf_conv1d, is_prunable
 from ..threads import torch_threads
+from .experts import find_moe, is_expert_weight
 from .graph import Graph, flatten, trace
 from .propagate import State, check_cuts, propagate
 
@@ -45,9 +46,12 @@ class Slot:
         return self.attr in self.module._parameters
 
     def target(self) -> Target | None:
-        """The prunable weight this slot slices, if it is one (Linear, Conv, Conv1D)."""
+        """The prunable weight this slot slices, if it is one (Linear, Conv, Conv1D, a 3-D
+        MoE expert weight)."""
         if self.attr == "weight" and is_prunable(self.module):
             return Target(self.name.rpartition(".")[0], self.module, "weight")
+        if is_expert_weight(self.module, self.attr):
+            return Target(self.name.rpartition(".")[0], self.module, self.attr)
         return None
 
     @property
@@ -299,7 +303,13 @@ def channel_groups(model: nn.Module, example_inputs: Any, *, warn: bool = True) 
     """Trace ``model`` on ``example_inputs`` and return its coupled channel groups."""
     analysis = analyse(trace(model, example_inputs))
     model.__dict__[_CACHE] = (_signature(model, example_inputs), analysis.groups)
-    unexpected = {w: n for w, n in analysis.blocked.items() if not w.startswith(EXPECTED)}
+    # a router's rows are its experts' logits, pruned by granularity="expert", not channels
+    routers = tuple(f"in module {moe.router_name})" for moe in find_moe(model))
+    unexpected = {
+        w: n
+        for w, n in analysis.blocked.items()
+        if not w.startswith(EXPECTED) and not (routers and w.endswith(routers))
+    }
     if warn and unexpected:
         lines = "\n".join(f"  {n} channel(s): {why}" for why, n in sorted(unexpected.items()))
         warnings.warn(

@@ -15,6 +15,7 @@ from ..granularity.structured import Structured
 from ..masks import shrink_mask
 from ..targets import Target
 from ..threads import torch_threads
+from .experts import alignment
 from .groups import Group, Slot
 
 
@@ -108,7 +109,8 @@ def choose(
     budget = allocation.layer_sparsities(dict(zip(names, scores, strict=True)), sparsity)
     prune = [round(budget[n] * g.units) for n, g in zip(names, groups, strict=True)]
     keep = [
-        _keep_count(g.units, p, round_to, max_ratio) for g, p in zip(groups, prune, strict=True)
+        _keep_count(g.units, p, math.lcm(round_to, alignment(g)), max_ratio)
+        for g, p in zip(groups, prune, strict=True)
     ]
     ties: dict[str, int] = {}
     for g, k in zip(groups, keep, strict=True):
@@ -178,6 +180,7 @@ def prune_groups(
         pruned = choose(
             groups, scores, sparsity, allocation, granularity.round_to, granularity.max_ratio
         )
+        granularity.check_choice(groups, pruned)
         apply_masks(groups, pruned)
     if sparsity > 0 and not any(bool((p & ~d).any()) for p, d in zip(pruned, dead, strict=True)):
         _warn_nothing(f"no {granularity.spec} group can lose a unit at sparsity {sparsity:g}")

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import VerificationError
 from ..masks import bake
 from ..threads import torch_threads
+from .experts import expert_groups, patch_moe
 from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups
 from .heads import head_groups, resize_heads
@@ -133,7 +134,8 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         small.__dict__.pop("_pk_channel_groups", None)
         layers = layer_group(small, example_inputs, strict=False)
         dead_layers = layers.dead() if layers is not None else None
-        removals = _removals(channels + heads)
+        experts = expert_groups(small)
+        removals = _removals(channels + heads + experts)
         if dead_layers is not None and dead_layers.any():
             drop_layers(small, layers, dead_layers)
         bake(small)
@@ -141,6 +143,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         for module in _slice(small, removals):
             resize(module)
         rescale_rms_norms(small, widths)
+        patch_moe(small, [g.info["moe"] for g in experts])
         update_config(small, resize_heads(heads))
     if ref is None:
         ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing

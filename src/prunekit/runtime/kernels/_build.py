@@ -8,8 +8,10 @@ Builds are atomic (compile to a temporary file, then rename). If no compiler wor
 to pure PyTorch.
 
 ``PRUNEKIT_KERNEL_ISA`` picks the instruction set the kernels are built for: ``native`` (the
-default: everything this CPU has, AVX-512 included), ``avx2`` (AVX2 + FMA) or ``portable`` (the
-compiler's default target). Each kernel source has a code path per level; the tests build all.
+default: everything this CPU has, AVX-512 and its VBMI2 expands included), ``avx512`` (AVX-512
+F/BW/VL/DQ without VBMI2), ``avx2`` (AVX2 + FMA) or ``portable`` (the compiler's default target).
+Each kernel source has a code path per level; the tests build every level this CPU can run. A
+level this x86 CPU lacks is refused (warning) rather than built into a crash.
 """
 
 from __future__ import annotations
@@ -36,8 +38,14 @@ from .base import Kernel
 #: compiler flags of each instruction-set level
 ISA_FLAGS = {
     "native": ["-march=native"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "portable": [],
+}
+#: the /proc/cpuinfo flags an x86 CPU needs to run each level
+ISA_CPU_FLAGS = {
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"},
+    "avx2": {"avx2", "fma"},
 }
 _COMMON = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
 
@@ -64,6 +72,18 @@ def cache_dir() -> Path:
     return Path(base) / "prunekit" / "kernels"
 
 
+def isa_runs_here(isa: str) -> bool:
+    """Whether this CPU can run code built for ``isa`` (True where its flags are unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return True
+    if line is None:  # not x86: the x86 flags fail to compile and the portable set is used
+        return True
+    return ISA_CPU_FLAGS.get(isa, set()) <= set(line.split(":", 1)[1].split())
+
+
 def _cpu_fingerprint() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -85,6 +105,13 @@ def load_library(source: Path, isa: str | None = None) -> ctypes.CDLL | None:
 @cache
 def _load(source: Path, isa: str) -> ctypes.CDLL | None:
     if os.environ.get("PRUNEKIT_NO_COMPILE") == "1":
+        return None
+    if not isa_runs_here(isa):
+        warnings.warn(
+            f"prunekit: this CPU cannot run PRUNEKIT_KERNEL_ISA={isa}; "
+            "using PyTorch sparse kernels",
+            stacklevel=3,
+        )
         return None
     cxx = _compiler()
     if cxx is None:

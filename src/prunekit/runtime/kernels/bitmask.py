@@ -9,6 +9,9 @@ portable path exist) and, at batch > 1, multiplies each expanded tile by up to 8
 ``prunekit_bitmask_bf16`` stores the values as bfloat16 (rounded to nearest even) and converts
 them to fp32 in registers: half the value bytes again, at the cost of bf16 rounding of the
 weights (relative error up to 2^-9 per weight); it is inexact, so sparsify uses it only when asked.
+``prunekit_bitmask_int8`` stores each row's values as int8 times one fp32 scale per row (the
+row's largest magnitude / 127, rounded to nearest): a quarter of the fp32 value bytes, with an
+error of up to half a step (scale / 2) per weight; also inexact and opt-in.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from .base import KERNELS
 SOURCE = Path(__file__).with_name("bitmask.cpp")
 #: (out, n, in, words, rowptr, mask, values, x, bias, y, threads)
 ARGTYPES = (*[ctypes.c_int64] * 4, *[ctypes.c_void_p] * 6, ctypes.c_int)
+#: the int8 kernel takes the row scales after the values
+INT8_ARGTYPES = (*[ctypes.c_int64] * 4, *[ctypes.c_void_p] * 7, ctypes.c_int)
 #: zero values after the last one: a full-width vector load past it stays inside the array
 PAD = 64
-ISA_NAMES = {2: "avx512", 1: "avx2", 0: "portable"}
+ISA_NAMES = {3: "avx512vbmi2", 2: "avx512", 1: "avx2", 0: "portable"}
 
 
 def isa_of(source: Path, symbol: str) -> str:
@@ -64,11 +69,20 @@ def bitmask_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) ->
     nnz = int(packed["rowptr"][-1])
     dense = torch.zeros(shape, dtype=torch.float32)
     dense[keep] = packed["values"][:nnz].to(torch.float32)
+    if "scale" in packed:
+        dense *= packed["scale"].unsqueeze(1)
     return dense
+
+
+def row_scales(weight: torch.Tensor) -> torch.Tensor:
+    """``[out]`` fp32: each row's largest magnitude / 127 (1 for an all-zero row)."""
+    top = weight.detach().abs().amax(1).to(torch.float32)
+    return torch.where(top > 0, top / 127, torch.ones_like(top))
 
 
 class _Bitmask(CompiledKernel):
     symbol = ""
+    argtypes = ARGTYPES
 
     def available(self) -> bool:
         return self._function() is not None
@@ -77,7 +91,7 @@ class _Bitmask(CompiledKernel):
         return isa_of(SOURCE, "pk_bitmask_isa")
 
     def _function(self):
-        return library_function(SOURCE, self.symbol, ARGTYPES)
+        return library_function(SOURCE, self.symbol, self.argtypes)
 
     def pack(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         mask, rowptr, values = bitmask_parts(weight)
@@ -108,3 +122,26 @@ class PrunekitBitmaskBF16(_Bitmask):
     exact = False
     value_dtype = torch.bfloat16
     symbol = "pk_bitmask_bf16"
+
+
+@KERNELS.register("prunekit_bitmask_int8", examples=("unstructured:0.5",))
+class PrunekitBitmaskInt8(_Bitmask):
+    """Bitmask + packed int8 values with one fp32 scale per row (inexact: opt-in)."""
+
+    exact = False
+    value_dtype = torch.int8
+    symbol = "pk_bitmask_int8"
+    argtypes = INT8_ARGTYPES
+
+    def pack(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        scale = row_scales(weight)
+        q = (weight.detach().to(torch.float32) / scale.unsqueeze(1)).round().clamp(-127, 127)
+        mask, rowptr, _ = bitmask_parts(weight)  # the mask of the weight, not of q
+        values = q[weight != 0]  # [nnz], row-major
+        vals = torch.zeros(values.numel() + PAD, dtype=torch.int8)
+        vals[: values.numel()] = values.to(torch.int8)
+        return {"mask": mask, "rowptr": rowptr, "values": vals, "scale": scale}
+
+    def bind(self, packed: Mapping[str, torch.Tensor], shape):
+        fn, arrays, dims, transpose = super().bind(packed, shape)
+        return fn, [*arrays, packed["scale"]], dims, transpose

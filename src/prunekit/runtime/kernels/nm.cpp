@@ -43,6 +43,9 @@ struct Pattern {
 
 #ifdef __AVX512F__
 #define PK_NM_ISA 2
+// how far ahead (in bytes) each row's values are prefetched: the permutes keep the core busy, so
+// the hardware prefetcher alone leaves memory latency exposed (as in bitmask.cpp)
+static const int64_t PREFETCH = 4096;
 static inline __m512 load16(const float *p) { return _mm512_loadu_ps(p); }
 static inline __m512 load16(const bf16 *p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
@@ -92,8 +95,10 @@ static void tile(int64_t r, int64_t b0, int64_t out, int64_t chunks, const T *va
         __m512i col[R];
         __m512 v[R];
         for (int i = 0; i < R; ++i) {
+            const T *vc = val + (r + i) * chunks * 16 + c * 16;
+            __builtin_prefetch(reinterpret_cast<const char *>(vc) + PREFETCH);
             col[i] = columns<N, M>(idx + (r + i) * chunks * P::WORDS, c);
-            v[i] = load16(val + (r + i) * chunks * 16 + c * 16);
+            v[i] = load16(vc);
         }
         for (int b = 0; b < B; ++b) {
             const float *xc = x + (b0 + b) * ld + c * P::C;

@@ -5,8 +5,12 @@ zero values): the values, row-major, plus each slot's position in its group, 2 b
 4 bits for M = 8. At 2:4 that is 2.125 bytes per weight against 4 dense. The compiled kernel
 (``nm.cpp``) picks each slot's input out of registers with AVX-512 permutes; elsewhere it runs
 portable C++. A weight fits only if no group holds more than N non-zeros, so this kernel is a
-candidate only for N:M-pruned layers (the checkpoint format ``nm`` stores the same groups, with
-the N positions ranked as one pattern number instead of per slot).
+candidate only for N:M-pruned layers.
+
+The checkpoint format ``nm`` stores the same slots in the same order (each group's kept positions
+ascending, groups padded with their earliest zeros) and ranks each group's positions as one
+pattern number; :func:`packed_from_nm_format` turns its parts into this kernel's layout directly,
+without a dense weight in between.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import ctypes
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ...errors import ConfigError
+from ...formats._bits import unpack_uint
+from ...formats.nm import patterns, rank_bits
 from ._build import CompiledKernel, library_function
 from .base import KERNELS
 from .bitmask import isa_of
@@ -61,18 +68,58 @@ def nm_parts(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.
     room = n - nz.sum(-1, keepdim=True)  # [out, G, 1]
     keep = nz | ((~nz).cumsum(-1) <= room)
     k = inp // m * n
+    values = w[keep].reshape(out, k)
+    pos = torch.arange(m).expand_as(w)[keep].reshape(out, k)
+    return _slot_layout(values, pos, m)
+
+
+def _slot_layout(
+    values: torch.Tensor, pos: torch.Tensor, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots ``values, pos [out, K]`` padded to chunks of 16, positions packed into int32 words."""
+    out, k = values.shape
     chunks = -(-k // CHUNK)
-    values = torch.zeros(out, chunks * CHUNK, dtype=weight.dtype)
-    pos = torch.zeros(out, chunks * CHUNK, dtype=torch.int64)
-    values[:, :k] = w[keep].reshape(out, k)
-    pos[:, :k] = torch.arange(m).expand_as(w)[keep].reshape(out, k)
+    vals = torch.zeros(out, chunks * CHUNK, dtype=values.dtype)
+    slots = torch.zeros(out, chunks * CHUNK, dtype=torch.int64)
+    vals[:, :k] = values
+    slots[:, :k] = pos
     bits = _position_bits(m)
     per_word = 32 // bits
-    lanes = pos.reshape(out, -1, per_word)  # [out, words, lanes per uint32]
+    lanes = slots.reshape(out, -1, per_word)  # [out, words, lanes per uint32]
     shifts = torch.arange(per_word) * bits
     words = (lanes << shifts).sum(-1)  # < 2**32
     idx = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    return values, idx
+    return vals, idx
+
+
+def packed_from_nm_format(
+    parts: Mapping[str, torch.Tensor],
+    meta: Mapping[str, int],
+    shape: tuple[int, int],
+    value_dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """This kernel's packed tensors straight from a checkpoint's ``nm`` parts of an ``[out, in]``
+    weight (``parts``: ``index`` and ``values``; ``meta``: ``n`` and ``m``), with no dense weight
+    in between; equal to ``pack`` of the decoded weight."""
+    n, m = int(meta["n"]), int(meta["m"])
+    if (n, m) not in PATTERNS:
+        raise ConfigError(
+            f"the N:M kernel runs {', '.join(f'{a}:{b}' for a, b in PATTERNS)}, not {n}:{m}"
+        )
+    out, inp = shape
+    if inp % m:
+        raise ConfigError(f"{shape} has inputs that are not a multiple of M={m}")
+    groups = out * inp // m
+    ranks = unpack_uint(parts["index"], groups, rank_bits(n, m), "nm index")
+    table = patterns(n, m)
+    if ranks.size and ranks.max() >= table.size:
+        raise ConfigError(f"nm pattern ranks exceed the {table.size} patterns of {n}:{m}")
+    bits = (table[:, None] >> np.arange(m)) & 1  # [C(M, N), M]
+    slot_pos = np.nonzero(bits)[1].reshape(table.size, n)  # each pattern's positions, ascending
+    pos = torch.from_numpy(slot_pos[ranks]).reshape(out, inp // m * n)  # [out, K]
+    values = parts["values"].reshape(out, inp // m * n).to(value_dtype)
+    vals, idx = _slot_layout(values, pos, m)
+    return {"values": vals, "idx": idx, "pattern": torch.tensor((n, m), dtype=torch.int64)}
 
 
 def nm_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
