@@ -123,7 +123,9 @@ def run_minilm(recipes, configs, nsamples: int = 128) -> list[dict]:
     return rows
 
 
-def run_smollm2(recipes, configs, nsamples: int = 64, seqlen: int = 256) -> list[dict]:
+def run_smollm2(
+    recipes, configs, nsamples: int = 64, seqlen: int = 256, windows: int = 64
+) -> list[dict]:
     """SmolLM2-135M rows: perplexity on evaluation docstrings (disjoint from calibration), the
     share of SparseGPT's gap to dense that each recipe closes, CPU seconds."""
     from prunekit.evaluate import perplexity
@@ -133,7 +135,7 @@ def run_smollm2(recipes, configs, nsamples: int = 64, seqlen: int = 256) -> list
     body = token_windows(docstring_corpus(CALIBRATION_MODULES), tokenizer, seqlen, nsamples)
     calib = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in body.split(8)]
     texts = docstring_corpus(EVALUATION_MODULES)
-    evals = token_windows(texts, tokenizer, seqlen, 64)
+    evals = token_windows(texts, tokenizer, seqlen, windows)
 
     def ppl(model) -> float:
         return perplexity(model, [evals[i : i + 8] for i in range(0, evals.shape[0], 8)])
@@ -169,7 +171,10 @@ def print_row(r: dict, metrics: tuple[str, ...]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["minilm", "smollm2"], default="minilm")
-    parser.add_argument("--nsamples", type=int, default=None)
+    parser.add_argument("--nsamples", type=int, default=None, help="calibration sequences")
+    parser.add_argument(
+        "--eval-windows", type=int, default=64, help="SmolLM2: 256-token evaluation windows"
+    )
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated")
     parser.add_argument("--configs", default="50%,70%,2:4", help="comma-separated")
     args = parser.parse_args()
@@ -180,9 +185,12 @@ def main() -> None:
         print(f"{'config':6} {'recipe':28} {'cosine':>8} {'top-1':>8} {'cpu s':>9}")
         run_minilm(recipes, configs, args.nsamples or 128)
     else:
-        print(f"SmolLM2-135M, decoder linears, {args.nsamples or 64} x 256 calibration tokens")
+        print(
+            f"SmolLM2-135M, decoder linears, {args.nsamples or 64} x 256 calibration tokens, "
+            f"perplexity on {args.eval_windows} x 256 tokens"
+        )
         print(f"{'config':6} {'recipe':28} {'ppl':>8} {'closed':>8} {'cpu s':>9}")
-        run_smollm2(recipes, configs, args.nsamples or 64)
+        run_smollm2(recipes, configs, args.nsamples or 64, windows=args.eval_windows)
 
 
 if __name__ == "__main__":

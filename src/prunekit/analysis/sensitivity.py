@@ -69,6 +69,12 @@ class Sensitivity:
     def from_dict(cls, d: dict[str, Any]) -> Sensitivity:
         return cls(**d)
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the curves as JSON, atomically (``scope={"type": "sensitivity", "curves":
+        path}`` reads them)."""
+        atomic_json(Path(path), self.to_dict())
+        return Path(path)
+
 
 def fingerprint(targets: list[Target]) -> str:
     """A hash of the targets' names and weights (the cache key of a model)."""
@@ -193,7 +199,7 @@ def sensitivity(
         if path is not None:
             old = json.loads(path.read_text()) if path.exists() else {}
             atomic_json(path, {**old, key: store})
-    return Sensitivity(
+    sens = Sensitivity(
         sparsities=grid,
         baseline=store["baseline"],
         metric={u: [store[f"{u}@{s:g}"] for s in grid] for u in groups},
@@ -203,6 +209,10 @@ def sensitivity(
         granularity=granularity,
         higher_is_better=higher_is_better,
     )
+    if path is not None:  # the complete sweep, for scope="sensitivity"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        atomic_json(path, {**old, key: {**store, "curves": sens.to_dict()}})
+    return sens
 
 
 def allocate(sens: Sensitivity, sparsity: float, step: float = 0.01) -> dict[str, float]:

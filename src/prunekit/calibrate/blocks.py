@@ -153,6 +153,9 @@ class BlockStage:
     #: the dense model's output of this block, one per batch (the reconstruction target)
     dense: list[torch.Tensor]
     call: BlockCaller
+    #: the block's final outputs on ``inputs``, one per batch, if the stage computed them (the
+    #: runner then passes them on instead of running the block again)
+    outputs: list[torch.Tensor] | None = None
 
 
 @torch.no_grad()
@@ -171,11 +174,12 @@ def run_blockwise(
 
     ``process(targets, stats)`` prunes or solves the given targets from their statistics and
     returns True if it changed the weights. ``after(stage)`` then runs on every block that
-    ``process`` changed. Targets outside the block list are handled after the blocks, with
-    whole-model hooks. A model with no recognisable block list falls back to whole-model hooks
-    for all targets, with a warning (and no ``after`` stage). ``offload`` keeps the captured
-    activations on the CPU between block calls. The first batch runs through the whole model
-    before any weight changes, so data that does not fit raises :class:`ConfigError` first.
+    ``process`` changed (and may hand back the block's outputs in ``stage.outputs``). Targets
+    outside the block list are handled after the blocks, with whole-model hooks. A model with no
+    recognisable block list falls back to whole-model hooks for all targets, with a warning (and
+    no ``after`` stage). ``offload`` keeps the captured activations on the CPU between block
+    calls. The first batch runs through the whole model before any weight changes, so data that
+    does not fit raises :class:`ConfigError` first.
     """
     batches = as_batches(data)
     check_batches(model, batches, targets)
@@ -214,7 +218,9 @@ def run_blockwise(
                 if process(block_targets, col.stats):
                     outputs = None
                     if after is not None:
-                        after(BlockStage(block, block_targets, inputs, dense_out, call))
+                        stage = BlockStage(block, block_targets, inputs, dense_out, call)
+                        after(stage)
+                        outputs = stage.outputs
             dense_in = dense_out
             if i == n - 1:
                 break

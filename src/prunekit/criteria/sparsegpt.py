@@ -98,7 +98,10 @@ class SparseGPT(Solver):
         xtx = inputs.xtx  # [G, cols, cols]; H = 2XᵀX/N is formed inside the solver's one copy
         G = xtx.shape[0]
         name = ", ".join(t.qualname for t in targets)
+        # memory: one float32 working copy of the stacked rows (sparsegpt's); with conv groups
+        # the groups' results are gathered in one more copy before they are written back
         new = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.float32) for t in targets}
+        new = new if G > 1 else {}
         kept = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.bool) for t in targets}
         for g in range(G):
             parts, segments, forced, start = [], [], [], 0
@@ -122,9 +125,11 @@ class SparseGPT(Solver):
                 if isinstance(granularity, NM)
                 else None
             )
+            stacked = parts[0] if len(parts) == 1 else torch.cat(parts)  # [rows, cols]
+            del parts
             W, mask = sparsegpt(
-                torch.cat(parts),
-                xtx[g].to(parts[0].device),
+                stacked,
+                xtx[g].to(stacked.device),
                 segments,
                 nm=nm,
                 forced=torch.cat(forced) if any(f.any() for f in forced) else None,
@@ -133,11 +138,16 @@ class SparseGPT(Solver):
                 name=name,
                 scale=2.0 / max(inputs.n, 1),
             )
+            del stacked
             for t, seg in zip(targets, segments, strict=True):
                 rows = seg.stop - seg.start
-                new[t.qualname][g * rows : (g + 1) * rows] = W[seg.start : seg.stop]
                 kept[t.qualname][g * rows : (g + 1) * rows] = mask[seg.start : seg.stop]
-        for t in targets:
+                if G == 1:
+                    t.weight.data.copy_(t.from_matrix(W[seg.start : seg.stop]).to(t.weight.dtype))
+                else:
+                    new[t.qualname][g * rows : (g + 1) * rows] = W[seg.start : seg.stop]
+            del W, mask
+        for t in targets if G > 1 else ():
             w = t.weight
             w.data.copy_(t.from_matrix(new[t.qualname]).to(w.dtype))
         return kept

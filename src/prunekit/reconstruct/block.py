@@ -17,6 +17,7 @@ fixed thread count.
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -47,14 +48,15 @@ class BlockReconstruction(Reconstruction):
     """Tune a masked block's kept weights towards the dense block's output.
 
     ``steps`` optimizer steps per stage (each on ``rows`` sequences drawn from one calibration
-    batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr``; ``stages``
+    batch, in a seeded order; None: the whole batch), Adam at learning rate ``lr`` decaying to
+    zero on a cosine; ``stages``
     are regexes on parameter names inside the block, tuned one
     after the other (e.g. ``("attention", "intermediate|output")``: attention, then MLP); the
     default tunes every pruned layer of the block at once.
     """
 
     steps: int = 40
-    lr: float = 3e-4
+    lr: float = 5e-4
     rows: int | None = 4
     stages: tuple[str, ...] = ("",)
     seed: int = 0
@@ -81,15 +83,17 @@ class BlockReconstruction(Reconstruction):
         reconstruct_block(stage, self)
 
 
-def block_error(stage: BlockStage) -> float:
-    """Σ‖block(x) − y_dense‖² / Σ‖y_dense‖² over the stage's batches."""
+def block_error(stage: BlockStage) -> tuple[float, list[torch.Tensor]]:
+    """Σ‖block(x) − y_dense‖² / Σ‖y_dense‖² over the stage's batches, and the block's outputs."""
     num = den = 0.0
+    outputs = []
     with torch.no_grad():
         for inp, y in zip(stage.inputs, stage.dense, strict=True):
-            out = stage.call(stage.block, inp).float()
+            outputs.append(stage.call(stage.block, inp))
+            out = outputs[-1].float()
             num += float((out - y.to(out.device).float()).square().sum())
             den += float(y.float().square().sum())
-    return num / max(den, 1e-30)
+    return num / max(den, 1e-30), outputs
 
 
 def tuned_parameters(stage: BlockStage, pattern: str) -> list[torch.nn.Parameter]:
@@ -126,10 +130,10 @@ def subset(inp: BlockInputs, y: torch.Tensor, rows: int | None, gen: torch.Gener
 
 def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
     """Tune ``stage.block`` in place (see the module docstring); returns the block's relative
-    output error after the stage."""
+    output error after the stage, and leaves the block's outputs in ``stage.outputs``."""
     block = stage.block
     before_state = {k: v.detach().clone() for k, v in block.state_dict().items()}
-    before = block_error(stage)
+    before, before_out = block_error(stage)
     scale = sum(float(y.float().square().mean()) for y in stage.dense) / len(stage.dense)
     gen = torch.Generator().manual_seed(config.seed)
     flags = {id(p): p.requires_grad for p in block.parameters()}
@@ -145,7 +149,9 @@ def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
             opt = torch.optim.Adam(params, lr=config.lr)
             order = torch.randint(len(stage.inputs), (config.steps,), generator=gen).tolist()
             with torch.enable_grad():
-                for i in order:
+                for step, i in enumerate(order):
+                    for group in opt.param_groups:  # cosine decay from lr to 0
+                        group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / len(order)))
                     inp, y = subset(stage.inputs[i], stage.dense[i], config.rows, gen)
                     out = stage.call(block, inp)
                     y = y.to(out.device)
@@ -160,8 +166,9 @@ def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
     finally:
         for p in block.parameters():
             p.requires_grad_(flags[id(p)])
-    after = block_error(stage)
+    after, stage.outputs = block_error(stage)
     if not after < before:  # never leave a block worse than the masking left it
         block.load_state_dict(before_state)
+        stage.outputs = before_out
         return before
     return after

@@ -142,11 +142,15 @@ def sparsegpt(
     are then ignored). ``forced [rows, cols]`` marks weights that must be pruned (an earlier
     mask). Inputs that never fired (``H_jj = 0``) score zero, so they go first; they receive no
     error updates. ``hessian`` may be the raw XᵀX with ``scale = 2/N`` (no scaled copy is made).
-    Float32 throughout; the inputs are not modified. Memory: the weight, ``hessian`` and one
-    working ``[cols, cols]`` matrix (the factor).
+    Float32 throughout; the inputs are not modified. Memory: one working copy of the weight (held
+    transposed, so that every block and every lazy update is contiguous and no temporary is
+    made), its mask, ``hessian`` and one working ``[cols, cols]`` matrix (the factor). The
+    results are transposed views.
     """
-    W = weight.detach().float().clone()
-    rows, cols = W.shape
+    rows, cols = weight.shape
+    # [cols, rows]: column i of W is row WT[i]; always a copy (weight may be a transposed view)
+    WT = torch.empty(cols, rows, dtype=torch.float32, device=weight.device)
+    WT.copy_(weight.detach().t())
     if hessian.shape != (cols, cols):
         raise WeightError(
             f"{name}: Hessian {tuple(hessian.shape)} does not fit weight {(rows, cols)}"
@@ -155,17 +159,16 @@ def sparsegpt(
     U = inverse_hessian_factor(hessian.detach(), damp, name, scale=scale, dead=dead)  # upper
     if nm is not None:
         blocksize = max(nm[1], blocksize - blocksize % nm[1])
-    prune = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
+    pruneT = torch.zeros(cols, rows, dtype=torch.bool, device=WT.device)
     done = [0] * len(segments)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        # transposed block [b, rows]: column i of the block is the contiguous row Wt[i]
-        Wt = W[:, i1:i2].t().contiguous()
+        Wt = WT[i1:i2]  # the block [b, rows], a view: updated in place
         U1 = U[i1:i2, i1:i2]
         d = U1.diagonal().unsqueeze(1)  # [b, 1]
         dead1 = dead[i1:i2]
         forced1 = forced[:, i1:i2].t() if forced is not None else None  # [b, rows]
-        Pt = torch.zeros_like(Wt, dtype=torch.bool)  # pruned in this block
+        Pt = pruneT[i1:i2]  # pruned in this block [b, rows], a view
         if nm is None:
             saliency = Wt.square() / d.square()
             saliency[dead1] = 0.0
@@ -181,17 +184,15 @@ def sparsegpt(
                 if k:
                     flat = saliency[:, seg.start : seg.stop].reshape(-1)
                     idx = torch.topk(flat, k, largest=False, sorted=False).indices
-                    part = torch.zeros(flat.shape, dtype=torch.bool, device=W.device)
+                    part = torch.zeros(flat.shape, dtype=torch.bool, device=WT.device)
                     Pt[:, seg.start : seg.stop] = part.index_fill_(0, idx, True).view(-1, width)
                 done[s] += k
         scale = Pt.float() / d  # err_i = w_i * P_i / d_i
         Et = torch.empty_like(Wt)  # [b, rows] scaled errors
-        with _one_thread(W):  # the column loop's ops are too small to split across threads
+        with _one_thread(WT):  # the column loop's ops are too small to split across threads
             _column_loop(Wt, U1, d, dead1, forced1, Pt, scale, Et, nm)
-        W[:, i1:i2] = Wt.t()
-        prune[:, i1:i2] = Pt.t()
-        W[:, i2:].addmm_(Et.t(), U[i1:i2, i2:], alpha=-1.0)  # lazy update, in place
-    W.masked_fill_(prune, 0.0)
-    if not torch.isfinite(W).all():
-        raise WeightError(f"{name}: SparseGPT produced non-finite weights; raise the damping")
-    return W, ~prune
+        Wt.masked_fill_(Pt, 0.0)  # the block is final: later updates touch later columns only
+        if not torch.isfinite(Wt).all():
+            raise WeightError(f"{name}: SparseGPT produced non-finite weights; raise the damping")
+        WT[i2:].addmm_(U[i1:i2, i2:].t(), Et, alpha=-1.0)  # lazy update, in place
+    return WT.t(), pruneT.logical_not_().t()
