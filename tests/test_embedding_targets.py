@@ -96,6 +96,17 @@ def test_structured_granularity_refuses_an_included_table_and_leaves_the_model()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("scope", ["layer", "owl"])
+def test_bad_calibration_data_raises_before_the_table_is_masked(scope):
+    model = tiny_bert()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = [{"input_ids": torch.randint(0, 96, (2, 8)).float()}]  # token ids must be integers
+    with pytest.raises(pk.ConfigError):
+        pk.prune(model, 0.5, criterion="wanda", scope=scope, data=bad,
+                 include=[WORD, r"encoder\..*"])  # fmt: skip
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_a_table_tied_to_the_output_head_warns():
     torch.manual_seed(0)
     config = transformers.LlamaConfig(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .calibrate import LayerStats, as_batches, run_blockwise
+from .calibrate import LayerStats, as_batches, check_batches, run_blockwise
 from .criteria import ScoreContext, Solver
 from .errors import WeightError
 from .granularity.nm import NM
@@ -80,15 +80,13 @@ def prune_whole(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
         pruner.attach(t, gran.select(scores[t.qualname], budget[t.qualname]))
 
 
-def prune_embeddings(pruner: Pruner, sparsity: float) -> list[Target]:
-    """Mask the included embedding tables of a layer-wise criterion's prune by magnitude, first,
-    so the blocks calibrate on their pruned output; return the other targets.
+def prune_embeddings(pruner: Pruner, tables: list[Target], sparsity: float) -> None:
+    """Mask the included embedding tables of a layer-wise criterion's prune by magnitude.
 
     A table's input is a token id, not an activation: within one token's vector every weight
     sees the same input, so activation-weighted scores (Wanda) order them as magnitude does, and
     no other weight can compensate (SparseGPT's update is empty). Each table gets ``sparsity``.
     """
-    tables = [t for t in pruner.targets if t.embedding]
     if tables:
         warnings.warn(
             f"{', '.join(t.qualname for t in tables)}: embedding tables have no input "
@@ -99,7 +97,6 @@ def prune_embeddings(pruner: Pruner, sparsity: float) -> list[Target]:
     gran = pruner.resolved.granularity
     for t in tables:
         pruner.attach(t, gran.select(pruner.without_pruned(t, t.matrix().abs().float()), sparsity))
-    return [t for t in pruner.targets if not t.embedding]
 
 
 def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
@@ -114,11 +111,12 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     check_finite(pruner.targets)
     ctx.data = as_batches(ctx.data)  # read once: a generator must serve both passes
     criterion, gran = res.criterion, res.criterion.comparison(res.granularity)
-    layers = prune_embeddings(pruner, sparsity)
-    if not layers:
-        return
+    tables = [t for t in pruner.targets if t.embedding]
+    layers = [t for t in pruner.targets if not t.embedding]
+    if tables and layers:  # bad data raises before the tables' masks are written
+        check_batches(ctx.model, ctx.data, layers)
     budget: dict[str, float] = {t.qualname: sparsity for t in layers}
-    if res.allocation.needs_scores:
+    if res.allocation.needs_scores and layers:
         units: dict[str, torch.Tensor] = {}
 
         def score(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
@@ -129,6 +127,10 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
         run_blockwise(ctx.model, layers, ctx.data, criterion.stats, score, progress=ctx.progress)
         budget = res.allocation.layer_sparsities(units, sparsity)
         del units
+    # the tables go first, so the blocks calibrate on their pruned output
+    prune_embeddings(pruner, tables, sparsity)
+    if not layers:
+        return
 
     refine = res.refine  # mask refinement (prunekit.reconstruct.refine) needs XᵀX
     kinds = criterion.stats | {"hessian"} if refine else criterion.stats
