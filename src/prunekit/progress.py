@@ -17,8 +17,8 @@ def track(
     """Iterate ``items``, showing a progress bar on stderr's terminal when ``enabled``.
 
     Output that is not a terminal (a log, a pipe) gets no bar, so no blank lines either."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
+    console = Console(stderr=True) if enabled else None
+    if console is None or not console.is_terminal:
         yield from items
         return
     yield from _rich_track(

@@ -15,7 +15,7 @@ from .errors import ConfigError, PrunekitError, TargetError
 from .execute import strategy_for
 from .masks import MaskState, get_mask, record_granularity, shrink_mask
 from .structure.experts import expert_modules
-from .targets import Target, default_excluded, matching, select_targets
+from .targets import Target, default_excluded, matching, output_head, select_targets
 
 
 def check_embeddings(model: nn.Module, targets: list[Target], structured: bool) -> None:
@@ -28,8 +28,7 @@ def check_embeddings(model: nn.Module, targets: list[Target], structured: bool) 
             "embedding columns through the width they feed; include embeddings only with an "
             "element-wise granularity (unstructured, N:M, block)"
         )
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
+    head = output_head(model)
     tied = getattr(head, "weight", None)
     for t in tables:
         if tied is not None and t.weight is tied:

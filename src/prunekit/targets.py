@@ -132,11 +132,17 @@ def matching(model: nn.Module, selectors: Selector | Sequence[Selector] | None) 
     return {id(m) for n, m in model.named_modules() if any(_matches(s, n, m) for s in chosen)}
 
 
-def default_excluded(model: nn.Module) -> set[int]:
-    """Modules excluded unless named: a Hugging Face model's output embeddings (``lm_head``)."""
+def output_head(model: nn.Module) -> nn.Module | None:
+    """A Hugging Face model's output embeddings (``lm_head``), if it has them."""
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
-    return {id(head)} if isinstance(head, nn.Module) else set()
+    return head if isinstance(head, nn.Module) else None
+
+
+def default_excluded(model: nn.Module) -> set[int]:
+    """Modules excluded unless named: a Hugging Face model's output embeddings (``lm_head``)."""
+    head = output_head(model)
+    return set() if head is None else {id(head)}
 
 
 def select_targets(
