@@ -26,6 +26,7 @@ from prunekit.evaluate import (
     EVALUATION_MODULES,
     docstring_corpus,
     embedding_agreement,
+    length_batches,
     mean_pooled,
     sentences,
     token_windows,
@@ -66,12 +67,7 @@ def evaluation_batches(tokenizer, ntexts: int = 512, batch_size: int = 64):
     """The first ``ntexts`` sentences of the evaluation docstrings, batched by length (little
     padding) in a fixed order."""
     texts = sentences(docstring_corpus(EVALUATION_MODULES))[:ntexts]
-    texts = sorted(texts, key=lambda t: (len(tokenizer.tokenize(t)), t))
-    return [
-        dict(tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=128,
-                       return_tensors="pt"))
-        for i in range(0, len(texts), batch_size)
-    ]  # fmt: skip
+    return length_batches(texts, tokenizer, batch_size)[0]
 
 
 #: (label, criterion, reconstruct, refine, scope); "+block" tunes each block towards the dense one

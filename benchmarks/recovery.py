@@ -39,6 +39,7 @@ from prunekit.evaluate import (
     EVALUATION_MODULES,
     docstring_corpus,
     embedding_agreement,
+    length_batches,
     mean_pooled,
     perplexity,
     sentences,
@@ -127,16 +128,6 @@ def cnn_rows(epochs: int, dense_epochs: int, seeds: list[int]) -> None:
 
 
 # ---------------------------------------------------------------------------------- MiniLM
-def sentence_batches(tokenizer, texts, batch_size):
-    """Sentences batched by length (little padding), in a fixed order."""
-    texts = sorted(texts, key=lambda t: (len(tokenizer.tokenize(t)), t))
-    return [
-        dict(tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=128,
-                       return_tensors="pt"))
-        for i in range(0, len(texts), batch_size)
-    ]  # fmt: skip
-
-
 def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str) -> None:
     from prunekit.pretrained import load_minilm
 
@@ -146,10 +137,10 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str) -> None:
     sep = torch.full((len(body), 1), tok.sep_token_id)
     ids = torch.cat([cls, body, sep], 1)  # [128, 128]
     calib = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in ids.split(16)]
-    train_batches = sentence_batches(tok, sentences(docstring_corpus(CALIBRATION_MODULES)), 32)
+    train_batches = length_batches(sentences(docstring_corpus(CALIBRATION_MODULES)), tok, 32)[0]
     order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(0))
     train_batches = [train_batches[i] for i in order]
-    evals = sentence_batches(tok, sentences(docstring_corpus(EVALUATION_MODULES))[:512], 64)
+    evals = length_batches(sentences(docstring_corpus(EVALUATION_MODULES))[:512], tok, 64)[0]
     reference = mean_pooled(dense, evals)
 
     def cosine(model, step=None):
