@@ -128,7 +128,54 @@ def cnn_rows(epochs: int, dense_epochs: int, seeds: list[int]) -> None:
 
 
 # ---------------------------------------------------------------------------------- MiniLM
-def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str) -> None:
+#: stdlib modules whose docstrings add distillation text to CALIBRATION_MODULES' (never
+#: EVALUATION_MODULES'; sentences that also occur in the evaluation corpus are dropped)
+TRAINING_MODULES = (
+    "abc", "ast", "base64", "bz2", "cmd", "code", "codeop", "colorsys", "contextlib",
+    "contextvars", "copy", "dis", "email.utils", "email.parser", "filecmp", "fileinput", "fnmatch",
+    "getopt", "glob", "graphlib", "gzip", "hashlib", "hmac", "html.parser", "http.server",
+    "http.cookies", "importlib", "ipaddress", "linecache", "lzma", "mimetypes", "numbers",
+    "operator", "optparse", "platform", "plistlib", "pprint", "pstats", "pydoc", "quopri",
+    "reprlib", "runpy", "secrets", "shelve", "shlex", "socketserver", "symtable", "sysconfig",
+    "timeit", "tokenize", "trace", "traceback", "tracemalloc", "types", "uuid", "warnings", "wave",
+    "weakref", "wsgiref.simple_server", "xmlrpc.client", "zipapp", "zoneinfo", "ctypes", "io",
+    "multiprocessing.pool", "unittest.mock", "importlib.metadata", "email.headerregistry",
+    "http.cookiejar", "pickletools", "netrc",
+)  # fmt: skip
+
+
+def training_sentences(extended: bool, held_out: list[str]) -> list[str]:
+    """Distillation sentences: those of the calibration modules (and of TRAINING_MODULES when
+    ``extended``), none of them in ``held_out``."""
+    modules = CALIBRATION_MODULES + (TRAINING_MODULES if extended else ())
+    if set(modules) & set(EVALUATION_MODULES):
+        raise SystemExit("training and evaluation modules overlap")
+    held = set(held_out)
+    return [s for s in sentences(docstring_corpus(modules)) if s not in held]
+
+
+def by_cpu_minute(evaluate, log):
+    """An ``eval_fn`` (called every step) that evaluates once each whole CPU-minute of training
+    has passed (the training loop's own CPU time: evaluations excluded) and logs it."""
+    state = {"start": time.process_time(), "evals": 0.0, "next": 1}
+
+    def eval_fn(model, step):
+        eval0 = time.process_time()
+        minutes = (eval0 - state["start"] - state["evals"]) / 60
+        value = None
+        if minutes >= state["next"]:
+            state["next"] = int(minutes) + 1
+            value = (round(minutes, 2), evaluate(model))
+            log.append((step, *value))
+            print(f"    step {step} ({minutes:.2f} CPU-min): {value[1]:.4f}", flush=True)
+        state["evals"] += time.process_time() - eval0
+        return value
+
+    return eval_fn
+
+
+def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: str, batch: int,
+                text: str, dropout: bool, freeze: bool, layers: bool) -> None:  # fmt: skip
     from prunekit.pretrained import load_minilm
 
     dense, tok = load_minilm()
@@ -137,40 +184,55 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str) -> None:
     sep = torch.full((len(body), 1), tok.sep_token_id)
     ids = torch.cat([cls, body, sep], 1)  # [128, 128]
     calib = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in ids.split(16)]
-    train_batches = length_batches(sentences(docstring_corpus(CALIBRATION_MODULES)), tok, 32)[0]
+    held_out = sentences(docstring_corpus(EVALUATION_MODULES))
+    texts = training_sentences(text == "extended", held_out)
+    train_batches = length_batches(texts, tok, batch)[0]
     order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(0))
     train_batches = [train_batches[i] for i in order]
-    evals = length_batches(sentences(docstring_corpus(EVALUATION_MODULES))[:512], tok, 64)[0]
+    evals = length_batches(held_out[:512], tok, 64)[0]
     reference = mean_pooled(dense, evals)
+    print(f"MiniLM: {len(texts)} training sentences ({text}), 512 held-out", flush=True)
 
-    def cosine(model, step=None):
+    def cosine(model):
         return embedding_agreement(reference, mean_pooled(model, evals))["cosine"]
 
-    layers = [f"encoder.layer.{i}" for i in range(dense.config.num_hidden_layers)]
+    names = [f"encoder.layer.{i}" for i in range(dense.config.num_hidden_layers)]
     example = dict(calib[0])
+    nm = dict(granularity="2:4", criterion="sparsegpt", data=calib)
+    if start == "block":
+        nm.update(reconstruct="block", refine=True)
     for label, kwargs in [
-        ("2:4 SparseGPT", dict(granularity="2:4", criterion="sparsegpt", data=calib)),
+        ("2:4 SparseGPT", nm),
         ("50% channels", dict(sparsity=0.5, granularity="channel", criterion="l2",
                               example_inputs=example)),
     ]:  # fmt: skip
         if only and not label.startswith(only):
             continue
         student = copy.deepcopy(dense)
+        prune0 = time.process_time()
         pk.prune(student, include=r"encoder\..*", **kwargs)
+        prune_cpu = time.process_time() - prune0
         before = cosine(student)
-        print(f"  {label} one-shot cosine {before:.4f}", flush=True)
+        print(f"  {label} one-shot cosine {before:.4f} ({prune_cpu:.0f} CPU-s)", flush=True)
+        if freeze:
+            student.embeddings.requires_grad_(False)  # not pruned; most of the parameters
         # the judged embedding (pooled cosine) or the last hidden state, plus every layer's MSE;
         # a short warm-up, then cosine decay over the CPU budget
+        marks: list[tuple[int, float, float]] = []
         history = distill(student, dense, train_batches, steps=100_000, lr=lr, target=target,
-                          hidden_layers=layers, warmup=10, cpu_budget=cpu_minutes * 60,
-                          eval_fn=cosine, eval_every=max(1, len(train_batches) // 2))  # fmt: skip
+                          hidden_layers=names if layers else None, warmup=10,
+                          cpu_budget=cpu_minutes * 60, dropout=dropout,
+                          eval_fn=by_cpu_minute(cosine, marks), eval_every=1)  # fmt: skip
         if kwargs["granularity"] == "channel":
             student = pk.shrink(student, example)
         after = cosine(student)
-        curve = " ".join(f"{s}:{v:.3f}" for s, v in history.evals)
+        curve = " ".join(f"{m:.1f}min/{s}:{v:.3f}" for s, m, v in marks)
+        recipe = f"start {start}, " if label.startswith("2:4") else ""
         row("all-MiniLM-L6-v2", label, "cosine", 1.0, before, after, history.cpu_seconds,
-            f"{history.steps} steps x 32 sentences, loss {target}+layers, lr {lr:g}",
-            f"[cosine by step {curve}]")  # fmt: skip
+            f"{recipe}prune {prune_cpu / 60:.1f} CPU-min; {history.steps} steps x {batch} "
+            f"sentences ({text} text), loss {target}{'+layers' if layers else ''}, lr {lr:g}, "
+            f"dropout {'on' if dropout else 'off'}, embeddings {'frozen' if freeze else 'trained'}",
+            f"[cosine by CPU-min/step {curve}]")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- SmolLM2
@@ -235,6 +297,22 @@ def main() -> None:
     parser.add_argument("--minilm-lr", type=float, default=5e-4)
     parser.add_argument("--minilm-target", default="pooled", choices=("pooled", "hidden"))
     parser.add_argument("--minilm-only", default="", help="run only the row starting so (2:4)")
+    parser.add_argument(
+        "--minilm-start",
+        default="block",
+        choices=("block", "sparsegpt"),
+        help="2:4 one-shot: SparseGPT, or + block reconstruction and refine",
+    )
+    parser.add_argument("--minilm-batch", type=int, default=32, help="sentences per step")
+    parser.add_argument(
+        "--minilm-text",
+        default="extended",
+        choices=("extended", "calibration"),
+        help="distillation text: calibration modules (+ TRAINING_MODULES)",
+    )
+    parser.add_argument("--minilm-dropout", action="store_true", help="keep dropout in training")
+    parser.add_argument("--minilm-train-embeddings", action="store_true")
+    parser.add_argument("--minilm-no-layers", action="store_true", help="no per-layer MSE")
     parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
     parser.add_argument("--smollm2-lr", type=float, default=1e-4)
     parser.add_argument("--smollm2-eval-every", type=int, default=20, help="steps per evaluation")
@@ -248,7 +326,9 @@ def main() -> None:
     if "cnn" in rows:
         cnn_rows(args.epochs, args.dense_epochs, [int(v) for v in args.seeds.split(",")])
     if "minilm" in rows:
-        minilm_rows(args.minilm_cpu_minutes, args.minilm_lr, args.minilm_target, args.minilm_only)
+        minilm_rows(args.minilm_cpu_minutes, args.minilm_lr, args.minilm_target, args.minilm_only,
+                    args.minilm_start, args.minilm_batch, args.minilm_text, args.minilm_dropout,
+                    not args.minilm_train_embeddings, not args.minilm_no_layers)  # fmt: skip
     if "smollm2" in rows:
         smollm2_rows(
             args.smollm2_cpu_minutes,

@@ -260,3 +260,34 @@ def test_lr_factor_warms_up_then_follows_the_steps_or_the_budget_whichever_is_fu
     )
     assert lr_factor(55, 100, 10, spent=0.1) == pytest.approx(0.5)  # the steps are further
     assert lr_factor(99, 100_000, 10, spent=1.0) == 0.0
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_dropout_off_trains_on_the_eval_forward_and_restores_the_rates(dropout):
+    from prunekit.train.loop import run_training
+
+    model = tiny_bert()
+    data = text_batches()
+    rates = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert rates and all(p > 0 for p in rates)
+    gaps = []
+
+    def loss_of(batch):  # the training forward against a plain eval forward of the same weights
+        out = model(**batch).last_hidden_state
+        with torch.no_grad():
+            model.eval()
+            gaps.append(float((out - model(**batch).last_hidden_state).abs().max()))
+            model.train()
+        return out.square().mean()
+
+    run_training(model, data, 4, loss_of, lr=1e-3, dropout=dropout)
+    assert (max(gaps) == 0.0) is not dropout
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == rates
+    # through distill: with dropout off nothing is random, so the seed changes nothing
+    teacher, trained = tiny_bert(), []
+    for seed in (0, 1):
+        student = copy.deepcopy(teacher)
+        pk.prune(student, 0.5, include=r"encoder\..*")
+        distill(student, teacher, data, steps=3, lr=1e-3, dropout=dropout, seed=seed)
+        trained.append(student.encoder.layer[0].output.dense.weight.detach().clone())
+    assert torch.equal(*trained) is not dropout

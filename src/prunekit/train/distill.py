@@ -309,6 +309,7 @@ def distill(
     eval_every: int | None = None,
     after_step: Callable[[int], object] | None = None,
     cpu_budget: float | None = None,
+    dropout: bool = True,
     seed: int = 0,
     progress: bool = False,
 ) -> History:
@@ -319,10 +320,10 @@ def distill(
     without gradients, on its own device (``teacher_device`` moves it there), and the batches are
     moved to each model's device. The student's masks hold throughout. Loss terms: see the module
     docstring; ``target`` forces ``"logits"`` (KL), ``"hidden"`` (MSE) or ``"pooled"`` (cosine of
-    mean-pooled embeddings). ``eval_fn(student, step)``
-    runs every ``eval_every`` steps and at the end; ``cpu_budget`` (CPU seconds) may end training
-    early. Under ``torch.distributed`` the student trains under DDP (gradients averaged across
-    ranks). The same ``seed`` and data give the same weights. Returns the
+    mean-pooled embeddings). ``eval_fn(student, step)`` runs every ``eval_every`` steps and at the
+    end; ``cpu_budget`` (CPU seconds) may end training early; ``dropout=False`` trains the student
+    with its dropout off. Under ``torch.distributed`` the student trains under DDP (gradients
+    averaged across ranks). The same ``seed`` and data give the same weights. Returns the
     :class:`~prunekit.train.loop.History`.
     """
     distiller = Distiller(
@@ -367,5 +368,6 @@ def distill(
         eval_every=eval_every,
         after_step=after_step,
         cpu_budget=cpu_budget,
+        dropout=dropout,
         label="distilling",
     )

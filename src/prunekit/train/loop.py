@@ -96,6 +96,21 @@ def training_mode(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     return model_mode(model, training=True)
 
 
+@contextlib.contextmanager
+def dropout_off(model: nn.Module) -> Iterator[None]:
+    """Every dropout module of ``model`` at rate 0 (Hugging Face attention reads its dropout
+    module's ``p`` too); the rates are restored on exit."""
+    kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    rates = [(m, m.p) for m in model.modules() if isinstance(m, kinds)]
+    for m, _ in rates:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in rates:
+            m.p = p
+
+
 def run_training(
     model: nn.Module,
     data: Iterable[Any],
@@ -113,6 +128,7 @@ def run_training(
     eval_every: int | None = None,
     after_step: Callable[[int], object] | None = None,
     cpu_budget: float | None = None,
+    dropout: bool = True,
     label: str = "training",
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps on ``loss_of(raw batch)``; return the history.
@@ -126,7 +142,8 @@ def run_training(
     and at the end; then ``after_step(step)`` (a Pruner's ``step``), after every optimizer step.
     ``cpu_budget`` (process CPU seconds of training, evaluations excluded) ends training early once
     spent; the cosine decay then follows whichever of the step count and the budget is further
-    along, so a budget-bound run still anneals its learning rate to zero.
+    along, so a budget-bound run still anneals its learning rate to zero. ``dropout=False``
+    trains with every dropout rate at 0 (a student matching a deterministic teacher).
     """
     check_positive("steps", steps)
     lr = check_number("lr", lr, 0.0)
@@ -153,7 +170,8 @@ def run_training(
     def trained() -> float:  # CPU seconds of training so far
         return time.process_time() - cpu0 - history.eval_cpu_seconds
 
-    with torch.random.fork_rng(devices=[]), training_mode(model):
+    no_dropout = contextlib.nullcontext() if dropout else dropout_off(model)
+    with torch.random.fork_rng(devices=[]), training_mode(model), no_dropout:
         torch.manual_seed(seed)
         for step in track(range(steps), label, progress):
             used = min(1.0, trained() / cpu_budget) if cpu_budget else 0.0
