@@ -9,10 +9,12 @@ Rows (``--rows`` picks a subset):
   2:4 via 3:4) while it distils from the dense model, mixed with the labels' loss. One-shot: the
   dense model pruned once, no training. Metric: test accuracy (540 images: one = 0.19 pt), the
   mean over seeds and the spread of the loss.
-* ``minilm``: all-MiniLM-L6-v2's encoder at 2:4 (SparseGPT) and 50% channels, one-shot on 128 x 128
-  tokens of stdlib docstrings, then distilled from the dense model (last and per-layer hidden
-  states) on calibration-module sentences. Metric: mean cosine of sentence embeddings against
-  dense on 512 sentences of disjoint modules.
+* ``minilm``: all-MiniLM-L6-v2's encoder at 2:4 (SparseGPT, by default with block reconstruction
+  and refine) and 50% channels, one-shot on 128 x 128 tokens of stdlib docstrings, then distilled
+  from the dense model (pooled-embedding cosine plus every layer's hidden-state MSE; dropout off,
+  word embeddings frozen) on sentences of the calibration modules and TRAINING_MODULES. Metric:
+  mean cosine of sentence embeddings against dense on 512 sentences of EVALUATION_MODULES (no
+  training sentence among them), measured after each CPU-minute of training.
 * ``smollm2``: SmolLM2-135M at 2:4 and 50% unstructured (SparseGPT), then distilled (logits KL) on
   calibration-module docstrings. Metric: perplexity on disjoint docstrings.
 
