@@ -57,8 +57,10 @@ def check_finite(targets: list[Target]) -> None:
 def prune_structured(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     """Score every coupled group's units, allocate, and mask the pruned units' slices."""
     res = pruner.resolved
-    prune_groups(pruner.groups(), sparsity, res.criterion, ctx, res.allocation, res.granularity)
-    for t in pruner.targets:
+    groups = pruner.groups()
+    prune_groups(groups, sparsity, res.criterion, ctx, res.allocation, res.granularity)
+    sliced = [t for g in groups for s in g.slots if (t := s.target()) is not None]
+    for t in pruner.targets + sliced:  # sliced: MoE expert weights too
         if get_mask(t.module, t.param) is not None:
             record_granularity(t.module, t.param, res.granularity.spec)
 
