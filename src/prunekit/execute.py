@@ -115,10 +115,11 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     criterion, gran = res.criterion, res.criterion.comparison(res.granularity)
     tables = [t for t in pruner.targets if t.embedding]
     layers = [t for t in pruner.targets if not t.embedding]
-    if tables and layers:  # bad data raises before the tables' masks are written
+    scored = res.allocation.needs_scores and layers  # the scoring pass reads every batch
+    if tables and layers and not scored:  # bad data raises before the tables' masks are written
         check_batches(ctx.model, ctx.data, layers)
     budget: dict[str, float] = {t.qualname: sparsity for t in layers}
-    if res.allocation.needs_scores and layers:
+    if scored:
         units: dict[str, torch.Tensor] = {}
 
         def score(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
