@@ -140,6 +140,7 @@ def nm_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torc
 
 class _NM(CompiledKernel):
     symbol = ""
+    version = 2  # L2 prefetches: decisions cached for version 1 are stale
 
     def available(self) -> bool:
         return library_function(SOURCE, self.symbol, ARGTYPES, ctypes.c_int) is not None
