@@ -6,9 +6,9 @@ Rows (``--rows`` picks a subset):
   50% channels (shrunk), over ``--seeds`` (init and batch order). Dense and pruned models get the
   same total epochs: the dense row trains ``--epochs``; the pruned row trains ``--dense-epochs``
   dense, then prunes during training (cubic schedule over the first half of the remaining epochs;
-  2:4 via 3:4) while it distils from the dense model, mixed with the labels' loss. One-shot: the
-  dense model pruned once, no training. Metric: test accuracy (540 images: one = 0.19 pt), the
-  mean over seeds and the spread of the loss.
+  2:4: 3:4 at once, 2:4 a quarter of the way in) while it distils from the dense model, mixed
+  with the labels' loss. One-shot: the dense model pruned once, no training. Metric: test
+  accuracy (540 images: one = 0.19 pt), the mean over seeds and the spread of the loss.
 * ``minilm``: all-MiniLM-L6-v2's encoder at 2:4 (SparseGPT, by default with block reconstruction
   and refine) and 50% channels, one-shot on 128 x 128 tokens of stdlib docstrings, then distilled
   from the dense model (pooled-embedding cosine plus every layer's hidden-state MSE; dropout off,
@@ -65,8 +65,9 @@ def row(model: str, config: str, metric: str, dense: float, oneshot: float, reco
 def cnn_rows(epochs: int, dense_epochs: int, seeds: list[int]) -> None:
     """Per seed (initialisation and batch order; the train/test split is fixed): a dense model
     trains ``epochs``; each pruned model trains ``dense_epochs`` dense, then prunes during the
-    remaining epochs (cubic schedule over their first half; 2:4 via 3:4) while it distils from
-    the final dense model with the labels' loss. Same total epochs for both."""
+    remaining epochs (cubic schedule over their first half; 2:4: 3:4 at once, 2:4 a quarter of
+    the way in) while it distils from the final dense model with the labels' loss. Same total
+    epochs for both."""
     x_tr, y_tr, x_te, y_te = load_digits_split(0)
     configs = {
         "90% unstructured": pk.PruneConfig(sparsity=0.9, scope="global"),
@@ -95,17 +96,18 @@ def cnn_rows(epochs: int, dense_epochs: int, seeds: list[int]) -> None:
         for label, config in configs.items():
             oneshot = copy.deepcopy(dense)
             pk.prune(oneshot, config, example_inputs=example)
-            nm = config.granularity == "2:4"
-            if not nm:
-                config = dataclasses.replace(
-                    config, schedule=pk.Cubic(0, ramp, every=max(1, per_epoch // 2))
-                )
+            if config.granularity == "2:4":  # 3:4 at once, 2:4 a quarter of the way in
+                config = dataclasses.replace(config, schedule=pk.Iterative(2, every=ramp // 2))
+                recover = len(batches) - ramp // 2
+            else:
+                schedule = pk.Cubic(0, ramp, every=max(1, per_epoch // 2))
+                config = dataclasses.replace(config, schedule=schedule)
+                recover = len(batches) - ramp
             result = prune_and_recover(
                 copy.deepcopy(base),
                 config,
                 batches,
-                recover_steps=len(batches) // 2 if nm else len(batches) - ramp,
-                prune_steps=2,
+                recover_steps=recover,
                 teacher=dense,
                 example_inputs=example,
                 inputs=lambda b: b[0],
