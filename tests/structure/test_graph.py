@@ -133,8 +133,8 @@ def test_shrink_refuses_a_wrong_model(monkeypatch):
 
     real = shrink_mod._removals
 
-    def wrong(groups):
-        out = real(groups)
+    def wrong(groups, *cache):
+        out = real(groups, *cache)
         first = next(iter(out.values()))
         dim = next(iter(first))
         drop = first[dim].clone()

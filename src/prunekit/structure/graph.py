@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import TargetError
-from ..masks import arm, mask_names
+from ..masks import arm, is_armed, mask_names
 
 #: calls that only read metadata; never recorded
 _METADATA = {
@@ -224,7 +224,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
             if p is not None:
                 owners.setdefault(id(p), []).append((mod_name, module, pname))
     for module in model.modules():  # arm copied masks now, not inside the recorded forward
-        if any(True for _ in mask_names(module)):
+        if not is_armed(module) and any(True for _ in mask_names(module)):
             arm(module)
     stack = [""]
     was_training = model.training

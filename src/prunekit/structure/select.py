@@ -33,7 +33,8 @@ def _element_scores(
     if key not in cache:
         cache[key] = target.from_matrix(criterion.scores(target, ctx).float()).cpu()
     s = cache[key]
-    return s.movedim(slot.dim, 0).reshape(s.shape[slot.dim], -1).sum(1)
+    rest = [d for d in range(s.dim()) if d != slot.dim]
+    return s.sum(rest) if rest else s
 
 
 def unit_scores(
@@ -151,25 +152,28 @@ def choose(
 @torch.no_grad()
 def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
     """Zero the slices of the pruned units with masks (parameters only; buffers keep values)."""
-    keeps: dict[int, tuple[nn.Module, str, torch.Tensor]] = {}
+    drops: dict[int, tuple[nn.Module, str, dict[int, torch.Tensor]]] = {}
     for g, mask in zip(groups, pruned, strict=True):
         if not mask.any():
             continue
         for slot, idx in g.members():
             if not slot.is_param:
                 continue
-            key = id(slot.tensor)
-            if key not in keeps:
-                keeps[key] = (
-                    slot.module,
-                    slot.attr,
-                    torch.ones_like(slot.tensor, dtype=torch.bool),
-                )
-            keep = keeps[key][2]
+            t = slot.tensor
+            by_dim = drops.setdefault(id(t), (slot.module, slot.attr, {}))[2]
+            if slot.dim not in by_dim:
+                by_dim[slot.dim] = torch.zeros(t.shape[slot.dim], dtype=torch.bool)
             drop = idx[mask].reshape(-1)
-            keep.index_fill_(slot.dim, drop[drop >= 0].to(keep.device), False)
-    for module, attr, keep in keeps.values():
-        shrink_mask(module, attr, keep)
+            by_dim[slot.dim][drop[drop >= 0]] = True
+    for module, attr, by_dim in drops.values():
+        shape = getattr(module, attr).shape
+        keep = None
+        for dim, drop in by_dim.items():
+            view = [1] * len(shape)
+            view[dim] = shape[dim]
+            kept = ~drop.view(view)  # broadcasts along the other dimensions
+            keep = kept if keep is None else keep & kept
+        shrink_mask(module, attr, keep.expand(shape))
 
 
 def prune_groups(
