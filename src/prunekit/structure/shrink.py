@@ -81,7 +81,7 @@ def _kept(t: torch.Tensor, drops: dict[int, torch.Tensor], mask: torch.Tensor | 
         data = data.index_select(dim, keep)
         mask = mask.index_select(dim, keep) if mask is not None else None
     if mask is not None:
-        data = data.mul_(mask) if drops else data * mask
+        data = data.mul_(mask.view(torch.uint8)) if drops else data * mask
     if isinstance(t, nn.Parameter):
         return nn.Parameter(data, requires_grad=t.requires_grad)
     return data
@@ -118,6 +118,12 @@ def _copy(model: nn.Module, removals: Removals, skip: set[int]) -> tuple[nn.Modu
         if any(True for _ in mask_names(module)):
             unmask(module)
     return small, memo
+
+
+def _holds(module: nn.Module, removals: Removals) -> bool:
+    """``module`` holds a tensor that loses slices."""
+    tensors = (*module._parameters.values(), *module._buffers.values())
+    return any(t is not None and id(t) in removals for t in tensors)
 
 
 @torch.no_grad()
@@ -195,12 +201,9 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         small, memo = _copy(model, removals, gone)
         if layers is not None:
             drop_layers(small, *layers)
-        for module in model.modules():
-            new = memo.get(id(module))
-            if new is not None and id(module) not in gone and any(
-                id(t) in removals for t in (*module._parameters.values(), *module._buffers.values())
-            ):
-                resize(new)
+        for module in model.modules():  # size attributes follow the sliced tensors
+            if id(module) not in gone and _holds(module, removals):
+                resize(memo[id(module)])
         rescale_rms_norms(small, {id(memo[k]): w for k, w in rms.items() if k in memo})
         moes, heads = copy.deepcopy(([g.info["moe"] for g in experts], heads), memo)
         patch_moe(small, moes)
