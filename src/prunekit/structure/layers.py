@@ -19,7 +19,7 @@ from torch import nn
 from ..calibrate import first_output, hidden_key
 from ..errors import TargetError
 from ..masks import mask_names
-from .graph import call_model
+from .graph import call_model, eval_mode
 from .groups import Group, Slot
 
 #: config fields that list one entry per layer
@@ -54,15 +54,13 @@ def _zeroed_is_identity(model: nn.Module, block: nn.Module, example_inputs: Any)
         raise _Captured  # the rest of the forward is not needed
 
     handle = block.register_forward_pre_hook(grab, with_kwargs=True)
-    was = model.training
     try:
-        model.eval()
-        call_model(model, example_inputs)
+        with eval_mode(model):
+            call_model(model, example_inputs)
     except _Captured:
         pass
     finally:
         handle.remove()
-        model.train(was)
     if not seen:
         return False
     args, kwargs = seen[0]

@@ -13,7 +13,7 @@ from ..errors import VerificationError
 from ..masks import mask_names, unmask
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
-from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
+from .graph import call_model, check_inputs, eps_attr, eval_mode, flatten, is_rms_norm
 from .groups import Group, cached_groups, channel_groups, live_slices
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
@@ -71,6 +71,17 @@ def _unexplained(model: nn.Module, removals: Removals, skip: set[int]) -> bool:
     return False
 
 
+def _take(t: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(dim, keep)``; past dimension 0 as a gather, several times faster on CPU."""
+    if dim == 0 or t.dim() < 2:
+        return t.index_select(dim, keep)
+    shape = list(t.shape)
+    shape[dim] = len(keep)
+    view = [1] * t.dim()
+    view[dim] = len(keep)
+    return torch.gather(t, dim, keep.view(view).expand(shape))
+
+
 @torch.no_grad()
 def _kept(t: torch.Tensor, drops: dict[int, torch.Tensor], mask: torch.Tensor | None) -> Any:
     """A new tensor: the kept slices of ``t`` (``drops``: dim -> bool, True where an index
@@ -78,8 +89,8 @@ def _kept(t: torch.Tensor, drops: dict[int, torch.Tensor], mask: torch.Tensor | 
     data = t.detach()
     for dim, drop in drops.items():
         keep = torch.nonzero(~drop).flatten().to(data.device)
-        data = data.index_select(dim, keep)
-        mask = mask.index_select(dim, keep) if mask is not None else None
+        data = _take(data, dim, keep)
+        mask = _take(mask, dim, keep) if mask is not None else None
     if mask is not None:
         data = data.mul_(mask.view(torch.uint8)) if drops else data * mask
     if isinstance(t, nn.Parameter):
@@ -115,9 +126,18 @@ def _copy(model: nn.Module, removals: Removals, skip: set[int]) -> tuple[nn.Modu
     for cache in _CACHES:
         small.__dict__.pop(cache, None)
     for module in small.modules():
-        if any(True for _ in mask_names(module)):
+        if _has_mask(module):
             unmask(module)
     return small, memo
+
+
+def _has_mask(module: nn.Module) -> bool:
+    return any(True for _ in mask_names(module))
+
+
+def _masks_some(module: nn.Module) -> bool:
+    """Some mask of ``module`` removes an entry."""
+    return any(m.numel() and not m.view(torch.uint8).min() for _, m in mask_names(module))
 
 
 def _holds(module: nn.Module, removals: Removals) -> bool:
@@ -157,13 +177,8 @@ def max_rel_error(ref: Any, out: Any) -> float:
 
 
 def _run(model: nn.Module, inputs: Any) -> Any:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return call_model(model, inputs)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        return call_model(model, inputs)
 
 
 def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.Module:
@@ -176,27 +191,30 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     check_inputs(example_inputs)
     ref = None
     with torch_threads(1):  # hundreds of small ops
-        channels = cached_groups(model, example_inputs)  # from pk.prune
-        if channels is None:
-            analysis = channel_groups(model, example_inputs, warn=False)
-            ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
-            channels = analysis.groups
-        experts = expert_groups(model)
-        cache: dict = {}
-        removals = _removals(channels + experts, cache)
         layers = dead_layers(model, example_inputs)
         gone: set[int] = set()  # modules of the blocks that go
         if layers is not None:
             blocks, dead = layers[0].info["blocks"], torch.nonzero(layers[1]).flatten().tolist()
             gone = {id(m) for i in dead for m in blocks[i].modules()}
-        heads: list[Group] = []
-        # heads are searched where some were pruned (masked rows or columns nothing else
-        # removes) and where a config must be told every attention's counts
-        if hasattr(getattr(model, "config", None), "to_dict") or _unexplained(
-            model, removals, gone
-        ):
-            heads = head_groups(model, example_inputs=example_inputs)
-            removals = _removals(channels + heads + experts, cache)
+        channels = heads = experts = []
+        removals: Removals = {}
+        if any(id(m) not in gone and _masks_some(m) for m in model.modules()):
+            # masks beyond the blocks that go: find the channels, experts and heads they remove
+            channels = cached_groups(model, example_inputs)  # from pk.prune
+            if channels is None:
+                analysis = channel_groups(model, example_inputs, warn=False)
+                ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
+                channels = analysis.groups
+            experts = expert_groups(model)
+            cache: dict = {}
+            removals = _removals(channels + experts, cache)
+            # heads are searched where some were pruned (masked rows or columns nothing else
+            # removes) and where a config must be told every attention's counts
+            if hasattr(getattr(model, "config", None), "to_dict") or _unexplained(
+                model, removals, gone
+            ):
+                heads = head_groups(model, example_inputs=example_inputs)
+                removals = _removals(channels + heads + experts, cache)
         rms = {id(m): m.weight.shape[0] for m in model.modules() if is_rms_norm(m)}
         small, memo = _copy(model, removals, gone)
         if layers is not None:
