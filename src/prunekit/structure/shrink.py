@@ -93,6 +93,9 @@ def _kept(t: torch.Tensor, drops: dict[int, torch.Tensor], mask: torch.Tensor | 
         mask = _take(mask, dim, keep) if mask is not None else None
     if mask is not None:
         data = data.mul_(mask.view(torch.uint8)) if drops else data * mask
+    channels_last = torch.channels_last
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=channels_last):
+        data = data.contiguous(memory_format=channels_last)  # the layout the model chose
     if isinstance(t, nn.Parameter):
         return nn.Parameter(data, requires_grad=t.requires_grad)
     return data
