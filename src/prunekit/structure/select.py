@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..allocation import Allocation
-from ..criteria import Criterion, ScoreContext
-from ..errors import WeightError
+from ..criteria import CRITERIA, Criterion, ScoreContext
+from ..errors import ConfigError, WeightError
 from ..granularity.structured import Structured
 from ..masks import shrink_mask
 from ..targets import Target
@@ -25,8 +25,8 @@ def _element_scores(
 ) -> torch.Tensor | None:
     """The criterion's element scores summed per index along the slot's dimension ``[size]``."""
     target = slot.target()
-    if target is None and not (criterion.requires_data or criterion.stats):
-        target = slot.recurrent()  # a data-free criterion scores any weight
+    if target is None and not criterion.stats:
+        target = slot.recurrent()  # data-free and gradient criteria score any weight
     if target is None:
         return None
     key = id(target.weight)
@@ -77,15 +77,34 @@ def _gather(per: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return (per[idx.clamp_min(0)] * (idx >= 0)).sum(1)
 
 
-def group_targets(groups: list[Group]) -> list[Target]:
-    """The prunable weights the groups touch (for criteria that collect statistics)."""
+def group_targets(groups: list[Group], recurrent: bool = False) -> list[Target]:
+    """The prunable weights the groups touch (for criteria that collect statistics), and the
+    LSTM/GRU/RNN weights with ``recurrent``."""
     seen: dict[int, Target] = {}
     for g in groups:
         for s in g.slots:
-            t = s.target()
+            t = s.target() or (s.recurrent() if recurrent else None)
             if t is not None:
                 seen.setdefault(id(t.weight), t)
     return list(seen.values())
+
+
+def check_recurrent(groups: list[Group], criterion: Criterion) -> None:
+    """Refuse a criterion that ranks units by per-layer activation statistics where a group holds
+    LSTM/GRU/RNN weights: those statistics say nothing of a recurrent unit (its gates mix its
+    own past outputs), so its units would be ranked by nothing."""
+    if not criterion.stats:
+        return
+    for g in groups:
+        for s in g.slots:
+            if s.recurrent() is not None:
+                name = CRITERIA.name_of(type(criterion))
+                raise ConfigError(
+                    f"criterion {name!r} ranks units by per-layer activation statistics, which "
+                    f"cannot rank the units of recurrent layer {s.name.rpartition('.')[0]} "
+                    f"({type(s.module).__name__}); use a data-free criterion (magnitude, l2, "
+                    "random) or a gradient one (taylor, obd)"
+                )
 
 
 def role(group: Group) -> tuple:
@@ -190,7 +209,8 @@ def prune_groups(
     if not groups:
         _warn_nothing(f"the model has no prunable {granularity.spec} group")
         return
-    criterion.collect(group_targets(groups), ctx)
+    check_recurrent(groups, criterion)
+    criterion.collect(group_targets(groups, recurrent=not criterion.stats), ctx)
     with torch_threads(1):  # hundreds of small ops
         cache: dict[int, torch.Tensor] = {}
         dead_cache: dict = {}
