@@ -125,3 +125,17 @@ def test_activation_statistics_refuse_lstm_units_before_any_mask():
                  example_inputs=x)  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(n.endswith("_pk_mask") for n, _ in model.named_buffers())
+
+
+@pytest.mark.parametrize(
+    "selector", [{"exclude": ["0"]}, {"exclude": [nn.LSTM]}, {"include": ["2"]}]
+)
+def test_an_excluded_lstm_keeps_its_units(selector):
+    model, x = _lstm_head(), torch.randn(4, 5, 6)
+    lstm = {k: v.clone() for k, v in model[0].state_dict().items()}
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x, **selector)
+    assert all(torch.equal(lstm[k], v) for k, v in model[0].state_dict().items())
+    assert not any(n.endswith("_pk_mask") for n, _ in model[0].named_buffers())
+    # the head's inputs are the LSTM's units: cutting them would need the LSTM cut too
+    assert bool(model[2].weight.detach().all())
+
