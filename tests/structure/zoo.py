@@ -119,7 +119,7 @@ class MHABlock(nn.Module):
         return self.out(h)
 
 
-@zoo("mha", lambda: torch.randn(2, 6, 12, generator=torch.Generator().manual_seed(2)))
+@zoo("mha", lambda: torch.randn(2, 6, 12, generator=torch.Generator().manual_seed(2)), True)
 def mha() -> nn.Module:
     return MHABlock()
 
@@ -358,7 +358,7 @@ hf(
     "swinv2",  # a non-persistent buffer (relative_coords_table) feeds a linear layer
     image(),
     "Swinv2ForImageClassification",
-    False,
+    True,
     "the attention's per-head channels (logit scale, position-bias MLP output) stay: its eager "
     "attention has no head adapter",
     image_size=32,

@@ -140,6 +140,10 @@ class HeadAdapter:
         if hasattr(holder, "num_key_value_groups"):
             holder.num_key_value_groups = hq // hkv
 
+    def reattach(self, module: nn.Module) -> None:
+        """Restore what :meth:`resize` did beyond size attributes (a module class, a hook) on a
+        module that a checkpoint's shape manifest has just resized (see :func:`reattach`)."""
+
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:
     try:
@@ -239,6 +243,27 @@ class SwinAttention(HeadAdapter):
 class BertAttention(HeadAdapter):
     q, k, v, o = "self.query", "self.key", "self.value", "output.dense"
     holder = "self"
+
+
+@register(
+    "swinv2",
+    "Swinv2Attention",
+    examples=(
+        hf_example(
+            "Swinv2Model", "image", image_size=32, patch_size=4, embed_dim=16, depths=[1],
+            num_heads=[4], window_size=4,
+        ),
+    ),
+)  # fmt: skip
+class Swinv2Attention(BertAttention):
+    """Swin V2: cosine attention scaled by a per-head ``logit_scale`` ``[H, 1, 1]``, plus a
+    position bias whose MLP's last layer has one output row per head."""
+
+    per_head = (
+        ("self", "logit_scale", 0),
+        ("self.continuous_position_bias_mlp.2", "weight", 0),
+        ("self.continuous_position_bias_mlp.2", "bias", 0),
+    )
 
 
 @register(
@@ -507,3 +532,15 @@ def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
                 adapter.resize(module)
                 counts.append(adapter.counts(module))
     return counts
+
+
+def reattach(model: nn.Module) -> None:
+    """Let every attention module's adapter restore, after a checkpoint's shapes were applied to
+    a freshly built ``model``, what size attributes cannot hold (``pk.load`` calls this)."""
+    for module in model.modules():
+        adapter = adapter_for(module)
+        if adapter is not None:
+            adapter.reattach(module)
+
+
+from . import mha  # noqa: E402, F401  (registers the nn.MultiheadAttention adapter)
