@@ -31,7 +31,7 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     that remain.
     """
 
-    def forward(  # noqa: PLR0913  (nn.MultiheadAttention's signature)
+    def forward(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
