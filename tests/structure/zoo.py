@@ -337,8 +337,8 @@ hf(
     eos_token_id=0,
 )
 hf("olmo2", CACHED, "Olmo2ForCausalLM", True, **LLAMA_LIKE, eos_token_id=0, pad_token_id=1)
-# Bloom's and Swinv2's heads stay (eager baddbmm / matmul attention): a known gap
-hf("bloom", CACHED, "BloomForCausalLM", vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
+# Bloom: fused per-head [q | k | v] rows, ALiBi slopes kept per layer (prunekit.structure.bloom)
+hf("bloom", CACHED, "BloomForCausalLM", True, vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
 hf(
     "codegen",  # qkv cut into mp_num=4 blocks of 2 heads: each block loses as many
     CACHED,

@@ -36,7 +36,9 @@ class Head(Structured):
     def groups(self, model: nn.Module, example_inputs: Any) -> list[Any]:
         from ..structure.heads import head_groups
 
-        groups = head_groups(model, kv_groups=self.kv_groups, example_inputs=example_inputs)
+        groups = head_groups(
+            model, kv_groups=self.kv_groups, example_inputs=example_inputs, refuse=True
+        )
         if not groups:
             raise TargetError(
                 f"{type(model).__name__} has no attention module that prunekit knows how to "

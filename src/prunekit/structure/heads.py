@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import TargetError
 from ..registry import Registry
 from .attention import CHUNK_ATTRS, StructuralAdapter, find_heads
 from .groups import Group, Slot
@@ -91,6 +92,9 @@ class HeadAdapter:
     per_head: tuple[tuple[str, str, int], ...] = ()
     #: module (relative to the adapter's module) that holds the count attributes
     holder: str = ""
+    #: the head counts may be written into a Hugging Face config (False where the config cannot
+    #: describe them: rebuilding from it would give other heads)
+    writes_config: bool = True
 
     def matches(self, module: nn.Module) -> bool:
         return all(isinstance(_get(module, p), nn.Linear) for p in (self.q, self.k, self.v, self.o))
@@ -139,6 +143,14 @@ class HeadAdapter:
         _set_existing(holder, self.width_attrs, hq * d)
         if hasattr(holder, "num_key_value_groups"):
             holder.num_key_value_groups = hq // hkv
+
+    def unsupported(self, module: nn.Module) -> str | None:
+        """Why this module's heads cannot be pruned (None: they can)."""
+        return None
+
+    def drop(self, module: nn.Module, heads: list[int]) -> None:
+        """Called before :meth:`resize` with the query heads (indices before slicing) that
+        shrinking removes, for adapters that remember which heads remain."""
 
     def reattach(self, module: nn.Module) -> None:
         """Restore what :meth:`resize` did beyond size attributes (a module class, a hook) on a
@@ -424,27 +436,43 @@ def _group(name: str, heads: Heads, units: list[list[int]], kv: list[int] | None
         for slot, idx in heads.kv_index:
             slots.append(slot)
             index.append(idx[torch.tensor(kv)])
-    return Group(name, "head", slots, index)
+    g = Group(name, "head", slots, index)
+    g.info["heads"] = units
+    return g
 
 
 def head_groups(
-    model: nn.Module, kv_groups: bool | None = None, example_inputs: Any = None
+    model: nn.Module,
+    kv_groups: bool | None = None,
+    example_inputs: Any = None,
+    refuse: bool = False,
 ) -> list[Group]:
     """Head groups of every attention module with an adapter, and (given ``example_inputs``)
     of every other attention that structure can tell (:mod:`.attention`).
 
     ``kv_groups=None`` (as ``pk.shrink`` uses) returns both kinds: whole KV groups, and tied query
     heads within KV groups where there is GQA. ``True``/``False`` picks one kind, as pruning does.
+    An attention module whose adapter cannot prune it is skipped, or with ``refuse`` raises
+    :class:`~prunekit.errors.TargetError` naming it and why.
     """
     layouts: list[tuple[str, nn.Module, HeadAdapter | StructuralAdapter, Heads]] = []
     generic: list[tuple[str, nn.Module, HeadAdapter]] = []
+    known_skip: list[str] = []  # refused by their adapter: structure must not take them either
     for name, module in model.named_modules():
         adapter = adapter_for(module)
+        why = adapter.unsupported(module) if adapter is not None else None
+        if why is not None:
+            if refuse:
+                raise TargetError(
+                    f"cannot prune the heads of {name} ({type(module).__name__}): {why}"
+                )
+            known_skip.append(name)
+            continue
         if adapter is not None and _by_class(module):
             layouts.append((name, module, adapter, adapter.layout(name, module)))
         elif adapter is not None:
             generic.append((name, module, adapter))
-    known = [n for n, *_ in layouts]
+    known = [n for n, *_ in layouts] + known_skip
     for found in find_heads(model, example_inputs) if example_inputs is not None else []:
         if any(_nested(found.module, n) for n in known):
             continue
@@ -521,7 +549,13 @@ def _nested(a: str, b: str) -> bool:
 
 def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
     """Update the head counts of every module the groups cover (after slicing); returns the
-    (query heads, KV heads, head size) of each."""
+    (query heads, KV heads, head size) of each whose adapter lets a config hold them."""
+    dropped: dict[int, list[int]] = {}
+    for g in groups:  # the query heads each module loses (groups of one module only)
+        dead = g.info.get("dead")
+        if dead is not None and g.info.get("module") is not None:
+            heads = [h for u in torch.nonzero(dead).flatten().tolist() for h in g.info["heads"][u]]
+            dropped.setdefault(id(g.info["module"]), []).extend(heads)
     done: set[int] = set()
     counts = []
     for g in groups:
@@ -529,8 +563,11 @@ def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
         for module in g.info.get("modules", [g.info.get("module")]):
             if adapter is not None and module is not None and id(module) not in done:
                 done.add(id(module))
+                if isinstance(adapter, HeadAdapter):
+                    adapter.drop(module, sorted(set(dropped.get(id(module), []))))
                 adapter.resize(module)
-                counts.append(adapter.counts(module))
+                if getattr(adapter, "writes_config", True):
+                    counts.append(adapter.counts(module))
     return counts
 
 
@@ -543,4 +580,4 @@ def reattach(model: nn.Module) -> None:
             adapter.reattach(module)
 
 
-from . import mha  # noqa: E402, F401  (registers the nn.MultiheadAttention adapter)
+from . import bloom, mha  # noqa: E402, F401  (adapters with their own module code)
