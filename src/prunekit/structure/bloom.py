@@ -27,7 +27,7 @@ class AlibiOfKeptHeads:
     """Forward pre-hook: pass on the rows of the model's ALiBi ``[B * H0, 1, S]`` that belong
     to the heads this layer kept (``module.alibi_heads``)."""
 
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None | tuple:
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
         alibi = kwargs.get("alibi")
         hidden = args[0] if args else kwargs.get("hidden_states")
         if alibi is None or hidden is None:
@@ -100,4 +100,3 @@ class BloomAttention(HeadAdapter):
     def reattach(self, module: nn.Module) -> None:
         if getattr(module, ATTR, None) is not None and not _hooked(module):
             module.register_forward_pre_hook(AlibiOfKeptHeads(), with_kwargs=True)
-
