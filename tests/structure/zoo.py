@@ -175,6 +175,19 @@ LLAMA_LIKE = {
 CACHED = tokens(use_cache=True)
 
 
+def _seq2seq_inputs(**encoder: Callable[[torch.Generator], torch.Tensor]) -> Callable[[], dict]:
+    """Encoder inputs (``input_ids`` by default) and five decoder tokens."""
+
+    def make() -> dict:
+        g = torch.Generator().manual_seed(2)
+        made = {k: f(g) for k, f in encoder.items()} or {
+            "input_ids": torch.randint(3, 64, (2, 8), generator=g)
+        }
+        return {**made, "decoder_input_ids": torch.randint(3, 64, (2, 5), generator=g)}
+
+    return make
+
+
 def _t5_inputs() -> dict:
     g = torch.Generator().manual_seed(2)
     return {
@@ -413,4 +426,55 @@ hf(
     moe_intermediate_size=32,
     head_dim=8,
 )
-# fmt: on
+
+# encoder-decoder (text, and speech: Whisper) and audio (wav2vec2) families, for heads
+SEQ2SEQ = {
+    "vocab_size": 64, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
+    "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+}  # fmt: skip
+hf(
+    "bart",
+    _seq2seq_inputs(),
+    "BartForConditionalGeneration",
+    True,
+    "the residual width stays: it picks single channels at fixed positions (__getitem__ in "
+    "module model.encoder)",
+    **SEQ2SEQ,
+    max_position_embeddings=16,
+)
+hf(
+    "whisper",
+    _seq2seq_inputs(input_features=lambda g: torch.randn(2, 8, 16, generator=g)),
+    "WhisperForConditionalGeneration",
+    True,
+    "the residual width stays: the decoder's position table couples channels along several "
+    "dimensions",
+    **SEQ2SEQ,
+    num_mel_bins=8,
+    max_source_positions=8,
+    max_target_positions=16,
+    decoder_start_token_id=1,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+hf(
+    "wav2vec2",
+    lambda: torch.randn(2, 400, generator=torch.Generator().manual_seed(2)),
+    "Wav2Vec2ForCTC",
+    True,
+    "the residual width stays: the positional conv's weight is a weight-norm parametrization, "
+    "not a module parameter",
+    vocab_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16, 16),
+    conv_stride=(5, 2),
+    conv_kernel=(10, 3),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    do_stable_layer_norm=True,
+)

@@ -243,10 +243,9 @@ def _analyse(graph: Graph) -> ChannelAnalysis:
             continue
         d = _separable_dim(el) if el.dim() else None
         if d is None:
+            why = f"used as data, couples channels along several dimensions ({attr} in module "
             for label in torch.unique(el[in_weights[el]]).tolist():
-                blocked.setdefault(
-                    label, f"{_slot(graph, pid, 0).name} couples channels along several dimensions"
-                )
+                blocked.setdefault(label, f"{why}{graph.owners[pid][0][0] or '<root>'})")
             continue
         entries.append((_slot(graph, pid, d), el.movedim(d, 0).reshape(el.shape[d], -1)[:, 0]))
     is_blocked = torch.zeros(st.count, dtype=torch.bool)

@@ -97,7 +97,10 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
 
 
 def _set(config: object, field: str, value: int) -> None:
-    """Set a config field; a derived one (a read-only property) is left as it is."""
+    """Set a config field; a derived one (a read-only property) and a per-stage list (Swin's
+    ``num_heads``, which one count cannot describe) are left as they are."""
+    if isinstance(getattr(config, field, None), (list, tuple)):
+        return
     with contextlib.suppress(AttributeError):
         setattr(config, field, value)
 
