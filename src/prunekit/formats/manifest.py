@@ -215,12 +215,14 @@ def _plan_tensors(
 
 
 def _shapes(prefix: str, module: nn.Module, plan: ManifestPlan, children: bool = False) -> Shapes:
-    """(fresh shape, planned shape) of the module's own tensors (and its children's)."""
+    """(fresh shape, planned shape) of the module's own tensors (and its children's), less the
+    non-persistent buffers: rebuilt whole by the constructor, they describe no size that a
+    shrink changes (Swinv2's ``[16, 16]`` position index beside an ``all_head_size`` of 16)."""
     out = []
     for child_name, child in [("", module), *(module.named_children() if children else ())]:
         path = ".".join(p for p in (prefix, child_name) if p)
         for pname, t in _tensors(child).items():
-            if t is not None:
+            if t is not None and pname not in child._non_persistent_buffers_set:
                 where = f"{path}.{pname}" if path else pname
                 out.append((tuple(t.shape), plan.shapes.get(where, tuple(t.shape))))
     return out

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from ..allocation import Allocation
-from ..criteria import Criterion, ScoreContext
-from ..errors import WeightError
+from ..criteria import CRITERIA, Criterion, ScoreContext
+from ..errors import ConfigError, WeightError
 from ..granularity.structured import Structured
 from ..masks import shrink_mask
 from ..targets import Target
 from ..threads import torch_threads
-from .experts import alignment
+from .experts import alignment, is_expert_weight
 from .groups import Group, Slot
 
 
@@ -186,7 +186,18 @@ def prune_groups(
     if not groups:
         _warn_nothing(f"the model has no prunable {granularity.spec} group")
         return
-    criterion.collect(group_targets(groups), ctx)
+    targets = group_targets(groups)
+    experts = sorted({t.qualname for t in targets if is_expert_weight(t.module, t.param)})
+    if criterion.stats and experts:  # refused before any calibration pass
+        name = CRITERIA.name_of(type(criterion))
+        raise ConfigError(
+            f"criterion {name!r} ranks {granularity.spec} units by per-layer input "
+            f"statistics, which MoE expert weights ({', '.join(experts[:3])}"
+            f"{', ...' if len(experts) > 3 else ''}) do not have: each expert sees only the "
+            "tokens routed to it. Use a weight criterion (magnitude, l2, taylor, obd, fpgm, "
+            "random), or remove whole experts with granularity='expert', criterion='reap'"
+        )
+    criterion.collect(targets, ctx)
     with torch_threads(1):  # hundreds of small ops
         cache: dict[int, torch.Tensor] = {}
         dead_cache: dict = {}
