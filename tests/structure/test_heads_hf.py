@@ -40,7 +40,9 @@ def test_t5_uniform_heads_load_in_plain_transformers(tmp_path):
     torch.testing.assert_close(_logits(loaded, x), _logits(small, x), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["bart", "whisper", "wav2vec2", "swinv2", "bloom"])
+@pytest.mark.parametrize(
+    "name", ["bart", "whisper", "wav2vec2", "swinv2", "bloom", "bert", "gpt2", "opt", "distilbert"]
+)
 def test_heads_the_config_cannot_describe_are_refused_by_plain_transformers(name, tmp_path):
     small, x = _heads(name)
     assert not describes(small)
