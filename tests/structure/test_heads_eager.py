@@ -166,3 +166,46 @@ def test_bloom_slow_but_exact_is_refused_up_front():
         pk.prune(model, 0.5, granularity="head", example_inputs=x)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+class EagerAttention(torch.nn.Module):
+    """Attention by matmul and softmax, projections named so no adapter recognises them."""
+
+    def __init__(self, sdpa: bool = False) -> None:
+        super().__init__()
+        self.wq, self.wk, self.wv, self.wo = (torch.nn.Linear(16, 16) for _ in range(4))
+        self.sdpa, self.num_heads = sdpa, 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        h = self.num_heads
+        q, k, v = (f(x).view(b, t, h, 4).transpose(1, 2) for f in (self.wq, self.wk, self.wv))
+        if self.sdpa:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            out = torch.softmax(q @ k.transpose(-2, -1) / 2, -1) @ v  # [B, h, T, 4]
+        return self.wo(out.transpose(1, 2).reshape(b, t, h * 4))
+
+
+class TwoAttentions(torch.nn.Module):
+    def __init__(self, first_sdpa: bool) -> None:
+        super().__init__()
+        self.a, self.b = EagerAttention(first_sdpa), EagerAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(x + self.a(x))
+
+
+def test_unreadable_attention_is_refused_by_name_or_warned_about():
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = TwoAttentions(first_sdpa=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TargetError, match=r"a \(EagerAttention\), b \(EagerAttention\)"):
+        pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    mixed = TwoAttentions(first_sdpa=True)  # `a` calls sdpa: structure finds its heads
+    with pytest.warns(UserWarning, match=r"heads of 1 attention module\(s\) stay.*b \(Eager"):
+        pk.prune(mixed, 0.5, granularity="head", example_inputs=x)
+    small = pk.shrink(mixed, x)
+    assert small.a.wq.out_features == 8 and small.b.wq.out_features == 16
