@@ -209,3 +209,38 @@ def test_unreadable_attention_is_refused_by_name_or_warned_about():
         pk.prune(mixed, 0.5, granularity="head", example_inputs=x)
     small = pk.shrink(mixed, x)
     assert small.a.wq.out_features == 8 and small.b.wq.out_features == 16
+
+
+class ScaledScores(torch.nn.Module):
+    """Per-head position biases from a Linear (as Swinv2's MLP) added to attention scores, or
+    (``mystery``) to a tensor made by the code."""
+
+    def __init__(self, mystery: bool) -> None:
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+        self.cpb = torch.nn.Linear(2, 4)  # one output row per head
+        self.table = torch.nn.Parameter(torch.randn(5, 2))
+        self.mystery = mystery
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.inp(x).view(b, t, 4, 4).transpose(1, 2)  # [B, 4, T, 4]
+        scores = torch.ones(b, 4, t, t) if self.mystery else q @ q.transpose(-2, -1)
+        bias = self.cpb(self.table).t()[None, :, :, None]  # [1, 4, T, 1]
+        out = torch.softmax(scores + bias, -1) @ q
+        return self.out(out.transpose(1, 2).reshape(b, t, 16))
+
+
+@pytest.mark.parametrize("mystery", [False, True])
+def test_per_head_channels_on_attention_scores_stay_without_a_gap_warning(mystery):
+    """Channel pruning keeps per-head rows (heads go by head pruning): silently where they meet
+    attention scores, with the "unknown origin" warning where they meet anything else."""
+    torch.manual_seed(0)
+    model, x = ScaledScores(mystery), torch.randn(2, 5, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    kept = [str(w.message) for w in caught if "stay unpruned" in str(w.message)]
+    assert bool(kept) == mystery
+    assert not mystery or "unknown origin along a channel (add in module <root>)" in kept[0]
+    assert pk.shrink(model, x).cpb.out_features == 4

@@ -372,8 +372,6 @@ hf(
     image(),
     "Swinv2ForImageClassification",
     True,
-    "the attention's per-head channels (logit scale, position-bias MLP output) stay: its eager "
-    "attention has no head adapter",
     image_size=32,
     patch_size=4,
     embed_dim=16,

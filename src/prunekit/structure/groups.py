@@ -289,6 +289,7 @@ EXPECTED = (
     "a channel dimension is split into several",
     "multiplies activations along their channels",
     "nn.MultiheadAttention ties",
+    "combined with a tensor that multiplies activations",
     NON_PERSISTENT,
 )
 
