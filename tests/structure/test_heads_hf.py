@@ -32,11 +32,15 @@ def _logits(model, x):
         return call_model(model.eval(), x).logits
 
 
-def test_t5_uniform_heads_load_in_plain_transformers(tmp_path):
-    small, x = _heads("t5")
-    assert small.config.num_heads == 2 and describes(small)
+@pytest.mark.parametrize("name", ["t5", "deit", "beit", "dinov2", "phi3", "gemma", "mixtral"])
+def test_uniform_heads_load_in_plain_transformers(name, tmp_path):
+    """Configs with a head-size field (``head_dim``; T5's ``d_kv``) take the new counts."""
+    small, x = _heads(name)
+    config = small.config
+    assert getattr(config, "num_heads", None) == 2 or config.num_attention_heads == 2
+    assert describes(small)
     small.save_pretrained(tmp_path / "hf")
-    loaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf")
+    loaded = type(small).from_pretrained(tmp_path / "hf")
     torch.testing.assert_close(_logits(loaded, x), _logits(small, x), rtol=0, atol=1e-6)
 
 
