@@ -476,3 +476,32 @@ hf(
     num_conv_pos_embedding_groups=4,
     do_stable_layer_norm=True,
 )
+# eager attention served by class adapters: DeBERTa-v2 (disentangled position projections) and
+# GPT-Neo (local and global layers)
+hf(
+    "deberta_v2",
+    tokens(),
+    "DebertaV2ForSequenceClassification",
+    True,
+    **BERT_LIKE,
+    relative_attention=True,
+    pos_att_type=["p2c", "c2p"],
+    max_relative_positions=8,
+    position_buckets=4,
+    num_labels=3,
+)
+hf(
+    "gpt_neo",
+    CACHED,
+    "GPTNeoForCausalLM",
+    True,
+    vocab_size=64,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    attention_types=[[["global", "local"], 1]],
+    max_position_embeddings=16,
+    window_size=4,
+    bos_token_id=0,
+    eos_token_id=0,
+)

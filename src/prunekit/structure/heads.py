@@ -226,8 +226,15 @@ class ProjAttention(HeadAdapter):
     "OPTAttention",
     "BartAttention",
     "WhisperAttention",
-    examples=(hf_example("OPTForCausalLM", **_TEXT, ffn_dim=64, word_embed_proj_dim=32),),
-)
+    "GPTNeoSelfAttention",
+    examples=(
+        hf_example("OPTForCausalLM", **_TEXT, ffn_dim=64, word_embed_proj_dim=32),
+        hf_example(  # eager attention (no sdpa call for structure to read)
+            "GPTNeoForCausalLM", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+            attention_types=[[["global", "local"], 1]], max_position_embeddings=16,
+        ),
+    ),
+)  # fmt: skip
 class OutProjAttention(HeadAdapter):
     o = "out_proj"
 
@@ -255,6 +262,30 @@ class SwinAttention(HeadAdapter):
 class BertAttention(HeadAdapter):
     q, k, v, o = "self.query", "self.key", "self.value", "output.dense"
     holder = "self"
+
+
+@register(
+    "deberta-v2",
+    "DebertaV2Attention",
+    examples=(
+        hf_example(
+            "DebertaV2Model", **_TEXT, intermediate_size=64, relative_attention=True,
+            pos_att_type=["p2c", "c2p"], max_relative_positions=8, position_buckets=4,
+        ),
+    ),
+)  # fmt: skip
+class DebertaV2Attention(BertAttention):
+    """DeBERTa-v2/v3 disentangled attention: besides q/k/v, the projections of the relative
+    position embeddings (``pos_query_proj``/``pos_key_proj``, absent with ``share_att_key``)
+    have one block of rows per head."""
+
+    q, k, v = "self.query_proj", "self.key_proj", "self.value_proj"
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        heads = super().layout(prefix, module)
+        for path in ("self.pos_query_proj", "self.pos_key_proj"):
+            heads.q += _linear_slots(prefix, module, path, True)
+        return heads
 
 
 @register(
