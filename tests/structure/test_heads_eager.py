@@ -244,3 +244,19 @@ def test_per_head_channels_on_attention_scores_stay_without_a_gap_warning(myster
     assert bool(kept) == mystery
     assert not mystery or "unknown origin along a channel (add in module <root>)" in kept[0]
     assert pk.shrink(model, x).cpb.out_features == 4
+
+
+def test_mpnet_layers_keep_the_same_heads_as_the_shared_position_bias():
+    model, x = ZOO["mpnet"](), INPUTS["mpnet"]()
+    original = copy.deepcopy(model)
+    pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    kept = [_kept(model, f"mpnet.encoder.layer.{i}.attention.attn", "o", 8) for i in range(2)]
+    assert kept[0] == kept[1] and len(kept[0]) == 2
+    small = pk.shrink(model, x)
+    bias = original.mpnet.encoder.relative_attention_bias.weight  # [buckets, heads]
+    assert torch.equal(small.mpnet.encoder.relative_attention_bias.weight, bias[:, kept[0]])
+    rows = torch.tensor([h * 8 + j for h in kept[0] for j in range(8)])
+    for i in range(2):
+        a, b = small.mpnet.encoder.layer[i].attention.attn, original.mpnet.encoder.layer[i]
+        assert torch.equal(a.k.weight, b.attention.attn.k.weight[rows])
+        assert a.num_attention_heads == 2

@@ -505,3 +505,10 @@ hf(
     bos_token_id=0,
     eos_token_id=0,
 )
+hf(
+    "mpnet",  # one relative position bias for all layers: every layer keeps the same heads
+    tokens(),
+    "MPNetForMaskedLM",
+    True,
+    **BERT_LIKE,
+)

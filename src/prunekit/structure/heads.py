@@ -365,6 +365,51 @@ class T5Attention(HeadAdapter):
 
 
 @register(
+    "mpnet",
+    "MPNetEncoder",
+    examples=(hf_example("MPNetModel", **_TEXT, intermediate_size=64),),
+)
+class MPNetEncoder(HeadAdapter):
+    """MPNet: the encoder computes one relative position bias ``[B, H, T, T]`` (its
+    ``relative_attention_bias`` has a column per head) and adds it in every layer, so every layer
+    keeps the same heads: the adapter serves the encoder, and one unit is head ``h`` of every
+    layer plus its bias column."""
+
+    def matches(self, module: nn.Module) -> bool:
+        layers = getattr(module, "layer", None)
+        return isinstance(getattr(module, "relative_attention_bias", None), nn.Embedding) and (
+            isinstance(layers, nn.ModuleList)
+            and all(isinstance(_get(m, "attention.attn"), nn.Module) for m in layers)
+        )
+
+    def _attns(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"layer.{i}.attention.attn", m.attention.attn) for i, m in enumerate(module.layer)]
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        first = module.layer[0].attention.attn
+        d = first.attention_head_size
+        heads = Heads(first.q.weight.shape[0] // d, first.k.weight.shape[0] // d, d)
+        for path, _ in self._attns(module):
+            heads.q += _linear_slots(prefix, module, f"{path}.q", True)
+            heads.q += _linear_slots(prefix, module, f"{path}.o", False)
+            heads.kv += _linear_slots(prefix, module, f"{path}.k", True)
+            heads.kv += _linear_slots(prefix, module, f"{path}.v", True)
+        heads.per_head.append(_slot(prefix, module, "relative_attention_bias", "weight", 1))
+        return heads
+
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        attn = module.layer[0].attention.attn
+        return attn.num_attention_heads, attn.num_attention_heads, attn.attention_head_size
+
+    def resize(self, module: nn.Module) -> None:
+        for _, attn in self._attns(module):
+            h = attn.q.weight.shape[0] // attn.attention_head_size
+            attn.num_attention_heads, attn.all_head_size = h, h * attn.attention_head_size
+        module.n_heads = module.relative_attention_bias.weight.shape[1]
+        module.relative_attention_bias.embedding_dim = module.n_heads
+
+
+@register(
     "phi3", "Phi3Attention", examples=(hf_example("Phi3ForCausalLM", **_LLAMA, pad_token_id=0),)
 )
 class Phi3Attention(HeadAdapter):

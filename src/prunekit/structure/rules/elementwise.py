@@ -37,13 +37,20 @@ class Elementwise(Rule):
         Example(lambda: mlp_around(lambda h: torch.relu(h) * 2 + torch.sigmoid(h) - h / 3), VEC),
     )
 
+    untracked = True  # scaled or masked attention scores are still scores (st.products)
+
     def apply(self, call: Call, st: State) -> None:
         out = first_output(call)
         if out is None:
             return
+        ins = tensors_of((call.args, call.kwargs))
+        if any(id(t) in st.products for t in ins):
+            st.products.add(id(out))
+        if not any(st.tracked(t) for t in ins):
+            return
         shape = out.shape
         known, unknown, shared = [], [], []
-        for t in tensors_of((call.args, call.kwargs)):
+        for t in ins:
             a = st.small(t)
             if a is not None and a.dim() < len(shape):
                 a = a.view((1,) * (len(shape) - a.dim()) + tuple(a.shape))
