@@ -239,16 +239,11 @@ class OutProjAttention(HeadAdapter):
     o = "out_proj"
 
 
-@register(
-    "swin",
-    "SwinAttention",
-    examples=(
-        hf_example(
-            "SwinModel", "image", image_size=32, patch_size=4, embed_dim=16, depths=[1],
-            num_heads=[4], window_size=4,
-        ),
-    ),
-)  # fmt: skip
+_SWIN = {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1], "num_heads": [4],
+         "window_size": 4}  # fmt: skip
+
+
+@register("swin", "SwinAttention", examples=(hf_example("SwinModel", "image", **_SWIN),))
 class SwinAttention(HeadAdapter):
     per_head = (("relative_position_bias", "relative_position_bias_table", 1),)
 
@@ -288,16 +283,7 @@ class DebertaV2Attention(BertAttention):
         return heads
 
 
-@register(
-    "swinv2",
-    "Swinv2Attention",
-    examples=(
-        hf_example(
-            "Swinv2Model", "image", image_size=32, patch_size=4, embed_dim=16, depths=[1],
-            num_heads=[4], window_size=4,
-        ),
-    ),
-)  # fmt: skip
+@register("swinv2", "Swinv2Attention", examples=(hf_example("Swinv2Model", "image", **_SWIN),))
 class Swinv2Attention(BertAttention):
     """Swin V2: cosine attention scaled by a per-head ``logit_scale`` ``[H, 1, 1]``, plus a
     position bias whose MLP's last layer has one output row per head."""
