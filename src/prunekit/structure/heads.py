@@ -640,6 +640,3 @@ def reattach(model: nn.Module) -> None:
         adapter = adapter_for(module)
         if adapter is not None:
             adapter.reattach(module)
-
-
-from . import bloom, mha  # noqa: E402, F401  (adapters with their own module code)
