@@ -82,6 +82,7 @@ def row_scales(weight: torch.Tensor) -> torch.Tensor:
 
 class _Bitmask(CompiledKernel):
     symbol = ""
+    version = 2  # L2 prefetches: decisions cached for version 1 are stale
     argtypes = ARGTYPES
 
     def available(self) -> bool:
