@@ -138,4 +138,3 @@ def test_an_excluded_lstm_keeps_its_units(selector):
     assert not any(n.endswith("_pk_mask") for n, _ in model[0].named_buffers())
     # the head's inputs are the LSTM's units: cutting them would need the LSTM cut too
     assert bool(model[2].weight.detach().all())
-

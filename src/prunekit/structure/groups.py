@@ -268,8 +268,12 @@ def _analyse(graph: Graph) -> ChannelAnalysis:
             continue
         d = _separable_dim(el) if el.dim() else None
         if d is None:
-            why = f"{_slot(graph, pid, 0).name} couples channels along several dimensions"
-            block(el[in_weights[el]], why)
+            owner = graph.owners[pid][0][0] or "<root>"
+            block(
+                el[in_weights[el]],
+                f"used as data, couples channels along several dimensions ({attr} in module "
+                f"{owner})",
+            )
             continue
         entries.append((_slot(graph, pid, d), el.movedim(d, 0).reshape(el.shape[d], -1)[:, 0]))
     is_blocked = why_of >= 0
@@ -312,6 +316,7 @@ EXPECTED = (
     "a channel dimension is split into several",
     "multiplies activations along their channels",
     "nn.MultiheadAttention ties",
+    "combined with a tensor that multiplies activations",
     NON_PERSISTENT,
 )
 

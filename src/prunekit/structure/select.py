@@ -16,7 +16,7 @@ from ..granularity.structured import Structured
 from ..masks import shrink_mask
 from ..targets import Target
 from ..threads import torch_threads
-from .experts import alignment
+from .experts import alignment, is_expert_weight
 from .groups import Group, Slot
 
 
@@ -105,6 +105,21 @@ def check_recurrent(groups: list[Group], criterion: Criterion) -> None:
                     f"({type(s.module).__name__}); use a data-free criterion (magnitude, l2, "
                     "random) or a gradient one (taylor, obd)"
                 )
+
+
+def check_experts(targets: list[Target], criterion: Criterion, granularity: Structured) -> None:
+    """Refuse a criterion that ranks units by per-layer input statistics where the units cut MoE
+    expert weights: each expert sees only the tokens routed to it (before any calibration)."""
+    experts = sorted({t.qualname for t in targets if is_expert_weight(t.module, t.param)})
+    if criterion.stats and experts:
+        name = CRITERIA.name_of(type(criterion))
+        raise ConfigError(
+            f"criterion {name!r} ranks {granularity.spec} units by per-layer input "
+            f"statistics, which MoE expert weights ({', '.join(experts[:3])}"
+            f"{', ...' if len(experts) > 3 else ''}) do not have: each expert sees only the "
+            "tokens routed to it. Use a weight criterion (magnitude, l2, taylor, obd, fpgm, "
+            "random), or remove whole experts with granularity='expert', criterion='reap'"
+        )
 
 
 def role(group: Group) -> tuple:
@@ -210,7 +225,9 @@ def prune_groups(
         _warn_nothing(f"the model has no prunable {granularity.spec} group")
         return
     check_recurrent(groups, criterion)
-    criterion.collect(group_targets(groups, recurrent=not criterion.stats), ctx)
+    targets = group_targets(groups, recurrent=not criterion.stats)
+    check_experts(targets, criterion, granularity)
+    criterion.collect(targets, ctx)
     with torch_threads(1):  # hundreds of small ops
         cache: dict[int, torch.Tensor] = {}
         dead_cache: dict = {}

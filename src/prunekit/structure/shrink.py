@@ -43,6 +43,7 @@ def _removals(groups: list[Group], cache: dict | None = None) -> Removals:
         d = dead[id(g)]
         if g.tie is not None:
             d = d & (torch.cumsum(d.long(), 0) <= quota[g.tie])
+        g.info["dead"] = d  # the units that go (head adapters that remember kept heads read it)
         if not d.any():
             continue
         for slot, idx in g.members():
