@@ -640,6 +640,9 @@ def load(
     granularities = _granularities(model, header.get("report"))
 
     plan.apply()  # everything is checked: from here on the model changes
+    from ..structure.heads import reattach
+
+    reattach(model)  # what head pruning changed beyond shapes (nn.MultiheadAttention's class)
     for key, value in config_values.items():
         setattr(model.config, key, value)  # a shrunk model's widths and head counts
     state = model.state_dict()
