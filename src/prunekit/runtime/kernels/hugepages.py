@@ -33,13 +33,14 @@ def huge_page_copy(t: torch.Tensor) -> torch.Tensor:
         return t
     # the mapping has one huge page of slack, so a 2 MiB-aligned start lies inside it
     mm = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    raw = torch.frombuffer(mm, dtype=torch.uint8)  # keeps mm alive as long as a view lives
-    start = -raw.data_ptr() % HUGE_PAGE
+    start = -torch.frombuffer(mm, dtype=torch.uint8).data_ptr() % HUGE_PAGE
     try:
         mm.madvise(advice, start, nbytes // HUGE_PAGE * HUGE_PAGE)
     except OSError:
         return t
-    out = raw[start : start + nbytes].view(t.dtype).view(t.shape)  # [*t.shape]
+    # a storage of exactly the array's bytes (weight_bytes counts storages), which keeps mm alive
+    flat = torch.frombuffer(mm, dtype=t.dtype, count=t.numel(), offset=start)
+    out = flat.view(t.shape)  # [*t.shape]
     out.copy_(t)
     return out
 
