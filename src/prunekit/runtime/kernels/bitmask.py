@@ -5,6 +5,8 @@ row pointer says where each row's values start. Bytes per weight: 1/8 + density 
 at 50% sparsity about 1.9x less weight traffic than dense, with no 16-bit index per value as CSR
 has. The compiled kernel (``bitmask.cpp``) expands values into place with AVX-512 (an AVX2 and a
 portable path exist) and, at batch > 1, multiplies each expanded tile by up to 8 input rows.
+Arrays of 2 MiB or more live in huge pages (:mod:`.hugepages`): batch 1 is bound by the stream
+of values, and 4 KiB pages cost it a TLB miss and a prefetcher stop every 4 KiB.
 
 ``prunekit_bitmask_bf16`` stores the values as bfloat16 (rounded to nearest even) and converts
 them to fp32 in registers: half the value bytes again, at the cost of bf16 rounding of the
