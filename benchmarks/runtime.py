@@ -12,7 +12,9 @@ the exact kernels with its own rule (fastest median, if >= min_speedup over dens
 and ``*_int8`` kernels store values as bfloat16 or as int8 with a scale per row (inexact; sparsify
 uses them only when named) and are compared with the fp32 dense layer; a second table gives their
 error on each layer. The last lines say which of issue 13's goals are met, on the paired median,
-with the quartiles and the share of rounds at or above the goal, so a thin margin shows.
+with the quartiles and the share of rounds at or above the goal, so a thin margin shows. A last
+table separates the page size from the kernel: the bitmask kernels keep their arrays in 2 MiB
+pages, torch gives a dense weight 4 KiB pages, so dense and kernel are each timed on both.
 
     python benchmarks/runtime.py             # 4096x4096: 50/70/90/95% and 2:4, batch 1 and 8
     python benchmarks/runtime.py --full      # + 768x768, 3072x768, 11008x4096, 80/98%, batch 64
@@ -45,6 +47,7 @@ from torch import nn
 
 from prunekit.runtime import DecisionCache, MedianTimer, get_kernel, sparsify, sparsify_report
 from prunekit.runtime.kernels import KERNELS
+from prunekit.runtime.kernels.hugepages import huge_page_copy
 from prunekit.runtime.timing import default_clock, paired_ratios
 
 SHAPES = [(4096, 4096)]
@@ -274,6 +277,54 @@ def row_order(rounds: int, cold: bool) -> Table:
     return tab
 
 
+#: (kernel, sparsity) of the page-size table
+PAGE_CELLS = [("prunekit_bitmask", 0.5), ("prunekit_bitmask", 0.7), ("prunekit_bitmask_bf16", 0.5)]
+
+
+def page_sizes(rounds: int, cold: bool) -> Table:
+    """How much of the batch-1 speed-up is the page size: the kernels keep arrays of >= 2 MiB in
+    huge pages (kernels/hugepages.py), while torch gives dense weights 4 KiB pages. Dense and the
+    kernel each on 4 KiB and on huge pages, paired, 4096x4096."""
+    gen = torch.Generator().manual_seed(2)
+    timer = fixed_rounds(rounds, cold)
+    tab = Table(title="page size: dense and kernel on 4 KiB pages (torch's) and on 2 MiB pages")
+    cols = ("kernel", "sparsity", "dense", "dense 2M", "kernel 4K", "kernel 2M", "2M vs dense 2M")
+    for col in cols:
+        tab.add_column(col, justify="right")
+    x = torch.randn(1, 4096, generator=gen)
+    for name, sp in PAGE_CELLS:
+        kernel = get_kernel(name)
+        if not kernel.available():
+            continue
+        w = pruned_linear(4096, 4096, sp, gen).weight.detach()
+        w_huge = huge_page_copy(w)
+        packed = kernel.pack(w)  # huge pages
+        small = {k: t.clone() for k, t in packed.items()}  # the same arrays on 4 KiB pages
+        runs = {
+            "dense": lambda w=w: F.linear(x, w),
+            "dense 2M": lambda w=w_huge: F.linear(x, w),
+            "kernel 4K": kernel.prepare(small, None, (4096, 4096)),
+            "kernel 2M": kernel.prepare(packed, None, (4096, 4096)),
+        }
+        if not torch.equal(runs["kernel 4K"](x), runs["kernel 2M"](x)):
+            raise RuntimeError("the huge-page copy changed the result")
+        t = timer({k: (lambda f=f: f(x)) if k.startswith("kernel") else f for k, f in runs.items()})
+        ratio = {k: spread(paired_ratios(timer.samples, "dense", k)) for k in list(runs)[1:]}
+        vs_huge = spread(paired_ratios(timer.samples, "dense 2M", "kernel 2M"))
+        tab.add_row(
+            name.removeprefix("prunekit_"),
+            f"{sp:.0%}",
+            f"{t['dense'] * 1e3:.2f} ms",
+            *["{:.2f}x {:.2f}-{:.2f}".format(*ratio[k]) for k in ratio],
+            "{:.2f}x {:.2f}-{:.2f}".format(*vs_huge),
+        )
+    tab.caption = (
+        "paired medians (quartiles) of dense time / time, batch 1, 1 thread unless --threads; the "
+        "last column: dense on 2 MiB pages / kernel on 2 MiB pages"
+    )
+    return tab
+
+
 def goal_lines(runs: list[list[dict]]) -> list[str]:
     """One line per goal of issue 13: each run's paired median (quartiles, share of rounds at or
     above the goal); ok only if every run's median meets it."""
@@ -342,6 +393,7 @@ def main() -> None:
     console.print(error_table(runs[0], kernels))
     if args.row_order:
         console.print(row_order(args.rounds, not args.warm))
+    console.print(page_sizes(args.rounds, not args.warm))
     for line in goal_lines(runs):
         console.print(escape(line))
     console.print(

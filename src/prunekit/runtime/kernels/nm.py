@@ -29,6 +29,7 @@ from ...formats.nm import GROUP_SIZES, patterns, rank_bits
 from ._build import CompiledKernel, library_function
 from .base import KERNELS
 from .bitmask import isa_of
+from .hugepages import in_huge_pages
 
 SOURCE = Path(__file__).with_name("nm.cpp")
 #: (out, n, in, N, M, idx, values, x, bias, y, threads) -> 0, or 1 for an unsupported N:M
@@ -126,7 +127,9 @@ def packed_from_nm_format(
     pos = torch.from_numpy(slot_pos[ranks]).reshape(out, inp // m * n)  # [out, K]
     values = stored.reshape(out, inp // m * n).to(value_dtype)
     vals, idx = _slot_layout(values, pos, m)
-    return {"values": vals, "idx": idx, "pattern": torch.tensor((n, m), dtype=torch.int64)}
+    return in_huge_pages(
+        {"values": vals, "idx": idx, "pattern": torch.tensor((n, m), dtype=torch.int64)}
+    )
 
 
 def nm_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
@@ -147,7 +150,7 @@ def nm_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torc
 
 class _NM(CompiledKernel):
     symbol = ""
-    version = 2  # L2 prefetches: decisions cached for version 1 are stale
+    version = 3  # arrays in huge pages: decisions cached for versions 1-2 are stale
 
     def available(self) -> bool:
         return library_function(SOURCE, self.symbol, ARGTYPES, ctypes.c_int) is not None
@@ -165,11 +168,13 @@ class _NM(CompiledKernel):
                 f"{self.name} needs an N:M weight ({', '.join(f'{n}:{m}' for n, m in PATTERNS)})"
             )
         values, idx = nm_parts(weight, *pattern)
-        return {
-            "values": values.to(self.value_dtype).contiguous(),
-            "idx": idx,
-            "pattern": torch.tensor(pattern, dtype=torch.int64),
-        }
+        return in_huge_pages(
+            {
+                "values": values.to(self.value_dtype).contiguous(),
+                "idx": idx,
+                "pattern": torch.tensor(pattern, dtype=torch.int64),
+            }
+        )
 
     def bind(self, packed: Mapping[str, torch.Tensor], shape):
         fn = library_function(SOURCE, self.symbol, ARGTYPES, ctypes.c_int)
