@@ -57,8 +57,10 @@ def check_finite(targets: list[Target]) -> None:
 def prune_structured(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     """Score every coupled group's units, allocate, and mask the pruned units' slices."""
     res = pruner.resolved
-    prune_groups(pruner.groups(), sparsity, res.criterion, ctx, res.allocation, res.granularity)
-    for t in pruner.targets:
+    groups = pruner.groups()
+    prune_groups(groups, sparsity, res.criterion, ctx, res.allocation, res.granularity)
+    sliced = [t for g in groups for s in g.slots if (t := s.target()) is not None]
+    for t in pruner.targets + sliced:  # sliced: MoE expert weights too
         if get_mask(t.module, t.param) is not None:
             record_granularity(t.module, t.param, res.granularity.spec)
 
@@ -113,10 +115,11 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     criterion, gran = res.criterion, res.criterion.comparison(res.granularity)
     tables = [t for t in pruner.targets if t.embedding]
     layers = [t for t in pruner.targets if not t.embedding]
-    if tables and layers:  # bad data raises before the tables' masks are written
+    scored = res.allocation.needs_scores and layers  # the scoring pass reads every batch
+    if tables and layers and not scored:  # bad data raises before the tables' masks are written
         check_batches(ctx.model, ctx.data, layers)
     budget: dict[str, float] = {t.qualname: sparsity for t in layers}
-    if res.allocation.needs_scores and layers:
+    if scored:
         units: dict[str, torch.Tensor] = {}
 
         def score(targets: list[Target], stats: dict[str, LayerStats]) -> bool:

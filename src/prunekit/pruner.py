@@ -14,7 +14,7 @@ from .criteria import ScoreContext
 from .errors import ConfigError, PrunekitError, TargetError
 from .execute import strategy_for
 from .masks import MaskState, get_mask, record_granularity, shrink_mask
-from .structure.experts import expert_modules
+from .structure.experts import expert_modules, is_expert_weight
 from .targets import Target, default_excluded, matching, output_head, select_targets
 
 
@@ -120,12 +120,20 @@ class Pruner:
 
     @property
     def sparsity(self) -> float:
-        """The achieved sparsity over all targets."""
-        kept = total = 0
-        for t in self.targets:
-            kept += int(torch.count_nonzero(t.weight))
-            total += t.weight.numel()
-        return 1.0 - kept / total
+        """The achieved sparsity over all targets (and, under a structured granularity, the 3-D
+        weights of the MoE experts modules it may cut)."""
+        weights = [t.weight for t in self.targets]
+        if self.resolved.granularity.structured:
+            chosen = expert_modules(self.model, self.config.include, self.config.exclude)
+            weights += [
+                p
+                for m in self.model.modules()
+                if id(m) in chosen
+                for a, p in m.named_parameters(recurse=False)
+                if is_expert_weight(m, a)
+            ]
+        kept = sum(int(torch.count_nonzero(w)) for w in weights)
+        return 1.0 - kept / sum(w.numel() for w in weights)
 
     def step(self) -> float | None:
         """Advance the schedule by one step; prune if due. Returns the sparsity applied, if any."""

@@ -288,3 +288,27 @@ def test_biased_transposed_experts_lose_their_bias_slices_too():
         assert torch.equal(getattr(experts, attr), original[name + attr][kept]), attr
     router = small.model.layers[0].mlp.router
     assert torch.equal(router.bias, original["model.layers.0.mlp.router.bias"][kept])
+
+
+def test_report_and_pruner_count_the_expert_weights():
+    model, x = ZOO["mixtral"](), INPUTS["mixtral"]()
+    pruner = pk.Pruner(
+        model, 0.5, granularity="expert", criterion="reap", example_inputs=x, data=batches()
+    )
+    pruner.apply(0.5)
+    experts = [
+        (f"model.layers.{i}.mlp.experts.{a}", getattr(b.experts, a))
+        for i, b in enumerate(blocks(model))
+        for a in ("gate_up_proj", "down_proj")
+    ]
+    rows = {r.name: r for r in pk.report(model).layers}
+    assert set(rows) == {name for name, _ in experts}  # the unpruned attention is not listed
+    for name, w in experts:
+        dead = int((w.reshape(w.shape[0], -1) == 0).all(1).sum())  # whole experts zeroed
+        assert dead == 2 and rows[name].granularity == "expert"
+        assert rows[name].nonzero == int(torch.count_nonzero(w)) == w.numel() // 2
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    linears = [w for w in linears if w.shape[0] != 64]  # lm_head stays out of the targets
+    zero = sum(int((w == 0).sum()) for _, w in experts) + sum(int((w == 0).sum()) for w in linears)
+    total = sum(w.numel() for _, w in experts) + sum(w.numel() for w in linears)
+    assert pruner.sparsity == pytest.approx(zero / total)

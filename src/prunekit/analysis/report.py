@@ -13,7 +13,8 @@ from torch import nn
 
 from ..granularity import parse_granularity
 from ..granularity.nm import NM
-from ..masks import get_mask, granularity_of
+from ..masks import get_mask, granularity_of, mask_names
+from ..structure.experts import is_expert_weight
 from ..targets import Target, is_target_type, select_targets
 
 
@@ -94,23 +95,34 @@ class Report:
         return buf.getvalue()
 
 
-def _pruned_layers(model: nn.Module) -> list[tuple[str, nn.Module, torch.Tensor]]:
-    """(qualified weight name, module, ``[out, in]`` weight) of every layer prunekit pruned,
-    including layers swapped for sparse kernels; every prunable layer if none was pruned."""
+def _masked_matrix(name: str, module: nn.Module, param: str) -> torch.Tensor:
+    """A pruned parameter as ``[rows, in]``: a target's weight through :class:`Target`, a MoE
+    experts module's ``[experts, ..., last]`` weight with its last dimension as columns."""
+    if param == "weight" and is_target_type(module):
+        return Target(name, module).matrix()
+    tensor = getattr(module, param).detach()
+    return tensor.reshape(-1, tensor.shape[-1])  # [..., in] -> [prod(...), in]
+
+
+def _pruned_layers(model: nn.Module) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
+    """(qualified name, module, parameter, ``[rows, in]`` matrix) of every layer weight prunekit
+    pruned (masked or recorded), layers swapped for sparse kernels and masked MoE expert
+    weights included; every prunable layer's weight if none was pruned."""
     from ..runtime.module import SparseLinear
 
     rows = []
     for name, m in model.named_modules():
-        qual = f"{name}.weight" if name else "weight"
+        prefix = f"{name}." if name else ""
         if isinstance(m, SparseLinear):
-            rows.append((qual, m, m.weight_matrix()))
-        elif is_target_type(m) and (
-            granularity_of(m, "weight") or get_mask(m, "weight") is not None
-        ):
-            rows.append((qual, m, Target(name, m).matrix()))
+            rows.append((f"{prefix}weight", m, "weight", m.weight_matrix()))
+            continue
+        params = [p for p, _ in mask_names(m) if is_expert_weight(m, p)]
+        if is_target_type(m) and (granularity_of(m, "weight") or get_mask(m, "weight") is not None):
+            params.insert(0, "weight")
+        rows += [(f"{prefix}{p}", m, p, _masked_matrix(name, m, p)) for p in params]
     if rows:
         return rows
-    return [(t.qualname, t.module, t.matrix()) for t in select_targets(model)]
+    return [(t.qualname, t.module, t.param, t.matrix()) for t in select_targets(model)]
 
 
 @torch.no_grad()
@@ -120,12 +132,12 @@ def report(model: nn.Module) -> Report:
     Layers swapped for sparse kernels by ``sparsify`` count with their logical weights.
     """
     rows, packed = [], []
-    for qualname, module, matrix in _pruned_layers(model):
+    for qualname, module, param, matrix in _pruned_layers(model):
         nnz, numel = int(torch.count_nonzero(matrix)), matrix.numel()
-        spec = granularity_of(module, "weight") or "-"
+        spec = granularity_of(module, param) or "-"
         gran = parse_granularity(spec) if spec != "-" else None
         valid = gran.holds(matrix) if isinstance(gran, NM) else None
-        weight = getattr(module, "weight", None)
+        weight = getattr(module, param, None)
         shape = list((weight if isinstance(weight, torch.Tensor) else matrix).shape)
         rows.append(LayerRow(qualname, shape, spec, 1 - nnz / numel, nnz, numel, valid))
         if not isinstance(weight, torch.Tensor):  # swapped for a sparse kernel: not a parameter
