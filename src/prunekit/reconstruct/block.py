@@ -11,8 +11,8 @@ over the weights and biases of the block's pruned layers, with the masks held (p
 enforcement zeroes pruned gradients and re-zeroes pruned weights after each optimizer step).
 At equal cost the step size barely matters (all-MiniLM-L6-v2 at 50%, after SparseGPT and
 refinement: 40 steps of 4 sequences, cosine 0.9275 and top-1 0.764; 80 of 2, 0.9277 and 0.750;
-20 of 8, 0.9257). The block's error on the first calibration batch is measured before and after (one
-extra pass over one batch, not over all of them); if tuning did not lower it, the block's
+20 of 8, 0.9257). The block's error on the first calibration batch is measured before and after
+(one extra pass over one batch, not over all of them); if tuning did not lower it, the block's
 weights are restored. The pass after tuning runs every batch and its outputs feed the next
 block. Memory: one block, its Adam state and one batch's activations. Deterministic for a seed
 (batch order) and a fixed thread count.
