@@ -20,6 +20,7 @@ other processes); prune times are the range over ``--repeat`` fresh copies::
     /work/tpvenv/bin/pip install -c constraints.txt torch==2.13.0 transformers torch-pruning
     PYTHONPATH=src python benchmarks/structured.py --tp-python /work/tpvenv/bin/python
     PYTHONPATH=src python benchmarks/structured.py --quick    # tiny configs, a smoke test
+    PYTHONPATH=src python benchmarks/structured.py --only ResNet-50 --channels-last  # NHWC
 """
 
 from __future__ import annotations
@@ -140,11 +141,13 @@ def _llama(quick: bool, layers: int = 4) -> nn.Module:
     return LlamaForCausalLM(cfg)
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, channels_last: bool = False) -> list[Case]:
     size, seq = (64, 32) if quick else (224, 128)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def image(b: int) -> torch.Tensor:
-        return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(0))
+        return x.contiguous(memory_format=fmt)
 
     def ids(b: int, **extra: Any) -> dict:
         g = torch.Generator().manual_seed(0)
@@ -152,7 +155,11 @@ def cases(quick: bool) -> list[Case]:
 
     tag = " (quick)" if quick else ""
     return [
-        Case("ResNet-50" + tag, lambda: resnet(quick), image),
+        Case(
+            "ResNet-50" + tag + " channels-last" * channels_last,
+            lambda: resnet(quick).to(memory_format=fmt),
+            image,
+        ),
         Case("BERT-base" + tag, lambda: _bert(quick), ids, ("channel", "head")),
         Case(
             "BERT-base width" + tag,
@@ -322,7 +329,7 @@ def tp_worker(args) -> None:
     """Torch-Pruning's side, in its own environment: bisect its ratio to prunekit's MACs, then
     prune and measure; prints one JSON line."""
     torch.set_num_threads(1)
-    case = next(c for c in cases(args.quick) if c.name == args.tp_worker)
+    case = next(c for c in cases(args.quick, args.channels_last) if c.name == args.tp_worker)
     torch.manual_seed(0)
     dense = case.build().eval()
     x1 = case.inputs(1)
@@ -342,9 +349,8 @@ def run_tp(case: Case, target_macs: float, args) -> Row:
     cmd = [args.tp_python, __file__, "--tp-worker", case.name, "--target-macs", str(target_macs)]
     for flag in ("ratio", "rounds", "repeat", "bisect"):
         cmd += [f"--{flag}", str(getattr(args, flag))]
-    proc = subprocess.run(
-        cmd + ["--quick"] * args.quick, capture_output=True, text=True, check=False
-    )
+    cmd += ["--quick"] * args.quick + ["--channels-last"] * args.channels_last
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         print(proc.stderr[-3000:], file=sys.stderr)
@@ -392,6 +398,11 @@ def main() -> None:
     parser.add_argument("--tp-python", help="python of an environment with torch-pruning")
     parser.add_argument("--quick", action="store_true", help="tiny configs (smoke test)")
     parser.add_argument("--only", nargs="*", help="case names (or name prefixes) to run")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="CNN weights and images in channels-last memory format (every method and dense)",
+    )
     parser.add_argument("--tp-worker", help=argparse.SUPPRESS)
     parser.add_argument("--target-macs", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -410,7 +421,7 @@ def main() -> None:
     cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b8", "prune s")
     for col in (*cols, "notes"):
         table.add_column(col, justify="left" if col in ("model", "method", "notes") else "right")
-    every = cases(args.quick)
+    every = cases(args.quick, args.channels_last)
     names = {c.name for c in every}
     for case in every:
         # a name picks its case; otherwise a prefix picks every case it starts

@@ -328,6 +328,33 @@ def test_median_timer_drops_far_slower_candidates():
     assert calls == {"fast": 10, "slow": 3}
 
 
+def test_paired_ratios_pair_each_round_and_survive_a_drop():
+    """Round i of one candidate is paired with round i of the other, also after a drop."""
+    from prunekit.runtime.timing import paired_ratios
+
+    clock = {"t": 0.0}
+    calls = {"dense": 0, "sparse": 0, "slow": 0}
+    load = [1.0, 3.0, 1.5, 5.0]  # the machine's slowdown in each round
+
+    def run(name, cost):
+        clock["t"] += cost * load[calls[name]]  # a candidate's i-th call is in round i
+        calls[name] += 1
+
+    timer = MedianTimer(
+        warmup=0, min_rounds=2, max_rounds=4, budget_s=1e9, clock=lambda: clock["t"]
+    )
+    timer(
+        {
+            "dense": lambda: run("dense", 2.0),
+            "sparse": lambda: run("sparse", 1.0),
+            "slow": lambda: run("slow", 9.0),
+        }
+    )
+    assert len(timer.samples["slow"]) == 2 < len(timer.samples["dense"]) == 4  # dropped
+    assert paired_ratios(timer.samples, "dense", "sparse") == [2.0] * 4
+    assert paired_ratios(timer.samples, "dense", "slow") == [2 / 9] * 2
+
+
 def test_real_sparsify_end_to_end_matches():
     """The real timer on a tiny model: only the outputs are checked, never the timings."""
     model = pruned_mlp(0.95)

@@ -143,12 +143,15 @@ def record_granularity(module: nn.Module, param: str, spec: str) -> None:
     module.__dict__.setdefault(INFO, {})[param] = spec
 
 
-def arm(module: nn.Module) -> None:
-    """Enforce every mask of ``module``: zero the weights, hook grads, flag optimizer state."""
+def arm(module: nn.Module, only: str | None = None) -> None:
+    """Enforce every mask of ``module`` (``only``: the mask of that parameter, on an armed
+    module): zero the weights, hook grads, flag optimizer state."""
     with torch.no_grad():
         for pname, mask in mask_names(module):
+            if only is not None and pname != only:
+                continue
             p = getattr(module, pname)
-            p.mul_(mask)
+            p.mul_(mask.view(torch.uint8))  # as mul_(mask), twice as fast
             old = _ENFORCED.get(p)
             hook = old.grad_hook if old is not None and old.mask is mask else None
             if hook is None:
@@ -157,6 +160,12 @@ def arm(module: nn.Module) -> None:
                 hook = p.register_post_accumulate_grad_hook(_mask_grad)
             _ENFORCED[p] = _Enforced(mask, mask.view(torch.uint8), hook, next(_versions))
     module.__dict__.setdefault(_TOKEN, _ArmToken()).armed = True
+
+
+def is_armed(module: nn.Module) -> bool:
+    """The masks of ``module`` are enforced (false on a copy until its first forward)."""
+    token = module.__dict__.get(_TOKEN)
+    return token is not None and token.armed
 
 
 def _arm_on_forward(module: nn.Module, args) -> None:
@@ -193,7 +202,7 @@ def shrink_mask(module: nn.Module, param: str, keep: torch.Tensor) -> torch.Tens
             module.__dict__[_HOOK_IDS] = ids
     else:
         mask.logical_and_(keep)
-    arm(module)
+    arm(module, param if is_armed(module) else None)
     return get_mask(module, param)
 
 

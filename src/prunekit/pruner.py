@@ -15,7 +15,14 @@ from .errors import ConfigError, PrunekitError, TargetError
 from .execute import strategy_for
 from .masks import MaskState, get_mask, record_granularity, shrink_mask
 from .structure.experts import expert_modules, is_expert_weight
-from .targets import Target, default_excluded, matching, output_head, select_targets
+from .targets import (
+    Target,
+    default_excluded,
+    matching,
+    output_head,
+    select_targets,
+    selected,
+)
 
 
 def check_embeddings(model: nn.Module, targets: list[Target], structured: bool) -> None:
@@ -102,6 +109,8 @@ class Pruner:
             head = default_excluded(self.model) - matching(self.model, self.config.exclude)
             chosen = {id(t.module) for t in self.targets} | head
             chosen |= expert_modules(self.model, self.config.include, self.config.exclude)
+            recurrent = {id(m) for m in self.model.modules() if isinstance(m, nn.RNNBase)}
+            chosen |= selected(self.model, recurrent, self.config.include, self.config.exclude)
             try:
                 found = self.resolved.granularity.groups(self.model, self.example_inputs)
             except PrunekitError:
@@ -114,7 +123,10 @@ class Pruner:
             self._groups = [
                 g
                 for g in found
-                if all(s.target() is None or id(s.module) in chosen for s in g.slots)
+                if all(
+                    (s.target() is None and s.recurrent() is None) or id(s.module) in chosen
+                    for s in g.slots
+                )
             ]
         return self._groups
 

@@ -132,6 +132,18 @@ def matching(model: nn.Module, selectors: Selector | Sequence[Selector] | None) 
     return {id(m) for n, m in model.named_modules() if any(_matches(s, n, m) for s in chosen)}
 
 
+def selected(
+    model: nn.Module,
+    candidates: set[int],
+    include: Selector | Sequence[Selector] | None = None,
+    exclude: Selector | Sequence[Selector] | None = None,
+) -> set[int]:
+    """The ``candidates`` (module ``id()``s) that a job's ``include``/``exclude`` select."""
+    if include:
+        candidates = candidates & matching(model, include)
+    return candidates - matching(model, exclude)
+
+
 def output_head(model: nn.Module) -> nn.Module | None:
     """A Hugging Face model's output embeddings (``lm_head``), if it has them."""
     getter = getattr(model, "get_output_embeddings", None)

@@ -167,6 +167,21 @@ def test_activation_statistics_criteria_are_refused_for_experts():
         )
 
 
+@pytest.mark.parametrize("criterion", ["wanda", "activation"])
+def test_channel_pruning_by_activation_statistics_is_refused_before_calibration(criterion):
+    """Expert weights see only their routed tokens: statistics criteria are refused with a
+    message naming the expert weights and the alternatives, and the model stays bit-identical
+    (before: a calibration error about the experts module's type)."""
+    model, x = ZOO["qwen2_moe"](), INPUTS["qwen2_moe"]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.ConfigError, match=r"mlp\.experts\.\w+.*granularity='expert'"):
+        pk.prune(
+            model, 0.5, granularity="channel", criterion=criterion, example_inputs=x, data=batches()
+        )
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_a_dense_model_has_no_experts():
     model, x = ZOO["llama"](), INPUTS["llama"]()
     with pytest.raises(pk.TargetError, match="mixture-of-experts"):

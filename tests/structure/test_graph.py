@@ -133,8 +133,8 @@ def test_shrink_refuses_a_wrong_model(monkeypatch):
 
     real = shrink_mod._removals
 
-    def wrong(groups):
-        out = real(groups)
+    def wrong(groups, *cache):
+        out = real(groups, *cache)
         first = next(iter(out.values()))
         dim = next(iter(first))
         drop = first[dim].clone()
@@ -272,3 +272,37 @@ def test_densenet_list_appends_are_snapshotted():
     pk.prune(model, 0.5, granularity="channel", example_inputs=x)
     small = pk.shrink(model, x)  # verified against the masked model
     assert small.head.in_channels == 12 and small.layers[1].in_channels == 8
+
+
+def _count_traces(monkeypatch) -> list[int]:
+    calls = [0]
+    real = importlib.import_module("prunekit.structure.graph").trace
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    for name in ("groups", "attention"):
+        monkeypatch.setattr(
+            importlib.import_module(f"prunekit.structure.{name}"), "trace", counting
+        )
+    return calls
+
+
+def test_one_trace_serves_channels_heads_and_shrink(monkeypatch):
+    calls = _count_traces(monkeypatch)
+    model, x = ZOO["llama"](), INPUTS["llama"]()
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    small = pk.shrink(model, x)  # verified against the masked model
+    assert calls[0] == 1
+    attn = small.model.layers[0].self_attn
+    assert attn.q_proj.out_features < model.model.layers[0].self_attn.q_proj.out_features
+
+
+def test_depth_only_shrink_needs_no_trace(monkeypatch):
+    calls = _count_traces(monkeypatch)
+    model, x = ZOO["llama"](), INPUTS["llama"]()
+    pk.prune(model, 0.5, granularity="layer", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert calls[0] == 0 and len(small.model.layers) == len(model.model.layers) // 2

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit.errors import ConfigError
 
 
 def test_group_norm_loses_whole_groups_and_keeps_its_group_size():
@@ -82,3 +83,58 @@ def test_codegen_heads_go_evenly_from_each_mp_block():
     small = pk.shrink(model, x)
     attn = small.transformer.h[0].attn
     assert (attn.num_attention_heads, attn.embed_dim, attn.qkv_proj.out_features) == (8, 32, 96)
+
+
+def _lstm_head() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.LSTM(6, 8, 2, batch_first=True), _First(), nn.Linear(8, 3)).eval()
+
+
+def test_taylor_ranks_lstm_units_by_their_own_gradients():
+    model, x = _lstm_head(), torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(1))
+    loss_fn = lambda out, batch: out.square().mean()  # noqa: E731
+    # independent: |w * dL/dw| summed over every weight slice of hidden unit j (biases are not
+    # scored, as in any layer), which goes from both layers at once (nn.LSTM has one hidden
+    # size): in each layer its 4 gate rows in both weight matrices and its recurrent column; the
+    # input column of what reads it (layer 1's input weights, the head)
+    lstm, head = model[0], model[2]
+    params = [*lstm.parameters(), head.weight]
+    grads = torch.autograd.grad(loss_fn(model(x), x), params)
+    taylor = {id(p): (p * g).abs().detach() for p, g in zip(params, grads, strict=True)}
+    score = torch.zeros(8)
+    for j in range(8):
+        rows = [g * 8 + j for g in range(4)]
+        for layer in (0, 1):
+            for kind in ("weight_ih", "weight_hh"):
+                score[j] += taylor[id(getattr(lstm, f"{kind}_l{layer}"))][rows].sum()
+            score[j] += taylor[id(getattr(lstm, f"weight_hh_l{layer}"))][:, j].sum()
+        score[j] += taylor[id(lstm.weight_ih_l1)][:, j].sum() + taylor[id(head.weight)][:, j].sum()
+    pk.prune(model, 0.5, granularity="channel", criterion="taylor", data=[x], loss_fn=loss_fn,
+             example_inputs=x)  # fmt: skip
+    kept = set(score.argsort()[4:].tolist())
+    head_only = taylor[id(head.weight)].sum(0)  # what ranked them when LSTM weights were skipped
+    assert set(head_only.argsort()[4:].tolist()) != kept
+    assert set(head.weight.detach().any(0).nonzero().flatten().tolist()) == kept
+
+
+def test_activation_statistics_refuse_lstm_units_before_any_mask():
+    model, x = _lstm_head(), torch.randn(4, 5, 6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"recurrent layer 0 .LSTM.*taylor"):
+        pk.prune(model, 0.5, granularity="channel", criterion="activation", data=[x],
+                 example_inputs=x)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(n.endswith("_pk_mask") for n, _ in model.named_buffers())
+
+
+@pytest.mark.parametrize(
+    "selector", [{"exclude": ["0"]}, {"exclude": [nn.LSTM]}, {"include": ["2"]}]
+)
+def test_an_excluded_lstm_keeps_its_units(selector):
+    model, x = _lstm_head(), torch.randn(4, 5, 6)
+    lstm = {k: v.clone() for k, v in model[0].state_dict().items()}
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x, **selector)
+    assert all(torch.equal(lstm[k], v) for k, v in model[0].state_dict().items())
+    assert not any(n.endswith("_pk_mask") for n, _ in model[0].named_buffers())
+    # the head's inputs are the LSTM's units: cutting them would need the LSTM cut too
+    assert bool(model[2].weight.detach().all())

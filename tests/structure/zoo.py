@@ -119,7 +119,7 @@ class MHABlock(nn.Module):
         return self.out(h)
 
 
-@zoo("mha", lambda: torch.randn(2, 6, 12, generator=torch.Generator().manual_seed(2)))
+@zoo("mha", lambda: torch.randn(2, 6, 12, generator=torch.Generator().manual_seed(2)), True)
 def mha() -> nn.Module:
     return MHABlock()
 
@@ -173,6 +173,19 @@ LLAMA_LIKE = {
     "num_attention_heads": 4, "num_key_value_heads": 2,
 }  # fmt: skip
 CACHED = tokens(use_cache=True)
+
+
+def _seq2seq_inputs(**encoder: Callable[[torch.Generator], torch.Tensor]) -> Callable[[], dict]:
+    """Encoder inputs (``input_ids`` by default) and five decoder tokens."""
+
+    def make() -> dict:
+        g = torch.Generator().manual_seed(2)
+        made = {k: f(g) for k, f in encoder.items()} or {
+            "input_ids": torch.randint(3, 64, (2, 8), generator=g)
+        }
+        return {**made, "decoder_input_ids": torch.randint(3, 64, (2, 5), generator=g)}
+
+    return make
 
 
 def _t5_inputs() -> dict:
@@ -337,8 +350,8 @@ hf(
     eos_token_id=0,
 )
 hf("olmo2", CACHED, "Olmo2ForCausalLM", True, **LLAMA_LIKE, eos_token_id=0, pad_token_id=1)
-# Bloom's and Swinv2's heads stay (eager baddbmm / matmul attention): a known gap
-hf("bloom", CACHED, "BloomForCausalLM", vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
+# Bloom: fused per-head [q | k | v] rows, ALiBi slopes kept per layer (prunekit.structure.bloom)
+hf("bloom", CACHED, "BloomForCausalLM", True, vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
 hf(
     "codegen",  # qkv cut into mp_num=4 blocks of 2 heads: each block loses as many
     CACHED,
@@ -358,9 +371,7 @@ hf(
     "swinv2",  # a non-persistent buffer (relative_coords_table) feeds a linear layer
     image(),
     "Swinv2ForImageClassification",
-    False,
-    "the attention's per-head channels (logit scale, position-bias MLP output) stay: its eager "
-    "attention has no head adapter",
+    True,
     image_size=32,
     patch_size=4,
     embed_dim=16,
@@ -413,4 +424,91 @@ hf(
     moe_intermediate_size=32,
     head_dim=8,
 )
-# fmt: on
+
+# encoder-decoder (text, and speech: Whisper) and audio (wav2vec2) families, for heads
+SEQ2SEQ = {
+    "vocab_size": 64, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
+    "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+}  # fmt: skip
+hf(
+    "bart",
+    _seq2seq_inputs(),
+    "BartForConditionalGeneration",
+    True,
+    "the residual width stays: it picks single channels at fixed positions (__getitem__ in "
+    "module model.encoder)",
+    **SEQ2SEQ,
+    max_position_embeddings=16,
+)
+hf(
+    "whisper",
+    _seq2seq_inputs(input_features=lambda g: torch.randn(2, 8, 16, generator=g)),
+    "WhisperForConditionalGeneration",
+    True,
+    "the residual width stays: the decoder's position table couples channels along several "
+    "dimensions",
+    **SEQ2SEQ,
+    num_mel_bins=8,
+    max_source_positions=8,
+    max_target_positions=16,
+    decoder_start_token_id=1,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+hf(
+    "wav2vec2",
+    lambda: torch.randn(2, 400, generator=torch.Generator().manual_seed(2)),
+    "Wav2Vec2ForCTC",
+    True,
+    "the residual width stays: the positional conv's weight is a weight-norm parametrization, "
+    "not a module parameter",
+    vocab_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16, 16),
+    conv_stride=(5, 2),
+    conv_kernel=(10, 3),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    do_stable_layer_norm=True,
+)
+# eager attention served by class adapters: DeBERTa-v2 (disentangled position projections) and
+# GPT-Neo (local and global layers)
+hf(
+    "deberta_v2",
+    tokens(),
+    "DebertaV2ForSequenceClassification",
+    True,
+    **BERT_LIKE,
+    relative_attention=True,
+    pos_att_type=["p2c", "c2p"],
+    max_relative_positions=8,
+    position_buckets=4,
+    num_labels=3,
+)
+hf(
+    "gpt_neo",
+    CACHED,
+    "GPTNeoForCausalLM",
+    True,
+    vocab_size=64,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    attention_types=[[["global", "local"], 1]],
+    max_position_embeddings=16,
+    window_size=4,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+hf(
+    "mpnet",  # one relative position bias for all layers: every layer keeps the same heads
+    tokens(),
+    "MPNetForMaskedLM",
+    True,
+    **BERT_LIKE,
+)

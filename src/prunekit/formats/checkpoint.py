@@ -576,6 +576,7 @@ def load(
     *,
     verify: bool = True,
     masks: bool = True,
+    sparse: bool = False,
 ) -> nn.Module:
     """Load a checkpoint written by :func:`save` into ``model`` and return it.
 
@@ -586,10 +587,14 @@ def load(
     re-attached and enforced, so fine-tuning keeps every pruned weight at zero (``masks=False``
     loads the weights only). ``verify`` checks every file's SHA-256 (on by default). Everything is
     checked before ``model`` is touched: a load that raises leaves it as it was.
+    ``sparse=True`` loads each ``nn.Linear`` weight stored N:M-packed straight onto the
+    ``prunekit_nm`` kernel, with no dense weight built (see :mod:`prunekit.runtime.nm_load`).
     """
     directory = Path(directory)
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(sparse, bool):
+        raise ConfigError(f"sparse must be True or False, got {sparse!r}")
     if not (directory / HEADER_FILE).is_file():
         raise CheckpointError(
             f"{directory} holds no prunekit checkpoint ({HEADER_FILE} is missing)"
@@ -625,12 +630,19 @@ def load(
         model, header["manifest"], {d for d in dtypes if d.is_floating_point}
     )
     _check_entries(model, entries, plan.shapes)
-    decoded = {n: _decode(n, e, stored) for n, e in entries.items() if "alias" not in e}
+    packed = _packed_for_kernels(model, entries, stored) if sparse else {}
+    decoded = {
+        n: _decode(n, e, stored) for n, e in entries.items() if "alias" not in e and n not in packed
+    }
     decoded.update({n: decoded[e["alias"]] for n, e in entries.items() if "alias" in e})
-    recorded_masks = _decode_masks(model, entries, decoded, stored)
+    dense_entries = {n: e for n, e in entries.items() if n not in packed}
+    recorded_masks = _decode_masks(model, dense_entries, decoded, stored)
     granularities = _granularities(model, header.get("report"))
 
     plan.apply()  # everything is checked: from here on the model changes
+    from ..structure.heads import reattach
+
+    reattach(model)  # what head pruning changed beyond shapes (nn.MultiheadAttention's class)
     for key, value in config_values.items():
         setattr(model.config, key, value)  # a shrunk model's widths and head counts
     state = model.state_dict()
@@ -638,14 +650,40 @@ def load(
         if state[n].dtype != t.dtype:
             _adopt_dtype(model, n, t.dtype)
     try:
-        model.load_state_dict(decoded, strict=True)
+        result = model.load_state_dict(decoded, strict=not packed)
     except RuntimeError as e:
         raise CheckpointError(
             f"cannot load the checkpoint into {type(model).__name__}: {e}"
         ) from None
+    if packed and (set(result.missing_keys) != packed.keys() or result.unexpected_keys):
+        raise CheckpointError(f"cannot load the checkpoint into {type(model).__name__}: {result}")
     if masks:
         for module, pname, mask in recorded_masks:
             shrink_mask(module, pname, mask)
     for module, param, spec in granularities:
         record_granularity(module, param, spec)
+    if packed:
+        from ..runtime.nm_load import install_packed
+
+        install_packed(model, packed)
     return model
+
+
+def _packed_for_kernels(
+    model: nn.Module, entries: dict[str, dict[str, Any]], stored: dict[str, torch.Tensor]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``load(sparse=True)``: the N:M kernel's packed tensors of each weight that can skip the
+    dense decode, by name (checked; nothing is changed yet)."""
+    from ..runtime.nm_load import direct_nm_weights, packed_nm_weight
+
+    names = direct_nm_weights(model, entries)
+    if not names:
+        warnings.warn(
+            "pk.load(sparse=True): no nn.Linear weight is stored N:M-packed in a pattern the "
+            "prunekit_nm kernel runs (or the kernel is not available); everything loads dense",
+            stacklevel=3,
+        )
+    return {
+        n: packed_nm_weight(n, entries[n], {p: stored[part_key(n, p)] for p in ("index", "values")})
+        for n in sorted(names)
+    }

@@ -41,6 +41,11 @@ MANIFEST_ATTRS: set[str] = {
     "num_experts", "hidden_dim", "intermediate_dim",
 }  # fmt: skip
 
+#: index lists a shrunk module gains (a fresh one has none) -> the fresh count they index: the
+#: original positions of the heads a layer kept (prunekit.structure.bloom: ALiBi slopes), strictly
+#: increasing, as many as the module's final count
+MANIFEST_INDEX_ATTRS: dict[str, str] = {"alibi_heads": "num_heads"}
+
 #: float attributes recorded and restored: structured shrinking folds a width change into the
 #: epsilon of RMS norms (prunekit.structure.shrink.rescale_rms_norms)
 MANIFEST_FLOAT_ATTRS: set[str] = {"variance_epsilon", "eps"}
@@ -94,7 +99,7 @@ def shape_manifest(model: nn.Module) -> dict[str, Any]:
             if n in module._non_persistent_buffers_set and dtype_name(t.dtype) in DTYPES
         }
         attrs = {}
-        for a in sorted(MANIFEST_ATTRS):
+        for a in sorted(MANIFEST_ATTRS | MANIFEST_INDEX_ATTRS.keys()):
             v = _size_value(module.__dict__.get(a))
             if v is not None:
                 attrs[a] = v
@@ -195,6 +200,8 @@ def _plan_tensors(
         current = module.__dict__.get(attr)
         if attr in MANIFEST_FLOAT_ATTRS and isinstance(current, float):
             ok = isinstance(value, float)
+        elif attr in MANIFEST_INDEX_ATTRS:
+            ok = isinstance(value, list) and _size_value(value) is not None
         else:
             ok = (
                 attr in MANIFEST_ATTRS
@@ -208,12 +215,14 @@ def _plan_tensors(
 
 
 def _shapes(prefix: str, module: nn.Module, plan: ManifestPlan, children: bool = False) -> Shapes:
-    """(fresh shape, planned shape) of the module's own tensors (and its children's)."""
+    """(fresh shape, planned shape) of the module's own tensors (and its children's), less the
+    non-persistent buffers: rebuilt whole by the constructor, they describe no size that a
+    shrink changes (Swinv2's ``[16, 16]`` position index beside an ``all_head_size`` of 16)."""
     out = []
     for child_name, child in [("", module), *(module.named_children() if children else ())]:
         path = ".".join(p for p in (prefix, child_name) if p)
         for pname, t in _tensors(child).items():
-            if t is not None:
+            if t is not None and pname not in child._non_persistent_buffers_set:
                 where = f"{path}.{pname}" if path else pname
                 out.append((tuple(t.shape), plan.shapes.get(where, tuple(t.shape))))
     return out
@@ -279,8 +288,18 @@ def _plan_attrs(name: str, module: nn.Module, recorded: dict[str, Any], plan: Ma
         holds = a in fresh and b in fresh and w in fresh and fresh[a] * fresh[b] == fresh[w]
         if holds and final[a] * final[b] != final[w]:
             raise _bad(f"{name}: {a} * {b} != {w} ({final[a]} * {final[b]} != {final[w]})")
+    for attr, count in MANIFEST_INDEX_ATTRS.items():
+        value = recorded.get(attr)
+        if value is not None and not (
+            isinstance(fresh.get(count), int)
+            and len(value) == final[count]
+            and all(a < b for a, b in zip([-1, *value], [*value, fresh[count]], strict=True))
+        ):
+            raise _bad(f"{name}.{attr} = {value!r} is not {final.get(count)} increasing indices")
     for attr, value in recorded.items():
-        if attr in MANIFEST_FLOAT_ATTRS:
+        if attr in MANIFEST_INDEX_ATTRS:
+            plan.attrs.append((module, attr, list(value)))
+        elif attr in MANIFEST_FLOAT_ATTRS:
             _check_eps(name, module, attr, value, shapes)
             plan.attrs.append((module, attr, value))
         else:

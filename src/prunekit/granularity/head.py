@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,10 +37,39 @@ class Head(Structured):
     def groups(self, model: nn.Module, example_inputs: Any) -> list[Any]:
         from ..structure.heads import head_groups
 
-        groups = head_groups(model, kv_groups=self.kv_groups, example_inputs=example_inputs)
+        groups = head_groups(
+            model, kv_groups=self.kv_groups, example_inputs=example_inputs, refuse=True
+        )
+        left = _uncovered_attention(model, groups)
         if not groups:
+            why = (
+                f"its attention modules ({', '.join(left[:3])}) have no head adapter and no "
+                "scaled_dot_product_attention call that structure can read"
+                if left
+                else "none has a head adapter or calls scaled_dot_product_attention"
+            )
             raise TargetError(
-                f"{type(model).__name__} has no attention module that prunekit knows how to "
-                "prune by head (see prunekit.structure.heads.HEAD_ADAPTERS)"
+                f"{type(model).__name__} has no attention module that prunekit can prune by "
+                f"head: {why} (see prunekit.structure.heads.HEAD_ADAPTERS)"
+            )
+        if left:
+            warnings.warn(
+                f"prunekit: the heads of {len(left)} attention module(s) stay, no head adapter "
+                f"serves them and structure cannot read them: {', '.join(left[:5])}",
+                stacklevel=3,
             )
         return groups
+
+
+def _uncovered_attention(model: nn.Module, groups: list[Any]) -> list[str]:
+    """Modules whose class is named ``...Attention`` and holds weights, that no head group
+    covers (inside, around or equal to a covered module), as ``name (Class)``."""
+    ids = {id(m) for g in groups for m in g.info.get("modules", [g.info.get("module")])}
+    covered = {n for n, m in model.named_modules() if id(m) in ids}
+    return [
+        f"{n} ({type(m).__name__})"
+        for n, m in model.named_modules()
+        if type(m).__name__.endswith("Attention")
+        and any(True for _ in m.parameters())
+        and not any(n == c or n.startswith(c + ".") or c.startswith(n + ".") for c in covered)
+    ]

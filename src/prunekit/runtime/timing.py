@@ -85,6 +85,16 @@ class MedianTimer:
         return {n: statistics.median(v) for n, v in times.items()}
 
 
+def paired_ratios(samples: Mapping[str, list[float]], ref: str, name: str) -> list[float]:
+    """``ref``'s time / ``name``'s time in each round both ran (> 1: ``name`` is faster).
+
+    ``samples`` is :attr:`MedianTimer.samples`: entry ``i`` of each list is round ``i`` (a dropped
+    candidate's list only stops early), so each ratio compares two calls made a fraction of a
+    second apart, and a slow drift in the machine's load cancels out of it.
+    """
+    return [a / b for a, b in zip(samples[ref], samples[name], strict=False)]
+
+
 def default_clock() -> Callable[[], float]:
     """The clock that times one call best here.
 

@@ -6,14 +6,16 @@
   the channels it touches, with a warning naming the op and module.
 * :mod:`.groups` turns linked channels into :class:`Group` objects (slices removed together).
 * :mod:`.heads` does the same for attention heads, through one adapter per attention layout
-  (``HEAD_ADAPTERS``); :mod:`.resize` updates size attributes (``RESIZERS``).
+  (``HEAD_ADAPTERS``; :mod:`.mha` and :mod:`.bloom` hold the adapters that bring module code);
+  :mod:`.resize` updates size attributes (``RESIZERS``).
 * :mod:`.select` scores units with a criterion (``Criterion.group_scores`` /
   ``Criterion.channel_scores`` hooks, else summed element scores) and masks the pruned ones.
 * :mod:`.shrink` removes them, updates module attributes (:mod:`.resize`) and Hugging Face
   configs (:mod:`.hf_config`), and verifies the result against the masked model.
 """
 
-from . import masked_norm, rules  # noqa: F401  (register the masked LayerNorm and the rules)
+# register the masked LayerNorm, the rules, and the head adapters with module code of their own
+from . import bloom, masked_norm, mha, rules  # noqa: F401
 from .graph import Graph, trace
 from .groups import ChannelAnalysis, Group, Slot, channel_groups
 from .heads import HEAD_ADAPTERS, HeadAdapter, head_groups

@@ -82,7 +82,27 @@ def _separable(hid: torch.Tensor) -> tuple[int, torch.Tensor] | None:
     return found[0] if len(found) == 1 else None
 
 
-def _layout(st: State, lab: torch.Tensor, call, slots: torch.Tensor) -> FoundHeads | None:
+class _Labels:
+    """The labels of many tensors, flattened once, so that each attention call finds the few
+    tensors its heads reach with one lookup (``reached``) instead of one per tensor."""
+
+    def __init__(self, items: dict, lab: torch.Tensor) -> None:
+        self.keys = list(items)
+        self.labels = [lab[a] for a in items.values()]
+        self.flat = torch.cat([x.reshape(-1) for x in self.labels]) if self.labels else lab[:0]
+        sizes = torch.tensor([x.numel() for x in self.labels], dtype=torch.long)
+        self.seg = torch.repeat_interleave(torch.arange(len(self.labels)), sizes)
+
+    def reached(self, owner: torch.Tensor) -> list[tuple[Any, torch.Tensor]]:
+        """(key, labels) of every tensor some of whose labels have an owner (``>= 0``)."""
+        hit = torch.zeros(len(self.keys), dtype=torch.bool)
+        hit[self.seg[owner[self.flat] >= 0]] = True
+        return [(self.keys[i], self.labels[i]) for i in torch.nonzero(hit).flatten().tolist()]
+
+
+def _layout(
+    st: State, lab: torch.Tensor, call, slots: torch.Tensor, weights: _Labels, data: _Labels
+) -> FoundHeads | None:
     q, k, v = call.args[0], arg(call, 1, "key"), arg(call, 2, "value")
     ql, kl, vl = (_per_head(st.small(t), t, lab) for t in (q, k, v))
     if ql is None or kl is None or vl is None:
@@ -125,13 +145,11 @@ def _layout(st: State, lab: torch.Tensor, call, slots: torch.Tensor) -> FoundHea
             return None  # q and k/v share channels: not a head layout
         owner[ids] = hq + g
     found = FoundHeads(call.module, hq, hkv, d, [], [])
-    for (pid, dim), atoms in st.wdims.items():
-        if not _add(found, _slot(st.graph, pid, dim), owner[lab[atoms]]):
+    for (pid, dim), labels in weights.reached(owner):
+        if not _add(found, _slot(st.graph, pid, dim), owner[labels]):
             return None
-    for pid, elem in st.data.items():
-        hid = owner[lab[elem]]
-        if not bool((hid >= 0).any()):
-            continue
+    for pid, labels in data.reached(owner):
+        hid = owner[labels]
         if hkv == 1 and bool((hid[hid >= 0] == hq).all()):
             continue  # reached only through the one KV head, which always stays
         sep = _separable(hid)
@@ -167,19 +185,27 @@ def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
     found = model.__dict__.get(_CACHE)
     if found is not None and found[0] == key:
         return found[1]
-    found = _find_heads(model, example_inputs)
+    found = heads_of(trace(model, example_inputs))
     model.__dict__[_CACHE] = (key, found)
     return found
 
 
-def _find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
-    graph = trace(model, example_inputs)
+def remember_heads(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
+    """Keep the head layouts of a trace made for channels (one trace serves both), where the
+    trace holds an attention call; :func:`find_heads` then needs no trace of its own."""
+    if any(call.name == "scaled_dot_product_attention" for call in graph.calls):
+        model.__dict__[_CACHE] = (signature(model, example_inputs), heads_of(graph))
+
+
+def heads_of(graph: Graph) -> list[FoundHeads]:
+    """The head layout of every attention call of a trace that structure can tell."""
     st = propagate(graph, heads=True)
     lab = components(st.count, st.edges)
     found = []
     seen: set[str] = set()
+    weights, data = _Labels(st.wdims, lab), _Labels(st.data, lab)
     for call, slots in st.attention:
-        heads = _layout(st, lab, call, slots)
+        heads = _layout(st, lab, call, slots, weights, data)
         if heads is not None and heads.module not in seen:
             seen.add(heads.module)
             found.append(heads)

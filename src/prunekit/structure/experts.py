@@ -259,12 +259,9 @@ def _set_uniform(config: Any, fields: tuple[str, ...], values: set[int], when: A
 def expert_modules(model: nn.Module, include: Any = None, exclude: Any = None) -> set[int]:
     """``id()`` of the experts modules that structured pruning may cut, as selected by the
     ``include``/``exclude`` of the job (module names, regexes, types)."""
-    from ..targets import matching
+    from ..targets import selected
 
-    found = {id(m) for m in model.modules() if _is_experts(m)}
-    if include:
-        found &= matching(model, include)
-    return found - matching(model, exclude)
+    return selected(model, {id(m) for m in model.modules() if _is_experts(m)}, include, exclude)
 
 
 #: grouped matmul kernels need every row of their operands to start on 16 bytes

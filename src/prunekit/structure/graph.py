@@ -10,16 +10,16 @@ run: nothing is symbolically traced, so any model that runs can be analysed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from ..errors import TargetError
-from ..masks import arm, mask_names
+from ..masks import arm, is_armed, mask_names
 
 #: calls that only read metadata; never recorded
 _METADATA = {
@@ -118,6 +118,21 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside, its train flag restored after; nothing is switched where
+    every module is in eval mode already."""
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 def check_inputs(inputs: Any) -> None:
     if inputs is None:
         raise TargetError(
@@ -169,12 +184,17 @@ class _Recorder(TorchFunctionMode):
         if name == "__get__":  # a property: record the transposing ones (x @ W.T layers)
             name = getattr(getattr(func, "__self__", None), "__name__", name)
             name = name if name in _TRANSPOSING else "__get__"
-        if name not in _METADATA and not self.opaque:
-            leaves, _ = tree_flatten((args, kwargs))
-            if any(isinstance(a, torch.Tensor) for a in leaves) or isinstance(out, torch.Tensor):
-                # snapshot list arguments: a DenseNet block appends to the list it concatenates
-                args = tuple(list(a) if isinstance(a, list) else a for a in args)
-                self.calls.append(Call(func, name, args, kwargs, out, self.stack[-1]))
+        if (
+            name not in _METADATA
+            and not self.opaque
+            and (
+                isinstance(out, torch.Tensor)
+                or any(isinstance(a, torch.Tensor) for a in flatten((args, kwargs)))
+            )
+        ):
+            # snapshot list arguments: a DenseNet block appends to the list it concatenates
+            args = tuple(list(a) if isinstance(a, list) else a for a in args)
+            self.calls.append(Call(func, name, args, kwargs, out, self.stack[-1]))
         return out
 
 
@@ -224,18 +244,15 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
             if p is not None:
                 owners.setdefault(id(p), []).append((mod_name, module, pname))
     for module in model.modules():  # arm copied masks now, not inside the recorded forward
-        if any(True for _ in mask_names(module)):
+        if not is_armed(module) and any(True for _ in mask_names(module)):
             arm(module)
     stack = [""]
-    was_training = model.training
-    model.eval()
     recorder = _Recorder(stack)
     handles = list(_module_hooks(model, stack, recorder))
     try:
-        with recorder:
+        with eval_mode(model), recorder:
             outputs = call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return Graph(model, recorder.calls, outputs, owners)

@@ -109,14 +109,19 @@ class Group:
             masked |= owned.any(1)
             key = (id(mask), slot.dim)
             if key not in cache:
-                cache[key] = (
-                    mask.movedim(slot.dim, 0).reshape(mask.shape[slot.dim], -1).any(1).cpu()
-                )
+                cache[key] = live_slices(mask, slot.dim)
             dead &= ~(cache[key][idx.clamp_min(0)] & owned).any(1)
         return dead & masked
 
     def __repr__(self) -> str:
         return f"Group({self.kind} {self.name!r}, units={self.units}, slots={len(self.slots)})"
+
+
+def live_slices(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """bool ``[mask.shape[dim]]``: the slice at each index along ``dim`` keeps some entry. (A max
+    over the mask's bytes: ``Tensor.any`` over a dimension of a bool tensor is far slower.)"""
+    rest = [d for d in range(mask.dim()) if d != dim]
+    return (mask.view(torch.uint8).amax(rest) > 0).cpu() if rest else mask.cpu()
 
 
 def components(count: int, edges: list[torch.Tensor]) -> torch.Tensor:
@@ -189,7 +194,7 @@ def _units(
         powers = torch.full((int(rank.max()) + 1,), c, dtype=torch.long).cumprod(0)
         h = torch.zeros(len(unit_ids), dtype=torch.long)
         sig.append(h.index_add_(0, run_unit, term * powers[rank]))
-    _, group_of = torch.unique(torch.stack(sig, 1), dim=0, return_inverse=True)
+    group_of = _pair_ids(*sig)
     # rows of groups with a weight, sorted by (group, entry); within one, by unit then position
     unit_of_row = torch.repeat_interleave(run_unit, counts)
     live = has_weight[unit_of_row]
@@ -205,6 +210,19 @@ def _units(
         slots.append(entries[e][0])
         index.append(rows.view(int(members[g]), -1))  # [units, k]
     return [out[g] for g in sorted(out)]
+
+
+def _pair_ids(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The rank of each pair ``(a[i], b[i])`` among the distinct pairs in lexicographic order
+    (``torch.unique(dim=0, return_inverse=True)`` of the stacked pairs, by two stable sorts)."""
+    order = torch.argsort(b, stable=True)
+    order = order[torch.argsort(a[order], stable=True)]
+    sa, sb = a[order], b[order]
+    new = torch.ones(len(a), dtype=torch.long)
+    new[1:] = ((sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])).long()
+    ids = torch.empty_like(new)
+    ids[order] = torch.cumsum(new, 0) - 1
+    return ids
 
 
 def _slot(graph: Graph, pid: int, dim: int) -> Slot:
@@ -228,34 +246,42 @@ def _analyse(graph: Graph) -> ChannelAnalysis:
     in_weights = torch.zeros(st.count, dtype=torch.bool)
     for _, labels in entries:
         in_weights[labels] = True
-    blocked: dict[int, str] = {}
+    # the first reason that blocks each label (an index into whys), -1: free
+    why_of = torch.full((st.count,), -1, dtype=torch.long)
+    whys: list[str] = []
+
+    def block(labels: torch.Tensor, why: str) -> None:
+        labels = labels[why_of[labels] < 0]
+        if labels.numel():
+            why_of[labels] = len(whys)
+            whys.append(why)
+
     for atoms, why in st.blocks:
-        for label in torch.unique(lab[atoms]).tolist():
-            blocked.setdefault(label, why)
+        block(lab[atoms], why)
     for pid, elem in st.data.items():
         el = lab[elem]
         if not in_weights[el].any():
             continue
         _, module, attr = graph.owners[pid][0]
         if attr in module._non_persistent_buffers_set:  # not saved: the loader rebuilds it whole
-            for label in torch.unique(el[in_weights[el]]).tolist():
-                blocked.setdefault(label, f"{NON_PERSISTENT} {_slot(graph, pid, 0).name}")
+            block(el[in_weights[el]], f"{NON_PERSISTENT} {_slot(graph, pid, 0).name}")
             continue
         d = _separable_dim(el) if el.dim() else None
         if d is None:
-            for label in torch.unique(el[in_weights[el]]).tolist():
-                blocked.setdefault(
-                    label, f"{_slot(graph, pid, 0).name} couples channels along several dimensions"
-                )
+            owner = graph.owners[pid][0][0] or "<root>"
+            block(
+                el[in_weights[el]],
+                f"used as data, couples channels along several dimensions ({attr} in module "
+                f"{owner})",
+            )
             continue
         entries.append((_slot(graph, pid, d), el.movedim(d, 0).reshape(el.shape[d], -1)[:, 0]))
-    is_blocked = torch.zeros(st.count, dtype=torch.bool)
-    if blocked:
-        is_blocked[torch.tensor(list(blocked))] = True
+    is_blocked = why_of >= 0
     reasons: dict[str, int] = defaultdict(int)
-    for label, why in blocked.items():
-        if in_weights[label]:
-            reasons[why] += 1
+    counts = torch.bincount(why_of[in_weights & is_blocked], minlength=len(whys))
+    for why, n in zip(whys, counts.tolist(), strict=True):
+        if n:
+            reasons[why] += n
 
     # every live (entry, position, label), sorted by label then entry: one pass builds the units
     weighty = torch.tensor(
@@ -290,6 +316,7 @@ EXPECTED = (
     "a channel dimension is split into several",
     "multiplies activations along their channels",
     "nn.MultiheadAttention ties",
+    "combined with a tensor that multiplies activations",
     NON_PERSISTENT,
 )
 
@@ -319,8 +346,12 @@ def cached_groups(model: nn.Module, example_inputs: Any) -> list[Group] | None:
 
 def channel_groups(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> ChannelAnalysis:
     """Trace ``model`` on ``example_inputs`` and return its coupled channel groups."""
-    analysis = analyse(trace(model, example_inputs))
+    from .attention import remember_heads  # attention builds on this module
+
+    graph = trace(model, example_inputs)
+    analysis = analyse(graph)
     model.__dict__[_CACHE] = (signature(model, example_inputs), analysis.groups)
+    remember_heads(model, example_inputs, graph)
     # a router's rows are its experts' logits, pruned by granularity="expert", not channels
     routers = tuple(f"in module {moe.router_name})" for moe in find_moe(model))
     unexpected = {

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import TargetError
 from ..registry import Registry
 from .attention import CHUNK_ATTRS, StructuralAdapter, find_heads
 from .groups import Group, Slot
@@ -91,6 +92,9 @@ class HeadAdapter:
     per_head: tuple[tuple[str, str, int], ...] = ()
     #: module (relative to the adapter's module) that holds the count attributes
     holder: str = ""
+    #: the head counts may be written into a Hugging Face config (False where the config cannot
+    #: describe them: rebuilding from it would give other heads)
+    writes_config: bool = True
 
     def matches(self, module: nn.Module) -> bool:
         return all(isinstance(_get(module, p), nn.Linear) for p in (self.q, self.k, self.v, self.o))
@@ -139,6 +143,18 @@ class HeadAdapter:
         _set_existing(holder, self.width_attrs, hq * d)
         if hasattr(holder, "num_key_value_groups"):
             holder.num_key_value_groups = hq // hkv
+
+    def unsupported(self, module: nn.Module) -> str | None:
+        """Why this module's heads cannot be pruned (None: they can)."""
+        return None
+
+    def drop(self, module: nn.Module, heads: list[int]) -> None:
+        """Called before :meth:`resize` with the query heads (indices before slicing) that
+        shrinking removes, for adapters that remember which heads remain."""
+
+    def reattach(self, module: nn.Module) -> None:
+        """Restore what :meth:`resize` did beyond size attributes (a module class, a hook) on a
+        module that a checkpoint's shape manifest has just resized (see :func:`reattach`)."""
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:
@@ -210,22 +226,24 @@ class ProjAttention(HeadAdapter):
     "OPTAttention",
     "BartAttention",
     "WhisperAttention",
-    examples=(hf_example("OPTForCausalLM", **_TEXT, ffn_dim=64, word_embed_proj_dim=32),),
-)
+    "GPTNeoSelfAttention",
+    examples=(
+        hf_example("OPTForCausalLM", **_TEXT, ffn_dim=64, word_embed_proj_dim=32),
+        hf_example(  # eager attention (no sdpa call for structure to read)
+            "GPTNeoForCausalLM", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+            attention_types=[[["global", "local"], 1]], max_position_embeddings=16,
+        ),
+    ),
+)  # fmt: skip
 class OutProjAttention(HeadAdapter):
     o = "out_proj"
 
 
-@register(
-    "swin",
-    "SwinAttention",
-    examples=(
-        hf_example(
-            "SwinModel", "image", image_size=32, patch_size=4, embed_dim=16, depths=[1],
-            num_heads=[4], window_size=4,
-        ),
-    ),
-)  # fmt: skip
+_SWIN = {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1], "num_heads": [4],
+         "window_size": 4}  # fmt: skip
+
+
+@register("swin", "SwinAttention", examples=(hf_example("SwinModel", "image", **_SWIN),))
 class SwinAttention(HeadAdapter):
     per_head = (("relative_position_bias", "relative_position_bias_table", 1),)
 
@@ -239,6 +257,42 @@ class SwinAttention(HeadAdapter):
 class BertAttention(HeadAdapter):
     q, k, v, o = "self.query", "self.key", "self.value", "output.dense"
     holder = "self"
+
+
+@register(
+    "deberta-v2",
+    "DebertaV2Attention",
+    examples=(
+        hf_example(
+            "DebertaV2Model", **_TEXT, intermediate_size=64, relative_attention=True,
+            pos_att_type=["p2c", "c2p"], max_relative_positions=8, position_buckets=4,
+        ),
+    ),
+)  # fmt: skip
+class DebertaV2Attention(BertAttention):
+    """DeBERTa-v2/v3 disentangled attention: besides q/k/v, the projections of the relative
+    position embeddings (``pos_query_proj``/``pos_key_proj``, absent with ``share_att_key``)
+    have one block of rows per head."""
+
+    q, k, v = "self.query_proj", "self.key_proj", "self.value_proj"
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        heads = super().layout(prefix, module)
+        for path in ("self.pos_query_proj", "self.pos_key_proj"):
+            heads.q += _linear_slots(prefix, module, path, True)
+        return heads
+
+
+@register("swinv2", "Swinv2Attention", examples=(hf_example("Swinv2Model", "image", **_SWIN),))
+class Swinv2Attention(BertAttention):
+    """Swin V2: cosine attention scaled by a per-head ``logit_scale`` ``[H, 1, 1]``, plus a
+    position bias whose MLP's last layer has one output row per head."""
+
+    per_head = (
+        ("self", "logit_scale", 0),
+        ("self.continuous_position_bias_mlp.2", "weight", 0),
+        ("self.continuous_position_bias_mlp.2", "bias", 0),
+    )
 
 
 @register(
@@ -294,6 +348,51 @@ class T5Attention(HeadAdapter):
 
     def couple(self, prefix: str, module: nn.Module) -> str | None:
         return f"{prefix.split('.block.')[0]}:{prefix.rsplit('.', 1)[-1]}"
+
+
+@register(
+    "mpnet",
+    "MPNetEncoder",
+    examples=(hf_example("MPNetModel", **_TEXT, intermediate_size=64),),
+)
+class MPNetEncoder(HeadAdapter):
+    """MPNet: the encoder computes one relative position bias ``[B, H, T, T]`` (its
+    ``relative_attention_bias`` has a column per head) and adds it in every layer, so every layer
+    keeps the same heads: the adapter serves the encoder, and one unit is head ``h`` of every
+    layer plus its bias column."""
+
+    def matches(self, module: nn.Module) -> bool:
+        layers = getattr(module, "layer", None)
+        return isinstance(getattr(module, "relative_attention_bias", None), nn.Embedding) and (
+            isinstance(layers, nn.ModuleList)
+            and all(isinstance(_get(m, "attention.attn"), nn.Module) for m in layers)
+        )
+
+    def _attns(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"layer.{i}.attention.attn", m.attention.attn) for i, m in enumerate(module.layer)]
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        first = module.layer[0].attention.attn
+        d = first.attention_head_size
+        heads = Heads(first.q.weight.shape[0] // d, first.k.weight.shape[0] // d, d)
+        for path, _ in self._attns(module):
+            heads.q += _linear_slots(prefix, module, f"{path}.q", True)
+            heads.q += _linear_slots(prefix, module, f"{path}.o", False)
+            heads.kv += _linear_slots(prefix, module, f"{path}.k", True)
+            heads.kv += _linear_slots(prefix, module, f"{path}.v", True)
+        heads.per_head.append(_slot(prefix, module, "relative_attention_bias", "weight", 1))
+        return heads
+
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        attn = module.layer[0].attention.attn
+        return attn.num_attention_heads, attn.num_attention_heads, attn.attention_head_size
+
+    def resize(self, module: nn.Module) -> None:
+        for _, attn in self._attns(module):
+            h = attn.q.weight.shape[0] // attn.attention_head_size
+            attn.num_attention_heads, attn.all_head_size = h, h * attn.attention_head_size
+        module.n_heads = module.relative_attention_bias.weight.shape[1]
+        module.relative_attention_bias.embedding_dim = module.n_heads
 
 
 @register(
@@ -399,27 +498,43 @@ def _group(name: str, heads: Heads, units: list[list[int]], kv: list[int] | None
         for slot, idx in heads.kv_index:
             slots.append(slot)
             index.append(idx[torch.tensor(kv)])
-    return Group(name, "head", slots, index)
+    g = Group(name, "head", slots, index)
+    g.info["heads"] = units
+    return g
 
 
 def head_groups(
-    model: nn.Module, kv_groups: bool | None = None, example_inputs: Any = None
+    model: nn.Module,
+    kv_groups: bool | None = None,
+    example_inputs: Any = None,
+    refuse: bool = False,
 ) -> list[Group]:
     """Head groups of every attention module with an adapter, and (given ``example_inputs``)
     of every other attention that structure can tell (:mod:`.attention`).
 
     ``kv_groups=None`` (as ``pk.shrink`` uses) returns both kinds: whole KV groups, and tied query
     heads within KV groups where there is GQA. ``True``/``False`` picks one kind, as pruning does.
+    An attention module whose adapter cannot prune it is skipped, or with ``refuse`` raises
+    :class:`~prunekit.errors.TargetError` naming it and why.
     """
     layouts: list[tuple[str, nn.Module, HeadAdapter | StructuralAdapter, Heads]] = []
     generic: list[tuple[str, nn.Module, HeadAdapter]] = []
+    known_skip: list[str] = []  # refused by their adapter: structure must not take them either
     for name, module in model.named_modules():
         adapter = adapter_for(module)
+        why = adapter.unsupported(module) if adapter is not None else None
+        if why is not None:
+            if refuse:
+                raise TargetError(
+                    f"cannot prune the heads of {name} ({type(module).__name__}): {why}"
+                )
+            known_skip.append(name)
+            continue
         if adapter is not None and _by_class(module):
             layouts.append((name, module, adapter, adapter.layout(name, module)))
         elif adapter is not None:
             generic.append((name, module, adapter))
-    known = [n for n, *_ in layouts]
+    known = [n for n, *_ in layouts] + known_skip
     for found in find_heads(model, example_inputs) if example_inputs is not None else []:
         if any(_nested(found.module, n) for n in known):
             continue
@@ -496,7 +611,13 @@ def _nested(a: str, b: str) -> bool:
 
 def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
     """Update the head counts of every module the groups cover (after slicing); returns the
-    (query heads, KV heads, head size) of each."""
+    (query heads, KV heads, head size) of each whose adapter lets a config hold them."""
+    dropped: dict[int, list[int]] = {}
+    for g in groups:  # the query heads each module loses (groups of one module only)
+        dead = g.info.get("dead")
+        if dead is not None and g.info.get("module") is not None:
+            heads = [h for u in torch.nonzero(dead).flatten().tolist() for h in g.info["heads"][u]]
+            dropped.setdefault(id(g.info["module"]), []).extend(heads)
     done: set[int] = set()
     counts = []
     for g in groups:
@@ -504,6 +625,18 @@ def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
         for module in g.info.get("modules", [g.info.get("module")]):
             if adapter is not None and module is not None and id(module) not in done:
                 done.add(id(module))
+                if isinstance(adapter, HeadAdapter):
+                    adapter.drop(module, sorted(set(dropped.get(id(module), []))))
                 adapter.resize(module)
-                counts.append(adapter.counts(module))
+                if getattr(adapter, "writes_config", True):
+                    counts.append(adapter.counts(module))
     return counts
+
+
+def reattach(model: nn.Module) -> None:
+    """Let every attention module's adapter restore, after a checkpoint's shapes were applied to
+    a freshly built ``model``, what size attributes cannot hold (``pk.load`` calls this)."""
+    for module in model.modules():
+        adapter = adapter_for(module)
+        if adapter is not None:
+            adapter.reattach(module)

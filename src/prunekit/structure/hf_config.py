@@ -31,8 +31,8 @@ HIDDEN_FIELDS = ("hidden_size", "word_embed_proj_dim", "embedding_size")
 #: norm attributes holding epsilon, and the config fields they come from
 EPS_ATTRS = ("variance_epsilon", "eps")
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
-#: model types whose attention takes ``config.head_dim`` when the config has it
-HEAD_DIM_FROM_CONFIG = {"vit", "llama", "mistral", "qwen2"}
+#: module attributes that hold an attention's head size
+HEAD_SIZES = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
 
 
 def _width(m: nn.Module) -> int | None:
@@ -85,7 +85,8 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
     d = _uniform([h[2] for h in heads])
     if hq is None or d is None:
         return
-    if hasattr(config, "head_dim") or config.model_type in HEAD_DIM_FROM_CONFIG:
+    saved = dict(config.__dict__)
+    if getattr(config, "head_dim", None) != d:  # models that read config.head_dim take it
         _set(config, "head_dim", d)
     if hasattr(config, "num_attention_heads"):
         _set(config, "num_attention_heads", hq)
@@ -94,10 +95,37 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
     for fld in ("num_key_value_heads", "num_kv_heads"):
         if hkv is not None and getattr(config, fld, None) is not None:
             _set(config, fld, hkv)
+    if config.__dict__ != saved and not _rebuilds_head_size(model, config):
+        # the config derives the head size from the count (BERT, GPT-2, BART: width // heads):
+        # a model rebuilt from new counts would have other heads (and scale its scores by them),
+        # so the counts stay and the shape manifest holds the heads
+        config.__dict__.clear()
+        config.__dict__.update(saved)
+
+
+def _rebuilds_head_size(model: nn.Module, config: object) -> bool:
+    """A model built from ``config`` (on the meta device) has every attention module's head
+    size that ``model`` has."""
+    build = getattr(type(model), "_from_config", None)
+    try:
+        with torch.device("meta"):
+            fresh = build(config)
+    except Exception:  # a config the class cannot be built from describes nothing
+        return False
+    built = dict(fresh.named_modules())
+    return all(
+        built.get(n) is not None and built[n].__dict__.get(a) == v
+        for n, m in model.named_modules()
+        for a in HEAD_SIZES
+        if isinstance(v := m.__dict__.get(a), int)
+    )
 
 
 def _set(config: object, field: str, value: int) -> None:
-    """Set a config field; a derived one (a read-only property) is left as it is."""
+    """Set a config field; a derived one (a read-only property) and a per-stage list (Swin's
+    ``num_heads``, which one count cannot describe) are left as they are."""
+    if isinstance(getattr(config, field, None), (list, tuple)):
+        return
     with contextlib.suppress(AttributeError):
         setattr(config, field, value)
 

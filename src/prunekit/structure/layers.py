@@ -18,7 +18,8 @@ from torch import nn
 
 from ..calibrate import first_output, hidden_key
 from ..errors import TargetError
-from .graph import call_model
+from ..masks import mask_names
+from .graph import call_model, eval_mode
 from .groups import Group, Slot
 
 #: config fields that list one entry per layer
@@ -38,6 +39,10 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     return best
 
 
+class _Captured(Exception):
+    """Stops a forward pass once the first block's inputs are captured."""
+
+
 @torch.no_grad()
 def _zeroed_is_identity(model: nn.Module, block: nn.Module, example_inputs: Any) -> bool:
     """Run the model to capture ``block``'s inputs; a copy of it with zero parameters must
@@ -46,15 +51,16 @@ def _zeroed_is_identity(model: nn.Module, block: nn.Module, example_inputs: Any)
 
     def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
         seen.append((args, kwargs))
+        raise _Captured  # the rest of the forward is not needed
 
     handle = block.register_forward_pre_hook(grab, with_kwargs=True)
-    was = model.training
     try:
-        model.eval()
-        call_model(model, example_inputs)
+        with eval_mode(model):
+            call_model(model, example_inputs)
+    except _Captured:
+        pass
     finally:
         handle.remove()
-        model.train(was)
     if not seen:
         return False
     args, kwargs = seen[0]
@@ -89,11 +95,16 @@ def dead_layers(model: nn.Module, example_inputs: Any) -> tuple[Group, torch.Ten
     found = find_layers(model)
     if found is None:
         return None
-    group = _blocks_group(*found)
-    dead = group.dead()
+    dead = torch.tensor([_masked_off(block) for block in found[1]])
     if not dead.any() or not _zeroed_is_identity(model, found[1][0], example_inputs):
         return None
-    return group, dead
+    return _blocks_group(*found), dead
+
+
+def _masked_off(block: nn.Module) -> bool:
+    """Every mask of the block is all False, and it has one (:meth:`Group.dead` of its unit)."""
+    masks = [m for module in block.modules() for _, m in mask_names(module)]
+    return bool(masks) and not any(m.numel() and bool(m.view(torch.uint8).max()) for m in masks)
 
 
 def _blocks_group(name: str, blocks: nn.ModuleList) -> Group:

@@ -45,6 +45,8 @@ class Rule:
     #: the op names (``func.__name__``, trailing ``_`` of in-place variants ignored) handled
     ops: tuple[str, ...] = ()
     examples: tuple[Example, ...] = ()
+    #: also applied to calls none of whose inputs carries a channel id
+    untracked: bool = False
 
     def apply(self, call: Call, st: State) -> None:
         raise NotImplementedError
@@ -98,6 +100,9 @@ class State:
         #: channel dims cut into pieces at positions fixed by the code: (pieces, call); checked
         #: once the groups are known (see check_cuts)
         self.cuts: list[tuple[list[torch.Tensor], Call]] = []
+        #: ids of the outputs of activation products (attention scores): what is combined with
+        #: them along a dimension stays, by design (see rules.elementwise)
+        self.products: set[int] = set()
 
     # -- atoms -----------------------------------------------------------------------------------
     def fresh(self, n: int) -> torch.Tensor:
@@ -249,9 +254,9 @@ def propagate(graph: Graph, heads: bool = False) -> State:
     st = State(graph, heads)
     for call in graph.calls:
         ins = tensors_of((call.args, call.kwargs))
-        if not any(st.tracked(t) for t in ins):
-            continue
         found = rule_for(call.name)
+        if not any(st.tracked(t) for t in ins) and not (found is not None and found.untracked):
+            continue
         if found is None:
             st.refuse(call, NO_RULE)
             continue

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from ..allocation import Allocation
-from ..criteria import Criterion, ScoreContext
-from ..errors import WeightError
+from ..criteria import CRITERIA, Criterion, ScoreContext
+from ..errors import ConfigError, WeightError
 from ..granularity.structured import Structured
 from ..masks import shrink_mask
 from ..targets import Target
 from ..threads import torch_threads
-from .experts import alignment
+from .experts import alignment, is_expert_weight
 from .groups import Group, Slot
 
 
@@ -25,15 +25,16 @@ def _element_scores(
 ) -> torch.Tensor | None:
     """The criterion's element scores summed per index along the slot's dimension ``[size]``."""
     target = slot.target()
-    if target is None and not (criterion.requires_data or criterion.stats):
-        target = slot.recurrent()  # a data-free criterion scores any weight
+    if target is None and not criterion.stats:
+        target = slot.recurrent()  # data-free and gradient criteria score any weight
     if target is None:
         return None
     key = id(target.weight)
     if key not in cache:
         cache[key] = target.from_matrix(criterion.scores(target, ctx).float()).cpu()
     s = cache[key]
-    return s.movedim(slot.dim, 0).reshape(s.shape[slot.dim], -1).sum(1)
+    rest = [d for d in range(s.dim()) if d != slot.dim]
+    return s.sum(rest) if rest else s
 
 
 def unit_scores(
@@ -76,15 +77,49 @@ def _gather(per: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return (per[idx.clamp_min(0)] * (idx >= 0)).sum(1)
 
 
-def group_targets(groups: list[Group]) -> list[Target]:
-    """The prunable weights the groups touch (for criteria that collect statistics)."""
+def group_targets(groups: list[Group], recurrent: bool = False) -> list[Target]:
+    """The prunable weights the groups touch (for criteria that collect statistics), and the
+    LSTM/GRU/RNN weights with ``recurrent``."""
     seen: dict[int, Target] = {}
     for g in groups:
         for s in g.slots:
-            t = s.target()
+            t = s.target() or (s.recurrent() if recurrent else None)
             if t is not None:
                 seen.setdefault(id(t.weight), t)
     return list(seen.values())
+
+
+def check_recurrent(groups: list[Group], criterion: Criterion) -> None:
+    """Refuse a criterion that ranks units by per-layer activation statistics where a group holds
+    LSTM/GRU/RNN weights: those statistics say nothing of a recurrent unit (its gates mix its
+    own past outputs), so its units would be ranked by nothing."""
+    if not criterion.stats:
+        return
+    for g in groups:
+        for s in g.slots:
+            if s.recurrent() is not None:
+                name = CRITERIA.name_of(type(criterion))
+                raise ConfigError(
+                    f"criterion {name!r} ranks units by per-layer activation statistics, which "
+                    f"cannot rank the units of recurrent layer {s.name.rpartition('.')[0]} "
+                    f"({type(s.module).__name__}); use a data-free criterion (magnitude, l2, "
+                    "random) or a gradient one (taylor, obd)"
+                )
+
+
+def check_experts(targets: list[Target], criterion: Criterion, granularity: Structured) -> None:
+    """Refuse a criterion that ranks units by per-layer input statistics where the units cut MoE
+    expert weights: each expert sees only the tokens routed to it (before any calibration)."""
+    experts = sorted({t.qualname for t in targets if is_expert_weight(t.module, t.param)})
+    if criterion.stats and experts:
+        name = CRITERIA.name_of(type(criterion))
+        raise ConfigError(
+            f"criterion {name!r} ranks {granularity.spec} units by per-layer input "
+            f"statistics, which MoE expert weights ({', '.join(experts[:3])}"
+            f"{', ...' if len(experts) > 3 else ''}) do not have: each expert sees only the "
+            "tokens routed to it. Use a weight criterion (magnitude, l2, taylor, obd, fpgm, "
+            "random), or remove whole experts with granularity='expert', criterion='reap'"
+        )
 
 
 def role(group: Group) -> tuple:
@@ -151,25 +186,28 @@ def choose(
 @torch.no_grad()
 def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
     """Zero the slices of the pruned units with masks (parameters only; buffers keep values)."""
-    keeps: dict[int, tuple[nn.Module, str, torch.Tensor]] = {}
+    drops: dict[int, tuple[nn.Module, str, dict[int, torch.Tensor]]] = {}
     for g, mask in zip(groups, pruned, strict=True):
         if not mask.any():
             continue
         for slot, idx in g.members():
             if not slot.is_param:
                 continue
-            key = id(slot.tensor)
-            if key not in keeps:
-                keeps[key] = (
-                    slot.module,
-                    slot.attr,
-                    torch.ones_like(slot.tensor, dtype=torch.bool),
-                )
-            keep = keeps[key][2]
+            t = slot.tensor
+            by_dim = drops.setdefault(id(t), (slot.module, slot.attr, {}))[2]
+            if slot.dim not in by_dim:
+                by_dim[slot.dim] = torch.zeros(t.shape[slot.dim], dtype=torch.bool)
             drop = idx[mask].reshape(-1)
-            keep.index_fill_(slot.dim, drop[drop >= 0].to(keep.device), False)
-    for module, attr, keep in keeps.values():
-        shrink_mask(module, attr, keep)
+            by_dim[slot.dim][drop[drop >= 0]] = True
+    for module, attr, by_dim in drops.values():
+        shape = getattr(module, attr).shape
+        keep = None
+        for dim, drop in by_dim.items():
+            view = [1] * len(shape)
+            view[dim] = shape[dim]
+            kept = ~drop.view(view)  # broadcasts along the other dimensions
+            keep = kept if keep is None else keep & kept
+        shrink_mask(module, attr, keep.expand(shape))
 
 
 def prune_groups(
@@ -186,7 +224,10 @@ def prune_groups(
     if not groups:
         _warn_nothing(f"the model has no prunable {granularity.spec} group")
         return
-    criterion.collect(group_targets(groups), ctx)
+    check_recurrent(groups, criterion)
+    targets = group_targets(groups, recurrent=not criterion.stats)
+    check_experts(targets, criterion, granularity)
+    criterion.collect(targets, ctx)
     with torch_threads(1):  # hundreds of small ops
         cache: dict[int, torch.Tensor] = {}
         dead_cache: dict = {}

@@ -10,27 +10,29 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
-from ..masks import bake, mask_names
+from ..masks import mask_names, unmask
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
-from .graph import call_model, check_inputs, eps_attr, flatten, is_rms_norm
-from .groups import Group, cached_groups, channel_groups
+from .graph import call_model, check_inputs, eps_attr, eval_mode, flatten, is_rms_norm
+from .groups import Group, cached_groups, channel_groups, live_slices
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
 from .layers import dead_layers, drop_layers
 from .resize import resize
 
 Removals = dict[int, dict[int, torch.Tensor]]
+#: what pk.prune keeps on the model (channel groups, head layouts): the copy's shapes differ
+_CACHES = ("_pk_channel_groups", "_pk_found_heads")
 
 
-def _removals(groups: list[Group]) -> Removals:
+def _removals(groups: list[Group], cache: dict | None = None) -> Removals:
     """id(tensor) -> dim -> bool ``[size]``, True where the index goes: from every unit whose
-    slices are all masked off.
+    slices are all masked off. ``cache`` shares the masks' per-slice work between calls.
 
     Tied groups (GQA query heads of one layer) lose the same number of units: the fewest dead
     units among them.
     """
-    cache: dict = {}
+    cache = {} if cache is None else cache
     dead = {id(g): g.dead(cache) for g in groups}
     quota: dict[str, int] = {}
     for g in groups:
@@ -41,6 +43,7 @@ def _removals(groups: list[Group]) -> Removals:
         d = dead[id(g)]
         if g.tie is not None:
             d = d & (torch.cumsum(d.long(), 0) <= quota[g.tie])
+        g.info["dead"] = d  # the units that go (head adapters that remember kept heads read it)
         if not d.any():
             continue
         for slot, idx in g.members():
@@ -62,40 +65,89 @@ def _unexplained(model: nn.Module, removals: Removals, skip: set[int]) -> bool:
         for pname, mask in mask_names(module):
             p = getattr(module, pname)
             for dim in range(min(mask.dim(), 2)):
-                dead = ~mask.movedim(dim, 0).reshape(mask.shape[dim], -1).any(1).cpu()
+                dead = ~live_slices(mask, dim)
                 gone = removals.get(id(p), {}).get(dim)
                 if bool((dead & ~gone if gone is not None else dead).any()):
                     return True
     return False
 
 
+def _take(t: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(dim, keep)``; past dimension 0 as a gather, several times faster on CPU."""
+    if dim == 0 or t.dim() < 2:
+        return t.index_select(dim, keep)
+    shape = list(t.shape)
+    shape[dim] = len(keep)
+    view = [1] * t.dim()
+    view[dim] = len(keep)
+    return torch.gather(t, dim, keep.view(view).expand(shape))
+
+
 @torch.no_grad()
-def _slice(model: nn.Module, removals: Removals) -> list[nn.Module]:
-    """Replace every tensor with removals by its kept slice, in every module that holds it."""
-    touched: dict[int, nn.Module] = {}
+def _kept(t: torch.Tensor, drops: dict[int, torch.Tensor], mask: torch.Tensor | None) -> Any:
+    """A new tensor: the kept slices of ``t`` (``drops``: dim -> bool, True where an index
+    goes), its mask's zeros baked in; a parameter stays a parameter."""
+    data = t.detach()
+    for dim, drop in drops.items():
+        keep = torch.nonzero(~drop).flatten().to(data.device)
+        data = _take(data, dim, keep)
+        mask = _take(mask, dim, keep) if mask is not None else None
+    if mask is not None:
+        data = data.mul_(mask.view(torch.uint8)) if drops else data * mask
+    channels_last = torch.channels_last
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=channels_last):
+        data = data.contiguous(memory_format=channels_last)  # the layout the model chose
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(data, requires_grad=t.requires_grad)
+    return data
+
+
+@torch.no_grad()
+def _copy(model: nn.Module, removals: Removals, skip: set[int]) -> tuple[nn.Module, dict]:
+    """A deep copy of ``model`` whose tensors hold only their kept slices, with the masks baked
+    in and dropped, built without copying the full tensors first. Modules in ``skip`` (blocks
+    that go) are copied as they are. Returns the copy and the deepcopy memo (id of an original
+    object -> its copy)."""
+    memo: dict[int, Any] = {}
+    for cache in _CACHES:  # groups of the old shapes: not carried over
+        if cache in model.__dict__:
+            memo[id(model.__dict__[cache])] = None
     for module in model.modules():
+        masks = dict(mask_names(module))
+        for mask in masks.values():
+            memo[id(mask)] = mask  # the copy's masks are dropped below
+        if id(module) in skip:
+            continue
         for store in (module._parameters, module._buffers):
-            if any(t is not None and id(t) in removals for t in store.values()):
-                touched[id(module)] = module
-    new: dict[int, torch.Tensor] = {}
-    for module in touched.values():
-        for store in (module._parameters, module._buffers):
-            for attr, t in list(store.items()):
-                if t is None or id(t) not in removals:
+            for attr, t in store.items():
+                if t is None or id(t) in memo:
                     continue
-                if id(t) not in new:
-                    data = t.detach()
-                    for dim, drop in removals[id(t)].items():
-                        keep = torch.nonzero(~drop).flatten().to(data.device)
-                        data = data.index_select(dim, keep)
-                    data = data.contiguous().clone()
-                    new[id(t)] = (
-                        nn.Parameter(data, requires_grad=t.requires_grad)
-                        if isinstance(t, nn.Parameter)
-                        else data
-                    )
-                store[attr] = new[id(t)]
-    return list(touched.values())
+                mask = masks.get(attr) if store is module._parameters else None
+                drops = removals.get(id(t), {})
+                if drops or mask is not None:
+                    memo[id(t)] = _kept(t, drops, mask)
+    small = copy.deepcopy(model, memo)
+    for cache in _CACHES:
+        small.__dict__.pop(cache, None)
+    for module in small.modules():
+        if _has_mask(module):
+            unmask(module)
+    return small, memo
+
+
+def _has_mask(module: nn.Module) -> bool:
+    return any(True for _ in mask_names(module))
+
+
+def _masks_some(module: nn.Module) -> bool:
+    """Some mask of ``module`` removes an entry."""
+    return any(m.numel() and not m.view(torch.uint8).min() for _, m in mask_names(module))
+
+
+def _holds(module: nn.Module, removals: Removals) -> bool:
+    """``module`` holds a tensor that loses slices."""
+    tensors = (*module._parameters.values(), *module._buffers.values())
+    return any(t is not None and id(t) in removals for t in tensors)
 
 
 @torch.no_grad()
@@ -129,13 +181,8 @@ def max_rel_error(ref: Any, out: Any) -> float:
 
 
 def _run(model: nn.Module, inputs: Any) -> Any:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return call_model(model, inputs)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        return call_model(model, inputs)
 
 
 def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.Module:
@@ -148,37 +195,40 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     check_inputs(example_inputs)
     ref = None
     with torch_threads(1):  # hundreds of small ops
-        small = copy.deepcopy(model)
-        channels = cached_groups(small, example_inputs)  # from pk.prune, remapped by deepcopy
-        if channels is None:
-            analysis = channel_groups(small, example_inputs, warn=False)
-            ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
-            channels = analysis.groups
-        experts = expert_groups(small)
-        removals = _removals(channels + experts)
-        layers = dead_layers(small, example_inputs)
+        layers = dead_layers(model, example_inputs)
         gone: set[int] = set()  # modules of the blocks that go
         if layers is not None:
             blocks, dead = layers[0].info["blocks"], torch.nonzero(layers[1]).flatten().tolist()
             gone = {id(m) for i in dead for m in blocks[i].modules()}
-        heads: list[Group] = []
-        # heads are searched where some were pruned (masked rows or columns nothing else
-        # removes) and where a config must be told every attention's counts
-        if hasattr(getattr(small, "config", None), "to_dict") or _unexplained(
-            small, removals, gone
-        ):
-            heads = head_groups(small, example_inputs=example_inputs)
-            removals = _removals(channels + heads + experts)
-        for cache in ("_pk_channel_groups", "_pk_found_heads"):  # the shapes change
-            small.__dict__.pop(cache, None)
+        channels = heads = experts = []
+        removals: Removals = {}
+        if any(id(m) not in gone and _masks_some(m) for m in model.modules()):
+            # masks beyond the blocks that go: find the channels, experts and heads they remove
+            channels = cached_groups(model, example_inputs)  # from pk.prune
+            if channels is None:
+                analysis = channel_groups(model, example_inputs, warn=False)
+                ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
+                channels = analysis.groups
+            experts = expert_groups(model)
+            cache: dict = {}
+            removals = _removals(channels + experts, cache)
+            # heads are searched where some were pruned (masked rows or columns nothing else
+            # removes) and where a config must be told every attention's counts
+            if hasattr(getattr(model, "config", None), "to_dict") or _unexplained(
+                model, removals, gone
+            ):
+                heads = head_groups(model, example_inputs=example_inputs)
+                removals = _removals(channels + heads + experts, cache)
+        rms = {id(m): m.weight.shape[0] for m in model.modules() if is_rms_norm(m)}
+        small, memo = _copy(model, removals, gone)
         if layers is not None:
             drop_layers(small, *layers)
-        bake(small)
-        widths = {id(m): m.weight.shape[0] for m in small.modules() if is_rms_norm(m)}
-        for module in _slice(small, removals):
-            resize(module)
-        rescale_rms_norms(small, widths)
-        patch_moe(small, [g.info["moe"] for g in experts])
+        for module in model.modules():  # size attributes follow the sliced tensors
+            if id(module) not in gone and _holds(module, removals):
+                resize(memo[id(module)])
+        rescale_rms_norms(small, {id(memo[k]): w for k, w in rms.items() if k in memo})
+        moes, heads = copy.deepcopy(([g.info["moe"] for g in experts], heads), memo)
+        patch_moe(small, moes)
         update_config(small, resize_heads(heads))
     if ref is None:
         ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing

@@ -5,6 +5,8 @@ row pointer says where each row's values start. Bytes per weight: 1/8 + density 
 at 50% sparsity about 1.9x less weight traffic than dense, with no 16-bit index per value as CSR
 has. The compiled kernel (``bitmask.cpp``) expands values into place with AVX-512 (an AVX2 and a
 portable path exist) and, at batch > 1, multiplies each expanded tile by up to 8 input rows.
+Arrays of 2 MiB or more live in huge pages (:mod:`.hugepages`): batch 1 is bound by the stream
+of values, and 4 KiB pages cost it a TLB miss and a prefetcher stop every 4 KiB.
 
 ``prunekit_bitmask_bf16`` stores the values as bfloat16 (rounded to nearest even) and converts
 them to fp32 in registers: half the value bytes again, at the cost of bf16 rounding of the
@@ -26,6 +28,7 @@ import torch
 from ...errors import ConfigError
 from ._build import CompiledKernel, library_function
 from .base import KERNELS
+from .hugepages import in_huge_pages
 
 SOURCE = Path(__file__).with_name("bitmask.cpp")
 #: (out, n, in, words, rowptr, mask, values, x, bias, y, threads)
@@ -82,6 +85,7 @@ def row_scales(weight: torch.Tensor) -> torch.Tensor:
 
 class _Bitmask(CompiledKernel):
     symbol = ""
+    version = 3  # arrays in huge pages: decisions cached for versions 1-2 are stale
     argtypes = ARGTYPES
 
     def available(self) -> bool:
@@ -97,7 +101,7 @@ class _Bitmask(CompiledKernel):
         mask, rowptr, values = bitmask_parts(weight)
         vals = torch.zeros(values.numel() + PAD, dtype=self.value_dtype)
         vals[: values.numel()] = values.to(self.value_dtype)
-        return {"mask": mask, "rowptr": rowptr, "values": vals}
+        return in_huge_pages({"mask": mask, "rowptr": rowptr, "values": vals})
 
     def bind(self, packed: Mapping[str, torch.Tensor], shape):
         mask = packed["mask"]
@@ -140,7 +144,7 @@ class PrunekitBitmaskInt8(_Bitmask):
         values = q[weight != 0]  # [nnz], row-major
         vals = torch.zeros(values.numel() + PAD, dtype=torch.int8)
         vals[: values.numel()] = values.to(torch.int8)
-        return {"mask": mask, "rowptr": rowptr, "values": vals, "scale": scale}
+        return in_huge_pages({"mask": mask, "rowptr": rowptr, "values": vals, "scale": scale})
 
     def bind(self, packed: Mapping[str, torch.Tensor], shape):
         fn, arrays, dims, transpose = super().bind(packed, shape)

@@ -43,8 +43,8 @@ struct Pattern {
 
 #ifdef __AVX512F__
 #define PK_NM_ISA 2
-// how far ahead (in bytes) each row's values are prefetched: the permutes keep the core busy, so
-// the hardware prefetcher alone leaves memory latency exposed (as in bitmask.cpp)
+// how far ahead (in bytes) each row's values are prefetched, into L2: the permutes keep the core
+// busy, so the hardware prefetcher alone leaves memory latency exposed (as in bitmask.cpp)
 static const int64_t PREFETCH = 4096;
 static inline __m512 load16(const float *p) { return _mm512_loadu_ps(p); }
 static inline __m512 load16(const bf16 *p) {
@@ -96,7 +96,7 @@ static void tile(int64_t r, int64_t b0, int64_t out, int64_t chunks, const T *va
         __m512 v[R];
         for (int i = 0; i < R; ++i) {
             const T *vc = val + (r + i) * chunks * 16 + c * 16;
-            __builtin_prefetch(reinterpret_cast<const char *>(vc) + PREFETCH);
+            __builtin_prefetch(reinterpret_cast<const char *>(vc) + PREFETCH, 0, 2);
             col[i] = columns<N, M>(idx + (r + i) * chunks * P::WORDS, c);
             v[i] = load16(vc);
         }

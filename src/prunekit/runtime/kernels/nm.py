@@ -24,10 +24,12 @@ import torch
 
 from ...errors import ConfigError
 from ...formats._bits import unpack_uint
-from ...formats.nm import patterns, rank_bits
+from ...formats.base import check_keys, fail, meta_int, part
+from ...formats.nm import GROUP_SIZES, patterns, rank_bits
 from ._build import CompiledKernel, library_function
 from .base import KERNELS
 from .bitmask import isa_of
+from .hugepages import in_huge_pages
 
 SOURCE = Path(__file__).with_name("nm.cpp")
 #: (out, n, in, N, M, idx, values, x, bias, y, threads) -> 0, or 1 for an unsupported N:M
@@ -98,10 +100,14 @@ def packed_from_nm_format(
     shape: tuple[int, int],
     value_dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """This kernel's packed tensors straight from a checkpoint's ``nm`` parts of an ``[out, in]``
-    weight (``parts``: ``index`` and ``values``; ``meta``: ``n`` and ``m``), with no dense weight
-    in between; equal to ``pack`` of the decoded weight."""
-    n, m = int(meta["n"]), int(meta["m"])
+    """This kernel's packed tensors straight from a checkpoint's ``nm`` parts of an fp32
+    ``[out, in]`` weight (``parts``: ``index`` and ``values``; ``meta``: ``n`` and ``m``), with no
+    dense weight in between; equal to ``pack`` of the decoded weight. The parts are checked as the
+    format's decoder checks them (a corrupt part raises ``CheckpointError``); an N:M pattern the
+    kernel does not run raises ``ConfigError``."""
+    check_keys(dict(meta), ("n", "m"))
+    m = meta_int(dict(meta), "m", 2, max(GROUP_SIZES))
+    n = meta_int(dict(meta), "n", 1, m - 1)
     if (n, m) not in PATTERNS:
         raise ConfigError(
             f"the N:M kernel runs {', '.join(f'{a}:{b}' for a, b in PATTERNS)}, not {n}:{m}"
@@ -110,16 +116,20 @@ def packed_from_nm_format(
     if inp % m:
         raise ConfigError(f"{shape} has inputs that are not a multiple of M={m}")
     groups = out * inp // m
-    ranks = unpack_uint(parts["index"], groups, rank_bits(n, m), "nm index")
+    stored = part(dict(parts), "values", torch.float32, groups * n)
+    index = part(dict(parts), "index", torch.uint8)
+    ranks = unpack_uint(index, groups, rank_bits(n, m), "nm index")
     table = patterns(n, m)
     if ranks.size and ranks.max() >= table.size:
-        raise ConfigError(f"nm pattern ranks exceed the {table.size} patterns of {n}:{m}")
+        raise fail(f"nm pattern ranks exceed the {table.size} patterns of {n}:{m}")
     bits = (table[:, None] >> np.arange(m)) & 1  # [C(M, N), M]
     slot_pos = np.nonzero(bits)[1].reshape(table.size, n)  # each pattern's positions, ascending
     pos = torch.from_numpy(slot_pos[ranks]).reshape(out, inp // m * n)  # [out, K]
-    values = parts["values"].reshape(out, inp // m * n).to(value_dtype)
+    values = stored.reshape(out, inp // m * n).to(value_dtype)
     vals, idx = _slot_layout(values, pos, m)
-    return {"values": vals, "idx": idx, "pattern": torch.tensor((n, m), dtype=torch.int64)}
+    return in_huge_pages(
+        {"values": vals, "idx": idx, "pattern": torch.tensor((n, m), dtype=torch.int64)}
+    )
 
 
 def nm_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
@@ -140,6 +150,7 @@ def nm_dense(packed: Mapping[str, torch.Tensor], shape: tuple[int, int]) -> torc
 
 class _NM(CompiledKernel):
     symbol = ""
+    version = 3  # arrays in huge pages: decisions cached for versions 1-2 are stale
 
     def available(self) -> bool:
         return library_function(SOURCE, self.symbol, ARGTYPES, ctypes.c_int) is not None
@@ -157,11 +168,13 @@ class _NM(CompiledKernel):
                 f"{self.name} needs an N:M weight ({', '.join(f'{n}:{m}' for n, m in PATTERNS)})"
             )
         values, idx = nm_parts(weight, *pattern)
-        return {
-            "values": values.to(self.value_dtype).contiguous(),
-            "idx": idx,
-            "pattern": torch.tensor(pattern, dtype=torch.int64),
-        }
+        return in_huge_pages(
+            {
+                "values": values.to(self.value_dtype).contiguous(),
+                "idx": idx,
+                "pattern": torch.tensor(pattern, dtype=torch.int64),
+            }
+        )
 
     def bind(self, packed: Mapping[str, torch.Tensor], shape):
         fn = library_function(SOURCE, self.symbol, ARGTYPES, ctypes.c_int)

@@ -8,6 +8,10 @@ from ..graph import Call
 from ..propagate import Example, Rule, State, first_output, register, tensors_of, varying
 from ._examples import VEC, mlp_around
 
+#: the reason a channel combined with attention scores (a product of activations) stays: that
+#: dimension is the heads', pruned by granularity="head" (an expected reason: no warning)
+PRODUCT_OPERAND = "that multiplies activations (attention scores: heads go by head pruning)"
+
 _OPS = (
     "add", "sub", "mul", "div", "true_divide", "rsub", "neg", "relu", "relu6", "gelu", "silu",
     "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu", "selu", "mish",
@@ -33,13 +37,20 @@ class Elementwise(Rule):
         Example(lambda: mlp_around(lambda h: torch.relu(h) * 2 + torch.sigmoid(h) - h / 3), VEC),
     )
 
+    untracked = True  # scaled or masked attention scores are still scores (st.products)
+
     def apply(self, call: Call, st: State) -> None:
         out = first_output(call)
         if out is None:
             return
+        ins = tensors_of((call.args, call.kwargs))
+        if any(id(t) in st.products for t in ins):
+            st.products.add(id(out))
+        if not any(st.tracked(t) for t in ins):
+            return
         shape = out.shape
         known, unknown, shared = [], [], []
-        for t in tensors_of((call.args, call.kwargs)):
+        for t in ins:
             a = st.small(t)
             if a is not None and a.dim() < len(shape):
                 a = a.view((1,) * (len(shape) - a.dim()) + tuple(a.shape))
@@ -74,8 +85,9 @@ class Elementwise(Rule):
         vary = varying(res)
         for t, _ in unknown:
             lead = (1,) * (len(shape) - t.dim()) + tuple(t.shape)
-            if any(lead[d] > 1 for d in vary):
-                st.block(res, call, "combined with a tensor of unknown origin along a channel")
+            if any(lead[d] > 1 for d in vary):  # a product's dims (heads of scores) never go
+                why = "of unknown origin" if id(t) not in st.products else PRODUCT_OPERAND
+                st.block(res, call, f"combined with a tensor {why} along a channel")
         st.set(out, res)
 
 

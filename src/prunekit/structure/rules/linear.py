@@ -101,7 +101,11 @@ def weight_product(call: Call, st: State, x: Any, w: torch.Tensor, b: Any) -> No
 
 class ActivationProduct(Rule):
     """Products of two activations (attention scores, einsum): the contracted channels are
-    multiplied together, so they stay."""
+    multiplied together, so they stay. Every product's output is noted (tracked inputs or not):
+    a channel combined with it along a dimension (a per-head scale on attention scores) stays by
+    design, not for want of a rule."""
+
+    untracked = True
 
     ops = (
         "bmm", "baddbmm", "einsum", "addbmm", "outer", "dot",
@@ -117,6 +121,7 @@ class ActivationProduct(Rule):
 
     def apply(self, call: Call, st: State) -> None:
         st.refuse(call, "multiplies activations along their channels")
+        st.products.update(id(t) for t in tensors_of(call.out))
 
 
 PRODUCT = ActivationProduct()
@@ -127,6 +132,7 @@ class MatMul(Rule):
 
     ops = ("matmul", "mm", "__matmul__")
     examples = (Example(_MatMulHead, VEC), Example(_TransposedLinears, VEC))
+    untracked = True  # a product of untracked activations is still noted (see ActivationProduct)
 
     def apply(self, call: Call, st: State) -> None:
         ins = tensors_of((call.args, call.kwargs))

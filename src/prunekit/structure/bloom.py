@@ -1,0 +1,102 @@
+"""Heads of Bloom's attention: fused per-head ``[q | k | v]`` rows and ALiBi.
+
+``query_key_value`` holds, for each head ``i``, rows ``[3d * i, 3d * (i + 1))``: its query, key and
+value (``view(B, T, heads, 3, d)``). The ALiBi bias is built once by ``BloomModel`` from its head
+count: head ``i`` gets a slope that depends on ``i`` and on that count. A layer that lost heads
+keeps the slopes of the heads it kept: it remembers their original indices (``alibi_heads``,
+recorded in the shape manifest), and a forward pre-hook hands it only their rows of the model's
+ALiBi tensor. The model's head count (``config.n_head``) stays, so the ALiBi it builds is the
+original one. Plain ``transformers`` cannot rebuild such a model (its head size is
+``hidden_size // n_head``): ``from_pretrained`` refuses the checkpoint by its shapes, and
+``pk.load`` loads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .heads import HeadAdapter, Heads, _slot, hf_example, register
+
+ATTR = "alibi_heads"
+
+
+class AlibiOfKeptHeads:
+    """Forward pre-hook: pass on the rows of the model's ALiBi ``[B * H0, 1, S]`` that belong
+    to the heads this layer kept (``module.alibi_heads``)."""
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+        alibi = kwargs.get("alibi")
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if alibi is None or hidden is None:
+            return None
+        b = hidden.shape[0]
+        kept = torch.tensor(getattr(module, ATTR), device=alibi.device)
+        rows = alibi.view(b, -1, *alibi.shape[1:])[:, kept]  # [B, H0, 1, S] -> [B, h, 1, S]
+        return args, {**kwargs, "alibi": rows.reshape(-1, *alibi.shape[1:])}
+
+
+def _hooked(module: nn.Module) -> bool:
+    return any(isinstance(h, AlibiOfKeptHeads) for h in module._forward_pre_hooks.values())
+
+
+@register(
+    "bloom",
+    "BloomAttention",
+    examples=(
+        hf_example("BloomForCausalLM", vocab_size=64, hidden_size=32, n_layer=1, n_head=4),
+        hf_example("BloomForCausalLM", vocab_size=64, hidden_size=32, n_layer=2, n_head=8),
+    ),
+)
+class BloomAttention(HeadAdapter):
+    """Bloom (``query_key_value`` interleaved per head, ``dense``, ALiBi)."""
+
+    writes_config = False
+
+    def matches(self, module: nn.Module) -> bool:
+        return isinstance(getattr(module, "query_key_value", None), nn.Linear) and isinstance(
+            getattr(module, "dense", None), nn.Linear
+        )
+
+    def unsupported(self, module: nn.Module) -> str | None:
+        if getattr(module, "pretraining_tp", 1) > 1 and getattr(module, "slow_but_exact", False):
+            return (
+                "with slow_but_exact and pretraining_tp > 1 its forward cuts the output "
+                "projection at fixed widths of hidden_size"
+            )
+        return None
+
+    def layout(self, prefix: str, module: nn.Module) -> Heads:
+        d = module.head_dim
+        h = module.dense.weight.shape[1] // d
+        heads = Heads(h, h, d)
+        base = torch.arange(h)[:, None] * 3 * d  # [h, 1]: first row of each head
+        q = base + torch.arange(d)  # [h, d]
+        kv = base + d + torch.arange(2 * d)  # [h, 2d]: its key and value rows
+        w = _slot(prefix, module, "query_key_value", "weight", 0)
+        b = _slot(prefix, module, "query_key_value", "bias", 0)
+        out = _slot(prefix, module, "dense", "weight", 1)
+        fused = [s for s in (w, b) if s is not None]
+        heads.q_index = [(s, q) for s in fused] + [(out, torch.arange(h * d).view(h, d))]
+        heads.kv_index = [(s, kv) for s in fused]
+        return heads
+
+    def counts(self, module: nn.Module) -> tuple[int, int, int]:
+        return module.num_heads, module.num_heads, module.head_dim
+
+    def drop(self, module: nn.Module, heads: list[int]) -> None:
+        if not heads:
+            return
+        kept = getattr(module, ATTR, list(range(module.num_heads)))
+        setattr(module, ATTR, [k for i, k in enumerate(kept) if i not in set(heads)])
+
+    def resize(self, module: nn.Module) -> None:
+        module.num_heads = module.dense.weight.shape[1] // module.head_dim
+        module.split_size = module.num_heads * module.head_dim  # the width of its heads
+        self.reattach(module)
+
+    def reattach(self, module: nn.Module) -> None:
+        if getattr(module, ATTR, None) is not None and not _hooked(module):
+            module.register_forward_pre_hook(AlibiOfKeptHeads(), with_kwargs=True)
