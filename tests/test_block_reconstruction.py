@@ -126,3 +126,49 @@ def test_a_useless_tuning_is_undone():
 def test_bad_options(kwargs, words):
     with pytest.raises(pk.ConfigError, match=words):
         BlockReconstruction(**kwargs)
+
+
+def test_stage_hands_back_the_tuned_blocks_outputs_and_guards_on_the_first_batch():
+    """Run the stage directly on one masked block: its outputs are the tuned block's own outputs
+    (recomputed here), its return value the first batch's relative error (recomputed here), and
+    a tuning that makes the first batch worse is undone with no outputs handed back."""
+    from prunekit.calibrate.blocks import BlockCaller, BlockInputs, BlockStage
+    from prunekit.masks import shrink_mask
+    from prunekit.reconstruct.block import reconstruct_block
+
+    torch.manual_seed(0)
+    model = Stack(n=2, d=16)
+    dense_block = copy.deepcopy(model.layers[0])
+    mask = torch.zeros(7, 7)
+    bias = torch.full((16,), 0.1)
+    hs = [model.embed(ids).detach() for ids in batches(4)]
+    inputs = [BlockInputs((h, mask), {"bias": bias, "scale": 0.5}, 0) for h in hs]
+    with torch.no_grad():
+        dense = [dense_block(h, mask, bias=bias, scale=0.5)[0] for h in hs]
+
+    def relerr(block, i):
+        with torch.no_grad():
+            y = block(hs[i], mask, bias=bias, scale=0.5)[0]
+        return float((y - dense[i]).square().sum() / dense[i].square().sum())
+
+    for lr, undone in ((3e-3, False), (0.9, True)):
+        block = copy.deepcopy(dense_block)
+        targets = select_targets(block)
+        for t in targets:
+            w = t.weight.detach().abs()
+            shrink_mask(t.module, t.param, w > w.median())
+        masked = [t.weight.detach().clone() for t in targets]
+        before = [relerr(block, i) for i in range(4)]
+        stage = BlockStage(block, targets, inputs, dense, BlockCaller(torch.device("cpu"), False))
+        err = reconstruct_block(stage, BlockReconstruction(steps=30, lr=lr))
+        assert err == pytest.approx(relerr(block, 0), rel=1e-5)
+        for t in targets:
+            assert int((t.weight[~get_mask(t.module, t.param)] != 0).sum()) == 0
+        if undone:
+            assert stage.outputs is None and err == pytest.approx(before[0], rel=1e-5)
+            assert all(torch.equal(a, t.weight) for a, t in zip(masked, targets, strict=True))
+        else:
+            assert err < before[0] and sum(map(relerr, [block] * 4, range(4))) < sum(before)
+            with torch.no_grad():
+                for h, out in zip(hs, stage.outputs, strict=True):
+                    assert torch.allclose(out, block(h, mask, bias=bias, scale=0.5)[0])

@@ -8,11 +8,14 @@ output of the block (the dense stream, carried alongside). Masked gradient steps
     L = Σ_batches ‖block(x) − y_dense‖² / Σ_batches ‖y_dense‖²
 
 over the weights and biases of the block's pruned layers, with the masks held (prunekit's mask
-enforcement zeroes pruned gradients and re-zeroes pruned weights after each optimizer step). The
-block's error is measured on every batch before and after; if tuning did not lower it, the block's
-weights are restored, so the stage never makes a block worse on the calibration data. Memory: one
-block, its Adam state and one batch's activations. Deterministic for a seed (batch order) and a
-fixed thread count.
+enforcement zeroes pruned gradients and re-zeroes pruned weights after each optimizer step).
+At equal cost the step size barely matters (all-MiniLM-L6-v2 at 50%, after SparseGPT and
+refinement: 40 steps of 4 sequences, cosine 0.9275 and top-1 0.764; 80 of 2, 0.9277 and 0.750;
+20 of 8, 0.9257). The block's error on the first calibration batch is measured before and after
+(one extra pass over one batch, not over all of them); if tuning did not lower it, the block's
+weights are restored. The pass after tuning runs every batch and its outputs feed the next
+block. Memory: one block, its Adam state and one batch's activations. Deterministic for a seed
+(batch order) and a fixed thread count.
 """
 
 from __future__ import annotations
@@ -83,17 +86,10 @@ class BlockReconstruction(Reconstruction):
         reconstruct_block(stage, self)
 
 
-def block_error(stage: BlockStage) -> tuple[float, list[torch.Tensor]]:
-    """Σ‖block(x) − y_dense‖² / Σ‖y_dense‖² over the stage's batches, and the block's outputs."""
-    num = den = 0.0
-    outputs = []
-    with torch.no_grad():
-        for inp, y in zip(stage.inputs, stage.dense, strict=True):
-            outputs.append(stage.call(stage.block, inp))
-            out = outputs[-1].float()
-            num += float((out - y.to(out.device).float()).square().sum())
-            den += float(y.float().square().sum())
-    return num / max(den, 1e-30), outputs
+def relative_error(out: torch.Tensor, y: torch.Tensor) -> float:
+    """‖out − y‖² / ‖y‖² of one batch."""
+    out, y = out.float(), y.to(out.device).float()
+    return float((out - y).square().sum()) / max(float(y.square().sum()), 1e-30)
 
 
 def tuned_parameters(stage: BlockStage, pattern: str) -> list[torch.nn.Parameter]:
@@ -130,10 +126,12 @@ def subset(inp: BlockInputs, y: torch.Tensor, rows: int | None, gen: torch.Gener
 
 def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
     """Tune ``stage.block`` in place (see the module docstring); returns the block's relative
-    output error after the stage, and leaves the block's outputs in ``stage.outputs``."""
+    output error on the first batch after the stage, and leaves the block's outputs in
+    ``stage.outputs`` (None if the tuning was undone: the runner then computes them)."""
     block = stage.block
     before_state = {k: v.detach().clone() for k, v in block.state_dict().items()}
-    before, before_out = block_error(stage)
+    with torch.no_grad():  # the guard: the masked block's error on the first batch
+        before = relative_error(stage.call(block, stage.inputs[0]), stage.dense[0])
     scale = sum(float(y.float().square().mean()) for y in stage.dense) / len(stage.dense)
     gen = torch.Generator().manual_seed(config.seed)
     flags = {id(p): p.requires_grad for p in block.parameters()}
@@ -166,9 +164,11 @@ def reconstruct_block(stage: BlockStage, config: BlockReconstruction) -> float:
     finally:
         for p in block.parameters():
             p.requires_grad_(flags[id(p)])
-    after, stage.outputs = block_error(stage)
-    if not after < before:  # never leave a block worse than the masking left it
+    with torch.no_grad():
+        outputs = [stage.call(block, inp) for inp in stage.inputs]
+    after = relative_error(outputs[0], stage.dense[0])
+    if not after < before:  # never leave a block worse (on the first batch) than masking left it
         block.load_state_dict(before_state)
-        stage.outputs = before_out
         return before
+    stage.outputs = outputs
     return after
