@@ -171,7 +171,9 @@ def test_minilm_masks_are_identical_on_one_and_two_threads():
             torch.set_num_threads(threads)
             model = copy.deepcopy(dense)
             pk.prune(model, 0.5, criterion="sparsegpt", include=r"encoder\..*", data=data)
-            masks.append([get_mask(t.module, t.param) for t in select_targets(model, r"encoder\.")])
+            masks.append(
+                [get_mask(t.module, t.param) for t in select_targets(model, r"encoder\..*")]
+            )
     finally:
         torch.set_num_threads(before)
     assert len(masks[0]) == 36
