@@ -89,30 +89,26 @@ def group_targets(groups: list[Group], recurrent: bool = False) -> list[Target]:
     return list(seen.values())
 
 
-def check_recurrent(groups: list[Group], criterion: Criterion) -> None:
-    """Refuse a criterion that ranks units by per-layer activation statistics where a group holds
-    LSTM/GRU/RNN weights: those statistics say nothing of a recurrent unit (its gates mix its
-    own past outputs), so its units would be ranked by nothing."""
+def check_statistics(groups: list[Group], criterion: Criterion, granularity: Structured) -> None:
+    """Refuse, before any calibration, a criterion that ranks units by per-layer activation
+    statistics where those statistics cannot rank them: LSTM/GRU/RNN units (their gates mix the
+    unit's own past outputs) and MoE expert weights (each expert sees only its routed tokens)."""
     if not criterion.stats:
         return
+    name = CRITERIA.name_of(type(criterion))
     for g in groups:
         for s in g.slots:
             if s.recurrent() is not None:
-                name = CRITERIA.name_of(type(criterion))
                 raise ConfigError(
                     f"criterion {name!r} ranks units by per-layer activation statistics, which "
                     f"cannot rank the units of recurrent layer {s.name.rpartition('.')[0]} "
                     f"({type(s.module).__name__}); use a data-free criterion (magnitude, l2, "
                     "random) or a gradient one (taylor, obd)"
                 )
-
-
-def check_experts(targets: list[Target], criterion: Criterion, granularity: Structured) -> None:
-    """Refuse a criterion that ranks units by per-layer input statistics where the units cut MoE
-    expert weights: each expert sees only the tokens routed to it (before any calibration)."""
-    experts = sorted({t.qualname for t in targets if is_expert_weight(t.module, t.param)})
-    if criterion.stats and experts:
-        name = CRITERIA.name_of(type(criterion))
+    experts = sorted(
+        {t.qualname for t in group_targets(groups) if is_expert_weight(t.module, t.param)}
+    )
+    if experts:
         raise ConfigError(
             f"criterion {name!r} ranks {granularity.spec} units by per-layer input "
             f"statistics, which MoE expert weights ({', '.join(experts[:3])}"
@@ -224,10 +220,8 @@ def prune_groups(
     if not groups:
         _warn_nothing(f"the model has no prunable {granularity.spec} group")
         return
-    check_recurrent(groups, criterion)
-    targets = group_targets(groups, recurrent=not criterion.stats)
-    check_experts(targets, criterion, granularity)
-    criterion.collect(targets, ctx)
+    check_statistics(groups, criterion, granularity)
+    criterion.collect(group_targets(groups, recurrent=not criterion.stats), ctx)
     with torch_threads(1):  # hundreds of small ops
         cache: dict[int, torch.Tensor] = {}
         dead_cache: dict = {}
