@@ -512,3 +512,16 @@ hf(
     True,
     **BERT_LIKE,
 )
+hf(
+    "vit_mae",  # random patch masking in eval mode: prunekit's forwards run on a fixed seed
+    image(),
+    "ViTMAEForPreTraining",
+    True,
+    "some decoder channels stay: its tokens are un-shuffled by a gather whose index spans the "
+    "width (add in module decoder), and the pixel loss subtracts the input patches",
+    **VISION,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=4,
+    decoder_intermediate_size=32,
+)
