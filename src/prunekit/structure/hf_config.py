@@ -108,6 +108,7 @@ def _rebuilds_head_size(model: nn.Module, config: object) -> bool:
     size that ``model`` has."""
     build = getattr(type(model), "_from_config", None)
     try:
+        type(config).from_dict(config.to_dict())  # its validators (XLNet: d_head * n_head)
         with torch.device("meta"):
             fresh = build(config)
     except Exception:  # a config the class cannot be built from describes nothing
