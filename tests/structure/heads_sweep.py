@@ -163,7 +163,8 @@ from prunekit.structure.graph import call_model
 for name in {names!r}:
     model = pk.load({base!r} + "/" + name)  # the checkpoint alone: config + shape manifest
     with torch.no_grad():
-        torch.save(_tensors(call_model(model.eval(), FAMILIES[name][2]())), {base!r} + f"/{{name}}.pt")
+        out = _tensors(call_model(model.eval(), FAMILIES[name][2]()))
+    torch.save(out, {base!r} + f"/{{name}}.pt")
 """
 
 
@@ -181,8 +182,10 @@ def sweep(names: list[str]) -> list[dict[str, Any]]:
             same = len(got) == len(r["expected"]) and all(
                 torch.equal(a, b) for a, b in zip(r["expected"], got, strict=True)
             )
-            r["result"] = "works" if same and not r["stays"] else (
-                "reload DIFFERS" if not same else "works, some heads stay"
+            r["result"] = (
+                "works"
+                if same and not r["stays"]
+                else ("reload DIFFERS" if not same else "works, some heads stay")
             )
     return rows
 
