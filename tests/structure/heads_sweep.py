@@ -87,7 +87,7 @@ FAMILIES: dict[str, tuple[str, dict, Callable[[], Any]]] = {
     # the four that had no head adapter, and a stochastic one
     "deberta": ("DebertaForMaskedLM", {**TEXT, "relative_attention": True,
                 "pos_att_type": ["p2c", "c2p"], "max_relative_positions": 8}, ids()),
-    "convbert": ("ConvBertForMaskedLM", {**TEXT, "embedding_size": 32, "head_ratio": 2,
+    "convbert": ("ConvBertForMaskedLM", {**TEXT, "num_attention_heads": 8, "embedding_size": 32, "head_ratio": 2,
                  "conv_kernel_size": 3}, ids()),
     "xlnet": ("XLNetLMHeadModel", {"vocab_size": 64, "d_model": 32, "n_layer": 2, "n_head": 4,
               "d_inner": 64}, ids()),
