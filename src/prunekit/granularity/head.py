@@ -41,9 +41,11 @@ class Head(Structured):
             model, kv_groups=self.kv_groups, example_inputs=example_inputs, refuse=True
         )
         left = _uncovered_attention(model, groups)
+        # modules known to refuse come first, with their reason
+        left = [n for n in left if ": " in n] + [n for n in left if ": " not in n]
         if not groups:
             why = (
-                f"its attention modules ({', '.join(left[:3])}) have no head adapter and no "
+                f"its attention modules ({'; '.join(left[:3])}) have no head adapter and no "
                 "scaled_dot_product_attention call that structure can read"
                 if left
                 else "none has a head adapter or calls scaled_dot_product_attention"
@@ -55,7 +57,7 @@ class Head(Structured):
         if left:
             warnings.warn(
                 f"prunekit: the heads of {len(left)} attention module(s) stay, no head adapter "
-                f"serves them and structure cannot read them: {', '.join(left[:5])}",
+                f"serves them and structure cannot read them: {'; '.join(left[:5])}",
                 stacklevel=3,
             )
         return groups
@@ -64,10 +66,12 @@ class Head(Structured):
 def _uncovered_attention(model: nn.Module, groups: list[Any]) -> list[str]:
     """Modules whose class is named ``...Attention`` and holds weights, that no head group
     covers (inside, around or equal to a covered module), as ``name (Class)``."""
+    from ..structure.heads import refusal
+
     ids = {id(m) for g in groups for m in g.info.get("modules", [g.info.get("module")])}
     covered = {n for n, m in model.named_modules() if id(m) in ids}
     return [
-        f"{n} ({type(m).__name__})"
+        f"{n} ({type(m).__name__}" + (f": {why})" if (why := refusal(m)) else ")")
         for n, m in model.named_modules()
         if type(m).__name__.endswith("Attention")
         and any(True for _ in m.parameters())
