@@ -108,8 +108,9 @@ class NystromformerAttention(BertAttention):
     examples=(
         hf_example(
             "PerceiverForMaskedLM", vocab_size=64, max_position_embeddings=16, d_model=32,
-            d_latents=32, num_latents=8, num_blocks=1, num_self_attends_per_block=1, num_self_attention_heads=4,
-            num_cross_attention_heads=2, qk_channels=16, v_channels=32,
+            d_latents=32, num_latents=8, num_blocks=1, num_self_attends_per_block=1,
+            num_self_attention_heads=4, num_cross_attention_heads=2, qk_channels=16,
+            v_channels=32,
         ),
     ),
 )  # fmt: skip
