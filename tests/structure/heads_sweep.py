@@ -192,8 +192,9 @@ FAMILIES: dict[str, tuple[str, dict, Callable[[], Any]]] = {
                   pixels()),
     "levit": ("LevitModel", {"image_size": 32, "hidden_sizes": [32, 48], "num_attention_heads":
               [2, 3], "depths": [1, 1], "key_dim": [8, 8], "mlp_ratio": [2, 2],
-              "attention_ratio": [2, 2], "patch_size": 16}, pixels()),
-    "cvt": ("CvtModel", {"embed_dim": [16, 32], "num_heads": [2, 4], "depth": [1, 1],
+              "attention_ratio": [2, 2], "patch_size": 16,
+              "down_ops": [["Subsample", 8, 4, 4, 2, 2]]}, pixels()),
+    "cvt": ("CvtModel", {"embed_dim": [16, 32], "num_heads": [2, 4], "depth": [1, 2],
             "patch_sizes": [7, 3], "patch_stride": [4, 2], "patch_padding": [2, 1],
             "mlp_ratio": [2.0, 2.0], "attention_drop_rate": [0.0, 0.0], "drop_rate": [0.0, 0.0],
             "drop_path_rate": [0.0, 0.0], "qkv_bias": [True, True], "cls_token": [False, True],

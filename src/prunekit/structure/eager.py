@@ -5,7 +5,8 @@ structure to read) whose heads are plain blocks of their projections, plus per-h
 * wav2vec2-Conformer with relative positions: ``linear_pos`` rows and the per-head biases
   ``pos_bias_u``/``pos_bias_v`` ``[heads, d]``;
 * Nystromformer: the depthwise conv over each head's values (``conv``, one channel per head);
-* Perceiver: query/key heads and value heads of different sizes (``qk_channels``, ``v_channels``).
+* Perceiver: query/key heads and value heads of different sizes (``qk_channels``, ``v_channels``);
+* CvT: heads after the convolutional projections, their size ``embed_dim // num_heads``.
 """
 
 from __future__ import annotations
@@ -145,3 +146,34 @@ class PerceiverAttention(BertAttention):
         attn.num_heads = attn.value.weight.shape[0] // attn.v_channels_per_head
         attn.qk_channels = attn.num_heads * attn.qk_channels_per_head
         attn.v_channels = attn.num_heads * attn.v_channels_per_head
+
+
+@register(
+    "cvt",
+    "CvtAttention",
+    examples=(
+        hf_example(
+            "CvtModel", "image", embed_dim=[16], num_heads=[2], depth=[1], patch_sizes=[7],
+            patch_stride=[4], patch_padding=[2], mlp_ratio=[2.0], attention_drop_rate=[0.0],
+            drop_rate=[0.0], drop_path_rate=[0.0], qkv_bias=[True], cls_token=[True],
+            qkv_projection_method=["dw_bn"], kernel_qkv=[3], padding_kv=[1], stride_kv=[2],
+            padding_q=[1], stride_q=[1],
+        ),
+    ),
+)  # fmt: skip
+class CvtAttention(HeadAdapter):
+    """CvT: the linear q/k/v projections after the convolutional ones (which run on the input
+    width and stay), ``output.dense``; the head size is ``embed_dim // num_heads``, so both
+    counts follow the heads."""
+
+    q, k, v = "attention.projection_query", "attention.projection_key", "attention.projection_value"
+    o = "output.dense"
+    holder = "attention"
+
+    def head_dim(self, module: nn.Module) -> int:
+        return module.attention.embed_dim // module.attention.num_heads
+
+    def resize(self, module: nn.Module) -> None:
+        attn, d = module.attention, self.head_dim(module)
+        attn.embed_dim = attn.projection_query.weight.shape[0]
+        attn.num_heads = attn.embed_dim // d

@@ -265,6 +265,23 @@ class BertAttention(HeadAdapter):
 
 
 @register(
+    "bigbird-pegasus",
+    "BigBirdPegasusEncoderAttention",
+    examples=(
+        hf_example(
+            "BigBirdPegasusModel", vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+            decoder_ffn_dim=64, attention_type="original_full",
+        ),
+    ),
+)  # fmt: skip
+class BigBirdPegasusEncoderAttention(BertAttention):
+    """BigBird-Pegasus's encoder: BERT's self-attention, its output projection named ``output``."""
+
+    o = "output"
+
+
+@register(
     "deberta-v2",
     "DebertaV2Attention",
     "SEWDAttention",
@@ -488,6 +505,8 @@ REFUSED: dict[str, str] = {
     "LongformerSelfAttention": _HIDDEN_WIDTH,
     "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
     "ProphetNetAttention": _HIDDEN_WIDTH,
+    "XGLMAttention": _HIDDEN_WIDTH,
+    "LEDDecoderAttention": _HIDDEN_WIDTH,
     "PvtV2SelfAttention": _HIDDEN_WIDTH,
     "WavLMAttention": "it runs torch's multi_head_attention_forward, which requires heads x "
     "head size to equal the hidden width",
@@ -496,6 +515,12 @@ REFUSED: dict[str, str] = {
     "the parent block",
     "ProphetNetNgramSelfAttention": "its n-gram streams' relative position projection "
     "(relative_pos_embeddings, num_buckets x heads rows) has no head adapter",
+    "LevitAttention": "its q/k/v rows come from one BN-linear with keys and values of "
+    "different sizes per head, and per-head attention biases indexed by position: no head "
+    "adapter",
+    "LevitAttentionSubsample": "its q/k/v rows come from BN-linears with keys and values of "
+    "different sizes per head, and per-head attention biases indexed by position: no head "
+    "adapter",
     "LSHSelfAttention": "locality-sensitive hashing shares one query/key projection and draws "
     "its random rotations per head count; no head adapter",
     "LocalSelfAttention": "Reformer's chunked local attention has no head adapter (it comes "
@@ -570,10 +595,10 @@ def head_groups(
     generic: list[tuple[str, nn.Module, HeadAdapter]] = []
     known_skip: list[str] = []  # refused by their adapter: structure must not take them either
     for name, module in model.named_modules():
-        adapter = adapter_for(module)
-        if adapter is None and refusal(module) is not None:
+        if refusal(module) is not None:
             known_skip.append(name)  # named, with the reason, by the head granularity
             continue
+        adapter = adapter_for(module)
         why = adapter.unsupported(module) if adapter is not None else None
         if why is not None:
             if refuse:
@@ -596,7 +621,7 @@ def head_groups(
             (v for a in CHUNK_ATTRS if isinstance(v := getattr(module, a, None), int)), 1
         )
         layouts.append((found.module, module, StructuralAdapter(found), heads))
-    known = [n for n, *_ in layouts]
+    known = [n for n, *_ in layouts] + known_skip
     for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
         if not any(_nested(name, n) for n in known):
             layouts.append((name, module, adapter, adapter.layout(name, module)))

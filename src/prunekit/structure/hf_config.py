@@ -28,6 +28,8 @@ WIDTH_FIELDS: dict[str, tuple[str, ...]] = {
 }
 #: config fields that hold the residual width (aliases resolve through ``attribute_map``)
 HIDDEN_FIELDS = ("hidden_size", "word_embed_proj_dim", "embedding_size")
+#: config fields of an input embedding width that may differ from the hidden width
+EMBED_FIELDS = ("embedding_size", "input_embedding_size")
 #: norm attributes holding epsilon, and the config fields they come from
 EPS_ATTRS = ("variance_epsilon", "eps")
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
@@ -71,10 +73,12 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
     except (AttributeError, NotImplementedError):  # a model without input embeddings
         width = None
     old = getattr(config, "hidden_size", None)
-    factored = getattr(config, "embedding_size", old)  # ALBERT, Electra: embeddings of their own
-    if isinstance(width, int) and isinstance(factored, int) and factored != old:
+    # ALBERT, Electra, RemBERT: embeddings of their own width, projected to the hidden width
+    own = next((f for f in EMBED_FIELDS if isinstance(getattr(config, f, None), int)), None)
+    factored = getattr(config, own) if own is not None else old
+    if isinstance(width, int) and factored != old:
         if width != factored:
-            config.embedding_size = width  # the hidden width is not the embeddings'
+            setattr(config, own, width)  # the hidden width is not the embeddings'
     elif isinstance(width, int) and isinstance(old, int) and width != old:
         for fld in HIDDEN_FIELDS:
             if getattr(config, fld, None) == old:
