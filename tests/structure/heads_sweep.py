@@ -202,6 +202,11 @@ FAMILIES: dict[str, tuple[str, dict, Callable[[], Any]]] = {
             "padding_kv": [1, 1], "stride_kv": [2, 2], "padding_q": [1, 1], "stride_q": [1, 1]},
             pixels()),
     "siglip_vision": ("SiglipVisionModel", VISION, pixels()),
+    "clip": ("CLIPModel", {"text_config": {**TEXT, "bos_token_id": 0, "eos_token_id": 1,
+             "pad_token_id": 1}, "vision_config": VISION, "projection_dim": 8},
+             features(input_ids=(2, 8), pixel_values=(2, 3, 32, 32))),
+    "siglip": ("SiglipModel", {"text_config": TEXT, "vision_config": VISION},
+               features(input_ids=(2, 8), pixel_values=(2, 3, 32, 32))),
     "dinov2_registers": ("Dinov2WithRegistersModel", {**VISION, "mlp_ratio": 2,
                          "num_register_tokens": 2}, pixels()),
     # audio
