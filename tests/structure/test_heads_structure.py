@@ -24,6 +24,7 @@ from prunekit.errors import TargetError
 from prunekit.masks import get_mask
 
 E, H, D, T = 32, 4, 8, 6  # width, heads, head size, tokens
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sdpa: bool) -> torch.Tensor:
@@ -190,13 +191,13 @@ def test_structure_finds_heads_of_unnamed_attention(name, tmp_path):
             assert torch.equal(small.get_submodule(f"{m}.wk").weight, wk[kv_rows])
     pk.save(small, tmp_path / "m")
     torch.save(got, tmp_path / "expected.pt")
-    root = str(Path(__file__).resolve().parents[2])
+    root, saved, ref = (str(p) for p in (ROOT, tmp_path / "m", tmp_path / "expected.pt"))
     code = (
-        "import sys, torch; sys.path.insert(0, %r); import prunekit as pk\n"
+        f"import sys, torch; sys.path.insert(0, {root!r}); import prunekit as pk\n"
         "from tests.structure.test_heads_structure import build, inputs\n"
-        "m = pk.load(%r, model=build(%r)).eval()\n"
-        "with torch.no_grad(): assert torch.equal(m(inputs()), torch.load(%r))\n"
-    ) % (root, str(tmp_path / "m"), name, str(tmp_path / "expected.pt"))
+        f"m = pk.load({saved!r}, model=build({name!r})).eval()\n"
+        f"with torch.no_grad(): assert torch.equal(m(inputs()), torch.load({ref!r}))\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 

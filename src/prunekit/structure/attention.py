@@ -140,12 +140,12 @@ def _layout(
     mask = arg(call, 3, "attn_mask")
     ma = st.small(mask) if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
     per_head_ids = ma is not None and compress(ma).shape[1] == hq
-    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == hq > 1:
-        if not per_head_ids and not torch.equal(mask, mask[:, :1].expand_as(mask)):
-            return (
-                "a per-head tensor of unknown origin (not a parameter's rows) is added to its "
-                "attention scores"
-            )
+    heads_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == hq > 1
+    if heads_mask and not per_head_ids and not torch.equal(mask, mask[:, :1].expand_as(mask)):
+        return (
+            "a per-head tensor of unknown origin (not a parameter's rows) is added to its "
+            "attention scores"
+        )
     if per_head_ids and mask.shape[1] == hq:
         ml = lab[ma.expand(mask.shape)[:1]]  # [1, H, T, S]: per-head position biases
         per = [torch.unique(ml[:, h]) for h in range(hq)]
