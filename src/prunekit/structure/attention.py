@@ -274,7 +274,7 @@ _REDUCE = (
 _PRODUCT = ("matmul", "__matmul__", "bmm", "baddbmm", "mm")
 
 
-def _combined(call: Call, pos: int, t: torch.Tensor) -> set[int] | None:
+def _combined(st: State, call: Call, pos: int, t: torch.Tensor) -> set[int] | None:
     """Dimensions of input ``pos`` (``t``) whose values ``call`` combines with each other, or
     None where it does not combine values of one input (or is a weight op)."""
     name = call.name.rstrip("_")
@@ -289,7 +289,8 @@ def _combined(call: Call, pos: int, t: torch.Tensor) -> set[int] | None:
         return {d % t.dim() for d in dims}
     if name in _PRODUCT:
         ins = [a for a in call.args if isinstance(a, torch.Tensor)]
-        if len(ins) < 2 or any(isinstance(a, nn.Parameter) for a in ins) or t.dim() < 2:
+        weights = any(st.owned(a) or id(a) in st.transposed for a in ins)  # a linear layer
+        if len(ins) < 2 or weights or t.dim() < 2:
             return None
         return {t.dim() - 1} if pos == 0 else {t.dim() - 2}
     return None
@@ -317,7 +318,7 @@ def _mixed(st: State, lab: torch.Tensor, owners: list[tuple[int, torch.Tensor]])
             u = torch.where(atoms >= 0, unit[labels], -1)
             if not bool((u >= 0).any()):
                 continue
-            dims = _combined(call, pos, t)
+            dims = _combined(st, call, pos, t)
             if dims is None or not dims & set(varying(u)):
                 continue
             for i in torch.unique(layout[labels][u >= 0]).tolist():
