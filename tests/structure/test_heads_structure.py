@@ -110,6 +110,32 @@ class Grouped(nn.Module):
         return self.wo(_merge(_attend(q, k, v, self.sdpa)))
 
 
+class Biased(nn.Module):
+    """Eager attention with a learned per-head score bias ``rel`` ``[H, T, T]`` (or, ``alibi``,
+    per-head slopes made by the code: a per-head tensor of unknown origin)."""
+
+    def __init__(self, alibi: bool = False) -> None:
+        super().__init__()
+        self.to_q, self.to_k, self.to_v = (nn.Linear(E, H * D) for _ in range(3))
+        self.proj = nn.Linear(H * D, E)
+        self.rel = nn.Parameter(torch.randn(H, T, T))
+        self.heads, self.alibi = H, alibi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            f(x).view(b, t, self.heads, -1).transpose(1, 2)
+            for f in (self.to_q, self.to_k, self.to_v)
+        )
+        if self.alibi:
+            slopes = 2.0 ** -torch.arange(1.0, self.heads + 1)  # [H]
+            bias = slopes[:, None, None] * torch.arange(t)[None, None, :]  # [H, 1, T]
+        else:
+            bias = self.rel  # [H, T, T]
+        scores = (q @ k.transpose(-2, -1)) / D**0.5 + bias[None]
+        return self.proj(_merge(scores.softmax(-1) @ v))
+
+
 class Block(nn.Module):
     """Two attentions with a residual, so layers can keep different heads."""
 
@@ -133,6 +159,7 @@ CASES = {
     "fused-reshape-sdpa": (lambda: FusedReshape(sdpa=True), "mix", [("qkv", 3)]),
     "gqa-eager": (Grouped, "wo", [("wq", 1)]),
     "gqa-sdpa": (lambda: Grouped(sdpa=True), "wo", [("wq", 1)]),
+    "score-bias": (Biased, "proj", [("to_q", 1), ("to_k", 1), ("to_v", 1)]),
 }
 
 
@@ -183,6 +210,10 @@ def test_structure_finds_heads_of_unnamed_attention(name, tmp_path):
         for proj, n in parts:
             w = original.get_submodule(f"{m}.{proj}").weight
             assert torch.equal(small.get_submodule(f"{m}.{proj}").weight, w[_rows(heads, n)])
+    if name == "score-bias":  # the per-head bias table keeps the kept heads' tables
+        for m, heads in kept.items():
+            rel = original.get_submodule(m).rel
+            assert torch.equal(small.get_submodule(m).rel, rel[heads])
     if name.startswith("gqa"):  # KV head g serves query heads 2g, 2g + 1: kept in pairs or not
         for m, heads in kept.items():
             groups = sorted({h // 2 for h in heads})
@@ -236,13 +267,14 @@ class HeadMean(Separate):
     [
         (TalkingHeads, r"output does not reach an output projection"),
         (HeadMean, r"combined outside the attention \(mean in module a\)"),
+        (lambda: Biased(alibi=True), r"per-head tensor of unknown origin"),
     ],
 )
 def test_attention_whose_heads_mix_is_refused_untouched(make, why):
     torch.manual_seed(0)
     model, x = Block(make).eval(), inputs()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(TargetError, match=rf"heads of a \({make.__name__}\): .*{why}"):
+    with pytest.raises(TargetError, match=rf"heads of a \({type(model.a).__name__}\): .*{why}"):
         pk.prune(model, 0.5, granularity="head", example_inputs=x)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

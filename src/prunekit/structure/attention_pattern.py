@@ -60,7 +60,7 @@ def _scores_of(
         main = [a for a in ins if _leads_to_product(a, made_by, 32)]
         if len(main) != 1:
             return None
-        if not softmax and call.name in _ADDS:
+        if softmax and call.name in _ADDS:  # (walking back: added before the softmax)
             added += [a for a in ins if a is not main[0] and a.dim() == 4]
         t = main[0]
     return None
