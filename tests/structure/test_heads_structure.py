@@ -50,13 +50,16 @@ class Separate(nn.Module):
         self.proj = nn.Linear(H * D, E)
         self.heads, self.sdpa = H, sdpa
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """q, k, v: [B, heads, T, D] each."""
         b, t, _ = x.shape
-        q, k, v = (
+        return [
             f(x).view(b, t, self.heads, -1).transpose(1, 2)
             for f in (self.to_q, self.to_k, self.to_v)
-        )
-        return self.proj(_merge(_attend(q, k, v, self.sdpa)))
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(_merge(_attend(*self.split(x), self.sdpa)))
 
 
 class FusedChunk(nn.Module):
@@ -110,23 +113,18 @@ class Grouped(nn.Module):
         return self.wo(_merge(_attend(q, k, v, self.sdpa)))
 
 
-class Biased(nn.Module):
+class Biased(Separate):
     """Eager attention with a learned per-head score bias ``rel`` ``[H, T, T]`` (or, ``alibi``,
     per-head slopes made by the code: a per-head tensor of unknown origin)."""
 
     def __init__(self, alibi: bool = False) -> None:
         super().__init__()
-        self.to_q, self.to_k, self.to_v = (nn.Linear(E, H * D) for _ in range(3))
-        self.proj = nn.Linear(H * D, E)
         self.rel = nn.Parameter(torch.randn(H, T, T))
-        self.heads, self.alibi = H, alibi
+        self.alibi = alibi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = (
-            f(x).view(b, t, self.heads, -1).transpose(1, 2)
-            for f in (self.to_q, self.to_k, self.to_v)
-        )
+        q, k, v = self.split(x)
+        t = x.shape[1]
         if self.alibi:
             slopes = 2.0 ** -torch.arange(1.0, self.heads + 1)  # [H]
             bias = slopes[:, None, None] * torch.arange(t)[None, None, :]  # [H, 1, T]
@@ -240,11 +238,7 @@ class TalkingHeads(Separate):
         self.talk = nn.Linear(H, H)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = (
-            f(x).view(b, t, self.heads, -1).transpose(1, 2)
-            for f in (self.to_q, self.to_k, self.to_v)
-        )
+        q, k, v = self.split(x)
         out = self.talk(_attend(q, k, v, False).transpose(1, 3)).transpose(1, 3)  # mixes heads
         return self.proj(_merge(out))
 
@@ -253,11 +247,7 @@ class HeadMean(Separate):
     """Queries centred over the heads (a mean across the head dimension)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = (
-            f(x).view(b, t, self.heads, -1).transpose(1, 2)
-            for f in (self.to_q, self.to_k, self.to_v)
-        )
+        q, k, v = self.split(x)
         q = q - q.mean(1, keepdim=True)  # [B, H, T, D]: every head reads the others
         return self.proj(_merge(_attend(q, k, v, True)))
 
