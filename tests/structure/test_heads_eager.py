@@ -310,11 +310,6 @@ def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path):
 
 
 _REFUSED = {
-    "XGLMAttention": (
-        "XGLMForCausalLM",
-        {"vocab_size": 64, "d_model": 32, "num_layers": 1, "attention_heads": 4, "ffn_dim": 64},
-        lambda g: {"input_ids": torch.randint(3, 64, (2, 8), generator=g)},
-    ),
     "WavLMAttention": (  # torch's multi_head_attention_forward: structure reads its sdpa call
         "WavLMModel",
         {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,

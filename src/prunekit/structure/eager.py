@@ -6,7 +6,9 @@ structure to read) whose heads are plain blocks of their projections, plus per-h
   ``pos_bias_u``/``pos_bias_v`` ``[heads, d]``;
 * Nystromformer: the depthwise conv over each head's values (``conv``, one channel per head);
 * Perceiver: query/key heads and value heads of different sizes (``qk_channels``, ``v_channels``);
-* CvT: heads after the convolutional projections, their size ``embed_dim // num_heads``.
+* CvT: heads after the convolutional projections, their size ``embed_dim // num_heads``;
+* XGLM: merges the heads into ``embed_dim`` wide rows, an attribute its forward uses for
+  nothing else, so resizing sets it to heads x head size.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .heads import (
     GPT2Attention,
     HeadAdapter,
     Heads,
+    OutProjAttention,
     _slot,
     hf_example,
     register,
@@ -177,3 +180,20 @@ class CvtAttention(HeadAdapter):
         attn, d = module.attention, self.head_dim(module)
         attn.embed_dim = attn.projection_query.weight.shape[0]
         attn.num_heads = attn.embed_dim // d
+
+
+@register(
+    "xglm",
+    "XGLMAttention",
+    examples=(
+        hf_example(
+            "XGLMForCausalLM", vocab_size=64, d_model=32, num_layers=1, attention_heads=4,
+            ffn_dim=64,
+        ),
+    ),
+)  # fmt: skip
+class XGLMAttention(OutProjAttention):
+    """XGLM: BART's layout; the forward reshapes the heads' output ``[B, T, H, d]`` to
+    ``[B, T, embed_dim]``, and reads ``embed_dim`` nowhere else."""
+
+    width_attrs = (*OutProjAttention.width_attrs, "embed_dim")

@@ -499,13 +499,13 @@ class GPT2Attention(HeadAdapter):
 GENERIC = ("proj", "out-proj", "bert")
 #: attention classes whose heads cannot be removed, and why (named in the refusal)
 _HIDDEN_WIDTH = (
-    "its forward reshapes the heads' output to the hidden width, so it cannot hold fewer heads"
+    "its forward reshapes the heads' output to the width of its input hidden states (a local "
+    "value, not an attribute an adapter could set), so it cannot hold fewer heads"
 )
 REFUSED: dict[str, str] = {
     "LongformerSelfAttention": _HIDDEN_WIDTH,
     "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
     "ProphetNetAttention": _HIDDEN_WIDTH,
-    "XGLMAttention": _HIDDEN_WIDTH,
     "LEDDecoderAttention": _HIDDEN_WIDTH,
     "PvtV2SelfAttention": _HIDDEN_WIDTH,
     "WavLMAttention": "it runs torch's multi_head_attention_forward, which requires heads x "
