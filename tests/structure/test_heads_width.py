@@ -27,7 +27,8 @@ pytest.importorskip("transformers")
 _AUDIO = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
           "intermediate_size": 64, "conv_dim": (16, 16), "conv_stride": (5, 2),
           "conv_kernel": (10, 3), "num_conv_pos_embeddings": 16,
-          "num_conv_pos_embedding_groups": 4, "num_buckets": 8, "max_bucket_distance": 16}  # fmt: skip
+          "num_conv_pos_embedding_groups": 4, "num_buckets": 8,
+          "max_bucket_distance": 16}  # fmt: skip
 
 #: name -> (model class, config, inputs, attention class, output projection, per-head slices
 #: (path -> (dim, rows per head)), the output tensor)
