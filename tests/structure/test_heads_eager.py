@@ -310,13 +310,12 @@ def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path):
 
 
 _REFUSED = {
-    "WavLMAttention": (  # torch's multi_head_attention_forward: structure reads its sdpa call
-        "WavLMModel",
-        {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-         "intermediate_size": 64, "conv_dim": (16, 16), "conv_stride": (5, 2),
-         "conv_kernel": (10, 3), "num_conv_pos_embeddings": 16,
-         "num_conv_pos_embedding_groups": 4, "num_buckets": 8, "max_bucket_distance": 16},
-        lambda g: torch.randn(2, 400, generator=g),
+    "PvtV2SelfAttention": (  # reshapes to its input's width: structure finds its heads
+        "PvtV2Model",
+        {"num_encoder_blocks": 2, "depths": [1, 1], "hidden_sizes": [16, 32],
+         "num_attention_heads": [2, 4], "mlp_ratios": [2, 2], "image_size": 32,
+         "sr_ratios": [2, 1], "patch_sizes": [7, 3], "strides": [4, 2]},
+        lambda g: torch.randn(2, 3, 32, 32, generator=g),
     ),
 }  # fmt: skip
 

@@ -47,7 +47,10 @@ MANIFEST_ATTRS: set[str] = {
 #: (the first the module has; Bloom's num_heads, MPT's n_heads): the
 #: original positions of the heads a layer kept (prunekit.structure.bloom: ALiBi slopes), strictly
 #: increasing, as many as the module's final count
-MANIFEST_INDEX_ATTRS: dict[str, tuple[str, ...]] = {"alibi_heads": ("num_heads", "n_heads")}
+MANIFEST_INDEX_ATTRS: dict[str, tuple[str, ...]] = {
+    "alibi_heads": ("num_heads", "n_heads"),
+    "gate_heads": ("num_heads",),  # WavLM: the input block gating each head (structure.wavlm)
+}
 
 #: float attributes recorded and restored: structured shrinking folds a width change into the
 #: epsilon of RMS norms (prunekit.structure.shrink.rescale_rms_norms)

@@ -508,8 +508,6 @@ REFUSED: dict[str, str] = {
     "ProphetNetAttention": _HIDDEN_WIDTH,
     "LEDDecoderAttention": _HIDDEN_WIDTH,
     "PvtV2SelfAttention": _HIDDEN_WIDTH,
-    "WavLMAttention": "it runs torch's multi_head_attention_forward, which requires heads x "
-    "head size to equal the hidden width",
     "SqueezeBertSelfAttention": "its q/k/v are grouped 1x1 convolutions (q_groups, k_groups, "
     "v_groups) whose groups a head's channels do not follow, and its output projection lives in "
     "the parent block",
@@ -679,7 +677,9 @@ def head_groups(
             [i for m in members for i in m.index],
         )
         merged.info.update(
-            adapter=first.info["adapter"], modules=[m.info["module"] for m in members]
+            adapter=first.info["adapter"],
+            modules=[m.info["module"] for m in members],
+            heads=first.info["heads"],
         )
         groups.append(merged)
     return groups
@@ -699,11 +699,12 @@ def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
     """Update the head counts of every module the groups cover (after slicing); returns the
     (query heads, KV heads, head size) of each whose adapter lets a config hold them."""
     dropped: dict[int, list[int]] = {}
-    for g in groups:  # the query heads each module loses (groups of one module only)
+    for g in groups:  # the query heads each module loses (coupled modules lose the same)
         dead = g.info.get("dead")
-        if dead is not None and g.info.get("module") is not None:
+        if dead is not None and "heads" in g.info:
             heads = [h for u in torch.nonzero(dead).flatten().tolist() for h in g.info["heads"][u]]
-            dropped.setdefault(id(g.info["module"]), []).extend(heads)
+            for module in g.info.get("modules", [g.info.get("module")]):
+                dropped.setdefault(id(module), []).extend(heads)
     done: set[int] = set()
     counts = []
     for g in groups:
