@@ -23,6 +23,7 @@ from . import (  # noqa: F401
     funnel,
     masked_norm,
     mha,
+    pvt_v2,
     rules,
     wavlm,
     xlnet,

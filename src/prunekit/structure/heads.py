@@ -507,7 +507,6 @@ REFUSED: dict[str, str] = {
     "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
     "ProphetNetAttention": _HIDDEN_WIDTH,
     "LEDDecoderAttention": _HIDDEN_WIDTH,
-    "PvtV2SelfAttention": _HIDDEN_WIDTH,
     "SqueezeBertSelfAttention": "its q/k/v are grouped 1x1 convolutions (q_groups, k_groups, "
     "v_groups) whose groups a head's channels do not follow, and its output projection lives in "
     "the parent block",
