@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
-from ..masks import mask_names, unmask
+from ..masks import mask_names, mul_mask_, unmask
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
 from .graph import call_model, check_inputs, eps_attr, eval_mode, flatten, is_rms_norm
@@ -88,12 +89,19 @@ def _kept(t: torch.Tensor, drops: dict[int, torch.Tensor], mask: torch.Tensor | 
     """A new tensor: the kept slices of ``t`` (``drops``: dim -> bool, True where an index
     goes), its mask's zeros baked in; a parameter stays a parameter."""
     data = t.detach()
-    for dim, drop in drops.items():
-        keep = torch.nonzero(~drop).flatten().to(data.device)
+    if mask is not None and drops:
+        # the dropped slices of a masked tensor are all masked off: when the mask keeps as many
+        # entries as the kept block holds, it keeps every one of them and has nothing to bake
+        block = math.prod(
+            n - int(drops[d].sum()) if d in drops else n for d, n in enumerate(t.shape)
+        )
+        mask = None if int(torch.count_nonzero(mask)) == block else mask
+    for dim in sorted(drops):  # dimension 0 first: the cheap one, and it makes the rest smaller
+        keep = torch.nonzero(~drops[dim]).flatten().to(data.device)
         data = _take(data, dim, keep)
         mask = _take(mask, dim, keep) if mask is not None else None
     if mask is not None:
-        data = data.mul_(mask.view(torch.uint8)) if drops else data * mask
+        data = mul_mask_(data if drops else data.clone(), mask)
     channels_last = torch.channels_last
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=channels_last):
         data = data.contiguous(memory_format=channels_last)  # the layout the model chose
