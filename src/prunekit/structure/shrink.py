@@ -215,7 +215,8 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             channels = cached_groups(model, example_inputs)  # from pk.prune
             if channels is None:
                 analysis = channel_groups(model, example_inputs, warn=False)
-                ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
+                if analysis.graph.exact:  # the masked model's outputs, recorded by the trace
+                    ref = analysis.graph.outputs
                 channels = analysis.groups
             experts = expert_groups(model)
             cache: dict = {}
