@@ -7,11 +7,12 @@ touches a tensor, with its real input and output tensors and the qualified name 
 run: nothing is symbolically traced, so any model that runs can be analysed.
 
 The channel rules read shapes and index values, never the values of activations, so the trace
-first runs *shape-only*: convolutions, linears, matmuls and attention return zeros of the shape
-their meta kernel gives, and every tensor computed from such a zero is *unknown*. Index tensors
-and the model's inputs stay exact. If the model reads an unknown value (``bool``, ``item``,
-a comparison, a cast to integers: routing, data-dependent control flow) or writes one into a
-parameter or buffer, the trace starts over with every op computed (:attr:`Graph.exact`).
+first runs *shape-only*: convolutions, linears, matmuls and attention return zeros of their
+output's shape (:mod:`.shapes`), and every tensor computed from such a zero is *unknown*. Index
+tensors and the model's inputs stay exact. If the model reads an unknown value (``bool``,
+``item``, a comparison, a cast to integers: routing, data-dependent control flow) or stores one
+in a parameter, buffer or module attribute, the trace starts over with every op computed
+(:attr:`Graph.exact`), the module state it changed put back first.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TargetError
 from ..masks import arm, is_armed, mask_names
+from .shapes import FORMULAS, zeros_like_output
 
 #: calls that only read metadata; never recorded
 _METADATA = {
@@ -70,12 +72,6 @@ _METADATA = {
 #: tensor properties that transpose (recorded as calls; every other property is metadata)
 _TRANSPOSING = {"T", "mT"}
 
-#: the costly ops a shape-only trace does not compute (zeros of the meta kernel's shape)
-_SHAPE_ONLY = {
-    "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-    "conv_transpose3d", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm",
-    "einsum", "scaled_dot_product_attention",
-}  # fmt: skip
 #: metadata calls that read an unknown value (the rest read shapes, dtypes and devices)
 _READS_VALUES = {
     "__bool__", "item", "tolist", "__format__", "__repr__", "__int__", "__float__", "__index__",
@@ -195,14 +191,6 @@ def eps_attr(module: nn.Module) -> str | None:
     return None
 
 
-def _meta(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
-    if isinstance(value, (tuple, list)):
-        return type(value)(_meta(v) for v in value)
-    return value
-
-
 class _Recorder(TorchFunctionMode):
     def __init__(self, stack: list[str], shape_only: bool, owned: set[int]) -> None:
         super().__init__()
@@ -214,14 +202,6 @@ class _Recorder(TorchFunctionMode):
         self.owned = owned
         #: id -> tensor (kept alive, so no id is reused) of every tensor holding unknown values
         self.unknown: dict[int, torch.Tensor] = {}
-
-    def _zeros(self, func, args, kwargs) -> Any:
-        """What ``func`` returns, as zeros: the shapes and strides its meta kernel gives."""
-        out = func(*_meta(args), **{k: _meta(v) for k, v in kwargs.items()})
-        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-            return None
-        device = next(t.device for t in flatten((args, kwargs)) if isinstance(t, torch.Tensor))
-        return torch.zeros_like(out, device=device)
 
     def _unknown(self, func, name: str, args: tuple, kwargs: dict) -> Any:
         """Run ``func`` with unknown values tracked; raise :class:`_NeedsValues` where they
@@ -235,8 +215,8 @@ class _Recorder(TorchFunctionMode):
         if touched and name in _READS_VALUES:
             raise _NeedsValues(name)
         out = None
-        if name in _SHAPE_ONLY and "out" not in kwargs:
-            out = self._zeros(func, args, kwargs)
+        if name in FORMULAS:  # the costly ops: zeros of their output's shape
+            out = zeros_like_output(name, args, kwargs)
             touched = touched or out is not None
         if out is None:
             out = func(*args, **kwargs)
