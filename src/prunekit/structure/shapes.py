@@ -17,6 +17,19 @@ import torch
 Shape = tuple[int, ...]
 
 
+def broadcast(*shapes: tuple[int, ...]) -> Shape | None:
+    """The broadcast of ``shapes``, or None if they do not broadcast. (``torch.broadcast_shapes``
+    imports sympy on its first call: about a second.)"""
+    rank = max(map(len, shapes))
+    out: list[int] = []
+    for dims in zip(*(((1,) * (rank - len(s)) + tuple(s)) for s in shapes), strict=True):
+        sizes = {n for n in dims if n != 1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) -> Any:
     return args[pos] if len(args) > pos else kwargs.get(name, default)
 
@@ -58,11 +71,8 @@ def _matmul(args: tuple, kwargs: dict) -> Shape | None:
     a, b = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
     if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
         return None  # vectors: computed
-    try:
-        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except RuntimeError:
-        return None
-    return (*batch, a.shape[-2], b.shape[-1])
+    batch = broadcast(a.shape[:-2], b.shape[:-2])
+    return None if batch is None else (*batch, a.shape[-2], b.shape[-1])
 
 
 def _attention(args: tuple, kwargs: dict) -> Shape | None:

@@ -57,16 +57,20 @@ def _removals(groups: list[Group], cache: dict | None = None) -> Removals:
     return out
 
 
-def _unexplained(model: nn.Module, removals: Removals, skip: set[int]) -> bool:
+def _unexplained(model: nn.Module, removals: Removals, skip: set[int], cache: dict) -> bool:
     """Some fully masked row or column of a weight outside the ``skip`` modules is not in
-    ``removals`` (heads were pruned: their groups must be found too)."""
+    ``removals`` (heads were pruned: their groups must be found too). ``cache``: the live
+    slices :func:`_removals` computed."""
     for module in model.modules():
         if id(module) in skip:
             continue
         for pname, mask in mask_names(module):
             p = getattr(module, pname)
             for dim in range(min(mask.dim(), 2)):
-                dead = ~live_slices(mask, dim)
+                key = (id(mask), dim)
+                if key not in cache:
+                    cache[key] = live_slices(mask, dim)
+                dead = ~cache[key]
                 gone = removals.get(id(p), {}).get(dim)
                 if bool((dead & ~gone if gone is not None else dead).any()):
                     return True
@@ -224,7 +228,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             # heads are searched where some were pruned (masked rows or columns nothing else
             # removes) and where a config must be told every attention's counts
             if hasattr(getattr(model, "config", None), "to_dict") or _unexplained(
-                model, removals, gone
+                model, removals, gone, cache
             ):
                 heads = head_groups(model, example_inputs=example_inputs)
                 removals = _removals(channels + heads + experts, cache)
