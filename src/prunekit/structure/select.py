@@ -29,14 +29,21 @@ def _element_scores(
         target = slot.recurrent()  # data-free and gradient criteria score any weight
     if target is None:
         return None
-    fast = criterion.slice_scores(target, ctx, slot.dim)
+    return _reduce(criterion, target, slot.dim, ctx, cache)
+
+
+def _reduce(
+    criterion: Criterion, target: Target, dim: int, ctx: ScoreContext, cache: dict
+) -> torch.Tensor:
+    """The criterion's scores of ``target`` summed over every dimension but ``dim``."""
+    fast = criterion.slice_scores(target, ctx, dim)
     if fast is not None:
         return fast.float().cpu()
     key = id(target.weight)
     if key not in cache:
         cache[key] = target.from_matrix(criterion.scores(target, ctx).float()).cpu()
     s = cache[key]
-    rest = [d for d in range(s.dim()) if d != slot.dim]
+    rest = [d for d in range(s.dim()) if d != dim]
     return s.sum(rest) if rest else s
 
 
