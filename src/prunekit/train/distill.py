@@ -371,8 +371,8 @@ def distill(
     list or tuple, fixed) and reuses its targets (:meth:`Distiller.teacher_targets`: pooled
     embeddings, hidden states or logits, and the intermediate layers) on later passes, in memory;
     the first pass, which runs the teacher, counts towards ``cpu_budget``. Under
-    ``torch.distributed`` the student trains under DDP (gradients averaged across ranks). The same ``seed`` and data give the same weights. Returns the
-    :class:`~prunekit.train.loop.History`.
+    ``torch.distributed`` the student trains under DDP (gradients averaged across ranks). The same
+    ``seed`` and data give the same weights. Returns the :class:`~prunekit.train.loop.History`.
     """
     distiller = Distiller(
         student,
