@@ -179,14 +179,15 @@ def by_cpu_minute(evaluate, log):
 
 
 def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: str, batch: int,
-                text: str, dropout: bool, freeze: bool, layers: bool) -> None:  # fmt: skip
+                text: str, dropout: bool, freeze: bool, layers: bool, nsamples: int,
+                cache: bool, warmup: int) -> None:  # fmt: skip
     from prunekit.pretrained import load_minilm
 
     dense, tok = load_minilm()
-    body = token_windows(docstring_corpus(CALIBRATION_MODULES), tok, 126, 128)
+    body = token_windows(docstring_corpus(CALIBRATION_MODULES), tok, 126, nsamples)
     cls = torch.full((len(body), 1), tok.cls_token_id)
     sep = torch.full((len(body), 1), tok.sep_token_id)
-    ids = torch.cat([cls, body, sep], 1)  # [128, 128]
+    ids = torch.cat([cls, body, sep], 1)  # [nsamples, 128]
     calib = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in ids.split(16)]
     held_out = sentences(docstring_corpus(EVALUATION_MODULES))
     texts = training_sentences(text == "extended", held_out)
@@ -224,8 +225,8 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: st
         # a short warm-up, then cosine decay over the CPU budget
         marks: list[tuple[int, float, float]] = []
         history = distill(student, dense, train_batches, steps=100_000, lr=lr, target=target,
-                          hidden_layers=names if layers else None, warmup=10,
-                          cpu_budget=cpu_minutes * 60, dropout=dropout,
+                          hidden_layers=names if layers else None, warmup=warmup,
+                          cpu_budget=cpu_minutes * 60, dropout=dropout, cache_teacher=cache,
                           eval_fn=by_cpu_minute(cosine, marks), eval_every=1)  # fmt: skip
         if kwargs["granularity"] == "channel":
             student = pk.shrink(student, example)
@@ -233,8 +234,10 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: st
         curve = " ".join(f"{m:.1f}min/{s}:{v:.3f}" for s, m, v in marks)
         recipe = f"start {start}, " if label.startswith("2:4") else ""
         row("all-MiniLM-L6-v2", label, "cosine", 1.0, before, after, history.cpu_seconds,
-            f"{recipe}prune {prune_cpu / 60:.1f} CPU-min; {history.steps} steps x {batch} "
-            f"sentences ({text} text), loss {target}{'+layers' if layers else ''}, lr {lr:g}, "
+            f"{recipe}{len(body)} x 128 calibration tokens, prune {prune_cpu / 60:.1f} CPU-min; "
+            f"{history.steps} steps x {batch} sentences ({text} text), teacher "
+            f"{'cached' if cache else 'run every step'}, loss {target}"
+            f"{'+layers' if layers else ''}, lr {lr:g}, warm-up {warmup}, "
             f"dropout {'on' if dropout else 'off'}, embeddings {'frozen' if freeze else 'trained'}",
             f"[cosine by CPU-min/step {curve}]")  # fmt: skip
 
@@ -317,6 +320,9 @@ def main() -> None:
     parser.add_argument("--minilm-dropout", action="store_true", help="keep dropout in training")
     parser.add_argument("--minilm-train-embeddings", action="store_true")
     parser.add_argument("--minilm-no-layers", action="store_true", help="no per-layer MSE")
+    parser.add_argument("--minilm-nsamples", type=int, default=256, help="calibration windows")
+    parser.add_argument("--minilm-no-cache", action="store_true", help="run the teacher each step")
+    parser.add_argument("--minilm-warmup", type=int, default=10, help="warm-up steps")
     parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
     parser.add_argument("--smollm2-lr", type=float, default=1e-4)
     parser.add_argument("--smollm2-eval-every", type=int, default=20, help="steps per evaluation")
@@ -332,7 +338,8 @@ def main() -> None:
     if "minilm" in rows:
         minilm_rows(args.minilm_cpu_minutes, args.minilm_lr, args.minilm_target, args.minilm_only,
                     args.minilm_start, args.minilm_batch, args.minilm_text, args.minilm_dropout,
-                    not args.minilm_train_embeddings, not args.minilm_no_layers)  # fmt: skip
+                    not args.minilm_train_embeddings, not args.minilm_no_layers,
+                    args.minilm_nsamples, not args.minilm_no_cache, args.minilm_warmup)  # fmt: skip
     if "smollm2" in rows:
         smollm2_rows(
             args.smollm2_cpu_minutes,

@@ -320,3 +320,42 @@ def test_cache_teacher_refuses_data_it_cannot_index_before_training():
     with pytest.raises(ConfigError, match="list or tuple"):
         distill(student, teacher, (b for b in batches()), steps=2, cache_teacher=True)
     assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())
+
+
+def test_autocast_bfloat16_trains_in_mixed_precision_with_float32_weights_and_teacher_targets():
+    from prunekit.train.loop import run_training
+
+    teacher, data = tiny_bert(), text_batches()
+    student = tiny_bert()
+    pk.prune(student, 0.5, include=r"encoder\..*")
+    dtypes = []  # of a linear's output
+    linear = student.encoder.layer[0].intermediate.dense
+    handle = linear.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+
+    def loss_of(batch):
+        return student(**batch).last_hidden_state.float().square().mean()
+
+    run_training(student, data, 2, loss_of, lr=1e-3, autocast=torch.bfloat16)
+    assert dtypes == [torch.bfloat16] * 2  # the forward ran under autocast
+    handle.remove()
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    d = Distiller(student, teacher, target="pooled", hidden_layers=["encoder.layer.0"])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        targets = d.teacher_targets(data[0])
+    with torch.no_grad():
+        exact = teacher(**data[0]).last_hidden_state
+    mask = data[0]["attention_mask"].float().unsqueeze(-1)
+    torch.testing.assert_close(targets["pooled"], (exact * mask).sum(1) / mask.sum(1))
+    assert targets["layer:encoder.layer.0"].dtype == torch.float32
+    distill(student, teacher, data, steps=4, lr=1e-3, target="pooled", autocast=torch.bfloat16)
+    for _, module, pname, mask in pk.MaskState(student).items():
+        assert not getattr(module, pname)[~mask].any()
+
+
+def test_autocast_other_than_bfloat16_is_refused_before_training():
+    teacher = mlp()
+    student = copy.deepcopy(teacher)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(ConfigError, match="bfloat16"):
+        distill(student, teacher, batches(), steps=2, autocast=torch.float16)
+    assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())

@@ -219,10 +219,12 @@ class Distiller(nn.Module):
         these may be computed once per batch and reused (``distill(..., cache_teacher=True)``)."""
         args, kwargs = normalise(batch, self.inputs)
         captured: dict[str, torch.Tensor] = {}
-        with _capture(self.teacher, self.layers.values(), captured):
+        device = model_device(self.teacher)
+        full = torch.autocast(device.type, enabled=False)  # exact targets under mixed precision
+        with full, _capture(self.teacher, self.layers.values(), captured):
             was = self.teacher.training
             self.teacher.eval()
-            out = run_batch(self.teacher, (args, kwargs), 0, model_device(self.teacher))
+            out = run_batch(self.teacher, (args, kwargs), 0, device)
             self.teacher.train(was)
         targets = {f"layer:{name}": t for name, t in captured.items()}
         logits = output_logits(out) if self.target in ("auto", "logits") else None
@@ -355,6 +357,7 @@ def distill(
     cpu_budget: float | None = None,
     dropout: bool = True,
     cache_teacher: bool = False,
+    autocast: torch.dtype | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> History:
@@ -370,7 +373,9 @@ def distill(
     with its dropout off. ``cache_teacher=True`` runs the teacher once per batch of ``data`` (a
     list or tuple, fixed) and reuses its targets (:meth:`Distiller.teacher_targets`: pooled
     embeddings, hidden states or logits, and the intermediate layers) on later passes, in memory;
-    the first pass, which runs the teacher, counts towards ``cpu_budget``. Under
+    the first pass, which runs the teacher, counts towards ``cpu_budget``.
+    ``autocast=torch.bfloat16`` trains the student in mixed precision (the teacher's targets stay
+    float32). Under
     ``torch.distributed`` the student trains under DDP (gradients averaged across ranks). The same
     ``seed`` and data give the same weights. Returns the :class:`~prunekit.train.loop.History`.
     """
@@ -428,5 +433,6 @@ def distill(
         after_step=after_step,
         cpu_budget=cpu_budget,
         dropout=dropout,
+        autocast=autocast,
         label="distilling",
     )
