@@ -158,6 +158,18 @@ def training_sentences(extended: bool, held_out: list[str]) -> list[str]:
     return [s for s in sentences(docstring_corpus(modules)) if s not in held]
 
 
+def calibration_text(held_out: list[str]) -> list[str]:
+    """The calibration modules' docstrings with every sentence of ``held_out`` cut out (a few
+    occur in both corpora), for the one-shot prune's calibration windows."""
+    shared = set(sentences(docstring_corpus(CALIBRATION_MODULES))) & set(held_out)
+    out = []
+    for doc in docstring_corpus(CALIBRATION_MODULES):
+        for sentence in shared:
+            doc = doc.replace(sentence, "")
+        out.append(doc)
+    return out
+
+
 def by_cpu_minute(evaluate, log):
     """An ``eval_fn`` (called every step) that evaluates once each whole CPU-minute of training
     has passed (the training loop's own CPU time: evaluations excluded) and logs it."""
@@ -180,16 +192,16 @@ def by_cpu_minute(evaluate, log):
 
 def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: str, batch: int,
                 text: str, dropout: bool, freeze: bool, layers: bool, nsamples: int,
-                cache: bool, warmup: int) -> None:  # fmt: skip
+                cache: bool, warmup: int, layer_weight: float, bf16: bool) -> None:  # fmt: skip
     from prunekit.pretrained import load_minilm
 
     dense, tok = load_minilm()
-    body = token_windows(docstring_corpus(CALIBRATION_MODULES), tok, 126, nsamples)
+    held_out = sentences(docstring_corpus(EVALUATION_MODULES))
+    body = token_windows(calibration_text(held_out), tok, 126, nsamples)
     cls = torch.full((len(body), 1), tok.cls_token_id)
     sep = torch.full((len(body), 1), tok.sep_token_id)
     ids = torch.cat([cls, body, sep], 1)  # [nsamples, 128]
     calib = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in ids.split(16)]
-    held_out = sentences(docstring_corpus(EVALUATION_MODULES))
     texts = training_sentences(text == "extended", held_out)
     train_batches = length_batches(texts, tok, batch)[0]
     order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(0))
@@ -227,6 +239,7 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: st
         history = distill(student, dense, train_batches, steps=100_000, lr=lr, target=target,
                           hidden_layers=names if layers else None, warmup=warmup,
                           cpu_budget=cpu_minutes * 60, dropout=dropout, cache_teacher=cache,
+                          hidden_weight=layer_weight, autocast=torch.bfloat16 if bf16 else None,
                           eval_fn=by_cpu_minute(cosine, marks), eval_every=1)  # fmt: skip
         if kwargs["granularity"] == "channel":
             student = pk.shrink(student, example)
@@ -237,7 +250,8 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: st
             f"{recipe}{len(body)} x 128 calibration tokens, prune {prune_cpu / 60:.1f} CPU-min; "
             f"{history.steps} steps x {batch} sentences ({text} text), teacher "
             f"{'cached' if cache else 'run every step'}, loss {target}"
-            f"{'+layers' if layers else ''}, lr {lr:g}, warm-up {warmup}, "
+            f"{f'+{layer_weight:g} x layers' if layers else ''}, lr {lr:g}, warm-up {warmup}, "
+            f"{'bfloat16 autocast' if bf16 else 'float32'}, "
             f"dropout {'on' if dropout else 'off'}, embeddings {'frozen' if freeze else 'trained'}",
             f"[cosine by CPU-min/step {curve}]")  # fmt: skip
 
@@ -323,6 +337,8 @@ def main() -> None:
     parser.add_argument("--minilm-nsamples", type=int, default=256, help="calibration windows")
     parser.add_argument("--minilm-no-cache", action="store_true", help="run the teacher each step")
     parser.add_argument("--minilm-warmup", type=int, default=10, help="warm-up steps")
+    parser.add_argument("--minilm-layer-weight", type=float, default=1.0, help="per-layer MSE")
+    parser.add_argument("--minilm-bf16", action="store_true", help="bfloat16 autocast training")
     parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
     parser.add_argument("--smollm2-lr", type=float, default=1e-4)
     parser.add_argument("--smollm2-eval-every", type=int, default=20, help="steps per evaluation")
@@ -339,7 +355,8 @@ def main() -> None:
         minilm_rows(args.minilm_cpu_minutes, args.minilm_lr, args.minilm_target, args.minilm_only,
                     args.minilm_start, args.minilm_batch, args.minilm_text, args.minilm_dropout,
                     not args.minilm_train_embeddings, not args.minilm_no_layers,
-                    args.minilm_nsamples, not args.minilm_no_cache, args.minilm_warmup)  # fmt: skip
+                    args.minilm_nsamples, not args.minilm_no_cache, args.minilm_warmup,
+                    args.minilm_layer_weight, args.minilm_bf16)  # fmt: skip
     if "smollm2" in rows:
         smollm2_rows(
             args.smollm2_cpu_minutes,
