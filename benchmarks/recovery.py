@@ -337,8 +337,8 @@ def main() -> None:
     parser.add_argument("--minilm-nsamples", type=int, default=256, help="calibration windows")
     parser.add_argument("--minilm-no-cache", action="store_true", help="run the teacher each step")
     parser.add_argument("--minilm-warmup", type=int, default=10, help="warm-up steps")
-    parser.add_argument("--minilm-layer-weight", type=float, default=1.0, help="per-layer MSE")
-    parser.add_argument("--minilm-bf16", action="store_true", help="bfloat16 autocast training")
+    parser.add_argument("--minilm-layer-weight", type=float, default=5.0, help="per-layer MSE")
+    parser.add_argument("--minilm-float32", action="store_true", help="no bfloat16 autocast")
     parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
     parser.add_argument("--smollm2-lr", type=float, default=1e-4)
     parser.add_argument("--smollm2-eval-every", type=int, default=20, help="steps per evaluation")
@@ -356,7 +356,7 @@ def main() -> None:
                     args.minilm_start, args.minilm_batch, args.minilm_text, args.minilm_dropout,
                     not args.minilm_train_embeddings, not args.minilm_no_layers,
                     args.minilm_nsamples, not args.minilm_no_cache, args.minilm_warmup,
-                    args.minilm_layer_weight, args.minilm_bf16)  # fmt: skip
+                    args.minilm_layer_weight, not args.minilm_float32)  # fmt: skip
     if "smollm2" in rows:
         smollm2_rows(
             args.smollm2_cpu_minutes,
