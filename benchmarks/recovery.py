@@ -10,9 +10,11 @@ Rows (``--rows`` picks a subset):
   with the labels' loss. One-shot: the dense model pruned once, no training. Metric: test
   accuracy (540 images: one = 0.19 pt), the mean over seeds and the spread of the loss.
 * ``minilm``: all-MiniLM-L6-v2's encoder at 2:4 (SparseGPT, by default with block reconstruction
-  and refine) and 50% channels, one-shot on 128 x 128 tokens of stdlib docstrings, then distilled
-  from the dense model (pooled-embedding cosine plus every layer's hidden-state MSE; dropout off,
-  word embeddings frozen) on sentences of the calibration modules and TRAINING_MODULES. Metric:
+  and refine, on 256 x 128 tokens of calibration-module docstrings, evaluation sentences cut out)
+  and 50% channels (l2), then distilled from the dense model (pooled-embedding cosine plus 5 x
+  every layer's hidden-state MSE; dropout off, word embeddings frozen, the teacher's targets
+  computed once per batch and cached, bfloat16 autocast) on sentences of the calibration modules
+  and TRAINING_MODULES. Metric:
   mean cosine of sentence embeddings against dense on 512 sentences of EVALUATION_MODULES (no
   training sentence among them), measured after each CPU-minute of training.
 * ``smollm2``: SmolLM2-135M at 2:4 and 50% unstructured (SparseGPT), then distilled (logits KL) on
