@@ -247,9 +247,10 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: st
             student = pk.shrink(student, example)
         after = cosine(student)
         curve = " ".join(f"{m:.1f}min/{s}:{v:.3f}" for s, m, v in marks)
-        recipe = f"start {start}, " if label.startswith("2:4") else ""
+        two_four = label.startswith("2:4")
+        recipe = f"start {start}, {len(body)} x 128 calibration tokens, " if two_four else ""
         row("all-MiniLM-L6-v2", label, "cosine", 1.0, before, after, history.cpu_seconds,
-            f"{recipe}{len(body)} x 128 calibration tokens, prune {prune_cpu / 60:.1f} CPU-min; "
+            f"{recipe}prune {prune_cpu / 60:.1f} CPU-min; "
             f"{history.steps} steps x {batch} sentences ({text} text), teacher "
             f"{'cached' if cache else 'run every step'}, loss {target}"
             f"{f'+{layer_weight:g} x layers' if layers else ''}, lr {lr:g}, warm-up {warmup}, "
