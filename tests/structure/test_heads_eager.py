@@ -170,28 +170,30 @@ def test_bloom_slow_but_exact_is_refused_up_front():
 
 
 class EagerAttention(torch.nn.Module):
-    """Attention by matmul and softmax, projections named so no adapter recognises them."""
+    """Attention by ``einsum`` and softmax (no matmul-softmax-matmul chain for structure to read),
+    or (``matmul``) by matmul and softmax; projections named so no adapter recognises them."""
 
-    def __init__(self, sdpa: bool = False) -> None:
+    def __init__(self, matmul: bool = False) -> None:
         super().__init__()
         self.wq, self.wk, self.wv, self.wo = (torch.nn.Linear(16, 16) for _ in range(4))
-        self.sdpa, self.num_heads = sdpa, 4
+        self.matmul, self.num_heads = matmul, 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         h = self.num_heads
         q, k, v = (f(x).view(b, t, h, 4).transpose(1, 2) for f in (self.wq, self.wk, self.wv))
-        if self.sdpa:
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        else:
+        if self.matmul:
             out = torch.softmax(q @ k.transpose(-2, -1) / 2, -1) @ v  # [B, h, T, 4]
+        else:
+            scores = torch.einsum("bhtd,bhsd->bhts", q, k).softmax(-1)
+            out = torch.einsum("bhts,bhsd->bhtd", scores, v)
         return self.wo(out.transpose(1, 2).reshape(b, t, h * 4))
 
 
 class TwoAttentions(torch.nn.Module):
-    def __init__(self, first_sdpa: bool) -> None:
+    def __init__(self, first_matmul: bool) -> None:
         super().__init__()
-        self.a, self.b = EagerAttention(first_sdpa), EagerAttention()
+        self.a, self.b = EagerAttention(first_matmul), EagerAttention()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(x + self.a(x))
@@ -200,12 +202,12 @@ class TwoAttentions(torch.nn.Module):
 def test_unreadable_attention_is_refused_by_name_or_warned_about():
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = TwoAttentions(first_sdpa=False)
+    model = TwoAttentions(first_matmul=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TargetError, match=r"a \(EagerAttention\), b \(EagerAttention\)"):
         pk.prune(model, 0.5, granularity="head", example_inputs=x)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    mixed = TwoAttentions(first_sdpa=True)  # `a` calls sdpa: structure finds its heads
+    mixed = TwoAttentions(first_matmul=True)  # `a` is matmul-softmax-matmul: structure reads it
     with pytest.warns(UserWarning, match=r"heads of 1 attention module\(s\) stay.*b \(Eager"):
         pk.prune(mixed, 0.5, granularity="head", example_inputs=x)
     small = pk.shrink(mixed, x)

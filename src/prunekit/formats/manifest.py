@@ -37,6 +37,8 @@ MANIFEST_ATTRS: set[str] = {
     "num_attention_heads", "num_key_value_heads", "num_key_value_groups", "attention_head_size",
     "all_head_size", "intermediate_size", "nf", "nx", "split_size", "inner_dim", "n_heads",
     "n_head", "key_value_proj_dim", "d_model", "num_kv_heads",
+    # head counts that structure-found attention updates (prunekit.structure.attention)
+    "heads", "num_attn_heads", "n_kv_heads",
     # MoE blocks (prunekit.structure.experts)
     "num_experts", "hidden_dim", "intermediate_dim",
 }  # fmt: skip

@@ -46,10 +46,11 @@ class Head(Structured):
         sep = "; " if refused else ", "  # reasons hold commas
         if not groups:
             plain = (
-                "no head adapter and no scaled_dot_product_attention call that structure can read"
+                "no head adapter and no scaled_dot_product_attention call or matmul-softmax-matmul "
+                "chain that structure can read"
             )
             if not left:
-                why = "none has a head adapter or calls scaled_dot_product_attention"
+                why = "none has a head adapter or runs attention that structure can read"
             elif refused:
                 others = len(refused) < len(left)
                 why = "; ".join(listed[:3]) + (f"; the others have {plain}" if others else "")

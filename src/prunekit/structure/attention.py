@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .graph import Graph, trace
+from .attention_pattern import eager_attention, with_eager_attention
+from .graph import Call, Graph, trace
 from .groups import Slot, components, signature
-from .propagate import State, arg, compress, propagate
+from .propagate import State, arg, compress, propagate, varying
 
 
 @dataclass
@@ -42,6 +43,8 @@ class FoundHeads:
     #: (slot, index [hq, k]) slices of each query head; (slot, index [hkv, k]) of each KV head
     q: list[tuple[Slot, torch.Tensor]]
     kv: list[tuple[Slot, torch.Tensor]]
+    #: channel label -> unit (query head h, or hq + KV head g; -1: none)
+    owner: torch.Tensor | None = None
 
 
 def _slot(graph: Graph, pid: int, dim: int) -> Slot:
@@ -102,12 +105,19 @@ class _Labels:
 
 def _layout(
     st: State, lab: torch.Tensor, call, slots: torch.Tensor, weights: _Labels, data: _Labels
-) -> FoundHeads | None:
+) -> FoundHeads | str:
+    """The head layout of one attention call, or why it cannot be told."""
     q, k, v = call.args[0], arg(call, 1, "key"), arg(call, 2, "value")
     ql, kl, vl = (_per_head(st.small(t), t, lab) for t in (q, k, v))
     if ql is None or kl is None or vl is None:
-        return None
+        return (
+            "its queries, keys or values are not [batch, heads, tokens, head size] tensors whose "
+            "channels come from projections, one set per head (a reshape mixes heads, or they "
+            "are computed from no weight)"
+        )
     hq, d = ql.shape
+    if slots.numel() != hq * d:
+        return "its values' head size differs from its queries'"
     out = lab[slots.reshape(hq, d)]
     # KV heads: distinct label sets among the (possibly repeated) k/v heads
     kv_sets: dict[tuple[int, ...], int] = {}
@@ -117,19 +127,26 @@ def _layout(
         kv_of.append(kv_sets.setdefault(key, len(kv_sets)))
     hkv = len(kv_sets)
     if hkv < 1 or hq % hkv or hq % kl.shape[0]:
-        return None
+        return f"its {hq} query heads do not split evenly over {hkv} key/value heads"
     rep_k = hq // kl.shape[0]
     group_of_q = [kv_of[h // rep_k] for h in range(hq)]
     rep = hq // hkv
     if group_of_q != [h // rep for h in range(hq)]:  # query heads of a KV group are contiguous
-        return None
+        return "the query heads that share a key/value head are not consecutive"
     owner = torch.full((st.count,), -1, dtype=torch.long)
     for h in range(hq):
         owner[ql[h]] = h
         owner[out[h]] = h
     mask = arg(call, 3, "attn_mask")
     ma = st.small(mask) if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
-    if ma is not None and mask.shape[1] == hq and compress(ma).shape[1] == hq:
+    per_head_ids = ma is not None and compress(ma).shape[1] == hq
+    heads_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == hq > 1
+    if heads_mask and not per_head_ids and not torch.equal(mask, mask[:, :1].expand_as(mask)):
+        return (
+            "a per-head tensor of unknown origin (not a parameter's rows) is added to its "
+            "attention scores"
+        )
+    if per_head_ids and mask.shape[1] == hq:
         ml = lab[ma.expand(mask.shape)[:1]]  # [1, H, T, S]: per-head position biases
         per = [torch.unique(ml[:, h]) for h in range(hq)]
         ids, count = torch.unique(torch.cat(per), return_counts=True)
@@ -137,25 +154,42 @@ def _layout(
         for h in range(hq):
             mine = torch.tensor([i for i in per[h].tolist() if i in own], dtype=torch.long)
             if bool((owner[mine] >= 0).any()):
-                return None
+                return "its per-head score bias shares channels with its queries or output"
             owner[mine] = h
     for key, g in kv_sets.items():
         ids = torch.tensor(key)
         if bool((owner[ids] >= 0).any()):
-            return None  # q and k/v share channels: not a head layout
+            return "its queries and keys/values share channels"
         owner[ids] = hq + g
-    found = FoundHeads(call.module, hq, hkv, d, [], [])
+    found = FoundHeads(call.module, hq, hkv, d, [], [], owner)
+    widths: dict[str, set[int]] = {"q": set(), "out": set(), "kv": set()}
+    q_ids, out_ids = torch.unique(ql), torch.unique(out)
+    kv_ids = torch.tensor(sorted({i for key in kv_sets for i in key}), dtype=torch.long)
     for (pid, dim), labels in weights.reached(owner):
-        if not _add(found, _slot(st.graph, pid, dim), owner[labels]):
-            return None
+        slot = _slot(st.graph, pid, dim)
+        if not _add(found, slot, owner[labels]):
+            return f"the heads own unequal or overlapping parts of {slot.name} (dim {slot.dim})"
+        for part, ids in (("q", q_ids), ("out", out_ids), ("kv", kv_ids)):
+            hit = torch.isin(labels, ids)
+            if bool(hit.any()):
+                units = hq if part != "kv" else hkv
+                widths[part].add(int(hit.sum()) // units)
+    for part, what in (
+        ("q", "queries do not come from a projection"),
+        ("out", "output does not reach an output projection"),
+        ("kv", "keys/values do not come from a projection"),
+    ):
+        if not any(w % d == 0 and w >= d for w in widths[part]):
+            return f"its heads' {what} with {d} channels per head (an op mixes heads)"
     for pid, labels in data.reached(owner):
         hid = owner[labels]
         if hkv == 1 and bool((hid[hid >= 0] == hq).all()):
             continue  # reached only through the one KV head, which always stays
         sep = _separable(hid)
-        if sep is None or not _add(found, _slot(st.graph, pid, sep[0]), sep[1]):
-            return None
-    return found if found.q and found.kv else None
+        slot = _slot(st.graph, pid, sep[0] if sep is not None else 0)
+        if sep is None or not _add(found, slot, sep[1]):
+            return f"the per-head tensor {slot.name} does not split along one dimension by head"
+    return found
 
 
 def _add(found: FoundHeads, slot: Slot, owner: torch.Tensor) -> bool:
@@ -177,7 +211,7 @@ def _add(found: FoundHeads, slot: Slot, owner: torch.Tensor) -> bool:
 _CACHE = "_pk_found_heads"
 
 
-def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
+def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads | Unproven]:
     """The head layout of every attention call of ``model`` that structure can tell. The result
     is kept on the model (and follows it through a deepcopy, as ``pk.shrink`` makes) until a
     shape of the model or of the inputs changes."""
@@ -193,27 +227,107 @@ def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads]:
 def remember_heads(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
     """Keep the head layouts of a trace made for channels (one trace serves both), where the
     trace holds an attention call; :func:`find_heads` then needs no trace of its own."""
-    if any(call.name == "scaled_dot_product_attention" for call in graph.calls):
+    if any(call.name == "scaled_dot_product_attention" for call in graph.calls) or (
+        eager_attention(graph)
+    ):
         model.__dict__[_CACHE] = (signature(model, example_inputs), heads_of(graph))
 
 
-def heads_of(graph: Graph) -> list[FoundHeads]:
-    """The head layout of every attention call of a trace that structure can tell."""
+@dataclass
+class Unproven:
+    """An attention call (scaled-dot-product, or an eager matmul-softmax-matmul chain) whose
+    heads structure cannot prove separable, and why."""
+
+    module: str
+    why: str
+
+
+def heads_of(graph: Graph) -> list[FoundHeads | Unproven]:
+    """The head layout of every attention call of a trace (eager matmul-softmax-matmul chains
+    included), or why structure cannot tell it."""
+    graph = with_eager_attention(graph)
     st = propagate(graph, heads=True)
     lab = components(st.count, st.edges)
-    found = []
-    seen: set[str] = set()
+    by_module: dict[str, FoundHeads | Unproven] = {}
     weights, data = _Labels(st.wdims, lab), _Labels(st.data, lab)
-    for call, slots in st.attention:
+    for call, slots in st.attention:  # per module: its first layout, else why none
+        if isinstance(by_module.get(call.module), FoundHeads):
+            continue
         heads = _layout(st, lab, call, slots, weights, data)
-        if heads is not None and heads.module not in seen:
-            seen.add(heads.module)
-            found.append(heads)
+        if isinstance(heads, FoundHeads) or call.module not in by_module:
+            by_module[call.module] = (
+                heads if isinstance(heads, FoundHeads) else (Unproven(call.module, heads))
+            )
+    found = list(by_module.values())
+    owners = [(i, f.owner) for i, f in enumerate(found) if isinstance(f, FoundHeads)]
+    for i, why in _mixed(st, lab, owners).items():
+        found[i] = Unproven(found[i].module, why)
     return found
 
 
+#: ops that combine values along ``dim`` (argument position): heads must not meet there
+_ALONG = {"softmax": 1, "log_softmax": 1, "cumsum": 1, "cumprod": 1, "norm": 2}
+_REDUCE = (
+    "sum", "mean", "amax", "amin", "var", "std", "logsumexp", "prod", "max", "min", "nansum",
+    "nanmean", "median", "linalg_vector_norm",
+)  # fmt: skip
+_PRODUCT = ("matmul", "__matmul__", "bmm", "baddbmm", "mm")
+
+
+def _combined(st: State, call: Call, pos: int, t: torch.Tensor) -> set[int] | None:
+    """Dimensions of input ``pos`` (``t``) whose values ``call`` combines with each other, or
+    None where it does not combine values of one input (or is a weight op)."""
+    name = call.name.rstrip("_")
+    if name in _REDUCE or name in _ALONG:
+        if (
+            name in ("max", "min")
+            and len([a for a in call.args if isinstance(a, torch.Tensor)]) > 1
+        ):
+            return None
+        dim = arg(call, _ALONG.get(name, 1), "dim")
+        dims = range(t.dim()) if dim is None else [dim] if isinstance(dim, int) else dim
+        return {d % t.dim() for d in dims}
+    if name in _PRODUCT:
+        ins = [a for a in call.args if isinstance(a, torch.Tensor)]
+        weights = any(st.owned(a) or id(a) in st.transposed for a in ins)  # a linear layer
+        if len(ins) < 2 or weights or t.dim() < 2:
+            return None
+        return {t.dim() - 1} if pos == 0 else {t.dim() - 2}
+    return None
+
+
+def _mixed(st: State, lab: torch.Tensor, owners: list[tuple[int, torch.Tensor]]) -> dict[int, str]:
+    """Layouts whose heads meet outside the attention: a reduction, softmax or product of
+    activations combining values of different heads (``owners``: layout index, label -> head)."""
+    if not owners:
+        return {}
+    layout = torch.full((st.count,), -1, dtype=torch.long)
+    unit = torch.full((st.count,), -1, dtype=torch.long)
+    for i, owner in owners:
+        mine = owner >= 0
+        layout[mine], unit[mine] = i, owner[mine]
+    hit: dict[int, str] = {}
+    for call in st.graph.calls:
+        if call.name == "scaled_dot_product_attention":
+            continue
+        for pos, t in enumerate(a for a in call.args if isinstance(a, torch.Tensor)):
+            atoms = st.act.get(id(t))
+            if atoms is None or t.dim() == 0:
+                continue
+            labels = lab[atoms.clamp_min(0)]
+            u = torch.where(atoms >= 0, unit[labels], -1)
+            if not bool((u >= 0).any()):
+                continue
+            dims = _combined(st, call, pos, t)
+            if dims is None or not dims & set(varying(u)):
+                continue
+            for i in torch.unique(layout[labels][u >= 0]).tolist():
+                hit.setdefault(i, f"its heads are combined outside the attention ({call.where()})")
+    return hit
+
+
 #: count attributes updated after slicing, by what they count
-Q_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_attn_heads")
+Q_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_attn_heads", "heads")
 KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 #: counts that cut a fused projection into equal blocks of heads (see heads.Heads.chunks)
 CHUNK_ATTRS = ("mp_num",)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import TargetError
 from ..registry import Registry
-from .attention import CHUNK_ATTRS, StructuralAdapter, find_heads
+from .attention import CHUNK_ATTRS, StructuralAdapter, Unproven, find_heads
 from .groups import Group, Slot
 from .propagate import Example
 
@@ -612,8 +612,12 @@ def head_groups(
         elif adapter is not None:
             generic.append((name, module, adapter))
     known = [n for n, *_ in layouts] + known_skip
+    unproven: list[Unproven] = []
     for found in find_heads(model, example_inputs) if example_inputs is not None else []:
         if any(_nested(found.module, n) for n in known):
+            continue
+        if isinstance(found, Unproven):
+            unproven.append(found)
             continue
         module = model.get_submodule(found.module)
         heads = Heads(found.hq, found.hkv, found.d, q_index=found.q, kv_index=found.kv)
@@ -625,6 +629,11 @@ def head_groups(
     for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
         if not any(_nested(name, n) for n in known):
             layouts.append((name, module, adapter, adapter.layout(name, module)))
+    known = [n for n, *_ in layouts]
+    for u in unproven:  # attention that structure found but cannot prove, and nothing else serves
+        if refuse and not any(_nested(u.module, n) for n in known):
+            cls = type(model.get_submodule(u.module)).__name__
+            raise TargetError(f"cannot prune the heads of {u.module or '<root>'} ({cls}): {u.why}")
     groups: list[Group] = []
     coupled: dict[str, list[Group]] = {}
     for name, module, adapter, heads in layouts:
