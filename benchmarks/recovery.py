@@ -10,9 +10,11 @@ Rows (``--rows`` picks a subset):
   with the labels' loss. One-shot: the dense model pruned once, no training. Metric: test
   accuracy (540 images: one = 0.19 pt), the mean over seeds and the spread of the loss.
 * ``minilm``: all-MiniLM-L6-v2's encoder at 2:4 (SparseGPT, by default with block reconstruction
-  and refine) and 50% channels, one-shot on 128 x 128 tokens of stdlib docstrings, then distilled
-  from the dense model (pooled-embedding cosine plus every layer's hidden-state MSE; dropout off,
-  word embeddings frozen) on sentences of the calibration modules and TRAINING_MODULES. Metric:
+  and refine, on 256 x 128 tokens of calibration-module docstrings, evaluation sentences cut out)
+  and 50% channels (l2), then distilled from the dense model (pooled-embedding cosine plus 5 x
+  every layer's hidden-state MSE; dropout off, word embeddings frozen, the teacher's targets
+  computed once per batch and cached, bfloat16 autocast) on sentences of the calibration modules
+  and TRAINING_MODULES. Metric:
   mean cosine of sentence embeddings against dense on 512 sentences of EVALUATION_MODULES (no
   training sentence among them), measured after each CPU-minute of training.
 * ``smollm2``: SmolLM2-135M at 2:4 and 50% unstructured (SparseGPT), then distilled (logits KL) on
@@ -158,6 +160,18 @@ def training_sentences(extended: bool, held_out: list[str]) -> list[str]:
     return [s for s in sentences(docstring_corpus(modules)) if s not in held]
 
 
+def calibration_text(held_out: list[str]) -> list[str]:
+    """The calibration modules' docstrings with every sentence of ``held_out`` cut out (a few
+    occur in both corpora), for the one-shot prune's calibration windows."""
+    shared = set(sentences(docstring_corpus(CALIBRATION_MODULES))) & set(held_out)
+    out = []
+    for doc in docstring_corpus(CALIBRATION_MODULES):
+        for sentence in shared:
+            doc = doc.replace(sentence, "")
+        out.append(doc)
+    return out
+
+
 def by_cpu_minute(evaluate, log):
     """An ``eval_fn`` (called every step) that evaluates once each whole CPU-minute of training
     has passed (the training loop's own CPU time: evaluations excluded) and logs it."""
@@ -179,16 +193,17 @@ def by_cpu_minute(evaluate, log):
 
 
 def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: str, batch: int,
-                text: str, dropout: bool, freeze: bool, layers: bool) -> None:  # fmt: skip
+                text: str, dropout: bool, freeze: bool, layers: bool, nsamples: int,
+                cache: bool, warmup: int, layer_weight: float, bf16: bool) -> None:  # fmt: skip
     from prunekit.pretrained import load_minilm
 
     dense, tok = load_minilm()
-    body = token_windows(docstring_corpus(CALIBRATION_MODULES), tok, 126, 128)
+    held_out = sentences(docstring_corpus(EVALUATION_MODULES))
+    body = token_windows(calibration_text(held_out), tok, 126, nsamples)
     cls = torch.full((len(body), 1), tok.cls_token_id)
     sep = torch.full((len(body), 1), tok.sep_token_id)
-    ids = torch.cat([cls, body, sep], 1)  # [128, 128]
+    ids = torch.cat([cls, body, sep], 1)  # [nsamples, 128]
     calib = [{"input_ids": c, "attention_mask": torch.ones_like(c)} for c in ids.split(16)]
-    held_out = sentences(docstring_corpus(EVALUATION_MODULES))
     texts = training_sentences(text == "extended", held_out)
     train_batches = length_batches(texts, tok, batch)[0]
     order = torch.randperm(len(train_batches), generator=torch.Generator().manual_seed(0))
@@ -224,17 +239,22 @@ def minilm_rows(cpu_minutes: float, lr: float, target: str, only: str, start: st
         # a short warm-up, then cosine decay over the CPU budget
         marks: list[tuple[int, float, float]] = []
         history = distill(student, dense, train_batches, steps=100_000, lr=lr, target=target,
-                          hidden_layers=names if layers else None, warmup=10,
-                          cpu_budget=cpu_minutes * 60, dropout=dropout,
+                          hidden_layers=names if layers else None, warmup=warmup,
+                          cpu_budget=cpu_minutes * 60, dropout=dropout, cache_teacher=cache,
+                          hidden_weight=layer_weight, autocast=torch.bfloat16 if bf16 else None,
                           eval_fn=by_cpu_minute(cosine, marks), eval_every=1)  # fmt: skip
         if kwargs["granularity"] == "channel":
             student = pk.shrink(student, example)
         after = cosine(student)
         curve = " ".join(f"{m:.1f}min/{s}:{v:.3f}" for s, m, v in marks)
-        recipe = f"start {start}, " if label.startswith("2:4") else ""
+        two_four = label.startswith("2:4")
+        recipe = f"start {start}, {len(body)} x 128 calibration tokens, " if two_four else ""
         row("all-MiniLM-L6-v2", label, "cosine", 1.0, before, after, history.cpu_seconds,
-            f"{recipe}prune {prune_cpu / 60:.1f} CPU-min; {history.steps} steps x {batch} "
-            f"sentences ({text} text), loss {target}{'+layers' if layers else ''}, lr {lr:g}, "
+            f"{recipe}prune {prune_cpu / 60:.1f} CPU-min; "
+            f"{history.steps} steps x {batch} sentences ({text} text), teacher "
+            f"{'cached' if cache else 'run every step'}, loss {target}"
+            f"{f'+{layer_weight:g} x layers' if layers else ''}, lr {lr:g}, warm-up {warmup}, "
+            f"{'bfloat16 autocast' if bf16 else 'float32'}, "
             f"dropout {'on' if dropout else 'off'}, embeddings {'frozen' if freeze else 'trained'}",
             f"[cosine by CPU-min/step {curve}]")  # fmt: skip
 
@@ -317,6 +337,11 @@ def main() -> None:
     parser.add_argument("--minilm-dropout", action="store_true", help="keep dropout in training")
     parser.add_argument("--minilm-train-embeddings", action="store_true")
     parser.add_argument("--minilm-no-layers", action="store_true", help="no per-layer MSE")
+    parser.add_argument("--minilm-nsamples", type=int, default=256, help="calibration windows")
+    parser.add_argument("--minilm-no-cache", action="store_true", help="run the teacher each step")
+    parser.add_argument("--minilm-warmup", type=int, default=10, help="warm-up steps")
+    parser.add_argument("--minilm-layer-weight", type=float, default=5.0, help="per-layer MSE")
+    parser.add_argument("--minilm-float32", action="store_true", help="no bfloat16 autocast")
     parser.add_argument("--smollm2-cpu-minutes", type=float, default=30.0)
     parser.add_argument("--smollm2-lr", type=float, default=1e-4)
     parser.add_argument("--smollm2-eval-every", type=int, default=20, help="steps per evaluation")
@@ -332,7 +357,9 @@ def main() -> None:
     if "minilm" in rows:
         minilm_rows(args.minilm_cpu_minutes, args.minilm_lr, args.minilm_target, args.minilm_only,
                     args.minilm_start, args.minilm_batch, args.minilm_text, args.minilm_dropout,
-                    not args.minilm_train_embeddings, not args.minilm_no_layers)  # fmt: skip
+                    not args.minilm_train_embeddings, not args.minilm_no_layers,
+                    args.minilm_nsamples, not args.minilm_no_cache, args.minilm_warmup,
+                    args.minilm_layer_weight, not args.minilm_float32)  # fmt: skip
     if "smollm2" in rows:
         smollm2_rows(
             args.smollm2_cpu_minutes,

@@ -14,7 +14,9 @@ patched by hand afterwards, as its examples do); its pruning ratio is bisected (
 MACs match prunekit's, then it prunes a fresh copy, timed. Each process times its pruned model
 against its own dense copy (interleaved rounds), so every ratio is measured within one process.
 Times are this thread's CPU time at one thread (``time.thread_time``: it resists the load of
-other processes); prune times are the range over ``--repeat`` fresh copies::
+other processes); prune times are the range over ``--repeat`` fresh copies, each pruner having
+pruned once untimed before (Torch-Pruning's ratio search; one prunekit prune), so neither pays
+its imports and first calls in them::
 
     python3 -m venv /work/tpvenv
     /work/tpvenv/bin/pip install -c constraints.txt torch==2.13.0 transformers torch-pruning
@@ -372,6 +374,8 @@ def run_case(case: Case, args) -> tuple[list[Row], dict]:
         call_model(dense, x1)
     info = {"params": params(dense), "macs": macs(dense, x1)}
     try:
+        # one untimed prune, as Torch-Pruning's ratio search is: imports and first calls
+        prune_prunekit(copy.deepcopy(dense), x1, args.ratio, case)
         row, split = measure(dense, lambda m: prune_prunekit(m, x1, args.ratio, case), case, args)
         row.method = "prunekit"
         row.notes = f"last: mask {split['mask']:.2f}s + shrink/verify {split['shrink']:.2f}s"

@@ -291,3 +291,71 @@ def test_dropout_off_trains_on_the_eval_forward_and_restores_the_rates(dropout):
         distill(student, teacher, data, steps=3, lr=1e-3, dropout=dropout, seed=seed)
         trained.append(student.encoder.layer[0].output.dense.weight.detach().clone())
     assert torch.equal(*trained) is not dropout
+
+
+@pytest.mark.parametrize(("target", "layers"), [("pooled", True), ("hidden", False)])
+def test_cache_teacher_runs_it_once_per_batch_and_trains_the_same_weights(target, layers):
+    teacher, data = tiny_bert(), text_batches()
+    calls = []
+    teacher.register_forward_hook(lambda module, args, out: calls.append(1))
+    hidden = ["encoder.layer.0", "encoder.layer.1"] if layers else None
+    trained = []
+    for cache in (False, True):
+        calls.clear()
+        student = tiny_bert()  # the teacher's weights, not its hook
+        pk.prune(student, 0.5, include=r"encoder\..*")
+        distill(student, teacher, data, steps=3 * len(data), lr=1e-3, target=target,
+                hidden_layers=hidden, cache_teacher=cache)  # fmt: skip
+        # one teacher forward per step (plus prepare's probe with layers), or per batch
+        assert len(calls) == (len(data) if cache else 3 * len(data)) + (1 if layers else 0)
+        trained.append(student.state_dict())
+    for name, value in trained[0].items():
+        assert torch.equal(value, trained[1][name]), name
+
+
+def test_cache_teacher_refuses_data_it_cannot_index_before_training():
+    teacher = mlp()
+    student = copy.deepcopy(teacher)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(ConfigError, match="list or tuple"):
+        distill(student, teacher, (b for b in batches()), steps=2, cache_teacher=True)
+    assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())
+
+
+def test_autocast_bfloat16_trains_in_mixed_precision_with_float32_weights_and_teacher_targets():
+    from prunekit.train.loop import run_training
+
+    teacher, data = tiny_bert(), text_batches()
+    student = tiny_bert()
+    pk.prune(student, 0.5, include=r"encoder\..*")
+    dtypes = []  # of a linear's output
+    linear = student.encoder.layer[0].intermediate.dense
+    handle = linear.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+
+    def loss_of(batch):
+        return student(**batch).last_hidden_state.float().square().mean()
+
+    run_training(student, data, 2, loss_of, lr=1e-3, autocast=torch.bfloat16)
+    assert dtypes == [torch.bfloat16] * 2  # the forward ran under autocast
+    handle.remove()
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    d = Distiller(student, teacher, target="pooled", hidden_layers=["encoder.layer.0"])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        targets = d.teacher_targets(data[0])
+    with torch.no_grad():
+        exact = teacher(**data[0]).last_hidden_state
+    mask = data[0]["attention_mask"].float().unsqueeze(-1)
+    torch.testing.assert_close(targets["pooled"], (exact * mask).sum(1) / mask.sum(1))
+    assert targets["layer:encoder.layer.0"].dtype == torch.float32
+    distill(student, teacher, data, steps=4, lr=1e-3, target="pooled", autocast=torch.bfloat16)
+    for _, module, pname, mask in pk.MaskState(student).items():
+        assert not getattr(module, pname)[~mask].any()
+
+
+def test_autocast_other_than_bfloat16_is_refused_before_training():
+    teacher = mlp()
+    student = copy.deepcopy(teacher)
+    state = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(ConfigError, match="bfloat16"):
+        distill(student, teacher, batches(), steps=2, autocast=torch.float16)
+    assert all(torch.equal(v, state[k]) for k, v in student.state_dict().items())

@@ -33,3 +33,13 @@ def test_training_text_is_disjoint_from_the_evaluation_text():
     shared = set(sentences(docstring_corpus(CALIBRATION_MODULES))) & set(held_out)
     assert shared and not shared & set(calibration)
     assert set(calibration) < set(extended) and len(extended) > 1.5 * len(calibration)
+
+
+def test_the_one_shot_calibration_text_holds_no_evaluation_sentence():
+    held_out = sentences(docstring_corpus(EVALUATION_MODULES))
+    raw = "\n\n".join(docstring_corpus(CALIBRATION_MODULES))
+    text = "\n\n".join(bench.calibration_text(held_out))
+    inside = [s for s in held_out if s in raw]
+    assert inside  # the raw calibration docstrings do contain some
+    assert not [s for s in held_out if s in text]
+    assert len(text) > 0.99 * len(raw)  # only those were cut

@@ -143,6 +143,24 @@ def record_granularity(module: nn.Module, param: str, spec: str) -> None:
     module.__dict__.setdefault(INFO, {})[param] = spec
 
 
+#: elements per block of :func:`mul_mask_`
+_BLOCK = 1 << 20
+
+
+def mul_mask_(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``t *= mask`` in place (``mask``: bool, ``t``'s shape), by its uint8 view (about twice as
+    fast as by the bool), on CPU a block of rows at a time: in one call the mixed-dtype multiply
+    makes a float temporary as large as ``t``, whose fresh pages cost several times the multiply
+    on an embedding table."""
+    factor = mask.view(torch.uint8)
+    if t.device.type != "cpu" or t.dim() == 0 or t.numel() <= _BLOCK:
+        return t.mul_(factor)
+    rows = max(1, _BLOCK // max(1, t[0].numel()))
+    for part, f in zip(t.split(rows), factor.split(rows), strict=True):
+        part.mul_(f)
+    return t
+
+
 def arm(module: nn.Module, only: str | None = None) -> None:
     """Enforce every mask of ``module`` (``only``: the mask of that parameter, on an armed
     module): zero the weights, hook grads, flag optimizer state."""
@@ -151,7 +169,7 @@ def arm(module: nn.Module, only: str | None = None) -> None:
             if only is not None and pname != only:
                 continue
             p = getattr(module, pname)
-            p.mul_(mask.view(torch.uint8))  # as mul_(mask), twice as fast
+            mul_mask_(p, mask)
             old = _ENFORCED.get(p)
             hook = old.grad_hook if old is not None and old.mask is mask else None
             if hook is None or not p.requires_grad:

@@ -111,6 +111,12 @@ class Criterion(Plugin, ABC):
         """
         return None
 
+    def slice_scores(self, target: Target, ctx: ScoreContext, dim: int) -> torch.Tensor | None:
+        """Optional: :meth:`scores` summed over every slice of ``target``'s weight along its
+        dimension ``dim`` (the weight's own layout) ``[size]``, computed without a full-size
+        score tensor (magnitude: a norm per slice). None (the default) reduces :meth:`scores`."""
+        return None
+
     def group_scores(self, group: Any, ctx: ScoreContext) -> torch.Tensor | None:
         """Optional: the importance of every unit of a :class:`~prunekit.structure.Group`
         ``[units]``, for criteria that look at the group as a whole (BN scaling). None (the

@@ -5,6 +5,14 @@ The trace runs the model once on ``example_inputs`` under a
 touches a tensor, with its real input and output tensors and the qualified name of the module whose
 ``forward`` issued it. Python control flow, Hugging Face attention dispatch and KV caches simply
 run: nothing is symbolically traced, so any model that runs can be analysed.
+
+The channel rules read shapes and index values, never the values of activations, so the trace
+first runs *shape-only*: convolutions, linears, matmuls and attention return zeros of their
+output's shape (:mod:`.shapes`), and every tensor computed from such a zero is *unknown*. Index
+tensors and the model's inputs stay exact. If the model reads an unknown value (``bool``,
+``item``, a comparison, a cast to integers: routing, data-dependent control flow) or stores one
+in a parameter, buffer or module attribute, the trace starts over with every op computed
+(:attr:`Graph.exact`), the module state it changed put back first.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TargetError
 from ..masks import arm, is_armed, mask_names
+from .shapes import FORMULAS, zeros_like_output
 
 #: calls that only read metadata; never recorded
 _METADATA = {
@@ -63,6 +72,17 @@ _METADATA = {
 #: tensor properties that transpose (recorded as calls; every other property is metadata)
 _TRANSPOSING = {"T", "mT"}
 
+#: metadata calls that read an unknown value (the rest read shapes, dtypes and devices)
+_READS_VALUES = {
+    "__bool__", "item", "tolist", "__format__", "__repr__", "__int__", "__float__", "__index__",
+    "is_nonzero", "__iter__", "__contains__", "__reduce_ex__", "__deepcopy__", "data_ptr",
+    "untyped_storage", "__setstate__",
+}  # fmt: skip
+
+
+class _NeedsValues(Exception):
+    """A shape-only trace met a model that reads or stores an unknown value."""
+
 
 @dataclass
 class Call:
@@ -88,6 +108,8 @@ class Graph:
     outputs: Any
     #: id(tensor) -> [(module name, module, attribute name)] for parameters and buffers
     owners: dict[int, list[tuple[str, nn.Module, str]]] = field(default_factory=dict)
+    #: every op was computed: ``outputs`` are the model's (False: a shape-only trace)
+    exact: bool = True
 
     def tensors(self, value: Any) -> list[torch.Tensor]:
         """Every tensor inside a (nested) value, caches excluded."""
@@ -187,20 +209,54 @@ def eps_attr(module: nn.Module) -> str | None:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, stack: list[str]) -> None:
+    def __init__(self, stack: list[str], shape_only: bool, owned: set[int]) -> None:
         super().__init__()
         self.stack = stack
         self.calls: list[Call] = []
         #: > 0 while inside a module recorded as one call
         self.opaque = 0
+        self.shape_only = shape_only
+        self.owned = owned
+        #: id -> tensor (kept alive, so no id is reused) of every tensor holding unknown values
+        self.unknown: dict[int, torch.Tensor] = {}
+
+    def _unknown(self, func, name: str, args: tuple, kwargs: dict) -> Any:
+        """Run ``func`` with unknown values tracked; raise :class:`_NeedsValues` where they
+        would matter. Returns the output."""
+        ins = [t for t in flatten((args, kwargs)) if isinstance(t, torch.Tensor)]
+        touched = any(id(t) in self.unknown for t in ins)
+        writes = name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
+        target = kwargs.get("out", args[0] if writes and args else None)
+        if touched and isinstance(target, torch.Tensor) and id(target) in self.owned:
+            raise _NeedsValues(f"{name} writes into a parameter or buffer")  # before it does
+        if touched and name in _READS_VALUES:
+            raise _NeedsValues(name)
+        out = None
+        if name in FORMULAS:  # the costly ops: zeros of their output's shape
+            out = zeros_like_output(name, args, kwargs)
+            touched = touched or out is not None
+        if out is None:
+            out = func(*args, **kwargs)
+        if not touched:
+            return out
+        if isinstance(target, torch.Tensor):
+            self.unknown[id(target)] = target
+        for t in flatten(out):
+            if isinstance(t, torch.Tensor):
+                if not (t.is_floating_point() or t.is_complex()):
+                    raise _NeedsValues(f"{name} makes {t.dtype} values")
+                self.unknown[id(t)] = t
+            elif t is not None and name not in _METADATA and not isinstance(t, torch.Size):
+                raise _NeedsValues(f"{name} returns {type(t).__name__}")
+        return out
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
         if name == "__get__":  # a property: record the transposing ones (x @ W.T layers)
             name = getattr(getattr(func, "__self__", None), "__name__", name)
             name = name if name in _TRANSPOSING else "__get__"
+        out = self._unknown(func, name, args, kwargs) if self.shape_only else func(*args, **kwargs)
         if (
             name not in _METADATA
             and not self.opaque
@@ -252,8 +308,9 @@ def _module_hooks(model: nn.Module, stack: list[str], rec: _Recorder) -> Iterato
 
 
 @torch.no_grad()
-def trace(model: nn.Module, example_inputs: Any) -> Graph:
-    """Record one forward pass of ``model`` (in eval mode) on ``example_inputs``."""
+def trace(model: nn.Module, example_inputs: Any, *, exact: bool = False) -> Graph:
+    """Record one forward pass of ``model`` (in eval mode) on ``example_inputs``: shape-only
+    where the model allows it (see the module docstring), every op computed with ``exact``."""
     check_inputs(example_inputs)
     owners: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for mod_name, module in model.named_modules(remove_duplicate=False):
@@ -263,8 +320,49 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     for module in model.modules():  # arm copied masks now, not inside the recorded forward
         if not is_armed(module) and any(True for _ in mask_names(module)):
             arm(module)
+    if not exact:
+        held = _held_tensors(model)
+        try:
+            graph = _record(model, example_inputs, owners, shape_only=True)
+            if _restore(held):  # else it stored a tensor: no cache may keep its zeros
+                return graph
+        except Exception:  # _NeedsValues, an op without a meta kernel, code that fails on zeros
+            _restore(held)
+    return _record(model, example_inputs, owners, shape_only=False)
+
+
+Held = list[tuple[dict, dict]]
+_MISSING = object()
+
+
+def _held_tensors(model: nn.Module) -> Held:
+    """A shallow copy of every module's parameters, buffers and attributes (caches)."""
+    return [
+        (store, dict(store))
+        for m in model.modules()
+        for store in (m._parameters, m._buffers, m.__dict__)
+    ]
+
+
+def _restore(held: Held) -> bool:
+    """Put back every tensor (or the value a tensor replaced) a module held before; True if
+    none had changed."""
+    same = True
+    for store, before in held:
+        for key in set(before) | set(store):
+            old, new = before.get(key, _MISSING), store.get(key, _MISSING)
+            if old is not new and (isinstance(old, torch.Tensor) or isinstance(new, torch.Tensor)):
+                same = False
+                if old is _MISSING:
+                    del store[key]
+                else:
+                    store[key] = old
+    return same
+
+
+def _record(model: nn.Module, example_inputs: Any, owners: dict, shape_only: bool) -> Graph:
     stack = [""]
-    recorder = _Recorder(stack)
+    recorder = _Recorder(stack, shape_only, set(owners))
     handles = list(_module_hooks(model, stack, recorder))
     try:
         with eval_mode(model), recorder:
@@ -272,4 +370,4 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     finally:
         for h in handles:
             h.remove()
-    return Graph(model, recorder.calls, outputs, owners)
+    return Graph(model, recorder.calls, outputs, owners, exact=not shape_only)

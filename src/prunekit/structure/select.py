@@ -36,6 +36,9 @@ def _reduce(
     criterion: Criterion, target: Target, dim: int, ctx: ScoreContext, cache: dict
 ) -> torch.Tensor:
     """The criterion's scores of ``target`` summed over every dimension but ``dim``."""
+    fast = criterion.slice_scores(target, ctx, dim)
+    if fast is not None:
+        return fast.float().cpu()
     key = id(target.weight)
     if key not in cache:
         cache[key] = target.from_matrix(criterion.scores(target, ctx).float()).cpu()
@@ -236,9 +239,9 @@ def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
         for dim, drop in by_dim.items():
             view = [1] * len(shape)
             view[dim] = shape[dim]
-            kept = ~drop.view(view)  # broadcasts along the other dimensions
-            keep = kept if keep is None else keep & kept
-        shrink_mask(module, attr, keep.expand(shape))
+            kept = (~drop).view(view).view(torch.uint8)  # broadcasts along the other dims
+            keep = kept if keep is None else keep * kept  # as bytes: bool & is far slower
+        shrink_mask(module, attr, keep.expand(shape).view(torch.bool))  # copied once there
 
 
 def prune_groups(

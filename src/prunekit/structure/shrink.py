@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import VerificationError
-from ..masks import mask_names, unmask
+from ..masks import mask_names, mul_mask_, unmask
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
 from .graph import call_model, check_inputs, eps_attr, eval_mode, flatten, is_rms_norm
@@ -56,16 +57,20 @@ def _removals(groups: list[Group], cache: dict | None = None) -> Removals:
     return out
 
 
-def _unexplained(model: nn.Module, removals: Removals, skip: set[int]) -> bool:
+def _unexplained(model: nn.Module, removals: Removals, skip: set[int], cache: dict) -> bool:
     """Some fully masked row or column of a weight outside the ``skip`` modules is not in
-    ``removals`` (heads were pruned: their groups must be found too)."""
+    ``removals`` (heads were pruned: their groups must be found too). ``cache``: the live
+    slices :func:`_removals` computed."""
     for module in model.modules():
         if id(module) in skip:
             continue
         for pname, mask in mask_names(module):
             p = getattr(module, pname)
             for dim in range(min(mask.dim(), 2)):
-                dead = ~live_slices(mask, dim)
+                key = (id(mask), dim)
+                if key not in cache:
+                    cache[key] = live_slices(mask, dim)
+                dead = ~cache[key]
                 gone = removals.get(id(p), {}).get(dim)
                 if bool((dead & ~gone if gone is not None else dead).any()):
                     return True
@@ -88,12 +93,19 @@ def _kept(t: torch.Tensor, drops: dict[int, torch.Tensor], mask: torch.Tensor | 
     """A new tensor: the kept slices of ``t`` (``drops``: dim -> bool, True where an index
     goes), its mask's zeros baked in; a parameter stays a parameter."""
     data = t.detach()
-    for dim, drop in drops.items():
-        keep = torch.nonzero(~drop).flatten().to(data.device)
+    if mask is not None and drops:
+        # the dropped slices of a masked tensor are all masked off: when the mask keeps as many
+        # entries as the kept block holds, it keeps every one of them and has nothing to bake
+        block = math.prod(
+            n - int(drops[d].sum()) if d in drops else n for d, n in enumerate(t.shape)
+        )
+        mask = None if int(torch.count_nonzero(mask)) == block else mask
+    for dim in sorted(drops):  # dimension 0 first: the cheap one, and it makes the rest smaller
+        keep = torch.nonzero(~drops[dim]).flatten().to(data.device)
         data = _take(data, dim, keep)
         mask = _take(mask, dim, keep) if mask is not None else None
     if mask is not None:
-        data = data.mul_(mask.view(torch.uint8)) if drops else data * mask
+        data = mul_mask_(data if drops else data.clone(), mask)
     channels_last = torch.channels_last
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=channels_last):
         data = data.contiguous(memory_format=channels_last)  # the layout the model chose
@@ -207,7 +219,8 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             channels = cached_groups(model, example_inputs)  # from pk.prune
             if channels is None:
                 analysis = channel_groups(model, example_inputs, warn=False)
-                ref = analysis.graph.outputs  # the masked model's outputs, recorded by the trace
+                if analysis.graph.exact:  # the masked model's outputs, recorded by the trace
+                    ref = analysis.graph.outputs
                 channels = analysis.groups
             experts = expert_groups(model)
             cache: dict = {}
@@ -215,7 +228,7 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
             # heads are searched where some were pruned (masked rows or columns nothing else
             # removes) and where a config must be told every attention's counts
             if hasattr(getattr(model, "config", None), "to_dict") or _unexplained(
-                model, removals, gone
+                model, removals, gone, cache
             ):
                 heads = head_groups(model, example_inputs=example_inputs)
                 removals = _removals(channels + heads + experts, cache)

@@ -105,6 +105,24 @@ def mse_loss(
     return _masked_mean(per_position, weights)
 
 
+def mean_pool(hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``[B, T, H]`` hidden states averaged over the positions of ``weights`` ``[B, T]`` (all
+    positions when None): ``[B, H]``, the sentence embedding of a sentence encoder."""
+    w = torch.ones(hidden.shape[:2], device=hidden.device) if weights is None else weights
+    w = w.unsqueeze(-1)  # [B, T, 1]
+    return (hidden.float() * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``1 - cos`` of ``[B, H]`` embeddings, averaged over the batch."""
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ConfigError(
+            f"pooled distillation needs equal [batch, hidden] embeddings, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
 def pooled_cosine_loss(
     student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor | None
 ) -> torch.Tensor:
@@ -115,10 +133,7 @@ def pooled_cosine_loss(
             f"pooled distillation needs equal [batch, tokens, hidden] states, got "
             f"{tuple(student.shape)} and {tuple(teacher.shape)}"
         )
-    w = torch.ones(student.shape[:2], device=student.device) if weights is None else weights
-    w = w.unsqueeze(-1)  # [B, T, 1]
-    pooled = [(h.float() * w).sum(1) / w.sum(1).clamp_min(1.0) for h in (student, teacher)]
-    return (1.0 - F.cosine_similarity(pooled[0], pooled[1], dim=-1)).mean()
+    return cosine_loss(mean_pool(student, weights), mean_pool(teacher, weights))
 
 
 def _layer_map(
@@ -196,29 +211,47 @@ class Distiller(nn.Module):
         self.__dict__["teacher"] = teacher
         self.projections = nn.ModuleDict()
 
-    def _forward_both(
-        self, batch: Any, student: nn.Module | None = None
-    ) -> tuple[Any, Any, dict, dict, dict]:
+    @torch.no_grad()
+    def teacher_targets(self, batch: Any) -> dict[str, torch.Tensor]:
+        """What the loss compares the student with, from one teacher forward of ``batch``:
+        ``logits``, ``hidden`` (last hidden state) or ``pooled`` (its mean over
+        ``attention_mask``), and ``layer:NAME`` per intermediate layer. The teacher is frozen, so
+        these may be computed once per batch and reused (``distill(..., cache_teacher=True)``)."""
         args, kwargs = normalise(batch, self.inputs)
-        s_hidden: dict[str, torch.Tensor] = {}
-        t_hidden: dict[str, torch.Tensor] = {}
-        device = model_device(self.student)
-        with torch.no_grad(), _capture(self.teacher, self.layers.values(), t_hidden):
+        captured: dict[str, torch.Tensor] = {}
+        device = model_device(self.teacher)
+        full = torch.autocast(device.type, enabled=False)  # exact targets under mixed precision
+        with full, _capture(self.teacher, self.layers.values(), captured):
             was = self.teacher.training
             self.teacher.eval()
-            t_out = run_batch(self.teacher, (args, kwargs), 0, model_device(self.teacher))
+            out = run_batch(self.teacher, (args, kwargs), 0, device)
             self.teacher.train(was)
-        with _capture(self.student, self.layers, s_hidden):
-            s_out = run_batch(student or self.student, (args, kwargs), 0, device)
-        return s_out, t_out, s_hidden, t_hidden, kwargs
+        targets = {f"layer:{name}": t for name, t in captured.items()}
+        logits = output_logits(out) if self.target in ("auto", "logits") else None
+        if logits is not None:
+            targets["logits"] = logits
+        elif self.target == "pooled":
+            hidden = output_hidden(out)
+            targets["pooled"] = mean_pool(hidden, _position_weights(kwargs, hidden))
+        else:
+            targets["hidden"] = output_hidden(out)
+        return targets
+
+    def _student_forward(self, batch: Any, student: nn.Module | None) -> tuple[Any, dict, dict]:
+        args, kwargs = normalise(batch, self.inputs)
+        captured: dict[str, torch.Tensor] = {}
+        with _capture(self.student, self.layers, captured):
+            out = run_batch(student or self.student, (args, kwargs), 0, model_device(self.student))
+        return out, captured, kwargs
 
     @torch.no_grad()
     def prepare(self, batch: Any) -> None:
         """Create the projections that a shrunk student needs (one probe forward of ``batch``)."""
-        _, _, s_hidden, t_hidden, _ = self._forward_both(batch)
+        targets = self.teacher_targets(batch)
+        _, s_hidden, _ = self._student_forward(batch, None)
         device = model_device(self.student)
         for s_name, t_name in self.layers.items():
-            s, t = s_hidden[s_name], t_hidden[t_name]
+            s, t = s_hidden[s_name], targets[f"layer:{t_name}"]
             if s is None or t is None:
                 raise ConfigError(f"hidden layer {s_name!r} returned no tensor")
             key = s_name.replace(".", "__")
@@ -226,40 +259,53 @@ class Distiller(nn.Module):
                 self.projections[key] = nn.Linear(s.shape[-1], t.shape[-1], bias=False).to(device)
 
     def loss(
-        self, batch: Any, student: nn.Module | None = None
+        self,
+        batch: Any,
+        student: nn.Module | None = None,
+        targets: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The total loss of ``batch`` and its parts (``kd``, ``hidden``, ``task``) as floats.
 
-        ``student`` runs the forward instead of the student itself: a wrapper of it (DDP)."""
-        total, parts, _ = self.compute(batch, student)
+        ``student`` runs the forward instead of the student itself: a wrapper of it (DDP);
+        ``targets``: :meth:`teacher_targets` of ``batch`` computed earlier (else the teacher
+        runs)."""
+        total, parts, _ = self.compute(batch, student, targets)
         return total, parts
 
     def compute(
-        self, batch: Any, student: nn.Module | None = None
+        self,
+        batch: Any,
+        student: nn.Module | None = None,
+        targets: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float], Any]:
         """:meth:`loss`, plus the student's output."""
-        s_out, t_out, s_hidden, t_hidden, kwargs = self._forward_both(batch, student)
+        if targets is None:
+            targets = self.teacher_targets(batch)
+        s_out, s_hidden, kwargs = self._student_forward(batch, student)
         device = model_device(self.student)
         s_logits = output_logits(s_out) if self.target in ("auto", "logits") else None
         if s_logits is not None:
-            t_logits = output_logits(t_out)
-            if t_logits is None:
+            if "logits" not in targets:
                 raise ConfigError("the student returns logits but the teacher does not")
             w = _position_weights(kwargs, s_logits)
-            kd = kl_loss(s_logits, t_logits.to(device), self.temperature, w)
+            kd = kl_loss(s_logits, targets["logits"].to(device), self.temperature, w)
         elif self.target == "logits":
             raise ConfigError("target='logits' but the student's output has no logits")
+        elif "logits" in targets:
+            raise ConfigError("the teacher returns logits but the student does not")
         else:
             s_h = output_hidden(s_out)
-            t_h = output_hidden(t_out).to(device)
-            loss = pooled_cosine_loss if self.target == "pooled" else mse_loss
-            kd = loss(s_h, t_h, _position_weights(kwargs, s_h))
+            w = _position_weights(kwargs, s_h)
+            if self.target == "pooled":
+                kd = cosine_loss(mean_pool(s_h, w), targets["pooled"].to(device))
+            else:
+                kd = mse_loss(s_h, targets["hidden"].to(device), w)
         parts = {"kd": float(kd.detach())}
         total = kd
         if self.layers:
             terms = []
             for s_name, t_name in self.layers.items():
-                s, t = s_hidden[s_name], t_hidden[t_name].to(device)
+                s, t = s_hidden[s_name], targets[f"layer:{t_name}"].to(device)
                 key = s_name.replace(".", "__")
                 if key in self.projections:
                     s = self.projections[key](s)
@@ -310,6 +356,8 @@ def distill(
     after_step: Callable[[int], object] | None = None,
     cpu_budget: float | None = None,
     dropout: bool = True,
+    cache_teacher: bool = False,
+    autocast: torch.dtype | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> History:
@@ -322,9 +370,14 @@ def distill(
     docstring; ``target`` forces ``"logits"`` (KL), ``"hidden"`` (MSE) or ``"pooled"`` (cosine of
     mean-pooled embeddings). ``eval_fn(student, step)`` runs every ``eval_every`` steps and at the
     end; ``cpu_budget`` (CPU seconds) may end training early; ``dropout=False`` trains the student
-    with its dropout off. Under ``torch.distributed`` the student trains under DDP (gradients
-    averaged across ranks). The same ``seed`` and data give the same weights. Returns the
-    :class:`~prunekit.train.loop.History`.
+    with its dropout off. ``cache_teacher=True`` runs the teacher once per batch of ``data`` (a
+    list or tuple, fixed) and reuses its targets (:meth:`Distiller.teacher_targets`: pooled
+    embeddings, hidden states or logits, and the intermediate layers) on later passes, in memory;
+    the first pass, which runs the teacher, counts towards ``cpu_budget``.
+    ``autocast=torch.bfloat16`` trains the student in mixed precision (the teacher's targets stay
+    float32). Under
+    ``torch.distributed`` the student trains under DDP (gradients averaged across ranks). The same
+    ``seed`` and data give the same weights. Returns the :class:`~prunekit.train.loop.History`.
     """
     distiller = Distiller(
         student,
@@ -337,6 +390,11 @@ def distill(
         loss_fn=loss_fn,
         inputs=inputs,
     )
+    if cache_teacher and not isinstance(data, (list, tuple)):
+        raise ConfigError(
+            f"cache_teacher=True keeps the teacher's targets per batch, so data must be a list or "
+            f"tuple of batches (the same batches every pass), got {type(data).__name__}"
+        )
     if teacher_device is not None:
         teacher.to(teacher_device)
     if distiller.layers:
@@ -348,13 +406,19 @@ def distill(
             distiller.prepare(first)
 
     forward = data_parallel(student)
+    cache: dict[int, dict[str, torch.Tensor]] = {}
 
-    def loss_of(batch: Any) -> torch.Tensor:
-        return distiller.loss(batch, forward)[0]
+    def loss_of(item: Any) -> torch.Tensor:
+        if not cache_teacher:
+            return distiller.loss(item, forward)[0]
+        batch = data[item]  # item: the batch's index
+        if item not in cache:
+            cache[item] = distiller.teacher_targets(batch)
+        return distiller.loss(batch, forward, cache[item])[0]
 
     return run_training(
         student,
-        data,
+        range(len(data)) if cache_teacher else data,
         steps,
         loss_of,
         lr=lr,
@@ -369,5 +433,6 @@ def distill(
         after_step=after_step,
         cpu_budget=cpu_budget,
         dropout=dropout,
+        autocast=autocast,
         label="distilling",
     )

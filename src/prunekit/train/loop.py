@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibrate.batches import as_batches, model_mode
+from ..calibrate.batches import as_batches, model_device, model_mode
 from ..errors import ConfigError, WeightError
 from ..progress import track
 from .distributed import average_gradients
@@ -111,6 +111,15 @@ def dropout_off(model: nn.Module) -> Iterator[None]:
             m.p = p
 
 
+def mixed_precision(
+    model: nn.Module, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``model``'s device type, or nothing when None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(model_device(model).type, dtype=dtype)
+
+
 def run_training(
     model: nn.Module,
     data: Iterable[Any],
@@ -129,6 +138,7 @@ def run_training(
     after_step: Callable[[int], object] | None = None,
     cpu_budget: float | None = None,
     dropout: bool = True,
+    autocast: torch.dtype | None = None,
     label: str = "training",
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps on ``loss_of(raw batch)``; return the history.
@@ -144,6 +154,8 @@ def run_training(
     spent; the cosine decay then follows whichever of the step count and the budget is further
     along, so a budget-bound run still anneals its learning rate to zero. ``dropout=False``
     trains with every dropout rate at 0 (a student matching a deterministic teacher).
+    ``autocast=torch.bfloat16`` runs ``loss_of`` under ``torch.autocast`` (mixed precision: the
+    weights, their gradients and the optimizer stay float32).
     """
     check_positive("steps", steps)
     lr = check_number("lr", lr, 0.0)
@@ -158,6 +170,11 @@ def run_training(
         check_number("max_grad_norm", max_grad_norm, 0.0)
     if cpu_budget is not None:
         check_number("cpu_budget", cpu_budget, 0.0)
+    if autocast not in (None, torch.bfloat16):
+        raise ConfigError(
+            f"autocast must be None or torch.bfloat16 (float16 would need a gradient scaler), "
+            f"got {autocast!r}"
+        )
     extra = list(extra_params)
     params = [p for p in model.parameters() if p.requires_grad] + extra
     if not params:
@@ -177,7 +194,8 @@ def run_training(
             used = min(1.0, trained() / cpu_budget) if cpu_budget else 0.0
             for group in optimizer.param_groups:
                 group["lr"] = lr * lr_factor(step, steps, warmup, used)
-            loss = loss_of(next(batches))
+            with mixed_precision(model, autocast):
+                loss = loss_of(next(batches))
             if not torch.isfinite(loss):
                 raise WeightError(
                     f"the loss became {float(loss)} at step {step}; lower lr (now {lr:g})"

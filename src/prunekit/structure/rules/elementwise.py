@@ -6,6 +6,7 @@ import torch
 
 from ..graph import Call
 from ..propagate import Example, Rule, State, first_output, register, tensors_of, varying
+from ..shapes import broadcast
 from ._examples import VEC, mlp_around
 
 #: the reason a channel combined with attention scores (a product of activations) stays: that
@@ -74,8 +75,9 @@ class Elementwise(Rule):
             return
         try:
             smalls = torch.broadcast_tensors(*[a for _, a in known])
-            torch.broadcast_shapes(smalls[0].shape, shape)
         except RuntimeError:
+            smalls = None
+        if smalls is None or broadcast(smalls[0].shape, shape) is None:
             st.refuse(call, "operands do not broadcast to the output")
             return
         res = smalls[0]
