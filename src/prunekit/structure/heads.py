@@ -18,6 +18,8 @@ head pruning it serves (run by the contract tests).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +162,13 @@ class HeadAdapter:
     def reattach(self, module: nn.Module) -> None:
         """Restore what :meth:`resize` did beyond size attributes (a module class, a hook) on a
         module that a checkpoint's shape manifest has just resized (see :func:`reattach`)."""
+
+
+@functools.cache
+def pruned_class(cls: type[nn.Module], forward: Callable[..., Any]) -> type[nn.Module]:
+    """``cls`` with ``forward`` in place of its own (same parameters, ``state_dict`` keys and
+    constructor): for attention whose own forward cannot run with fewer heads."""
+    return type(f"HeadPruned{cls.__name__}", (cls,), {"forward": forward})
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:

@@ -10,14 +10,13 @@ gets it back from its shapes (:meth:`PvtV2Attention.reattach`).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from .heads import HeadAdapter, hf_example, register
+from .heads import HeadAdapter, hf_example, pruned_class, register
 
 
 def _forward(
@@ -47,11 +46,6 @@ def _forward(
     return (context, probs) if output_attentions else (context,)
 
 
-@functools.cache
-def _pruned(cls: type[nn.Module]) -> type[nn.Module]:
-    return type(f"HeadPruned{cls.__name__}", (cls,), {"forward": _forward})
-
-
 @register(
     "pvt-v2",
     "PvtV2SelfAttention",
@@ -74,4 +68,4 @@ class PvtV2Attention(HeadAdapter):
 
     def reattach(self, module: nn.Module) -> None:
         if module.all_head_size != module.hidden_size and type(module).forward is not _forward:
-            module.__class__ = _pruned(type(module))
+            module.__class__ = pruned_class(type(module), _forward)

@@ -14,7 +14,6 @@ manifest) to gate each by its own input block, and the head size from ``head_dim
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import OutProjAttention, hf_example, register
+from .heads import OutProjAttention, hf_example, pruned_class, register
 from .propagate import Example
 
 #: the original indices of the heads a layer kept (recorded in the shape manifest)
@@ -67,12 +66,6 @@ def _forward(
     return out, weights.mean(1, keepdim=True).expand(-1, h, -1, -1), position_bias
 
 
-@functools.cache
-def _pruned(cls: type[nn.Module]) -> type[nn.Module]:
-    """``cls`` whose forward runs the heads that remain (same parameters and keys)."""
-    return type(f"HeadPruned{cls.__name__}", (cls,), {"forward": _forward})
-
-
 _AUDIO = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
           "intermediate_size": 64, "conv_dim": (16, 16), "conv_stride": (5, 2),
           "conv_kernel": (10, 3), "num_conv_pos_embeddings": 16,
@@ -113,4 +106,4 @@ class WavLMAttention(OutProjAttention):
 
     def reattach(self, module: nn.Module) -> None:
         if getattr(module, ATTR, None) is not None and type(module).forward is not _forward:
-            module.__class__ = _pruned(type(module))
+            module.__class__ = pruned_class(type(module), _forward)
