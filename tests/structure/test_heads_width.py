@@ -54,7 +54,10 @@ CASES = {
         "last_hidden_state",
     ),
     "wavlm": (
-        "WavLMModel", _AUDIO, lambda g: torch.randn(2, 400, generator=g),
+        "WavLMModel", _AUDIO, lambda g: {  # the second waveform padded: a key padding mask
+            "input_values": torch.randn(2, 400, generator=g),
+            "attention_mask": (torch.arange(400) < torch.tensor([[400], [250]])).long(),
+        },
         "WavLMAttention", "out_proj",
         {"q_proj.weight": (0, 8), "k_proj.bias": (0, 8), "v_proj.weight": (0, 8),
          "gru_rel_pos_const": (1, 1), "rel_attn_embed.weight": (1, 1)},
