@@ -105,17 +105,18 @@ class SparseGPT(Solver):
         kept = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.bool) for t in targets}
         for g in range(G):
             parts, segments, forced, start = [], [], [], 0
-            for t in targets:
+            olds = [get_mask(t.module, t.param) for t in targets]
+            for t, old in zip(targets, olds, strict=True):
                 m = t.matrix()  # [out, cols]
                 rows = m.shape[0] // G
-                chunk = m[g * rows : (g + 1) * rows].float()
+                chunk = m[g * rows : (g + 1) * rows]  # a view: the solver makes the one copy
                 parts.append(chunk)
-                old = get_mask(t.module, t.param)
-                forced.append(
-                    torch.zeros_like(chunk, dtype=torch.bool)
-                    if old is None
-                    else ~t.to_matrix(old)[g * rows : (g + 1) * rows]
-                )
+                if any(o is not None for o in olds):  # earlier masks: their zeros are forced
+                    forced.append(
+                        torch.zeros_like(chunk, dtype=torch.bool)
+                        if old is None
+                        else ~t.to_matrix(old)[g * rows : (g + 1) * rows]
+                    )
                 total = round(sparsities[t.qualname] * m.numel())
                 share = total // G + (g < total % G)
                 segments.append(Segment(start, start + rows, share))
@@ -125,11 +126,9 @@ class SparseGPT(Solver):
                 if isinstance(granularity, NM)
                 else None
             )
-            stacked = parts[0] if len(parts) == 1 else torch.cat(parts)  # [rows, cols]
-            del parts
             W, mask = sparsegpt(
-                stacked,
-                xtx[g].to(stacked.device),
+                parts,  # stacked [rows, cols] inside the solver's working copy
+                xtx[g].to(parts[0].device),
                 segments,
                 nm=nm,
                 forced=torch.cat(forced) if any(f.any() for f in forced) else None,
@@ -138,7 +137,7 @@ class SparseGPT(Solver):
                 name=name,
                 scale=2.0 / max(inputs.n, 1),
             )
-            del stacked
+            del parts
             for t, seg in zip(targets, segments, strict=True):
                 rows = seg.stop - seg.start
                 kept[t.qualname][g * rows : (g + 1) * rows] = mask[seg.start : seg.stop]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,7 +127,7 @@ def _column_loop(
 
 @torch.no_grad()
 def sparsegpt(
-    weight: torch.Tensor,
+    weight: torch.Tensor | Sequence[torch.Tensor],
     hessian: torch.Tensor,
     segments: list[Segment],
     nm: tuple[int, int] | None = None,
@@ -138,19 +139,27 @@ def sparsegpt(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune and reconstruct ``weight [rows, cols]``; returns ``(new weight, keep mask)``.
 
+    ``weight`` may be a list of row blocks (layers sharing one Hessian), stacked in order.
+
     ``nm = (keep, m)`` keeps ``keep`` of every ``m`` consecutive columns (``segments``' counts
     are then ignored). ``forced [rows, cols]`` marks weights that must be pruned (an earlier
     mask). Inputs that never fired (``H_jj = 0``) score zero, so they go first; they receive no
     error updates. ``hessian`` may be the raw XᵀX with ``scale = 2/N`` (no scaled copy is made).
     Float32 throughout; the inputs are not modified. Memory: one working copy of the weight (held
     transposed, so that every block and every lazy update is contiguous and no temporary is
-    made), its mask, ``hessian`` and one working ``[cols, cols]`` matrix (the factor). The
-    results are transposed views.
+    made; the row blocks and any other dtype are copied straight into it), its mask,
+    ``hessian`` and one working ``[cols, cols]`` matrix (the factor). The results are
+    transposed views.
     """
-    rows, cols = weight.shape
+    parts = [weight] if isinstance(weight, torch.Tensor) else list(weight)
+    rows, cols = sum(p.shape[0] for p in parts), parts[0].shape[1]
     # [cols, rows]: column i of W is row WT[i]; always a copy (weight may be a transposed view)
-    WT = torch.empty(cols, rows, dtype=torch.float32, device=weight.device)
-    WT.copy_(weight.detach().t())
+    WT = torch.empty(cols, rows, dtype=torch.float32, device=parts[0].device)
+    start = 0
+    for p in parts:
+        WT[:, start : start + p.shape[0]].copy_(p.detach().t())
+        start += p.shape[0]
+    del parts
     if hessian.shape != (cols, cols):
         raise WeightError(
             f"{name}: Hessian {tuple(hessian.shape)} does not fit weight {(rows, cols)}"
