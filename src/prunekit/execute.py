@@ -158,6 +158,7 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     def process(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
         # one input group at a time, smallest Hessian first, each group's statistics released
         # once its layers are masked: the widest layer is solved beside its own Hessian only
+        ctx.release_stats = not refine  # refine reads XᵀX after the solve
         for group in input_groups(targets, stats):
             ctx.stats = {t.qualname: stats[t.qualname] for t in group}
             wanted = {t.qualname: budget[t.qualname] for t in group}
@@ -180,6 +181,7 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
             ctx.stats = {}
             for t in group:
                 del stats[t.qualname]
+        ctx.release_stats = False
         return True
 
     # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked
