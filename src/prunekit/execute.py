@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .calibrate import LayerStats, as_batches, check_batches, run_blockwise
+from .calibrate.memory import release_freed_memory
 from .criteria import ScoreContext, Solver
 from .errors import WeightError
 from .granularity.nm import NM
@@ -181,6 +182,7 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
             ctx.stats = {}
             for t in group:
                 del stats[t.qualname]
+            release_freed_memory()  # the solve's copies, before the next group's
         ctx.release_stats = False
         return True
 
