@@ -56,7 +56,7 @@ class _Enforced(NamedTuple):
     mask: torch.Tensor
     #: the mask viewed as uint8: multiplying by it is about twice as fast as by a bool tensor
     factor: torch.Tensor
-    grad_hook: RemovableHandle
+    grad_hook: RemovableHandle | None  # None: a frozen parameter
     #: changes whenever the mask changes, so optimizers know to clean their state again
     version: int
 
@@ -154,10 +154,11 @@ def arm(module: nn.Module, only: str | None = None) -> None:
             p.mul_(mask.view(torch.uint8))  # as mul_(mask), twice as fast
             old = _ENFORCED.get(p)
             hook = old.grad_hook if old is not None and old.mask is mask else None
-            if hook is None:
-                if old is not None:
+            if hook is None or not p.requires_grad:
+                if old is not None and old.grad_hook is not None:
                     old.grad_hook.remove()
-                hook = p.register_post_accumulate_grad_hook(_mask_grad)
+                # a frozen parameter (ViTMAE's fixed position table) takes no gradient
+                hook = p.register_post_accumulate_grad_hook(_mask_grad) if p.requires_grad else None
             _ENFORCED[p] = _Enforced(mask, mask.view(torch.uint8), hook, next(_versions))
     module.__dict__.setdefault(_TOKEN, _ArmToken()).armed = True
 
@@ -210,7 +211,7 @@ def unmask(module: nn.Module) -> None:
     """Remove the masks of ``module`` (the weights keep their zeros) and stop enforcing them."""
     for pname, _ in list(mask_names(module)):
         entry = _ENFORCED.pop(getattr(module, pname), None)
-        if entry is not None:
+        if entry is not None and entry.grad_hook is not None:
             entry.grad_hook.remove()
         del module._buffers[pname + SUFFIX]
     hook_ids = module.__dict__.pop(_HOOK_IDS, None)

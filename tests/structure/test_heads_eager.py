@@ -9,6 +9,7 @@ heads that the masks kept."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 import warnings
@@ -260,3 +261,85 @@ def test_mpnet_layers_keep_the_same_heads_as_the_shared_position_bias():
         a, b = small.mpnet.encoder.layer[i].attention.attn, original.mpnet.encoder.layer[i]
         assert torch.equal(a.k.weight, b.attention.attn.k.weight[rows])
         assert a.num_attention_heads == 2
+
+
+def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path):
+    """MPT's ALiBi ``position_bias`` ``[heads, 1, S]`` is built from the model's head count: the
+    shrunk model computes what the original does with the dropped heads' output columns zeroed
+    (so each layer got its kept heads' slopes), and a fresh process reloads the same logits from
+    the checkpoint alone (config, shapes and kept-head indices)."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.MptConfig(
+        vocab_size=64, d_model=32, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=16
+    )
+    model = transformers.MptForCausalLM(cfg).eval()
+    x = {"input_ids": torch.randint(3, 64, (2, 8), generator=torch.Generator().manual_seed(2))}
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():
+        silenced.transformer.blocks[0].attn.Wqkv.weight.mul_(3)  # layer 0 keeps more heads
+        model.transformer.blocks[0].attn.Wqkv.weight.mul_(3)
+    pk.prune(model, 0.5, granularity="head", example_inputs=x, scope="global")
+    small = pk.shrink(model, x)
+    counts = []
+    for i, block in enumerate(small.transformer.blocks):
+        kept = _kept(model, f"transformer.blocks.{i}.attn", "out_proj", 8)
+        counts.append(len(kept))
+        assert block.attn.n_heads == len(kept) and getattr(block.attn, "alibi_heads", kept) == kept
+        w = silenced.transformer.blocks[i].attn.out_proj.weight
+        with torch.no_grad():
+            for h in set(range(4)) - set(kept):
+                w[:, h * 8 : (h + 1) * 8] = 0
+    assert sorted(counts) == [1, 3] and small.config.n_heads == 4
+    with torch.no_grad():
+        expected = small(**x).logits
+        torch.testing.assert_close(expected, silenced(**x).logits, rtol=1e-5, atol=1e-6)
+    pk.save(small, tmp_path / "m")
+    code = (
+        "import sys, torch; torch.set_num_threads(1); import prunekit as pk;"
+        f"m = pk.load({str(tmp_path / 'm')!r}); ids = torch.load({str(tmp_path / 'x.pt')!r});"
+        "torch.save(m(input_ids=ids).logits.detach(), sys.argv[1])"
+    )
+    torch.save(x["input_ids"], tmp_path / "x.pt")
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.pt")], check=True, cwd=root)
+    assert torch.equal(torch.load(tmp_path / "o.pt"), expected)
+
+
+_REFUSED = {
+    "XGLMAttention": (
+        "XGLMForCausalLM",
+        {"vocab_size": 64, "d_model": 32, "num_layers": 1, "attention_heads": 4, "ffn_dim": 64},
+        lambda g: {"input_ids": torch.randint(3, 64, (2, 8), generator=g)},
+    ),
+    "WavLMAttention": (  # torch's multi_head_attention_forward: structure reads its sdpa call
+        "WavLMModel",
+        {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+         "intermediate_size": 64, "conv_dim": (16, 16), "conv_stride": (5, 2),
+         "conv_kernel": (10, 3), "num_conv_pos_embeddings": 16,
+         "num_conv_pos_embedding_groups": 4, "num_buckets": 8, "max_bucket_distance": 16},
+        lambda g: torch.randn(2, 400, generator=g),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", sorted(_REFUSED))
+def test_attention_that_cannot_hold_fewer_heads_is_refused_with_its_reason(cls):
+    """Attention whose forward needs heads x head size = the hidden width is refused up front,
+    by module name and reason, even where a naming fallback or structure would find its heads
+    (they did, and shrink then failed); the model stays bit-identical."""
+    import transformers
+
+    from prunekit.structure.heads import REFUSED
+
+    name, cfg, inputs = _REFUSED[cls]
+    torch.manual_seed(0)
+    model_cls = getattr(transformers, name)
+    model = model_cls(model_cls.config_class(**cfg)).eval()
+    x = inputs(torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attn = next(n for n, m in model.named_modules() if type(m).__name__ == cls)
+    with pytest.raises(TargetError, match=re.escape(f"{attn} ({cls}: {REFUSED[cls]})")):
+        pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -512,3 +512,60 @@ hf(
     True,
     **BERT_LIKE,
 )
+hf(
+    "vit_mae",  # random patch masking in eval mode: prunekit's forwards run on a fixed seed
+    image(),
+    "ViTMAEForPreTraining",
+    True,
+    "some decoder channels stay: its tokens are un-shuffled by a gather whose index spans the "
+    "width (add in module decoder), and the pixel loss subtracts the input patches",
+    **VISION,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=4,
+    decoder_intermediate_size=32,
+)
+# attention without Linear-per-role layouts, served by adapters: DeBERTa v1 (per-head fused
+# in_proj), ConvBERT (attention heads paired with dynamic conv heads), XLNet (einsum parameters
+# [d_model, heads, d_head]), Funnel (relative attention with pooling, per-layer config copies)
+hf(
+    "deberta",
+    tokens(),
+    "DebertaForSequenceClassification",
+    True,
+    **BERT_LIKE,
+    relative_attention=True,
+    pos_att_type=["p2c", "c2p"],
+    max_relative_positions=8,
+    num_labels=3,
+)
+hf(
+    "convbert",
+    tokens(),
+    "ConvBertForSequenceClassification",
+    True,
+    "the dynamic conv's channels stay: the query is multiplied by the separable conv's output "
+    "(multiply) and the conv values are unfolded (unfold): no channel rules",
+    **{**BERT_LIKE, "num_attention_heads": 8},
+    embedding_size=32,
+    head_ratio=2,
+    conv_kernel_size=3,
+    num_labels=3,
+)
+hf("xlnet", tokens(), "XLNetLMHeadModel", True, vocab_size=64, d_model=32, n_layer=2, n_head=4,
+   d_inner=128)  # fmt: skip
+hf(
+    "funnel",
+    tokens(),
+    "FunnelForSequenceClassification",
+    True,
+    "the residual width of the pooled blocks stays: after pooling, attention adds a tensor of "
+    "unknown origin (add), and new_ones has no channel rule",
+    vocab_size=64,
+    block_sizes=[1, 1],
+    d_model=32,
+    n_head=4,
+    d_head=8,
+    d_inner=128,
+    num_labels=3,
+)

@@ -41,10 +41,11 @@ MANIFEST_ATTRS: set[str] = {
     "num_experts", "hidden_dim", "intermediate_dim",
 }  # fmt: skip
 
-#: index lists a shrunk module gains (a fresh one has none) -> the fresh count they index: the
+#: index lists a shrunk module gains (a fresh one has none) -> the count attributes they index
+#: (the first the module has; Bloom's num_heads, MPT's n_heads): the
 #: original positions of the heads a layer kept (prunekit.structure.bloom: ALiBi slopes), strictly
 #: increasing, as many as the module's final count
-MANIFEST_INDEX_ATTRS: dict[str, str] = {"alibi_heads": "num_heads"}
+MANIFEST_INDEX_ATTRS: dict[str, tuple[str, ...]] = {"alibi_heads": ("num_heads", "n_heads")}
 
 #: float attributes recorded and restored: structured shrinking folds a width change into the
 #: epsilon of RMS norms (prunekit.structure.shrink.rescale_rms_norms)
@@ -288,8 +289,9 @@ def _plan_attrs(name: str, module: nn.Module, recorded: dict[str, Any], plan: Ma
         holds = a in fresh and b in fresh and w in fresh and fresh[a] * fresh[b] == fresh[w]
         if holds and final[a] * final[b] != final[w]:
             raise _bad(f"{name}: {a} * {b} != {w} ({final[a]} * {final[b]} != {final[w]})")
-    for attr, count in MANIFEST_INDEX_ATTRS.items():
+    for attr, counts in MANIFEST_INDEX_ATTRS.items():
         value = recorded.get(attr)
+        count = next((c for c in counts if isinstance(fresh.get(c), int)), counts[0])
         if value is not None and not (
             isinstance(fresh.get(count), int)
             and len(value) == final[count]

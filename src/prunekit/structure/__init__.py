@@ -15,7 +15,7 @@
 """
 
 # register the masked LayerNorm, the rules, and the head adapters with module code of their own
-from . import bloom, masked_norm, mha, rules  # noqa: F401
+from . import bloom, convbert, deberta, eager, funnel, masked_norm, mha, rules, xlnet  # noqa: F401
 from .graph import Graph, trace
 from .groups import ChannelAnalysis, Group, Slot, channel_groups
 from .heads import HEAD_ADAPTERS, HeadAdapter, head_groups

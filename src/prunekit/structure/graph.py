@@ -110,12 +110,29 @@ def flatten(value: Any) -> list[Any]:
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """Run ``model`` on example inputs: a tensor, a tuple/list of positional args, or a dict of
-    keyword arguments."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+    keyword arguments. The forward draws its random numbers from a fixed seed (:func:`seeded`),
+    so a model that samples in eval mode (ViTMAE's patch masking) gives the same outputs on every
+    call: the masked and the shrunk model are compared on the same draws."""
+    with seeded(inputs):
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        if isinstance(inputs, (tuple, list)):
+            return model(*inputs)
+        return model(inputs)
+
+
+@contextmanager
+def seeded(inputs: Any, seed: int = 0) -> Iterator[None]:
+    """Inside: the CPU generator, and that of every CUDA device holding a tensor of ``inputs``,
+    start from ``seed``; outside: the caller's random state is untouched (``fork_rng``)."""
+    cuda = sorted(
+        {t.device.index or 0 for t in flatten(inputs) if isinstance(t, torch.Tensor) and t.is_cuda}
+    )
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for i in cuda:
+            torch.cuda.default_generators[i].manual_seed(seed)
+        yield
 
 
 @contextmanager

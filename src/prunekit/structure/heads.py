@@ -85,10 +85,15 @@ class HeadAdapter:
     v: str = "v_proj"
     o: str = "o_proj"
     #: attributes of the module holding each count, updated by resize()
-    q_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads")
+    q_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads", "num_attn_heads")
     kv_attrs: tuple[str, ...] = ("num_key_value_heads",)
     width_attrs: tuple[str, ...] = ("all_head_size", "inner_dim")
-    head_dim_attrs: tuple[str, ...] = ("head_dim", "attention_head_size", "key_value_proj_dim")
+    head_dim_attrs: tuple[str, ...] = (
+        "head_dim",
+        "attention_head_size",
+        "key_value_proj_dim",
+        "head_size",
+    )
     per_head: tuple[tuple[str, str, int], ...] = ()
     #: module (relative to the adapter's module) that holds the count attributes
     holder: str = ""
@@ -260,8 +265,26 @@ class BertAttention(HeadAdapter):
 
 
 @register(
+    "bigbird-pegasus",
+    "BigBirdPegasusEncoderAttention",
+    examples=(
+        hf_example(
+            "BigBirdPegasusModel", vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+            decoder_ffn_dim=64, attention_type="original_full",
+        ),
+    ),
+)  # fmt: skip
+class BigBirdPegasusEncoderAttention(BertAttention):
+    """BigBird-Pegasus's encoder: BERT's self-attention, its output projection named ``output``."""
+
+    o = "output"
+
+
+@register(
     "deberta-v2",
     "DebertaV2Attention",
+    "SEWDAttention",
     examples=(
         hf_example(
             "DebertaV2Model", **_TEXT, intermediate_size=64, relative_attention=True,
@@ -327,6 +350,10 @@ class DistilBertAttention(HeadAdapter):
 @register(
     "t5",
     "T5Attention",
+    "MT5Attention",
+    "LongT5Attention",
+    "LongT5LocalAttention",
+    "LongT5TransientGlobalAttention",
     examples=(
         hf_example(
             "T5EncoderModel", vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2,
@@ -339,7 +366,10 @@ class T5Attention(HeadAdapter):
     layers of a stack keep the same heads (self- and cross-attention separately)."""
 
     q, k, v, o = "q", "k", "v", "o"
-    per_head = (("relative_attention_bias", "weight", 1),)
+    per_head = (
+        ("relative_attention_bias", "weight", 1),
+        ("global_relative_attention_bias", "weight", 1),  # LongT5's transient-global attention
+    )
 
     def counts(self, module: nn.Module) -> tuple[int, int, int]:
         """(query heads, KV heads, head size) as the module's weights now hold them."""
@@ -447,7 +477,7 @@ class GPT2Attention(HeadAdapter):
         )
 
     def layout(self, prefix: str, module: nn.Module) -> Heads:
-        d = module.head_dim
+        d = self.head_dim(module)
         e = module.c_attn.weight.shape[1] // 3
         h = e // d
         heads = Heads(h, h, d)
@@ -464,15 +494,59 @@ class GPT2Attention(HeadAdapter):
         module.embed_dim = e
 
 
+#: adapters that serve, by their naming alone, attention classes registered nowhere (q/k/v/o
+#: projections, BERT's self.query/.../output.dense) where the module holds a head size
+GENERIC = ("proj", "out-proj", "bert")
+#: attention classes whose heads cannot be removed, and why (named in the refusal)
+_HIDDEN_WIDTH = (
+    "its forward reshapes the heads' output to the hidden width, so it cannot hold fewer heads"
+)
+REFUSED: dict[str, str] = {
+    "LongformerSelfAttention": _HIDDEN_WIDTH,
+    "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
+    "ProphetNetAttention": _HIDDEN_WIDTH,
+    "XGLMAttention": _HIDDEN_WIDTH,
+    "LEDDecoderAttention": _HIDDEN_WIDTH,
+    "PvtV2SelfAttention": _HIDDEN_WIDTH,
+    "WavLMAttention": "it runs torch's multi_head_attention_forward, which requires heads x "
+    "head size to equal the hidden width",
+    "SqueezeBertSelfAttention": "its q/k/v are grouped 1x1 convolutions (q_groups, k_groups, "
+    "v_groups) whose groups a head's channels do not follow, and its output projection lives in "
+    "the parent block",
+    "ProphetNetNgramSelfAttention": "its n-gram streams' relative position projection "
+    "(relative_pos_embeddings, num_buckets x heads rows) has no head adapter",
+    "LevitAttention": "its q/k/v rows come from one BN-linear with keys and values of "
+    "different sizes per head, and per-head attention biases indexed by position: no head "
+    "adapter",
+    "LevitAttentionSubsample": "its q/k/v rows come from BN-linears with keys and values of "
+    "different sizes per head, and per-head attention biases indexed by position: no head "
+    "adapter",
+    "LSHSelfAttention": "locality-sensitive hashing shares one query/key projection and draws "
+    "its random rotations per head count; no head adapter",
+    "LocalSelfAttention": "Reformer's chunked local attention has no head adapter (it comes "
+    "with LSH attention layers)",
+}
+
+
 def adapter_for(module: nn.Module) -> HeadAdapter | None:
     for cls in type(module).__mro__:
         found = _BY_CLASS.get(cls.__name__)
         if found is not None:
             return found if found.matches(module) else None
-    generic = HEAD_ADAPTERS.get("proj")
-    if generic.matches(module) and isinstance(getattr(module, "head_dim", None), int):
-        return generic
+    for name in GENERIC:
+        generic = HEAD_ADAPTERS.get(name)
+        if generic.matches(module):
+            try:
+                generic.head_dim(module)
+            except AttributeError:
+                continue
+            return generic
     return None
+
+
+def refusal(module: nn.Module) -> str | None:
+    """Why the heads of ``module`` cannot be pruned, where its class is known to refuse."""
+    return next((REFUSED[c.__name__] for c in type(module).__mro__ if c.__name__ in REFUSED), None)
 
 
 def _rows(offset: int, heads: list[int], width: int) -> list[int]:
@@ -521,6 +595,9 @@ def head_groups(
     generic: list[tuple[str, nn.Module, HeadAdapter]] = []
     known_skip: list[str] = []  # refused by their adapter: structure must not take them either
     for name, module in model.named_modules():
+        if refusal(module) is not None:
+            known_skip.append(name)  # named, with the reason, by the head granularity
+            continue
         adapter = adapter_for(module)
         why = adapter.unsupported(module) if adapter is not None else None
         if why is not None:
@@ -544,7 +621,7 @@ def head_groups(
             (v for a in CHUNK_ATTRS if isinstance(v := getattr(module, a, None), int)), 1
         )
         layouts.append((found.module, module, StructuralAdapter(found), heads))
-    known = [n for n, *_ in layouts]
+    known = [n for n, *_ in layouts] + known_skip
     for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
         if not any(_nested(name, n) for n in known):
             layouts.append((name, module, adapter, adapter.layout(name, module)))

@@ -28,6 +28,8 @@ WIDTH_FIELDS: dict[str, tuple[str, ...]] = {
 }
 #: config fields that hold the residual width (aliases resolve through ``attribute_map``)
 HIDDEN_FIELDS = ("hidden_size", "word_embed_proj_dim", "embedding_size")
+#: config fields of an input embedding width that may differ from the hidden width
+EMBED_FIELDS = ("embedding_size", "input_embedding_size")
 #: norm attributes holding epsilon, and the config fields they come from
 EPS_ATTRS = ("variance_epsilon", "eps")
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
@@ -71,7 +73,13 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
     except (AttributeError, NotImplementedError):  # a model without input embeddings
         width = None
     old = getattr(config, "hidden_size", None)
-    if isinstance(width, int) and isinstance(old, int) and width != old:
+    # ALBERT, Electra, RemBERT: embeddings of their own width, projected to the hidden width
+    own = next((f for f in EMBED_FIELDS if isinstance(getattr(config, f, None), int)), None)
+    factored = getattr(config, own) if own is not None else old
+    if isinstance(width, int) and factored != old:
+        if width != factored:
+            setattr(config, own, width)  # the hidden width is not the embeddings'
+    elif isinstance(width, int) and isinstance(old, int) and width != old:
         for fld in HIDDEN_FIELDS:
             if getattr(config, fld, None) == old:
                 setattr(config, fld, width)
@@ -95,19 +103,22 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
     for fld in ("num_key_value_heads", "num_kv_heads"):
         if hkv is not None and getattr(config, fld, None) is not None:
             _set(config, fld, hkv)
-    if config.__dict__ != saved and not _rebuilds_head_size(model, config):
+    if config.__dict__ != saved and not _rebuilds_heads(model, config):
         # the config derives the head size from the count (BERT, GPT-2, BART: width // heads):
-        # a model rebuilt from new counts would have other heads (and scale its scores by them),
-        # so the counts stay and the shape manifest holds the heads
+        # a model rebuilt from new counts would have other heads (and scale its scores by them);
+        # or it cannot hold the eps of norms over the heads' width (OLMo-2's q/k norms): a model
+        # rebuilt from it would load and compute otherwise. So the counts stay (plain
+        # transformers refuses the shapes) and the shape manifest holds the heads
         config.__dict__.clear()
         config.__dict__.update(saved)
 
 
-def _rebuilds_head_size(model: nn.Module, config: object) -> bool:
+def _rebuilds_heads(model: nn.Module, config: object) -> bool:
     """A model built from ``config`` (on the meta device) has every attention module's head
-    size that ``model`` has."""
+    size that ``model`` has, and every norm's epsilon."""
     build = getattr(type(model), "_from_config", None)
     try:
+        type(config).from_dict(config.to_dict())  # its validators (XLNet: d_head * n_head)
         with torch.device("meta"):
             fresh = build(config)
     except Exception:  # a config the class cannot be built from describes nothing
@@ -118,7 +129,7 @@ def _rebuilds_head_size(model: nn.Module, config: object) -> bool:
         for n, m in model.named_modules()
         for a in HEAD_SIZES
         if isinstance(v := m.__dict__.get(a), int)
-    )
+    ) and _same_eps(model, built)
 
 
 def _set(config: object, field: str, value: int) -> None:
@@ -145,7 +156,11 @@ def describes(model: nn.Module) -> bool:
     shapes = {k: v.shape for k, v in fresh.state_dict().items()}
     if any(shapes.get(k) != v.shape for k, v in model.state_dict().items()):
         return False
-    built = dict(fresh.named_modules())
+    return _same_eps(model, dict(fresh.named_modules()))
+
+
+def _same_eps(model: nn.Module, built: dict[str, nn.Module]) -> bool:
+    """Every norm of ``model`` has its epsilon in the rebuilt modules ``built`` (by name)."""
     return all(
         getattr(built.get(n), a, None) == getattr(m, a)
         for n, m in model.named_modules()

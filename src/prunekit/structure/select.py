@@ -29,11 +29,18 @@ def _element_scores(
         target = slot.recurrent()  # data-free and gradient criteria score any weight
     if target is None:
         return None
+    return _reduce(criterion, target, slot.dim, ctx, cache)
+
+
+def _reduce(
+    criterion: Criterion, target: Target, dim: int, ctx: ScoreContext, cache: dict
+) -> torch.Tensor:
+    """The criterion's scores of ``target`` summed over every dimension but ``dim``."""
     key = id(target.weight)
     if key not in cache:
         cache[key] = target.from_matrix(criterion.scores(target, ctx).float()).cpu()
     s = cache[key]
-    rest = [d for d in range(s.dim()) if d != slot.dim]
+    rest = [d for d in range(s.dim()) if d != dim]
     return s.sum(rest) if rest else s
 
 
@@ -69,7 +76,24 @@ def unit_scores(
         per = _element_scores(criterion, slot, ctx, cache)
         if per is not None:
             total += _gather(per, idx)
+            found = True
+    if not found and not criterion.stats:  # parameters used directly (XLNet's einsum heads)
+        for (slot, idx), target in zip(group.members(), raw_targets(group), strict=True):
+            if target is not None:
+                total += _gather(_reduce(criterion, target, slot.dim, ctx, cache), idx)
     return total
+
+
+def raw_targets(group: Group) -> list[Target | None]:
+    """Per slot, its parameter as a :class:`Target`, where no slot of ``group`` is a layer's
+    weight (parameters a forward uses directly, such as XLNet's ``[d_model, heads, d_head]``
+    projections): data-free and gradient criteria score them. Otherwise empty."""
+    if any(s.target() is not None or s.recurrent() is not None for s in group.slots):
+        return []
+    return [
+        Target(s.name.rpartition(".")[0], s.module, s.attr) if s.is_param else None
+        for s in group.slots
+    ]
 
 
 def _gather(per: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -79,11 +103,14 @@ def _gather(per: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def group_targets(groups: list[Group], recurrent: bool = False) -> list[Target]:
     """The prunable weights the groups touch (for criteria that collect statistics), and the
-    LSTM/GRU/RNN weights with ``recurrent``."""
+    LSTM/GRU/RNN weights and :func:`raw_targets` with ``recurrent``."""
     seen: dict[int, Target] = {}
     for g in groups:
         for s in g.slots:
             t = s.target() or (s.recurrent() if recurrent else None)
+            if t is not None:
+                seen.setdefault(id(t.weight), t)
+        for t in raw_targets(g) if recurrent else []:
             if t is not None:
                 seen.setdefault(id(t.weight), t)
     return list(seen.values())
@@ -105,6 +132,14 @@ def check_statistics(groups: list[Group], criterion: Criterion, granularity: Str
                     f"({type(s.module).__name__}); use a data-free criterion (magnitude, l2, "
                     "random) or a gradient one (taylor, obd)"
                 )
+    raw = sorted({t.qualname for g in groups for t in raw_targets(g) if t is not None})
+    if raw:
+        raise ConfigError(
+            f"criterion {name!r} ranks units by per-layer activation statistics, which "
+            f"parameters that a forward uses directly ({', '.join(raw[:3])}"
+            f"{', ...' if len(raw) > 3 else ''}) do not have; use a data-free criterion "
+            "(magnitude, l2, random) or a gradient one (taylor, obd)"
+        )
     experts = sorted(
         {t.qualname for t in group_targets(groups) if is_expert_weight(t.module, t.param)}
     )
