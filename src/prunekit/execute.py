@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .calibrate import LayerStats, as_batches, check_batches, run_blockwise
+from .calibrate.memory import release_freed_memory
 from .criteria import ScoreContext, Solver
 from .errors import WeightError
 from .granularity.nm import NM
@@ -101,6 +102,22 @@ def prune_embeddings(pruner: Pruner, tables: list[Target], sparsity: float) -> N
         pruner.attach(t, gran.select(pruner.without_pruned(t, t.matrix().abs().float()), sparsity))
 
 
+def input_groups(targets: list[Target], stats: dict[str, LayerStats]) -> list[list[Target]]:
+    """``targets`` grouped by the input statistics they share (q/k/v: one Hessian), the groups
+    ordered by the size of that Hessian, smallest first (ties keep the targets' order)."""
+    groups: dict[int, list[Target]] = {}
+    for t in targets:
+        inputs = stats[t.qualname].inputs
+        groups.setdefault(id(inputs) if inputs is not None else id(t), []).append(t)
+
+    def size(group: list[Target]) -> int:
+        inputs = stats[group[0].qualname].inputs
+        xtx = inputs.xtx if inputs is not None else None
+        return 0 if xtx is None else xtx.numel()
+
+    return sorted(groups.values(), key=size)
+
+
 def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     """Calibrate and prune block by block.
 
@@ -140,22 +157,33 @@ def prune_blockwise(pruner: Pruner, ctx: ScoreContext, sparsity: float) -> None:
     m = res.granularity.m if isinstance(res.granularity, NM) else None
 
     def process(targets: list[Target], stats: dict[str, LayerStats]) -> bool:
-        ctx.stats = stats
-        wanted = {t.qualname: budget[t.qualname] for t in targets}
-        dense = {t.qualname: t.matrix().detach().float().clone() for t in targets} if refine else {}
-        if isinstance(criterion, Solver):
-            keep = criterion.solve(targets, ctx, wanted, gran)
-        else:
-            keep = {
-                t.qualname: gran.select(pruner.scores(t, ctx), wanted[t.qualname]) for t in targets
-            }
-        for t in targets:
-            if refine:
-                keep[t.qualname] = refine_target(
-                    t, dense.pop(t.qualname), keep[t.qualname], stats[t.qualname], m
-                )
-            pruner.attach(t, keep[t.qualname])
-        ctx.stats = {}
+        # one input group at a time, smallest Hessian first, each group's statistics released
+        # once its layers are masked: the widest layer is solved beside its own Hessian only
+        ctx.release_stats = not refine  # refine reads XᵀX after the solve
+        for group in input_groups(targets, stats):
+            ctx.stats = {t.qualname: stats[t.qualname] for t in group}
+            wanted = {t.qualname: budget[t.qualname] for t in group}
+            dense = (
+                {t.qualname: t.matrix().detach().float().clone() for t in group} if refine else {}
+            )
+            if isinstance(criterion, Solver):
+                keep = criterion.solve(group, ctx, wanted, gran)
+            else:
+                keep = {
+                    t.qualname: gran.select(pruner.scores(t, ctx), wanted[t.qualname])
+                    for t in group
+                }
+            for t in group:
+                if refine:
+                    keep[t.qualname] = refine_target(
+                        t, dense.pop(t.qualname), keep[t.qualname], stats[t.qualname], m
+                    )
+                pruner.attach(t, keep.pop(t.qualname))
+            ctx.stats = {}
+            for t in group:
+                del stats[t.qualname]
+            release_freed_memory()  # the solve's copies, before the next group's
+        ctx.release_stats = False
         return True
 
     # block reconstruction (prunekit.reconstruct.block): a stage after each block is masked

@@ -5,7 +5,8 @@
   :data:`STATISTICS` registry, and the accumulators the hooks feed;
 * :mod:`.collector`: the forward hooks and whole-model collection;
 * :mod:`.blocks`: the block-by-block runner, with an optional per-block ``after`` stage;
-* :mod:`.gradients`: loss gradients over the batches (Taylor, OBD).
+* :mod:`.gradients`: loss gradients over the batches (Taylor, OBD);
+* :mod:`.memory`: handing the C heap's freed pages back between the runner's steps.
 """
 
 from .batches import (

@@ -34,6 +34,7 @@ from .batches import (
     to_device,
 )
 from .collector import Collector, all_reduce, collect
+from .memory import release_freed_memory
 from .statistics import LayerStats
 
 
@@ -215,6 +216,7 @@ def run_blockwise(
                         col.end_batch()
                 col.check_seen()
                 all_reduce(col.stats)
+                release_freed_memory()  # the forward's temporaries, before the solves
                 if process(block_targets, col.stats):
                     outputs = None
                     if after is not None:
@@ -227,6 +229,8 @@ def run_blockwise(
             if outputs is None:
                 outputs = [call(block, inp) for inp in inputs]
             inputs = [inp.with_hidden(h) for inp, h in zip(inputs, outputs, strict=True)]
+            del outputs, dense_out
+            release_freed_memory()  # this block's temporaries, before the next block's masks
     rest = [t for t in targets if id(t.module) not in done]
     if rest:
         process(rest, collect(model, rest, batches, kinds))

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..progress import track
 from ..targets import Target
 from .batches import as_batches, calibration_mode, model_device, run_batch
+from .memory import release_freed_memory
 from .statistics import (
     STATISTICS,
     InputStats,
@@ -159,6 +160,7 @@ def collect(
             col.end_batch()
     col.check_seen()
     all_reduce(col.stats)
+    release_freed_memory()  # the forward passes' temporaries, before the solves
     return col.stats
 
 

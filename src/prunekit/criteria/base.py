@@ -33,6 +33,9 @@ class ScoreContext:
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
     #: show progress bars while calibrating
     progress: bool = False
+    #: the caller reads no target's statistics after :meth:`Solver.solve`: a solver may free
+    #: them as soon as it is done with them (SparseGPT frees XᵀX once its factor is built)
+    release_stats: bool = False
 
     @torch.no_grad()
     def run_hooked(self, hooks: list[tuple[nn.Module, Callable[..., None]]]) -> None:

@@ -13,7 +13,12 @@ from ..granularity import Granularity
 from ..granularity.nm import NM
 from ..granularity.unstructured import Unstructured
 from ..masks import get_mask
-from ..reconstruct.sparsegpt import Segment, sparsegpt
+from ..reconstruct.sparsegpt import (
+    Segment,
+    check_fits,
+    inverse_hessian_factor,
+    prune_with_factor,
+)
 from ..targets import Target
 from .base import CRITERIA, ScoreContext, Solver
 from .wanda import input_norms
@@ -95,27 +100,29 @@ class SparseGPT(Solver):
         chunks; chunk g of every layer is solved against ``H[g]``.
         """
         inputs = ctx.stats[targets[0].qualname].inputs
-        xtx = inputs.xtx  # [G, cols, cols]; H = 2XᵀX/N is formed inside the solver's one copy
+        xtx = inputs.xtx  # [G, cols, cols]; H = 2XᵀX/N is formed inside the factor's one copy
         G = xtx.shape[0]
         name = ", ".join(t.qualname for t in targets)
-        # memory: one float32 working copy of the stacked rows (sparsegpt's); with conv groups
-        # the groups' results are gathered in one more copy before they are written back
+        # memory: XᵀX and the factor while the factor is built; then (XᵀX freed if
+        # ctx.release_stats) the factor, one float32 working copy of the stacked rows and its
+        # mask; with conv groups the results are gathered in one more copy before the write-back
         new = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.float32) for t in targets}
         new = new if G > 1 else {}
         kept = {t.qualname: torch.empty_like(t.matrix(), dtype=torch.bool) for t in targets}
         for g in range(G):
             parts, segments, forced, start = [], [], [], 0
-            for t in targets:
+            olds = [get_mask(t.module, t.param) for t in targets]
+            for t, old in zip(targets, olds, strict=True):
                 m = t.matrix()  # [out, cols]
                 rows = m.shape[0] // G
-                chunk = m[g * rows : (g + 1) * rows].float()
+                chunk = m[g * rows : (g + 1) * rows]  # a view: the solver makes the one copy
                 parts.append(chunk)
-                old = get_mask(t.module, t.param)
-                forced.append(
-                    torch.zeros_like(chunk, dtype=torch.bool)
-                    if old is None
-                    else ~t.to_matrix(old)[g * rows : (g + 1) * rows]
-                )
+                if any(o is not None for o in olds):  # earlier masks: their zeros are forced
+                    forced.append(
+                        torch.zeros_like(chunk, dtype=torch.bool)
+                        if old is None
+                        else ~t.to_matrix(old)[g * rows : (g + 1) * rows]
+                    )
                 total = round(sparsities[t.qualname] * m.numel())
                 share = total // G + (g < total % G)
                 segments.append(Segment(start, start + rows, share))
@@ -125,20 +132,26 @@ class SparseGPT(Solver):
                 if isinstance(granularity, NM)
                 else None
             )
-            stacked = parts[0] if len(parts) == 1 else torch.cat(parts)  # [rows, cols]
-            del parts
-            W, mask = sparsegpt(
-                stacked,
-                xtx[g].to(stacked.device),
+            hessian = xtx[g].to(parts[0].device)  # [cols, cols]
+            check_fits(hessian, parts, name)
+            dead = hessian.diagonal() == 0
+            scale = 2.0 / max(inputs.n, 1)
+            factor = inverse_hessian_factor(hessian, self.damp, name, scale=scale, dead=dead)
+            del hessian
+            if ctx.release_stats and g == G - 1:  # freed before the sweep's working copies
+                del xtx, inputs.values["xtx"]
+            W, mask = prune_with_factor(
+                parts,  # stacked [rows, cols] inside the sweep's working copy
+                factor,
+                dead,
                 segments,
                 nm=nm,
                 forced=torch.cat(forced) if any(f.any() for f in forced) else None,
                 blocksize=self.block_size,
-                damp=self.damp,
                 name=name,
-                scale=2.0 / max(inputs.n, 1),
             )
-            del stacked
+            del factor
+            del parts
             for t, seg in zip(targets, segments, strict=True):
                 rows = seg.stop - seg.start
                 kept[t.qualname][g * rows : (g + 1) * rows] = mask[seg.start : seg.stop]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,9 +125,20 @@ def _column_loop(
         Wt[i:].addr_(U1[i, i:], Et[i], alpha=-1.0)  # also turns row i into its pruned q
 
 
+def check_fits(square: torch.Tensor, parts: list[torch.Tensor], name: str) -> tuple[int, int]:
+    """``(rows, cols)`` of the stacked row blocks ``parts``; raise unless ``square`` is
+    ``[cols, cols]``."""
+    rows, cols = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    if square.shape != (cols, cols):
+        raise WeightError(
+            f"{name}: Hessian {tuple(square.shape)} does not fit weight {(rows, cols)}"
+        )
+    return rows, cols
+
+
 @torch.no_grad()
 def sparsegpt(
-    weight: torch.Tensor,
+    weight: torch.Tensor | Sequence[torch.Tensor],
     hessian: torch.Tensor,
     segments: list[Segment],
     nm: tuple[int, int] | None = None,
@@ -138,25 +150,53 @@ def sparsegpt(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune and reconstruct ``weight [rows, cols]``; returns ``(new weight, keep mask)``.
 
+    ``weight`` may be a list of row blocks (layers sharing one Hessian), stacked in order.
+
     ``nm = (keep, m)`` keeps ``keep`` of every ``m`` consecutive columns (``segments``' counts
     are then ignored). ``forced [rows, cols]`` marks weights that must be pruned (an earlier
     mask). Inputs that never fired (``H_jj = 0``) score zero, so they go first; they receive no
     error updates. ``hessian`` may be the raw XᵀX with ``scale = 2/N`` (no scaled copy is made).
-    Float32 throughout; the inputs are not modified. Memory: one working copy of the weight (held
-    transposed, so that every block and every lazy update is contiguous and no temporary is
-    made), its mask, ``hessian`` and one working ``[cols, cols]`` matrix (the factor). The
-    results are transposed views.
+    Float32 throughout; the inputs are not modified. The factor of the inverse Hessian is
+    built first (:func:`inverse_hessian_factor`), then the sweep runs
+    (:func:`prune_with_factor`); a caller that owns the Hessian can call the two itself and free
+    the Hessian in between.
     """
-    rows, cols = weight.shape
-    # [cols, rows]: column i of W is row WT[i]; always a copy (weight may be a transposed view)
-    WT = torch.empty(cols, rows, dtype=torch.float32, device=weight.device)
-    WT.copy_(weight.detach().t())
-    if hessian.shape != (cols, cols):
-        raise WeightError(
-            f"{name}: Hessian {tuple(hessian.shape)} does not fit weight {(rows, cols)}"
-        )
+    parts = [weight] if isinstance(weight, torch.Tensor) else list(weight)
+    check_fits(hessian, parts, name)
     dead = hessian.diagonal() == 0
     U = inverse_hessian_factor(hessian.detach(), damp, name, scale=scale, dead=dead)  # upper
+    return prune_with_factor(weight, U, dead, segments, nm, forced, blocksize, name)
+
+
+@torch.no_grad()
+def prune_with_factor(
+    weight: torch.Tensor | Sequence[torch.Tensor],
+    factor: torch.Tensor,
+    dead: torch.Tensor,
+    segments: list[Segment],
+    nm: tuple[int, int] | None = None,
+    forced: torch.Tensor | None = None,
+    blocksize: int = 128,
+    name: str = "layer",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sparsegpt`'s column sweep, given the upper factor ``U [cols, cols]`` of the
+    damped inverse Hessian and its ``dead [cols]`` columns; ``U`` is updated in no way.
+
+    Memory: one working copy of the weight (held transposed, so that every block and every
+    lazy update is contiguous and no temporary is made; the row blocks and any other dtype are
+    copied straight into it), its mask, ``U``, and ``[blocksize, rows]`` temporaries. The
+    results are transposed views.
+    """
+    U = factor
+    parts = [weight] if isinstance(weight, torch.Tensor) else list(weight)
+    rows, cols = check_fits(U, parts, name)
+    # [cols, rows]: column i of W is row WT[i]; always a copy (weight may be a transposed view)
+    WT = torch.empty(cols, rows, dtype=torch.float32, device=parts[0].device)
+    start = 0
+    for p in parts:
+        WT[:, start : start + p.shape[0]].copy_(p.detach().t())
+        start += p.shape[0]
+    del parts
     if nm is not None:
         blocksize = max(nm[1], blocksize - blocksize % nm[1])
     pruneT = torch.zeros(cols, rows, dtype=torch.bool, device=WT.device)
