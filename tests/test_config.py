@@ -3,6 +3,7 @@ checks, and the same masks whichever way a job is written (keywords, config, rec
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.allocation import ALLOCATIONS
+from prunekit.commands._config_options import add_config_options, config_from_args
 from prunekit.criteria import CRITERIA
 from prunekit.demo import digits_cnn
 from prunekit.granularity import GRANULARITIES
@@ -295,3 +297,23 @@ def test_a_layer_the_calibration_never_reaches_is_refused_before_any_mask():
     with pytest.raises(pk.ConfigError, match=r"unused\.weight never ran"):
         pk.prune(model, 0.5, criterion="wanda", data=[torch.randn(4, 8)])
     assert_untouched(model, snap)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], False), (["--refine"], True), (["--refine", "yes"], True), (["--refine", "off"], False)],
+)
+def test_cli_boolean_option_is_a_flag_and_takes_yes_or_no(flags, expected):
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    config = config_from_args(parser.parse_args(["--granularity", "2:4", *flags]))
+    assert config.refine is expected
+
+
+def test_cli_boolean_option_refuses_other_words(capsys):
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--refine", "maybe"])
+    assert exit_.value.code == 2
+    assert "--refine: expected yes or no, got 'maybe'" in capsys.readouterr().err

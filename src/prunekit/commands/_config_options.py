@@ -12,7 +12,8 @@ import dataclasses
 import json
 from typing import Any
 
-from ..config import PruneConfig, load_recipe
+from ..config import PruneConfig, load_recipe, yes_no
+from ..errors import ConfigError
 
 
 def _plugin_value(text: str) -> str | dict[str, Any]:
@@ -26,6 +27,14 @@ def _plugin_value(text: str) -> str | dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def _yes_no_value(text: str) -> bool:
+    """A boolean option's value, refused by argparse (usage line and exit 2) when not yes/no."""
+    try:
+        return yes_no(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(f"{e} (yes/true/1/on or no/false/0/off)") from None
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +54,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             kwargs.update(action="append", metavar="REGEX")
         elif "plugin" in meta:
             kwargs.update(type=_plugin_value, metavar=f.name.upper())
+        elif meta["type"] is yes_no:  # `--refine` alone means yes; `--refine no` is accepted
+            kwargs.update(type=_yes_no_value, nargs="?", const=True, metavar="yes|no")
         else:
             kwargs.update(type=meta["type"], metavar=meta["type"].__name__.upper())
         group.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
