@@ -137,6 +137,12 @@ def test_recover_distils_a_pruned_folder_and_keeps_its_zeros(llama_dir, tmp_path
     assert gap_after < 0.8 * gap_before
     header = json.loads((out / "prunekit.json").read_text())
     assert header["recovery"]["steps"] == 30
+    # written like prune's folder: compressed weights, the teacher's tokenizer, a card, and the
+    # teacher as the baseline that bench and eval compare with
+    assert (out / "prunekit.safetensors").is_file() and not (out / "model.safetensors").exists()
+    assert (out / "tokenizer.json").read_bytes() == (llama_dir / "tokenizer.json").read_bytes()
+    assert (out / "README.md").is_file()
+    assert header["baseline"]["model"] == str(llama_dir.resolve())
 
 
 def test_recover_refuses_a_folder_that_is_not_pruned(llama_dir, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .base import COMMANDS, Command
+from .prune import add_output_options
 
 
 @COMMANDS.register("recover", examples=(["--help"],))  # argv
@@ -13,7 +14,8 @@ class RecoverCommand(Command):
 
     PRUNED is a folder written by `prunekit prune` (or pk.save); --teacher is the dense Hugging Face
     model directory it was pruned from (its tokenizer tokenizes --data). The pruned weights stay
-    exactly zero; OUT is written like `prunekit prune`'s output.
+    exactly zero; OUT is written like `prunekit prune`'s output (smallest format per tensor, the
+    teacher's tokenizer and configs carried over, a model card; the teacher is the baseline).
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -41,7 +43,7 @@ class RecoverCommand(Command):
         parser.add_argument(
             "--seed", type=int, default=0, help="seed of data order and pruning ties (default 0)"
         )
-        parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+        add_output_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         import os
@@ -49,15 +51,16 @@ class RecoverCommand(Command):
 
         from rich.console import Console
 
-        from .. import save
         from ..analysis.report import report
         from ..errors import PrunekitError
         from ..formats.header import read_header
         from ..masks import MaskState, bake, shrink_mask
         from ..modelio import load_model
+        from ..outfolder import check_output_dir
         from ..targets import select_targets
         from ..textdata import load_calibration
         from ..train import distill
+        from .prune import input_bytes, write_output
 
         if args.steps < 1:
             raise PrunekitError(f"--steps must be >= 1, got {args.steps}")
@@ -65,6 +68,7 @@ class RecoverCommand(Command):
             raise PrunekitError(f"{args.pruned} holds no prunekit.json: pass a pruned folder")
         if not (Path(args.teacher) / "config.json").is_file():
             raise PrunekitError(f"--teacher {args.teacher} is not a Hugging Face model directory")
+        check_output_dir(args.output, args.pruned)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer
 
@@ -100,12 +104,19 @@ class RecoverCommand(Command):
             "loss_last": history.losses[-1],
             "cpu_seconds": round(history.cpu_seconds, 1),
         }
-        save(student, args.output, dense=True, config=header.get("config"),
-             extra={"recovery": recovery})  # fmt: skip
+        # written as `prunekit prune` writes: the teacher is the baseline (bench, eval) and the
+        # source of the carried tokenizer and configs
+        out = argparse.Namespace(model=args.teacher, weights=None, output=args.output,
+                                 format=args.format, _argv=args._argv)  # fmt: skip
+        facts = write_output(
+            student, out, header.get("config"), None, input_bytes(out, teacher), recovery
+        )
         Console().print(report(student))
+        size, base = facts["bytes"], facts["input_bytes"]
         print(
             f"distilled {history.steps} steps: loss {history.losses[0]:.4g} -> "
-            f"{history.losses[-1]:.4g} ({history.cpu_seconds / 60:.1f} CPU-min); "
-            f"wrote {args.output}"
+            f"{history.losses[-1]:.4g} ({history.cpu_seconds / 60:.1f} CPU-min); wrote "
+            f"{args.output}: {size:,} bytes, {size / base:.1%} of the teacher's {base:,}; "
+            f"carried over {len(facts['carried'])} file(s)"
         )
         return 0
