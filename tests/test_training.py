@@ -68,6 +68,22 @@ def test_zero_with_optimizer_created_before_pruning(opt_name):
     assert abs(pruner.sparsity - 0.8) < 1e-3
 
 
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_zero_when_a_parameter_masked_while_frozen_is_unfrozen(opt_name):
+    model, x = make("mlp")
+    frozen = [p for p in model.parameters() if p.dim() == 2]
+    for p in frozen:
+        p.requires_grad_(False)  # a frozen weight takes no gradient hook when it is masked
+    pk.prune(model, 0.5)
+    for p in frozen:
+        p.requires_grad_(True)
+    zeros = pruned_zeros(model)
+    before = {q: p.detach().clone() for q, p in model.named_parameters()}
+    train_steps(model, x, OPTIMIZERS[opt_name](model.parameters()))
+    assert_zero(model, zeros)
+    assert any(not torch.equal(p, before[q]) for q, p in model.named_parameters() if p.dim() == 2)
+
+
 def test_grads_of_pruned_weights_are_zero():
     model, x = make("mlp")
     pk.prune(model, 0.5)

@@ -92,7 +92,9 @@ def _mask_grad(param: torch.Tensor) -> None:
 
 def _needs_remask(optimizer: torch.optim.Optimizer, p: torch.Tensor, entry: _Enforced) -> bool:
     """False once an elementwise optimizer's state for ``p`` is clean under the current mask."""
-    if type(optimizer) not in ELEMENTWISE_OPTIMIZERS:
+    # armed while frozen, so no gradient hook (it cannot be registered then): if the parameter
+    # was unfrozen since, its gradient is not masked and the weight is re-zeroed after every step
+    if type(optimizer) not in ELEMENTWISE_OPTIMIZERS or entry.grad_hook is None:
         return True
     state = optimizer.state.get(p)
     clean = _CLEAN.setdefault(optimizer, WeakIdKeyDictionary())
