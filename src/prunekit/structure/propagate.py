@@ -91,6 +91,9 @@ class State:
         self.data: dict[int, torch.Tensor] = {}
         #: id(transposed view) -> the 2-D parameter it transposes (``x @ W.T`` layers)
         self.transposed: dict[int, torch.Tensor] = {}
+        #: id(computed weight) -> the parameter it is computed from index for index (a weight
+        #: norm), plus a dimension whose slices must stay, with its call and reason (see wdim)
+        self.derived: dict[int, tuple[torch.Tensor, tuple[int, Call, str] | None]] = {}
         #: [start, end) of the ids given to each parameter used as data
         self.data_ranges: list[tuple[int, int]] = []
         #: id(param) -> the parameter tensor, for everything in wdims and data
@@ -165,11 +168,15 @@ class State:
             self.set(t, None)
 
     def wdim(self, p: torch.Tensor, dim: int) -> torch.Tensor:
-        """Atoms of dimension ``dim`` of weight ``p`` (created once, shared by every use)."""
+        """Atoms of dimension ``dim`` of weight ``p`` (created once, shared by every use); those
+        of the parameter ``p`` is computed from, where it is a :attr:`derived` weight."""
+        p, fixed = self.derived.get(id(p), (p, None))
         key = (id(p), dim)
         if key not in self.wdims:
             self.wdims[key] = self.fresh(p.shape[dim])
             self.params[id(p)] = p
+            if fixed is not None and fixed[0] == dim % p.dim():
+                self.block(self.wdims[key], fixed[1], fixed[2])
         return self.wdims[key]
 
     # -- links -----------------------------------------------------------------------------------

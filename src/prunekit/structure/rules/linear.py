@@ -64,7 +64,10 @@ def bind(st: State, p: Any, dim: int, atoms: torch.Tensor) -> None:
 
 
 def is_weight(st: State, w: Any) -> bool:
-    """``w`` is a module parameter used as a weight (not already used as data)."""
+    """``w`` is a module parameter used as a weight (not already used as data), or a weight
+    computed from one index for index (:attr:`State.derived`: a weight norm)."""
+    if isinstance(w, torch.Tensor) and id(w) in st.derived:
+        w = st.derived[id(w)][0]
     return isinstance(w, torch.Tensor) and st.owned(w) and id(w) not in st.data
 
 

@@ -7,13 +7,14 @@ positions fixed by the code (checked once the groups are known), concatenations 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..graph import Call
+from ..graph import Call, Graph
 from ..propagate import Example, Rule, State, arg, compress, register, tensors_of, varying
 from ._examples import IMAGE, VEC, cnn_around, mlp_around
 
@@ -64,6 +65,8 @@ class Replay(Rule):
         return args, kwargs
 
     def apply(self, call: Call, st: State) -> None:
+        if self.cuts and not st.heads:
+            _rows_of_table(call, st)
         args, kwargs = self.replay_args(call, st)
         func = self.substitute.get(call.name, call.func)
         try:
@@ -132,6 +135,29 @@ class Pad(Replay):
             st.refuse(call, "pads a channel dimension by reading other channels")
 
 
+def _rows_of_table(call: Call, st: State) -> None:
+    """A parameter read along its leading dimensions only (a position table read as
+    ``weight[start:end]`` or ``weight[position_ids]``) holds channels along its last dimension,
+    whatever rows a call reads, as an embedding table does: its columns get one id each. Found
+    by replaying the call on column numbers; a first use only (a parameter seen before keeps the
+    ids it has), never a buffer the checkpoint does not hold."""
+    w = call.args[0]
+    if not isinstance(w, torch.Tensor) or w.dim() < 2 or id(w) in st.act or not st.owned(w):
+        return
+    _, module, attr = st.graph.owners[id(w)][0]
+    if attr in module._non_persistent_buffers_set:
+        return
+    cols = torch.arange(w.shape[-1])
+    try:
+        got = tensors_of(call.func(cols.expand(w.shape), *call.args[1:], **call.kwargs))
+    except (RuntimeError, TypeError, IndexError, ValueError):
+        return
+    if got and all(
+        a.dim() and a.shape[-1] == len(cols) and torch.equal(a, cols.expand_as(a)) for a in got
+    ):
+        st.set(w, st.wdim(w, w.dim() - 1).view((1,) * (w.dim() - 1) + (-1,)))
+
+
 def _record_cut(st: State, call: Call, src: torch.Tensor, pieces: list[torch.Tensor]) -> None:
     """A slicing op along a channel dimension cuts it at positions the code fixes (literal sizes,
     or shapes): removing channels keeps the cut right only if every piece loses the same
@@ -145,7 +171,8 @@ def _record_cut(st: State, call: Call, src: torch.Tensor, pieces: list[torch.Ten
                 if a.shape[d] != full.shape[d]:
                     cut.append(a)
             elif not torch.equal(torch.unique(compress(a)), ids):  # select / unbind
-                st.block(src, call, "picks single channels at fixed positions")
+                if _values_read(st, call):
+                    st.block(src, call, "picks single channels at fixed positions")
                 return
         if not cut:
             continue
@@ -157,6 +184,22 @@ def _record_cut(st: State, call: Call, src: torch.Tensor, pieces: list[torch.Ten
             )
         )
         return
+
+
+#: the graph last asked about, and the ids of every tensor its calls read or it returns
+_READ: tuple[weakref.ref[Graph], set[int]] | None = None
+
+
+def _values_read(st: State, call: Call) -> bool:
+    """Some later call reads an output of ``call`` or the model returns one. A pick whose
+    result only has its shape read (BART's ``embed_positions(x[:, :, -1])``) reads the same
+    shape from any channel, so the pruned model gives the same result."""
+    global _READ
+    if _READ is None or _READ[0]() is not st.graph:
+        ids = {id(t) for c in st.graph.calls for t in tensors_of((c.args, c.kwargs))}
+        ids |= {id(t) for t in st.graph.tensors(st.graph.outputs)}
+        _READ = (weakref.ref(st.graph), ids)
+    return any(id(t) in _READ[1] for t in tensors_of(call.out))
 
 
 def _glu(h: torch.Tensor) -> torch.Tensor:
