@@ -138,3 +138,125 @@ def test_an_excluded_lstm_keeps_its_units(selector):
     assert not any(n.endswith("_pk_mask") for n, _ in model[0].named_buffers())
     # the head's inputs are the LSTM's units: cutting them would need the LSTM cut too
     assert bool(model[2].weight.detach().all())
+
+
+# -- the residual width of BART, Whisper and wav2vec2 ---------------------------------------------
+class _Positions(nn.Module):
+    """Linear -> + positions -> ReLU -> Linear; ``read`` picks how the positions are found."""
+
+    def __init__(self, read: str) -> None:
+        super().__init__()
+        self.read = read
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.table = nn.Embedding(6, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        w = self.table.weight
+        if self.read == "shape of a pick":  # BART: embed_positions(inputs_embeds[:, :, -1])
+            pos = self.table(torch.arange(h[:, -1].shape[0]))
+        elif self.read == "value of a pick":
+            pos = h[:, -1].unsqueeze(1)
+        elif self.read == "rows by slice":  # Whisper's decoder: weight[past : past + T]
+            pos = w[1 : 1 + h.shape[0]]
+        else:  # "rows by index": weight[position_ids]
+            pos = w[torch.tensor([4, 0, 2])]
+        return self.out(torch.relu(h + pos))
+
+
+def _prune_quietly(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no channel may stay with a warning
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    return pk.shrink(model, x)
+
+
+@pytest.mark.parametrize("read", ["shape of a pick", "rows by slice", "rows by index"])
+def test_position_tables_lose_the_pruned_width(read):
+    torch.manual_seed(0)
+    model, x = _Positions(read).eval(), torch.randn(3, 8)
+    small = _prune_quietly(model, x)
+    # independent: the kept channels are the first layer's live rows; the shrunk table holds
+    # those columns of the masked one, and the head the same columns
+    kept = model.inp.weight.detach().any(1).nonzero().flatten()
+    assert len(kept) == 8 and small.table.embedding_dim == 8
+    assert torch.equal(small.table.weight, model.table.weight.detach()[:, kept])
+    assert torch.equal(small.out.weight, model.out.weight.detach()[:, kept])
+
+
+def test_a_pick_whose_value_is_read_keeps_its_channels_with_a_warning():
+    model, x = _Positions("value of a pick").eval(), torch.randn(3, 8)
+    with pytest.warns(UserWarning, match=r"picks single channels.*__getitem__ in module <root>"):
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    assert bool(model.inp.weight.detach().any(1).all())
+
+
+def _weight_normed(dim: int | None) -> nn.Module:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv1d(3, 16, 3),
+        nn.ReLU(),
+        weight_norm(nn.Conv1d(16, 16, 5, padding=2, groups=4), dim=dim),
+        nn.ReLU(),
+        nn.Conv1d(16, 4, 1),
+    ).eval()
+
+
+@pytest.mark.parametrize("dim", [2, None])
+def test_weight_norm_over_the_kernel_or_the_whole_weight_loses_channels(dim):
+    """wav2vec2's positional conv: ``weight_norm(conv, dim=2)``, one norm per kernel tap."""
+    model, x = _weight_normed(dim), torch.randn(2, 3, 12)
+    small = _prune_quietly(model, x)
+    wn = model[2].parametrizations.weight
+    rows = wn.original1.detach().flatten(1).any(1).nonzero().flatten()
+    cols = wn.original1.detach().transpose(0, 1).flatten(1).any(1).nonzero().flatten()
+    assert small[2].weight.shape == (8, 2, 5) and (len(rows), len(cols)) == (8, 2)
+    # independent: the kept slices of the masked weight are the weight norm of the kept slices
+    # (a masked slice adds zero to every norm), and the shrunk conv holds exactly that weight
+    kept_v = wn.original1.detach()[rows][:, cols]
+    ref = torch._weight_norm(kept_v, wn.original0.detach(), -1 if dim is None else dim)
+    with torch.no_grad():
+        torch.testing.assert_close(model[2].weight[rows][:, cols], ref, rtol=1e-6, atol=0)
+        torch.testing.assert_close(small[2].weight, ref, rtol=1e-6, atol=0)
+        assert small[2].in_channels == 8 and small[2].groups == 4
+
+
+def test_weight_norm_per_output_row_keeps_its_rows_with_a_warning():
+    """The default ``dim=0``: a masked row's norm would be zero and its weight 0 / 0."""
+    model, x = _weight_normed(0), torch.randn(2, 3, 12)
+    with pytest.warns(UserWarning, match=r"weight norm: a masked slice.*_weight_norm in module 2"):
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    v = model[2].parametrizations.weight.original1.detach()
+    assert bool(v.flatten(1).any(1).all())  # every output row stays
+    assert int(v.transpose(0, 1).flatten(1).any(1).sum()) == 2  # half its inputs per group go
+    small = pk.shrink(model, x)
+    assert small[2].weight.shape == (16, 2, 5)
+
+
+_LOAD_WEIGHT_NORM = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import prunekit as pk
+from tests.structure.test_rules_more import _weight_normed
+model = pk.load({path!r}, model=_weight_normed(2))
+with torch.no_grad():
+    torch.save(model(torch.load({path!r} + "/x.pt")), {path!r} + "/out.pt")
+"""
+
+
+def test_a_shrunk_weight_norm_reloads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, x = _weight_normed(2), torch.randn(2, 3, 12)
+    small = _prune_quietly(model, x)
+    pk.save(small, tmp_path)
+    torch.save(x, tmp_path / "x.pt")
+    root = str(Path(__file__).resolve().parents[2])
+    code = _LOAD_WEIGHT_NORM.format(root=root, path=str(tmp_path))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), small(x))

@@ -2,7 +2,9 @@
 
 Each family declares how its replay is checked: reshapes may split a channel dimension into
 several (refused: heads are pruned by the head granularity), slices cut a channel dimension at
-positions fixed by the code (checked once the groups are known), concatenations take a list.
+positions fixed by the code (checked once the groups are known; a pick of single channels whose
+value nothing reads is harmless; a table read by rows keeps its columns as channels),
+concatenations take a list.
 """
 
 from __future__ import annotations
@@ -140,9 +142,12 @@ def _rows_of_table(call: Call, st: State) -> None:
     ``weight[start:end]`` or ``weight[position_ids]``) holds channels along its last dimension,
     whatever rows a call reads, as an embedding table does: its columns get one id each. Found
     by replaying the call on column numbers; a first use only (a parameter seen before keeps the
-    ids it has), never a buffer the checkpoint does not hold."""
+    ids it has), a floating-point table only (not an index buffer), never a buffer the
+    checkpoint does not hold."""
     w = call.args[0]
-    if not isinstance(w, torch.Tensor) or w.dim() < 2 or id(w) in st.act or not st.owned(w):
+    if not isinstance(w, torch.Tensor) or w.dim() < 2 or not w.is_floating_point():
+        return
+    if id(w) in st.act or not st.owned(w):
         return
     _, module, attr = st.graph.owners[id(w)][0]
     if attr in module._non_persistent_buffers_set:
@@ -205,6 +210,33 @@ def _values_read(st: State, call: Call) -> bool:
 def _glu(h: torch.Tensor) -> torch.Tensor:
     a, b = h.chunk(2, dim=-1)
     return torch.cat([a * torch.sigmoid(b)] * 2, dim=-1)
+
+
+class _PositionTable(torch.nn.Module):
+    """Whisper's decoder: a position table read as ``weight[start:end]``, added to the width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+        self.pos = torch.nn.Parameter(torch.randn(6, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(torch.relu(h + self.pos[: h.shape[0]]))
+
+
+class _ShapeOfPick(torch.nn.Module):
+    """BART's encoder: ``embed_positions(x[:, :, -1])`` reads only the pick's shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+        self.pos = torch.nn.Embedding(6, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        positions = torch.arange(h[:, -1].shape[0])
+        return self.out(torch.relu(h + self.pos(positions)))
 
 
 class _TwoBranches(torch.nn.Module):
@@ -278,7 +310,11 @@ register(
             "split_with_sizes",
             "tensor_split",
         ),
-        (Example(lambda: mlp_around(_glu), VEC),),
+        (
+            Example(lambda: mlp_around(_glu), VEC),
+            Example(_PositionTable, VEC),
+            Example(_ShapeOfPick, VEC),
+        ),
         cuts=True,
     ),
 )
