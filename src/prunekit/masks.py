@@ -20,7 +20,9 @@ forward pre-hook (its arm token does not survive copying, by design).
 
 Module types whose output is not right with zeroed weights alone register a forward hook in
 :data:`MASKED_FORWARD` (the structure package: a masked LayerNorm normalises over its kept
-channels only); every masked module of that type gets it.
+channels only); every masked module of that type gets it. Masking the ``v`` of a weight-norm
+parametrization (``w = g * v / ||v||``) rescales its ``g``, so that the kept weights stay
+what they were.
 """
 
 from __future__ import annotations
@@ -207,6 +209,7 @@ def shrink_mask(module: nn.Module, param: str, keep: torch.Tensor) -> torch.Tens
     if keep.shape != p.shape:
         raise ConfigError(f"mask shape {tuple(keep.shape)} does not match {param} {tuple(p.shape)}")
     keep = keep.to(device=p.device, dtype=torch.bool)
+    renorm = _weight_norm_of(module, param)
     mask = get_mask(module, param)
     if mask is None:
         module.register_buffer(param + SUFFIX, keep.clone(), persistent=False)
@@ -224,7 +227,31 @@ def shrink_mask(module: nn.Module, param: str, keep: torch.Tensor) -> torch.Tens
     else:
         mask.logical_and_(keep)
     arm(module, param if is_armed(module) else None)
+    if renorm is not None:
+        renorm()
     return get_mask(module, param)
+
+
+def _weight_norm_of(module: nn.Module, param: str) -> Callable[[], None] | None:
+    """Where ``module.<param>`` is the ``v`` of a weight-norm parametrization (``w = g * v /
+    ||v||``, the norm over every dimension but ``dim``): a function to call once ``v`` is masked,
+    that scales ``g`` by ``||v masked|| / ||v||`` so that every kept weight stays what it was."""
+    from torch.nn.utils.parametrize import ParametrizationList
+
+    if not isinstance(module, ParametrizationList) or param != "original1":
+        return None
+    dim = getattr(module[0], "dim", None)
+    if type(module[0]).__name__ != "_WeightNorm" or not isinstance(dim, int):
+        return None
+    v, g = module.original1, module.original0
+    before = torch.norm_except_dim(v.detach(), 2, dim)
+
+    @torch.no_grad()
+    def rescale() -> None:
+        after = torch.norm_except_dim(v.detach(), 2, dim)
+        g.mul_(torch.where(before > 0, after / before, 1.0).reshape(g.shape).to(g.dtype))
+
+    return rescale
 
 
 def unmask(module: nn.Module) -> None:

@@ -21,9 +21,10 @@ class WeightNorm(Rule):
     """``w = g * v / ||v||``, the norm taken over every dimension of ``v`` but ``dim`` (over all
     of it for ``dim=-1``). The layer reading ``w`` binds ``v``'s dimensions index for index
     (:attr:`State.derived`). A masked slice of ``v`` is zero, so each norm over the masked ``v``
-    equals the norm over its kept slices: the masked layer computes what the shrunk one does (the
-    kept weights are renormalised over the kept slices, in both). Slices along ``dim`` itself
-    stay (``g``'s entries): masking one would make its norm zero and the weight ``0 / 0``."""
+    equals the norm over its kept slices: the masked layer computes what the shrunk one does
+    (and masking ``v`` scales ``g`` so that the kept weights are the dense ones: see
+    :mod:`prunekit.masks`). Slices along ``dim`` itself stay (``g``'s entries): masking one would
+    make its norm zero and the weight ``0 / 0``."""
 
     ops = ("_weight_norm",)
     examples = (
