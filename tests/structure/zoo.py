@@ -18,9 +18,6 @@ ATTENTION: set[str] = set()
 #: models whose 50% channel pruning stays above 0.75 of the parameters, and why (a known gap;
 #: the channels that stay are named in a warning)
 CHANNEL_GAPS: dict[str, str] = {}
-#: models whose 50% channel pruning stays above 0.75 by design, and why: the channels that
-#: stay are the model's interface (an output's width), so no warning names them
-WIDTH_KEPT: dict[str, str] = {}
 #: models whose shrunk checkpoint pk.load refuses today, and why (a known storage gap)
 RELOAD_GAPS: dict[str, str] = {}
 
@@ -439,13 +436,9 @@ hf(
     _seq2seq_inputs(),
     "BartForConditionalGeneration",
     True,
-    **SEQ2SEQ,
+    **{**SEQ2SEQ, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
     max_position_embeddings=16,
-)
-WIDTH_KEPT["bart"] = (
-    "the residual width is the encoder's output (encoder_last_hidden_state), tied to the "
-    "decoder and the LM head by the shared embedding; the zoo's 2x FFN leaves 0.82 (4x: 0.74)"
-)
+)  # BART's own 4x FFN; its residual width is the encoder's output and stays
 hf(
     "whisper",
     _seq2seq_inputs(input_features=lambda g: torch.randn(2, 8, 16, generator=g)),
