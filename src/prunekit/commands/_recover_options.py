@@ -17,6 +17,7 @@ from ..errors import ConfigError
 TARGETS = ("auto", "logits", "hidden", "pooled")
 SPLITS = ("auto", "sentences", "windows")
 
+
 def _yes_no_value(text: str) -> bool:
     try:
         return yes_no(text)

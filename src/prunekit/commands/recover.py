@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .base import COMMANDS, Command
 from ._recover_options import add_distill_options
+from .base import COMMANDS, Command
 from .prune import add_output_options
 
 
