@@ -172,6 +172,27 @@ def calibration_text(held_out: list[str]) -> list[str]:
     return out
 
 
+def write_training_file(path: str) -> None:
+    """Write the MiniLM rows' training text as JSONL (one docstring of the calibration modules
+    and TRAINING_MODULES a line, every sentence of the evaluation corpus cut out), for
+    ``prunekit recover --data``: disjoint from what ``prunekit eval`` judges on."""
+    import json
+
+    held_out = sentences(docstring_corpus(EVALUATION_MODULES))
+    modules = CALIBRATION_MODULES + TRAINING_MODULES
+    if set(modules) & set(EVALUATION_MODULES):
+        raise SystemExit("training and evaluation modules overlap")
+    shared = set(sentences(docstring_corpus(modules))) & set(held_out)
+    lines = []
+    for doc in docstring_corpus(modules):
+        for sentence in shared:
+            doc = doc.replace(sentence, "")
+        lines.append(json.dumps({"text": " ".join(doc.split())}))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}: {len(lines)} docstrings, {len(shared)} evaluation sentences cut out")
+
+
 def by_cpu_minute(evaluate, log):
     """An ``eval_fn`` (called every step) that evaluates once each whole CPU-minute of training
     has passed (the training loop's own CPU time: evaluations excluded) and logs it."""
@@ -313,6 +334,12 @@ def smollm2_rows(cpu_minutes: float, lr: float, seqlen: int, batch: int, only: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="cnn,minilm,smollm2")
+    parser.add_argument(
+        "--write-train",
+        default=None,
+        metavar="FILE.jsonl",
+        help="write the MiniLM training docstrings (disjoint from the evaluation text) and exit",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=40, help="CNN: total epochs, every row")
     parser.add_argument("--dense-epochs", type=int, default=5, help="CNN: before pruning starts")
@@ -349,6 +376,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--smollm2-only", default="", help="run only the row starting so (2:4)")
     args = parser.parse_args()
+    if args.write_train:
+        write_training_file(args.write_train)
+        return
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = args.rows.split(",")

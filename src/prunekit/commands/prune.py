@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -11,6 +12,14 @@ from typing import Any
 
 from ._config_options import add_config_options, config_from_args
 from ._model_options import add_model_options
+from ._recover_options import (
+    add_distill_options,
+    apply_recipe,
+    budget,
+    check_distill_options,
+    describe,
+    distill_recipe,
+)
 from .base import COMMANDS, Command, plugin_names
 
 FORMAT_CHOICES = ("auto", *plugin_names("formats"))
@@ -139,24 +148,21 @@ def add_recover_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE.txt|.jsonl",
         help="training text for --recover-steps (or builtin:docstrings), tokenized with the "
-        "model folder's tokenizer into windows of --seq-len tokens",
+        "model folder's tokenizer: sentences (at most --seq-len tokens) for a sentence "
+        "encoder, else windows of --seq-len tokens (--recover-split)",
     )
     parser.add_argument(
         "--recover-method",
         choices=RECOVER_METHODS,
         default="distill",
-        help="distill = from the dense model (logits KL, plus the LM loss for causal LMs); "
-        "finetune = the language-modelling loss only (default: distill)",
+        help="distill = from the dense model (the recipe options below; with --loss, mixed "
+        "half and half with that loss); finetune = the language-modelling loss only (default: "
+        "distill)",
     )
     parser.add_argument(
         "--prune-steps", type=int, default=4, help="pruning steps of --recover-steps (default: 4)"
     )
-    parser.add_argument(
-        "--recover-lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)"
-    )
-    parser.add_argument(
-        "--recover-batch-size", type=int, default=4, help="windows per step (default: 4)"
-    )
+    add_distill_options(parser, prefix="recover-")
 
 
 def check_recover_options(args: argparse.Namespace) -> None:
@@ -167,10 +173,9 @@ def check_recover_options(args: argparse.Namespace) -> None:
         if args.data is not None:
             raise PrunekitError("--data is training text for --recover-steps N: pass both")
         return
-    if args.recover_steps < 1 or args.prune_steps < 1 or args.recover_batch_size < 1:
-        raise PrunekitError("--recover-steps, --prune-steps and --recover-batch-size must be >= 1")
-    if not args.recover_lr > 0:
-        raise PrunekitError(f"--recover-lr must be > 0, got {args.recover_lr}")
+    if args.recover_steps < 1 or args.prune_steps < 1:
+        raise PrunekitError("--recover-steps and --prune-steps must be >= 1")
+    check_distill_options(args, prefix="recover-")
     if args.data is None:
         raise PrunekitError("--recover-steps needs --data FILE.txt|.jsonl (or builtin:docstrings)")
     if not args.data.startswith("builtin:") and not Path(args.data).is_file():
@@ -186,22 +191,26 @@ def recover(args: argparse.Namespace, model: Any, config: Any, calibration: Any,
 
     from ..errors import PrunekitError
     from ..evaluate import is_causal_lm
-    from ..textdata import add_labels, load_calibration
+    from ..textdata import add_labels
     from ..train import prune_and_recover
+    from ..train.recipe import training_batches
 
     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     longest = getattr(tokenizer, "model_max_length", args.seq_len) or args.seq_len
-    batches = load_calibration(
-        args.data, tokenizer, 10**9, min(args.seq_len, longest), args.recover_batch_size
-    )
-    loss = args.loss or ("lm" if is_causal_lm(model) else None)
-    if loss is not None:
+    recipe = distill_recipe(args, model, min(args.seq_len, longest))
+    batches = training_batches(args.data, tokenizer, recipe, 10**9, config.seed)
+    if args.recover_method == "finetune":
+        loss = args.loss or ("lm" if is_causal_lm(model) else None)
+        if loss is None:
+            raise PrunekitError(
+                f"--recover-method finetune needs a loss: {type(model).__name__} is no causal "
+                "LM; pass --loss mlm (masked-LM heads) or use --recover-method distill"
+            )
         batches = add_labels(batches, loss, tokenizer, config.seed)
-    elif args.recover_method == "finetune":
-        raise PrunekitError(
-            f"--recover-method finetune needs a loss: {type(model).__name__} is no causal LM; "
-            "pass --loss mlm (masked-LM heads) or use --recover-method distill"
-        )
+    elif args.loss is not None:  # distillation mixed half and half with the task loss
+        batches = add_labels(batches, args.loss, tokenizer, config.seed)
+    options, frozen = apply_recipe(recipe, model)  # finetune uses lr, warm-up, dropout, bf16
+    print(describe(recipe, len(frozen)) + f"; {len(batches)} batches of {args.data}")
     result = prune_and_recover(
         model,
         config,
@@ -211,15 +220,17 @@ def recover(args: argparse.Namespace, model: Any, config: Any, calibration: Any,
         method=args.recover_method,
         example_inputs=example,
         calibration=calibration,
-        lr=args.recover_lr,
         finalize=False,
         seed=config.seed,
         progress=True,
+        cpu_budget=budget(args),
+        **options,
     )
     history = result.history
     record = {
         "method": args.recover_method,
         "data": str(args.data),
+        "recipe": dataclasses.asdict(recipe),
         "steps": history.steps,
         "prunes": [[step, sparsity] for step, sparsity in result.prunes],
         "loss_first": history.losses[0],

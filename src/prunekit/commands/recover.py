@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from ._recover_options import add_distill_options
 from .base import COMMANDS, Command
 from .prune import add_output_options
 
@@ -24,25 +26,31 @@ class RecoverCommand(Command):
             "--teacher", required=True, metavar="MODEL", help="the dense Hugging Face directory"
         )
         parser.add_argument(
-            "--data", required=True, metavar="FILE.txt|.jsonl", help="training text"
-        )
-        parser.add_argument("--steps", type=int, required=True, help="optimizer steps")
-        parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
-        parser.add_argument("--temperature", type=float, default=2.0, help="KD temperature")
-        parser.add_argument(
-            "--alpha",
-            type=float,
-            default=0.5,
-            help="weight of distillation against the task loss, where labels exist",
-        )
-        parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
-        parser.add_argument("--batch-size", type=int, default=4, help="windows per step")
-        parser.add_argument(
-            "--nsamples", type=int, default=100_000, help="at most this many windows of --data"
+            "--data",
+            required=True,
+            metavar="FILE.txt|.jsonl",
+            help="training text (or builtin:docstrings): split into sentences for a sentence "
+            "encoder (a JSONL line or a .txt line is one text), else into token windows",
         )
         parser.add_argument(
-            "--seed", type=int, default=0, help="seed of data order and pruning ties (default 0)"
+            "--steps", type=int, default=None, help="optimizer steps (or give --cpu-minutes)"
         )
+        parser.add_argument(
+            "--seq-len",
+            type=int,
+            default=None,
+            help="tokens per window, or at most per sentence (default 128)",
+        )
+        parser.add_argument(
+            "--nsamples",
+            type=int,
+            default=100_000,
+            help="at most this many sentences or windows of --data",
+        )
+        parser.add_argument(
+            "--seed", type=int, default=0, help="seed of data order and dropout (default 0)"
+        )
+        add_distill_options(parser)
         add_output_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -58,12 +66,24 @@ class RecoverCommand(Command):
         from ..modelio import load_model
         from ..outfolder import check_output_dir
         from ..targets import select_targets
-        from ..textdata import load_calibration
         from ..train import distill
+        from ..train.recipe import training_batches
+        from ._recover_options import (
+            apply_recipe,
+            budget,
+            check_distill_options,
+            describe,
+            distill_recipe,
+        )
         from .prune import input_bytes, write_output
 
-        if args.steps < 1:
+        if args.steps is None and args.distill_cpu_minutes is None:
+            raise PrunekitError("pass --steps N, --cpu-minutes M, or both")
+        if args.steps is not None and args.steps < 1:
             raise PrunekitError(f"--steps must be >= 1, got {args.steps}")
+        if args.nsamples < 1 or (args.seq_len is not None and args.seq_len < 2):
+            raise PrunekitError("--nsamples must be >= 1 and --seq-len >= 2")
+        check_distill_options(args)
         if not (Path(args.pruned) / "prunekit.json").is_file():
             raise PrunekitError(f"{args.pruned} holds no prunekit.json: pass a pruned folder")
         if not (Path(args.teacher) / "config.json").is_file():
@@ -73,32 +93,35 @@ class RecoverCommand(Command):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.teacher, local_files_only=True)
-        batches = load_calibration(
-            args.data, tokenizer, args.nsamples, args.seq_len, args.batch_size
-        )
         student = load_model(args.pruned)
         teacher = load_model(args.teacher).eval()
+        recipe = distill_recipe(args, teacher, args.seq_len)
+        longest = getattr(tokenizer, "model_max_length", recipe.seq_len) or recipe.seq_len
+        recipe = recipe.replace(seq_len=min(recipe.seq_len, longest))
+        batches = training_batches(args.data, tokenizer, recipe, args.nsamples, args.seed)
+        options, frozen = apply_recipe(recipe, student)
         if not MaskState(student).masks:  # hold the checkpoint's zeros as masks
             for t in select_targets(student, None, None):
                 zeros = t.weight == 0
                 if zeros.any():
                     shrink_mask(t.module, t.param, ~zeros)
+        print(describe(recipe, len(frozen)) + f"; {len(batches)} batches of {args.data}")
         history = distill(
             student,
             teacher,
             batches,
-            steps=args.steps,
-            lr=args.lr,
-            temperature=args.temperature,
-            alpha=args.alpha,
+            steps=args.steps or 10**9,
+            cpu_budget=budget(args),
             seed=args.seed,
             progress=True,
+            **options,
         )
         bake(student)
         header = read_header(args.pruned)
         recovery = {
             "teacher": str(args.teacher),
             "data": str(args.data),
+            "recipe": dataclasses.asdict(recipe),
             "steps": history.steps,
             "loss_first": history.losses[0],
             "loss_last": history.losses[-1],

@@ -258,6 +258,28 @@ class Distiller(nn.Module):
             if s.shape[-1] != t.shape[-1] and key not in self.projections:
                 self.projections[key] = nn.Linear(s.shape[-1], t.shape[-1], bias=False).to(device)
 
+    def objective(
+        self, data: Iterable[Any], forward: nn.Module | None, cache_teacher: bool = False
+    ) -> tuple[Iterable[Any], Callable[[Any], torch.Tensor]]:
+        """What the training loop iterates over and the loss of one of its items: ``data`` and
+        :meth:`loss`, or with ``cache_teacher`` the indices of ``data`` (a list or tuple) and a loss
+        that runs the teacher on a batch the first time only and reuses its targets after."""
+        if not cache_teacher:
+            return data, lambda batch: self.loss(batch, forward)[0]
+        if not isinstance(data, (list, tuple)):
+            raise ConfigError(
+                f"cache_teacher=True keeps the teacher's targets per batch, so data must be a list "
+                f"or tuple of batches (the same batches every pass), got {type(data).__name__}"
+            )
+        cache: dict[int, dict[str, torch.Tensor]] = {}
+
+        def loss_of(index: int) -> torch.Tensor:
+            if index not in cache:
+                cache[index] = self.teacher_targets(data[index])
+            return self.loss(data[index], forward, cache[index])[0]
+
+        return range(len(data)), loss_of
+
     def loss(
         self,
         batch: Any,
@@ -390,11 +412,7 @@ def distill(
         loss_fn=loss_fn,
         inputs=inputs,
     )
-    if cache_teacher and not isinstance(data, (list, tuple)):
-        raise ConfigError(
-            f"cache_teacher=True keeps the teacher's targets per batch, so data must be a list or "
-            f"tuple of batches (the same batches every pass), got {type(data).__name__}"
-        )
+    items, loss_of = distiller.objective(data, data_parallel(student), cache_teacher)
     if teacher_device is not None:
         teacher.to(teacher_device)
     if distiller.layers:
@@ -404,21 +422,9 @@ def distill(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             distiller.prepare(first)
-
-    forward = data_parallel(student)
-    cache: dict[int, dict[str, torch.Tensor]] = {}
-
-    def loss_of(item: Any) -> torch.Tensor:
-        if not cache_teacher:
-            return distiller.loss(item, forward)[0]
-        batch = data[item]  # item: the batch's index
-        if item not in cache:
-            cache[item] = distiller.teacher_targets(batch)
-        return distiller.loss(batch, forward, cache[item])[0]
-
     return run_training(
         student,
-        range(len(data)) if cache_teacher else data,
+        items,
         steps,
         loss_of,
         lr=lr,

@@ -129,7 +129,9 @@ def prune_and_recover(
     temperature: float = 2.0,
     alpha: float = 0.5,
     hidden_layers: Sequence[str] | Mapping[str, str] | None = None,
+    hidden_weight: float = 1.0,
     target: str = "auto",
+    cache_teacher: bool = False,
     finalize: bool = True,
     eval_fn: EvalFn | None = None,
     eval_every: int | None = None,
@@ -145,7 +147,9 @@ def prune_and_recover(
     N:M passes through wider patterns on the way (3:4, then 2:4). ``method="distill"`` trains
     against ``teacher`` (default: a copy of the dense model, taken before pruning); ``"finetune"``
     on the task loss (``loss_fn`` or the model's own). ``temperature``, ``alpha``,
-    ``hidden_layers`` and ``target`` are :class:`~prunekit.train.distill.Distiller`'s. Data-aware
+    ``hidden_layers``, ``hidden_weight`` and ``target`` are
+    :class:`~prunekit.train.distill.Distiller`'s; ``cache_teacher`` is
+    :func:`~prunekit.train.distill.distill`'s (the dense teacher does not change). Data-aware
     criteria calibrate on ``calibration`` (default: the first training batches). Structured
     granularities need ``example_inputs`` and are shrunk physically at the end; the others are
     baked. ``finalize=False`` leaves the masks attached. Under ``torch.distributed`` the model
@@ -195,18 +199,17 @@ def prune_and_recover(
             temperature=temperature,
             alpha=alpha,
             hidden_layers=hidden_layers,
+            hidden_weight=hidden_weight,
             target=target,
             loss_fn=loss_fn,
             inputs=inputs,
         )
-
-        def loss_of(batch: Any) -> torch.Tensor:
-            return distiller.loss(batch, forward)[0]
+        items, loss_of = distiller.objective(data, forward, cache_teacher)
     else:
-        loss_of = TaskLoss(forward, loss_fn, inputs)
+        items, loss_of = data, TaskLoss(forward, loss_fn, inputs)
     history = run_training(
         model,
-        data,
+        items,
         last + recover_steps,
         loss_of,
         lr=lr,
