@@ -130,6 +130,8 @@ def test_bad_method_and_config_are_refused_before_any_change():
         ({"method": "magic"}, "method"),
         ({"recover_steps": 0}, "recover_steps"),
         ({"prune_steps": -1}, "prune_steps"),
+        ({"hidden_layers": ["9"]}, "names no module"),
+        ({"target": "pooledd"}, "target"),
     ]:
         with pytest.raises(ConfigError, match=match):
             prune_and_recover(

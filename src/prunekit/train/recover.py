@@ -190,9 +190,8 @@ def prune_and_recover(
             broadcast_masks(model)
             prunes.append((step, applied))
 
-    prune(0)  # schedule step 0, before any training
-    forward = data_parallel(model)  # DDP under torch.distributed: gradients averaged
-    if method == "distill":
+    distiller = None
+    if method == "distill":  # built (and its options checked) before the first mask
         distiller = Distiller(
             model,
             teacher,
@@ -204,6 +203,9 @@ def prune_and_recover(
             loss_fn=loss_fn,
             inputs=inputs,
         )
+    prune(0)  # schedule step 0, before any training
+    forward = data_parallel(model)  # DDP under torch.distributed: gradients averaged
+    if distiller is not None:
         items, loss_of = distiller.objective(data, forward, cache_teacher)
     else:
         items, loss_of = data, TaskLoss(forward, loss_fn, inputs)
