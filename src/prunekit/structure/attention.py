@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention_pattern import eager_attention, with_eager_attention
+from .attention_pattern import eager_attention, heads_fold, unfold_heads, with_eager_attention
 from .graph import Call, Graph, trace
 from .groups import Slot, components, signature
 from .propagate import State, arg, compress, propagate, varying
@@ -63,6 +63,27 @@ def _per_head(atoms: torch.Tensor | None, t: Any, lab: torch.Tensor) -> torch.Te
     if bool((full < 0).any()):
         return None
     return lab[full]
+
+
+def _operands(st: State, call: Call) -> list[tuple[Any, torch.Tensor | None]]:
+    """(tensor, its channel ids) of q, k, v and the mask of an attention call, each
+    ``[B, H, ...]``: inputs with heads folded into the batch (``[B * H, T, d]``) are unfolded
+    the way the queries' ids repeat."""
+    ts = [call.args[0], arg(call, 1, "key"), arg(call, 2, "value"), arg(call, 3, "attn_mask")]
+    q = st.small(ts[0])
+    if not isinstance(ts[0], torch.Tensor) or ts[0].dim() != 3 or q is None:
+        return [(t, st.small(t)) for t in ts]
+    h, outer = heads_fold(q)
+    out = []
+    for t in ts:
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[0] != ts[0].shape[0]:
+            out.append((t, None))
+            continue
+        a = st.atoms(t)
+        out.append(
+            (unfold_heads(t, h, outer), None if a is None else compress(unfold_heads(a, h, outer)))
+        )
+    return out
 
 
 def _unit_index(owner: torch.Tensor, units: range) -> torch.Tensor | None:
@@ -107,8 +128,9 @@ def _layout(
     st: State, lab: torch.Tensor, call, slots: torch.Tensor, weights: _Labels, data: _Labels
 ) -> FoundHeads | str:
     """The head layout of one attention call, or why it cannot be told."""
-    q, k, v = call.args[0], arg(call, 1, "key"), arg(call, 2, "value")
-    ql, kl, vl = (_per_head(st.small(t), t, lab) for t in (q, k, v))
+    ops = _operands(st, call)
+    mask, ma = ops[3]
+    ql, kl, vl = (_per_head(a, t, lab) for t, a in ops[:3])
     if ql is None or kl is None or vl is None:
         return (
             "its queries, keys or values are not [batch, heads, tokens, head size] tensors whose "
@@ -137,8 +159,7 @@ def _layout(
     for h in range(hq):
         owner[ql[h]] = h
         owner[out[h]] = h
-    mask = arg(call, 3, "attn_mask")
-    ma = st.small(mask) if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
+    ma = ma if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
     per_head_ids = ma is not None and compress(ma).shape[1] == hq
     heads_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == hq > 1
     if heads_mask and not per_head_ids and not torch.equal(mask, mask[:, :1].expand_as(mask)):

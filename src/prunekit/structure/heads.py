@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import TargetError
 from ..registry import Registry
-from .attention import CHUNK_ATTRS, StructuralAdapter, Unproven, find_heads
+from .attention import CHUNK_ATTRS, Q_ATTRS, StructuralAdapter, Unproven, find_heads
 from .groups import Group, Slot
 from .propagate import Example
 
@@ -511,14 +511,28 @@ _HIDDEN_WIDTH = (
     "its forward reshapes the heads' output to the width of its input hidden states (a local "
     "value, not an attribute an adapter could set), so it cannot hold fewer heads"
 )
-REFUSED: dict[str, str] = {
+
+
+def _squeezebert(module: nn.Module) -> str | None:
+    """SqueezeBERT's q/k/v are 1x1 convolutions: with groups (``q_groups`` ...), where structure
+    would read them, every group must lose as many channels at the same local positions."""
+    groups = [m.groups for m in (module.query, module.key, module.value)]
+    if max(groups) == 1:
+        return None
+    return (
+        f"its q/k/v are grouped 1x1 convolutions (groups {groups}): a convolution's groups must "
+        "stay equal, so head j of one group goes only with head j of every other group, a "
+        "strided tie of heads that head pruning does not support (q_groups = k_groups = "
+        "v_groups = 1 works)"
+    )
+
+
+REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
     "LongformerSelfAttention": _HIDDEN_WIDTH,
     "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
     "ProphetNetAttention": _HIDDEN_WIDTH,
     "LEDDecoderAttention": _HIDDEN_WIDTH,
-    "SqueezeBertSelfAttention": "its q/k/v are grouped 1x1 convolutions (q_groups, k_groups, "
-    "v_groups) whose groups a head's channels do not follow, and its output projection lives in "
-    "the parent block",
+    "SqueezeBertSelfAttention": _squeezebert,
     "ProphetNetNgramSelfAttention": "its n-gram streams' relative position projection "
     "(relative_pos_embeddings, num_buckets x heads rows) has no head adapter",
     "LevitAttention": "its q/k/v rows come from one BN-linear with keys and values of "
@@ -552,7 +566,8 @@ def adapter_for(module: nn.Module) -> HeadAdapter | None:
 
 def refusal(module: nn.Module) -> str | None:
     """Why the heads of ``module`` cannot be pruned, where its class is known to refuse."""
-    return next((REFUSED[c.__name__] for c in type(module).__mro__ if c.__name__ in REFUSED), None)
+    why = next((REFUSED[c.__name__] for c in type(module).__mro__ if c.__name__ in REFUSED), None)
+    return why(module) if callable(why) else why
 
 
 def _rows(offset: int, heads: list[int], width: int) -> list[int]:
@@ -625,7 +640,7 @@ def head_groups(
         if isinstance(found, Unproven):
             unproven.append(found)
             continue
-        module = model.get_submodule(found.module)
+        module = _count_holder(model, found.module)
         heads = Heads(found.hq, found.hkv, found.d, q_index=found.q, kv_index=found.kv)
         heads.chunks = next(
             (v for a in CHUNK_ATTRS if isinstance(v := getattr(module, a, None), int)), 1
@@ -691,6 +706,18 @@ def head_groups(
         )
         groups.append(merged)
     return groups
+
+
+def _count_holder(model: nn.Module, name: str) -> nn.Module:
+    """The module that holds the head count of the attention issued by module ``name``: itself,
+    or where it holds none (a wrapper around the product: SqueezeBERT's ``MatMulWrapper``) its
+    nearest ancestor that does."""
+    path = name.split(".") if name else []
+    for i in range(len(path), -1, -1):
+        module = model.get_submodule(".".join(path[:i]))
+        if any(isinstance(getattr(module, a, None), int) for a in Q_ATTRS):
+            return module
+    return model.get_submodule(name)
 
 
 def _by_class(module: nn.Module) -> bool:
