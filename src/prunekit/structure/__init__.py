@@ -21,6 +21,7 @@ from . import (  # noqa: F401
     deberta,
     eager,
     funnel,
+    levit,
     masked_norm,
     mha,
     pvt_v2,

@@ -45,6 +45,8 @@ class FoundHeads:
     kv: list[tuple[Slot, torch.Tensor]]
     #: channel label -> unit (query head h, or hq + KV head g; -1: none)
     owner: torch.Tensor | None = None
+    #: the values' (and output's) head size where it differs from ``d`` (None: ``d``)
+    dv: int | None = None
 
 
 def _slot(graph: Graph, pid: int, dim: int) -> Slot:
@@ -138,9 +140,10 @@ def _layout(
             "are computed from no weight)"
         )
     hq, d = ql.shape
-    if slots.numel() != hq * d:
-        return "its values' head size differs from its queries'"
-    out = lab[slots.reshape(hq, d)]
+    dv = vl.shape[1]  # the values' head size (LeViT's is a multiple of the queries')
+    if slots.numel() != hq * dv or kl.shape[1] != d:
+        return "its keys' head size differs from its queries', or its output's from its values'"
+    out = lab[slots.reshape(hq, dv)]
     # KV heads: distinct label sets among the (possibly repeated) k/v heads
     kv_sets: dict[tuple[int, ...], int] = {}
     kv_of = []
@@ -182,7 +185,7 @@ def _layout(
         if bool((owner[ids] >= 0).any()):
             return "its queries and keys/values share channels"
         owner[ids] = hq + g
-    found = FoundHeads(call.module, hq, hkv, d, [], [], owner)
+    found = FoundHeads(call.module, hq, hkv, d, [], [], owner, dv)
     widths: dict[str, set[int]] = {"q": set(), "out": set(), "kv": set()}
     q_ids, out_ids = torch.unique(ql), torch.unique(out)
     kv_ids = torch.tensor(sorted({i for key in kv_sets for i in key}), dtype=torch.long)
@@ -195,13 +198,14 @@ def _layout(
             if bool(hit.any()):
                 units = hq if part != "kv" else hkv
                 widths[part].add(int(hit.sum()) // units)
+    sizes = {"q": (d,), "out": (dv,), "kv": (d, dv, d + dv)}  # channels per head of each part
     for part, what in (
         ("q", "queries do not come from a projection"),
         ("out", "output does not reach an output projection"),
         ("kv", "keys/values do not come from a projection"),
     ):
-        if not any(w % d == 0 and w >= d for w in widths[part]):
-            return f"its heads' {what} with {d} channels per head (an op mixes heads)"
+        if not any(w % n == 0 and w >= n for w in widths[part] for n in sizes[part]):
+            return f"its heads' {what} with {sizes[part][0]} channels per head (an op mixes heads)"
     for pid, labels in data.reached(owner):
         hid = owner[labels]
         if hkv == 1 and bool((hid[hid >= 0] == hq).all()):
@@ -247,7 +251,12 @@ def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads | Unpro
 
 def remember_heads(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
     """Keep the head layouts of a trace made for channels (one trace serves both), where the
-    trace holds an attention call; :func:`find_heads` then needs no trace of its own."""
+    trace holds an attention call; :func:`find_heads` then needs no trace of its own. Not where
+    an adapter must prepare a module before the trace that reads its heads (LeViT's bias cache)."""
+    from .heads import adapter_for  # (heads builds on this module)
+
+    if any(getattr(adapter_for(m), "structural", False) for m in model.modules()):
+        return
     if any(call.name == "scaled_dot_product_attention" for call in graph.calls) or (
         eager_attention(graph)
     ):
@@ -377,22 +386,27 @@ class StructuralAdapter:
         )
         self.sizes = [s.tensor.shape[s.dim] for s, _ in (self.q, self.kv)]
         self.now = (heads.hq, heads.hkv, heads.d)
+        #: an adapter of the module's class that adds what structure cannot tell (its
+        #: ``resize`` runs after this one: a cache of per-head tensors to drop, a width to set)
+        self.extra: Any = None
 
     def resize(self, module: nn.Module) -> None:
-        (hq0, hkv0), d = self.initial, self.heads.d
+        (hq0, hkv0), d, dv = self.initial, self.heads.d, self.heads.dv or self.heads.d
         (qs, qi), (ks, ki) = self.q, self.kv
         hq = hq0 - (self.sizes[0] - qs.tensor.shape[qs.dim]) // qi.shape[1]
         lost = self.sizes[1] - ks.tensor.shape[ks.dim]
         if self.kv_q is not None:
             lost -= (hq0 - hq) * self.kv_q.shape[1]
         hkv = hkv0 - lost // ki.shape[1]
-        changes = [(Q_ATTRS, hq0, hq), (KV_ATTRS, hkv0, hkv), (WIDTH_ATTRS, hq0 * d, hq * d)]
+        changes = [(Q_ATTRS, hq0, hq), (KV_ATTRS, hkv0, hkv), (WIDTH_ATTRS, hq0 * dv, hq * dv)]
         changes.append((("num_key_value_groups",), hq0 // hkv0, hq // max(hkv, 1)))
         for names, old, value in changes:
             for a in names:
                 if old != value and getattr(module, a, None) == old:
                     setattr(module, a, value)
         self.now = (hq, hkv, d)
+        if self.extra is not None:
+            self.extra.resize(module)
 
     def counts(self, module: nn.Module) -> tuple[int, int, int]:
         """(query heads, KV heads, head size) after the last :meth:`resize`."""

@@ -98,7 +98,7 @@ def _scores_of(
         if len(main) != 1:
             return None
         if softmax and call.name in _ADDS:  # (walking back: added before the softmax)
-            added += [a for a in ins if a is not main[0] and a.dim() == main[0].dim()]
+            added += [a for a in ins if a is not main[0] and 2 <= a.dim() <= main[0].dim()]
         t = main[0]
     return None
 
@@ -122,6 +122,17 @@ def _permute(t: torch.Tensor, order: list[int], module: str, into: list[Call]) -
         return t
     out = t.permute(order)
     into.append(Call(torch.permute, "permute", (t, tuple(order)), {}, out, module))
+    return out
+
+
+def _unsqueeze(t: torch.Tensor, dims: int, into: list[Call]) -> torch.Tensor:
+    """``t`` with leading size-1 dimensions up to ``dims`` (as broadcasting reads it), recorded
+    in ``into`` where it has fewer."""
+    if t.dim() == dims:
+        return t
+    shape = (1,) * (dims - t.dim()) + tuple(t.shape)
+    out = t.reshape(shape)
+    into.append(Call(torch.reshape, "reshape", (t, shape), {}, out, ""))
     return out
 
 
@@ -153,13 +164,12 @@ def _rewrite(call: Call, made_by: dict[int, Call]) -> list[Call] | None:
             s_ins[1 - qi], [kl.index(c) for c in [*letters[:-2], letters[-1], d]], "", calls
         )
         v = _permute(ins[1 - p], [vl.index(c) for c in [*batch, j, dv]], "", calls)
-        if not (q.shape[-1] == k.shape[-1] == v.shape[-1] and k.shape[-2] == v.shape[-2]):
+        if not (q.shape[-1] == k.shape[-1] and k.shape[-2] == v.shape[-2]):
             continue
         heads = q.shape[1] if q.dim() == 4 else q.shape[0]
+        added = [_unsqueeze(a, q.dim(), calls) for a in added]  # broadcast to the scores' dims
         bias = [
-            _permute(a, pos, "", calls)
-            for a in added
-            if a.dim() == q.dim() and a.shape[pos[q.dim() - 3]] == heads > 1
+            _permute(a, pos, "", calls) for a in added if a.shape[pos[q.dim() - 3]] == heads > 1
         ]
         for c in calls:
             c.module = call.module

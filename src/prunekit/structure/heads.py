@@ -102,6 +102,9 @@ class HeadAdapter:
     #: the head counts may be written into a Hugging Face config (False where the config cannot
     #: describe them: rebuilding from it would give other heads)
     writes_config: bool = True
+    #: structure finds the heads (:mod:`.attention`); the adapter adds only what structure
+    #: cannot tell: its :meth:`resize` runs after the structural one, :meth:`reattach` on load
+    structural: bool = False
 
     def matches(self, module: nn.Module) -> bool:
         return all(isinstance(_get(module, p), nn.Linear) for p in (self.q, self.k, self.v, self.o))
@@ -158,6 +161,10 @@ class HeadAdapter:
     def drop(self, module: nn.Module, heads: list[int]) -> None:
         """Called before :meth:`resize` with the query heads (indices before slicing) that
         shrinking removes, for adapters that remember which heads remain."""
+
+    def before_trace(self, module: nn.Module) -> None:
+        """For a :attr:`structural` adapter: drop state that would hide the module's structure
+        from the trace that finds its heads (a cache of tensors computed by an earlier forward)."""
 
     def reattach(self, module: nn.Module) -> None:
         """Restore what :meth:`resize` did beyond size attributes (a module class, a hook) on a
@@ -535,12 +542,6 @@ REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
     "SqueezeBertSelfAttention": _squeezebert,
     "ProphetNetNgramSelfAttention": "its n-gram streams' relative position projection "
     "(relative_pos_embeddings, num_buckets x heads rows) has no head adapter",
-    "LevitAttention": "its q/k/v rows come from one BN-linear with keys and values of "
-    "different sizes per head, and per-head attention biases indexed by position: no head "
-    "adapter",
-    "LevitAttentionSubsample": "its q/k/v rows come from BN-linears with keys and values of "
-    "different sizes per head, and per-head attention biases indexed by position: no head "
-    "adapter",
     "LSHSelfAttention": "locality-sensitive hashing shares one query/key projection and draws "
     "its random rotations per head count; no head adapter",
     "LocalSelfAttention": "Reformer's chunked local attention has no head adapter (it comes "
@@ -615,6 +616,7 @@ def head_groups(
     layouts: list[tuple[str, nn.Module, HeadAdapter | StructuralAdapter, Heads]] = []
     generic: list[tuple[str, nn.Module, HeadAdapter]] = []
     known_skip: list[str] = []  # refused by their adapter: structure must not take them either
+    extras: dict[int, HeadAdapter] = {}  # id(module) -> adapter adding to structure's layout
     for name, module in model.named_modules():
         if refusal(module) is not None:
             known_skip.append(name)  # named, with the reason, by the head granularity
@@ -628,12 +630,17 @@ def head_groups(
                 )
             known_skip.append(name)
             continue
-        if adapter is not None and _by_class(module):
+        if adapter is not None and adapter.structural:
+            extras[id(module)] = adapter
+        elif adapter is not None and _by_class(module):
             layouts.append((name, module, adapter, adapter.layout(name, module)))
         elif adapter is not None:
             generic.append((name, module, adapter))
     known = [n for n, *_ in layouts] + known_skip
     unproven: list[Unproven] = []
+    for module in model.modules():
+        if id(module) in extras:
+            extras[id(module)].before_trace(module)
     for found in find_heads(model, example_inputs) if example_inputs is not None else []:
         if any(_nested(found.module, n) for n in known):
             continue
@@ -645,7 +652,9 @@ def head_groups(
         heads.chunks = next(
             (v for a in CHUNK_ATTRS if isinstance(v := getattr(module, a, None), int)), 1
         )
-        layouts.append((found.module, module, StructuralAdapter(found), heads))
+        structural = StructuralAdapter(found)
+        structural.extra = extras.get(id(module))
+        layouts.append((found.module, module, structural, heads))
     known = [n for n, *_ in layouts] + known_skip
     for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
         if not any(_nested(name, n) for n in known):
