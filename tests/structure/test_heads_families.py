@@ -1,7 +1,8 @@
 """Hugging Face attention read by structure where a wrapper or an adapter adds what structure
 cannot tell: SqueezeBERT (1x1-convolution projections, the scores product inside a
-``MatMulWrapper`` whose parent holds the head count) and LeViT (values wider than keys, per-head
-biases gathered by position and cached by an eval forward); SqueezeBERT with grouped q/k/v is
+``MatMulWrapper`` whose parent holds the head count), LeViT (values wider than keys, per-head
+biases gathered by position and cached by an eval forward) and ProphetNet's plain attention (an
+adapter whose forward merges fewer heads than the input width); SqueezeBERT with grouped q/k/v is
 refused by name, the model untouched.
 
 Each shrunk model is checked against the ORIGINAL model whose dropped heads are silenced by zeroing
@@ -11,8 +12,10 @@ the checkpoint alone (its config and shape manifest)."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,10 +51,36 @@ def _levit() -> torch.nn.Module:
     return model
 
 
-#: name -> (factory, inputs, attention modules' class, output projection, head width there)
+def _prophetnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.ProphetNetConfig(
+        vocab_size=64, hidden_size=32, encoder_ffn_dim=64, num_encoder_layers=2,
+        num_encoder_attention_heads=4, decoder_ffn_dim=64, num_decoder_layers=1,
+        num_decoder_attention_heads=4, max_position_embeddings=64, num_buckets=8,
+        relative_max_distance=16,
+    )  # fmt: skip
+    return transformers.ProphetNetForConditionalGeneration(cfg).eval()
+
+
+def _seq2seq() -> dict:
+    g = torch.Generator().manual_seed(2)
+    return {
+        "input_ids": torch.randint(3, 64, (2, 8), generator=g),
+        "decoder_input_ids": torch.randint(3, 64, (2, 5), generator=g),
+    }
+
+
+#: name -> (factory, inputs, the attention modules' class, the warning naming heads that stay)
 CASES = {
-    "squeezebert": (lambda: _squeezebert(1), INPUTS["bert"], "SqueezeBertSelfAttention"),
-    "levit": (_levit, INPUTS["levit"], "LevitAttention"),
+    # encoder self-attention and decoder cross-attention; the n-gram self-attention is refused
+    "prophetnet": (
+        _prophetnet,
+        _seq2seq,
+        "ProphetNetAttention",
+        r"decoder\.layers\.0\.self_attn \(ProphetNetNgramSelfAttention: its n-gram streams",
+    ),
+    "squeezebert": (lambda: _squeezebert(1), INPUTS["bert"], "SqueezeBertSelfAttention", None),
+    "levit": (_levit, INPUTS["levit"], "LevitAttention", None),
 }
 
 
@@ -60,6 +89,8 @@ def _projection(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, int
     attn = model.get_submodule(name)
     if hasattr(attn, "attention_biases"):  # LeViT: projection = Hardswish, then a BN-linear
         return attn.projection.linear, attn.attention_ratio * attn.key_dim
+    if hasattr(attn, "out_proj"):  # ProphetNet
+        return attn.out_proj, attn.head_dim
     layer = model.get_submodule(name.rsplit(".", 1)[0])  # SqueezeBERT: the parent block's conv
     return layer.post_attention.conv1d, attn.attention_head_size
 
@@ -80,12 +111,16 @@ def _reload_in_fresh_process(small, x, tmp_path) -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
-    build, inputs, cls = CASES[name]
+    build, inputs, cls, stays = CASES[name]
     model, x = build(), inputs()
     with torch.no_grad():
         call_model(model, x)  # an eval forward first: LeViT caches its gathered biases
     original = copy.deepcopy(model)
-    pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    told = [str(w.message) for w in caught if "stay" in str(w.message)]
+    assert len(told) == (stays is not None) and all(re.search(stays, t) for t in told), told
     small = pk.shrink(model, x)
     attns = [n for n, m in model.named_modules() if type(m).__name__.startswith(cls)]
     assert attns
@@ -100,7 +135,8 @@ def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
         small_proj = _projection(small, n)[0]
         assert torch.equal(small_proj.weight, _projection(original, n)[0].weight[:, cols])
         attn = small.get_submodule(n)
-        assert attn.num_attention_heads == len(kept)
+        count = getattr(attn, "num_attention_heads", None) or attn.num_attn_heads
+        assert count == len(kept)
         if hasattr(attn, "attention_biases"):  # the kept heads' bias rows, not the cached ones
             assert torch.equal(
                 attn.attention_biases, original.get_submodule(n).attention_biases[kept]

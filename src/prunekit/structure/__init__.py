@@ -24,6 +24,7 @@ from . import (  # noqa: F401
     levit,
     masked_norm,
     mha,
+    prophetnet,
     pvt_v2,
     rules,
     wavlm,
