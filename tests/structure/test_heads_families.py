@@ -62,6 +62,16 @@ def _prophetnet() -> torch.nn.Module:
     return transformers.ProphetNetForConditionalGeneration(cfg).eval()
 
 
+def _led() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LEDConfig(
+        vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, attention_window=4,
+        max_encoder_position_embeddings=64, max_decoder_position_embeddings=64,
+    )  # fmt: skip
+    return transformers.LEDForConditionalGeneration(cfg).eval()
+
+
 def _seq2seq() -> dict:
     g = torch.Generator().manual_seed(2)
     return {
@@ -78,6 +88,13 @@ CASES = {
         _seq2seq,
         "ProphetNetAttention",
         r"decoder\.layers\.0\.self_attn \(ProphetNetNgramSelfAttention: its n-gram streams",
+    ),
+    # decoder self- and cross-attention; the encoder's (Longformer's) is refused
+    "led": (
+        _led,
+        _seq2seq,
+        "LEDDecoderAttention",
+        r"encoder\.layers\.0\.self_attn\.longformer_self_attn \(LEDEncoderSelfAttention: its",
     ),
     "squeezebert": (lambda: _squeezebert(1), INPUTS["bert"], "SqueezeBertSelfAttention", None),
     "levit": (_levit, INPUTS["levit"], "LevitAttention", None),
@@ -135,7 +152,11 @@ def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
         small_proj = _projection(small, n)[0]
         assert torch.equal(small_proj.weight, _projection(original, n)[0].weight[:, cols])
         attn = small.get_submodule(n)
-        count = getattr(attn, "num_attention_heads", None) or attn.num_attn_heads
+        count = next(
+            getattr(attn, a)
+            for a in ("num_attention_heads", "num_attn_heads", "num_heads")
+            if hasattr(attn, a)
+        )
         assert count == len(kept)
         if hasattr(attn, "attention_biases"):  # the kept heads' bias rows, not the cached ones
             assert torch.equal(
@@ -150,6 +171,11 @@ def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, before, atol=1e-4)  # heads really went
     _reload_in_fresh_process(small, x, tmp_path)
+    if isinstance(x, dict) and "decoder_input_ids" in x:  # generation runs the replaced forwards' cache paths
+        kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "num_beams": 1}
+        with torch.no_grad():
+            expected_ids = silenced.generate(x["input_ids"], **kw)
+            assert torch.equal(small.generate(x["input_ids"], **kw), expected_ids)
 
 
 def test_grouped_squeezebert_is_refused_by_name_untouched():

@@ -21,6 +21,7 @@ from . import (  # noqa: F401
     deberta,
     eager,
     funnel,
+    led,
     levit,
     masked_norm,
     mha,

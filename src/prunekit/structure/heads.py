@@ -537,7 +537,6 @@ def _squeezebert(module: nn.Module) -> str | None:
 REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
     "LongformerSelfAttention": _HIDDEN_WIDTH,
     "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
-    "LEDDecoderAttention": _HIDDEN_WIDTH,
     "SqueezeBertSelfAttention": _squeezebert,
     "ProphetNetNgramSelfAttention": "its n-gram streams gather their relative position biases "
     "from rows laid out (token, stream, head) but read as (stream, head, token), so one head's "

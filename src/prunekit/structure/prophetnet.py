@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .heads import HeadAdapter, hf_example, pruned_class, register
+from .narrow import keys_values
 
 
 def _forward(
@@ -32,27 +33,13 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``ProphetNetAttention.forward`` with ``num_attn_heads * head_dim`` (< the input width)
     channels; the cache handling is the original's."""
-    from transformers.cache_utils import EncoderDecoderCache
-
     cache = kwargs.pop("past_key_values", cache)
     b, t, _ = hidden_states.shape
     h, d = self.num_attn_heads, self.head_dim
     cross = key_value_states is not None
     query = self.query_proj(hidden_states) / (d**0.5)
-    is_updated, current = False, cache
-    if cache is not None and isinstance(cache, EncoderDecoderCache):
-        is_updated = cache.is_updated.get(self.layer_idx)
-        current = cache.cross_attention_cache if cross else cache.self_attention_cache
     states = key_value_states if cross else hidden_states
-    if cross and cache is not None and is_updated:
-        key, value = current.layers[self.layer_idx].keys, current.layers[self.layer_idx].values
-    else:
-        key = self.key_proj(states).view(b, -1, h, d).transpose(1, 2)
-        value = self.value_proj(states).view(b, -1, h, d).transpose(1, 2)
-        if cache is not None:
-            key, value = current.update(key, value, self.layer_idx, kwargs=kwargs)
-            if cross and isinstance(cache, EncoderDecoderCache):
-                cache.is_updated[self.layer_idx] = True
+    key, value = keys_values(self, states, cross, cache, kwargs=kwargs)
     query = query.view(b, t, h, d).transpose(1, 2)
     weights = torch.einsum("bsij,bsjk->bsik", query, key.transpose(2, 3))
     if attention_mask is not None and attention_mask.dim() == 0:
