@@ -171,7 +171,7 @@ def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, before, atol=1e-4)  # heads really went
     _reload_in_fresh_process(small, x, tmp_path)
-    if isinstance(x, dict) and "decoder_input_ids" in x:  # generation runs the replaced forwards' cache paths
+    if isinstance(x, dict) and "decoder_input_ids" in x:  # the replaced forwards' cache paths
         kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "num_beams": 1}
         with torch.no_grad():
             expected_ids = silenced.generate(x["input_ids"], **kw)

@@ -1,8 +1,8 @@
 """Heads of LED's decoder attention (self- and cross-attention).
 
-``LEDDecoderAttention`` attends over ``[batch * heads, tokens, head_dim]`` with ``bmm`` (read by
-structure like any folded attention) but reshapes the heads' output to the width of its input (a
-local value), so it cannot run with fewer heads. Its heads are plain blocks of ``q_proj``/
+``LEDDecoderAttention`` attends over ``[batch * heads, tokens, head_dim]`` with ``bmm`` and
+reshapes the heads' output to the width of its input (a local value), so it cannot run with fewer
+heads. Its heads are plain blocks of ``q_proj``/
 ``k_proj``/``v_proj`` rows and ``out_proj`` columns. After pruning the module's class becomes a
 subclass whose forward merges the heads into ``num_heads * head_dim`` channels; a checkpoint gets
 it back from its shapes (:meth:`LEDDecoderAttention.reattach`). LED's encoder attention
