@@ -99,6 +99,8 @@ FAMILIES: dict[str, tuple[str, dict, Callable[[], Any]]] = {
     "mobilebert": ("MobileBertForMaskedLM", {**TEXT, "embedding_size": 32,
                    "intra_bottleneck_size": 16, "num_feedforward_networks": 1}, ids()),
     "squeezebert": ("SqueezeBertForMaskedLM", {**TEXT, "embedding_size": 32}, ids()),
+    "squeezebert_1g": ("SqueezeBertForMaskedLM", {**TEXT, "embedding_size": 32, "q_groups": 1,
+                       "k_groups": 1, "v_groups": 1}, ids()),
     "longformer": ("LongformerForMaskedLM", {**TEXT, "attention_window": 4}, ids()),
     "big_bird": ("BigBirdForMaskedLM", {**TEXT, "attention_type": "original_full"}, ids()),
     "rembert": ("RemBertForMaskedLM", {**TEXT, "input_embedding_size": 16,

@@ -170,8 +170,9 @@ def test_bloom_slow_but_exact_is_refused_up_front():
 
 
 class EagerAttention(torch.nn.Module):
-    """Attention by ``einsum`` and softmax (no matmul-softmax-matmul chain for structure to read),
-    or (``matmul``) by matmul and softmax; projections named so no adapter recognises them."""
+    """Attention by broadcast products summed and softmax (no product-softmax-product chain for
+    structure to read), or (``matmul``) by matmul and softmax; projections named so no adapter
+    recognises them."""
 
     def __init__(self, matmul: bool = False) -> None:
         super().__init__()
@@ -185,8 +186,8 @@ class EagerAttention(torch.nn.Module):
         if self.matmul:
             out = torch.softmax(q @ k.transpose(-2, -1) / 2, -1) @ v  # [B, h, T, 4]
         else:
-            scores = torch.einsum("bhtd,bhsd->bhts", q, k).softmax(-1)
-            out = torch.einsum("bhts,bhsd->bhtd", scores, v)
+            scores = (q[:, :, :, None] * k[:, :, None]).sum(-1).softmax(-1)  # [B, h, T, S]
+            out = (scores[..., None] * v[:, :, None]).sum(-2)
         return self.wo(out.transpose(1, 2).reshape(b, t, h * 4))
 
 

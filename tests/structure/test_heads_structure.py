@@ -1,6 +1,7 @@
 """Heads found by structure alone: plain ``nn.Module`` attentions with names no adapter or naming
 fallback knows (``to_q``/``to_k``/``to_v``/``proj``, a fused ``qkv``), eager matmul-softmax-matmul
-or ``scaled_dot_product_attention``.
+or ``scaled_dot_product_attention``, heads folded into the batch (``bmm`` over ``[B * H, T, D]``)
+and ``einsum`` in several layouts.
 
 Each shrunk model is checked against the ORIGINAL model whose dropped heads are silenced by zeroing
 their output-projection columns (an independent computation: no prunekit code runs on it), its
@@ -134,6 +135,66 @@ class Biased(Separate):
         return self.proj(_merge(scores.softmax(-1) @ v))
 
 
+class Folded(Separate):
+    """Heads folded into the batch, ``[B * H, T, D]`` (``outer``: ``[H * B, T, D]``), attended
+    by ``bmm``-softmax-``bmm`` with a padding mask per batch row, or by a 3-D
+    ``scaled_dot_product_attention``."""
+
+    def __init__(self, outer: bool = False, sdpa: bool = False, misfold: bool = False) -> None:
+        super().__init__(sdpa)
+        self.outer, self.misfold = outer, misfold  # misfold: the mask folded the other way
+
+    def fold(self, z: torch.Tensor, outer: bool | None = None) -> torch.Tensor:
+        """[B, H, T, S] -> [B * H, T, S] (or [H * B, T, S])."""
+        outer = self.outer if outer is None else outer
+        return (z.transpose(0, 1) if outer else z).reshape(-1, *z.shape[2:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (self.fold(z) for z in self.split(x))
+        if self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            pad = torch.zeros(b, self.heads, 1, t)
+            pad[0, :, :, -1] = float("-inf")  # batch row 0 ignores its last token
+            pad = self.fold(pad, self.outer != self.misfold)
+            scores = torch.bmm(q, k.transpose(1, 2)) / D**0.5 + pad
+            out = torch.bmm(scores.softmax(-1), v)  # [B * H, T, D]
+        if self.outer:
+            return self.proj(_merge(out.view(self.heads, b, t, D).transpose(0, 1)))
+        return self.proj(_merge(out.view(b, self.heads, t, D)))
+
+
+class Einsum(Separate):
+    """``einsum`` attention: ``'bhqd,bhkd->bhqk'`` over ``[B, H, T, D]``; ``tokens``: over
+    ``[B, T, H, D]`` (``'bqhd,bkhd->bhqk'``); ``swapped``: keys and values first, scores laid out
+    ``[B, Tq, Tk, H]``; ``folded``: ``'bid,bjd->bij'`` over ``[B * H, T, D]``."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__()
+        self.layout = layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.split(x)  # [B, H, T, D]
+        if self.layout == "heads":
+            s = torch.einsum("bhqd,bhkd->bhqk", q, k) / D**0.5
+            return self.proj(_merge(torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v)))
+        if self.layout == "folded":
+            q, k, v = (z.reshape(-1, t, D) for z in (q, k, v))
+            s = torch.einsum("bid,bjd->bij", q, k) / D**0.5
+            out = torch.einsum("bij,bjd->bid", s.softmax(-1), v)
+            return self.proj(_merge(out.view(b, self.heads, t, D)))
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, T, H, D]
+        if self.layout == "tokens":
+            s = torch.einsum("bqhd,bkhd->bhqk", q, k) / D**0.5
+            out = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
+        else:  # swapped
+            s = torch.einsum("bkhd,bqhd->bqkh", k, q) / D**0.5
+            out = torch.einsum("bkhd,bqkh->bqhd", v, s.softmax(2))
+        return self.proj(out.reshape(b, t, -1))
+
+
 class Block(nn.Module):
     """Two attentions with a residual, so layers can keep different heads."""
 
@@ -158,7 +219,20 @@ CASES = {
     "gqa-eager": (Grouped, "wo", [("wq", 1)]),
     "gqa-sdpa": (lambda: Grouped(sdpa=True), "wo", [("wq", 1)]),
     "score-bias": (Biased, "proj", [("to_q", 1), ("to_k", 1), ("to_v", 1)]),
+    "bmm-folded": (Folded, "proj", [("to_q", 1), ("to_k", 1), ("to_v", 1)]),
+    "bmm-folded-outer": (lambda: Folded(outer=True), "proj", [("to_q", 1), ("to_v", 1)]),
+    "sdpa-folded": (lambda: Folded(sdpa=True), "proj", [("to_q", 1), ("to_k", 1)]),
 }
+CASES.update(
+    {
+        f"einsum-{layout}": (
+            lambda layout=layout: Einsum(layout),
+            "proj",
+            [("to_q", 1), ("to_k", 1), ("to_v", 1)],
+        )
+        for layout in ("heads", "tokens", "swapped", "folded")
+    }
+)
 
 
 def build(name: str) -> nn.Module:
@@ -258,6 +332,7 @@ class HeadMean(Separate):
         (TalkingHeads, r"output does not reach an output projection"),
         (HeadMean, r"combined outside the attention \(mean in module a\)"),
         (lambda: Biased(alibi=True), r"per-head tensor of unknown origin"),
+        (lambda: Folded(outer=True, misfold=True), r"per-head tensor of unknown origin"),
     ],
 )
 def test_attention_whose_heads_mix_is_refused_untouched(make, why):

@@ -299,6 +299,22 @@ hf(
 )
 hf("gpt_neox", CACHED, "GPTNeoXForCausalLM", True, **BERT_LIKE)
 hf(
+    "levit",  # values wider than keys, per-head biases gathered by position, a subsample stage
+    image(),
+    "LevitForImageClassification",
+    True,
+    image_size=32,
+    hidden_sizes=[32, 48],
+    num_attention_heads=[2, 4],
+    depths=[1, 1],
+    key_dim=[8, 8],
+    mlp_ratio=[2, 2],
+    attention_ratio=[2, 2],
+    patch_size=16,
+    down_ops=[["Subsample", 8, 4, 4, 2, 2]],
+    num_labels=5,
+)
+hf(
     "gptj",
     CACHED,
     "GPTJForCausalLM",

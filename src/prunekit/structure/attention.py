@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention_pattern import eager_attention, with_eager_attention
+from .attention_pattern import eager_attention, heads_fold, unfold_heads, with_eager_attention
 from .graph import Call, Graph, trace
 from .groups import Slot, components, signature
 from .propagate import State, arg, compress, propagate, varying
@@ -45,6 +45,8 @@ class FoundHeads:
     kv: list[tuple[Slot, torch.Tensor]]
     #: channel label -> unit (query head h, or hq + KV head g; -1: none)
     owner: torch.Tensor | None = None
+    #: the values' (and output's) head size where it differs from ``d`` (None: ``d``)
+    dv: int | None = None
 
 
 def _slot(graph: Graph, pid: int, dim: int) -> Slot:
@@ -63,6 +65,27 @@ def _per_head(atoms: torch.Tensor | None, t: Any, lab: torch.Tensor) -> torch.Te
     if bool((full < 0).any()):
         return None
     return lab[full]
+
+
+def _operands(st: State, call: Call) -> list[tuple[Any, torch.Tensor | None]]:
+    """(tensor, its channel ids) of q, k, v and the mask of an attention call, each
+    ``[B, H, ...]``: inputs with heads folded into the batch (``[B * H, T, d]``) are unfolded
+    the way the queries' ids repeat."""
+    ts = [call.args[0], arg(call, 1, "key"), arg(call, 2, "value"), arg(call, 3, "attn_mask")]
+    q = st.small(ts[0])
+    if not isinstance(ts[0], torch.Tensor) or ts[0].dim() != 3 or q is None:
+        return [(t, st.small(t)) for t in ts]
+    h, outer = heads_fold(q)
+    out = []
+    for t in ts:
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[0] != ts[0].shape[0]:
+            out.append((t, None))
+            continue
+        a = st.atoms(t)
+        out.append(
+            (unfold_heads(t, h, outer), None if a is None else compress(unfold_heads(a, h, outer)))
+        )
+    return out
 
 
 def _unit_index(owner: torch.Tensor, units: range) -> torch.Tensor | None:
@@ -107,8 +130,9 @@ def _layout(
     st: State, lab: torch.Tensor, call, slots: torch.Tensor, weights: _Labels, data: _Labels
 ) -> FoundHeads | str:
     """The head layout of one attention call, or why it cannot be told."""
-    q, k, v = call.args[0], arg(call, 1, "key"), arg(call, 2, "value")
-    ql, kl, vl = (_per_head(st.small(t), t, lab) for t in (q, k, v))
+    ops = _operands(st, call)
+    mask, ma = ops[3]
+    ql, kl, vl = (_per_head(a, t, lab) for t, a in ops[:3])
     if ql is None or kl is None or vl is None:
         return (
             "its queries, keys or values are not [batch, heads, tokens, head size] tensors whose "
@@ -116,9 +140,10 @@ def _layout(
             "are computed from no weight)"
         )
     hq, d = ql.shape
-    if slots.numel() != hq * d:
-        return "its values' head size differs from its queries'"
-    out = lab[slots.reshape(hq, d)]
+    dv = vl.shape[1]  # the values' head size (LeViT's is a multiple of the queries')
+    if slots.numel() != hq * dv or kl.shape[1] != d:
+        return "its keys' head size differs from its queries', or its output's from its values'"
+    out = lab[slots.reshape(hq, dv)]
     # KV heads: distinct label sets among the (possibly repeated) k/v heads
     kv_sets: dict[tuple[int, ...], int] = {}
     kv_of = []
@@ -137,8 +162,7 @@ def _layout(
     for h in range(hq):
         owner[ql[h]] = h
         owner[out[h]] = h
-    mask = arg(call, 3, "attn_mask")
-    ma = st.small(mask) if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
+    ma = ma if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
     per_head_ids = ma is not None and compress(ma).shape[1] == hq
     heads_mask = isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == hq > 1
     if heads_mask and not per_head_ids and not torch.equal(mask, mask[:, :1].expand_as(mask)):
@@ -161,7 +185,7 @@ def _layout(
         if bool((owner[ids] >= 0).any()):
             return "its queries and keys/values share channels"
         owner[ids] = hq + g
-    found = FoundHeads(call.module, hq, hkv, d, [], [], owner)
+    found = FoundHeads(call.module, hq, hkv, d, [], [], owner, dv)
     widths: dict[str, set[int]] = {"q": set(), "out": set(), "kv": set()}
     q_ids, out_ids = torch.unique(ql), torch.unique(out)
     kv_ids = torch.tensor(sorted({i for key in kv_sets for i in key}), dtype=torch.long)
@@ -174,13 +198,14 @@ def _layout(
             if bool(hit.any()):
                 units = hq if part != "kv" else hkv
                 widths[part].add(int(hit.sum()) // units)
+    sizes = {"q": (d,), "out": (dv,), "kv": (d, dv, d + dv)}  # channels per head of each part
     for part, what in (
         ("q", "queries do not come from a projection"),
         ("out", "output does not reach an output projection"),
         ("kv", "keys/values do not come from a projection"),
     ):
-        if not any(w % d == 0 and w >= d for w in widths[part]):
-            return f"its heads' {what} with {d} channels per head (an op mixes heads)"
+        if not any(w % n == 0 and w >= n for w in widths[part] for n in sizes[part]):
+            return f"its heads' {what} with {sizes[part][0]} channels per head (an op mixes heads)"
     for pid, labels in data.reached(owner):
         hid = owner[labels]
         if hkv == 1 and bool((hid[hid >= 0] == hq).all()):
@@ -226,7 +251,12 @@ def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads | Unpro
 
 def remember_heads(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
     """Keep the head layouts of a trace made for channels (one trace serves both), where the
-    trace holds an attention call; :func:`find_heads` then needs no trace of its own."""
+    trace holds an attention call; :func:`find_heads` then needs no trace of its own. Not where
+    an adapter must prepare a module before the trace that reads its heads (LeViT's bias cache)."""
+    from .heads import adapter_for  # (heads builds on this module)
+
+    if any(getattr(adapter_for(m), "structural", False) for m in model.modules()):
+        return
     if any(call.name == "scaled_dot_product_attention" for call in graph.calls) or (
         eager_attention(graph)
     ):
@@ -356,22 +386,27 @@ class StructuralAdapter:
         )
         self.sizes = [s.tensor.shape[s.dim] for s, _ in (self.q, self.kv)]
         self.now = (heads.hq, heads.hkv, heads.d)
+        #: an adapter of the module's class that adds what structure cannot tell (its
+        #: ``resize`` runs after this one: a cache of per-head tensors to drop, a width to set)
+        self.extra: Any = None
 
     def resize(self, module: nn.Module) -> None:
-        (hq0, hkv0), d = self.initial, self.heads.d
+        (hq0, hkv0), d, dv = self.initial, self.heads.d, self.heads.dv or self.heads.d
         (qs, qi), (ks, ki) = self.q, self.kv
         hq = hq0 - (self.sizes[0] - qs.tensor.shape[qs.dim]) // qi.shape[1]
         lost = self.sizes[1] - ks.tensor.shape[ks.dim]
         if self.kv_q is not None:
             lost -= (hq0 - hq) * self.kv_q.shape[1]
         hkv = hkv0 - lost // ki.shape[1]
-        changes = [(Q_ATTRS, hq0, hq), (KV_ATTRS, hkv0, hkv), (WIDTH_ATTRS, hq0 * d, hq * d)]
+        changes = [(Q_ATTRS, hq0, hq), (KV_ATTRS, hkv0, hkv), (WIDTH_ATTRS, hq0 * dv, hq * dv)]
         changes.append((("num_key_value_groups",), hq0 // hkv0, hq // max(hkv, 1)))
         for names, old, value in changes:
             for a in names:
                 if old != value and getattr(module, a, None) == old:
                     setattr(module, a, value)
         self.now = (hq, hkv, d)
+        if self.extra is not None:
+            self.extra.resize(module)
 
     def counts(self, module: nn.Module) -> tuple[int, int, int]:
         """(query heads, KV heads, head size) after the last :meth:`resize`."""

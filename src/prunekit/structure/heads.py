@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import TargetError
 from ..registry import Registry
-from .attention import CHUNK_ATTRS, StructuralAdapter, Unproven, find_heads
+from .attention import CHUNK_ATTRS, Q_ATTRS, StructuralAdapter, Unproven, find_heads
 from .groups import Group, Slot
 from .propagate import Example
 
@@ -102,6 +102,9 @@ class HeadAdapter:
     #: the head counts may be written into a Hugging Face config (False where the config cannot
     #: describe them: rebuilding from it would give other heads)
     writes_config: bool = True
+    #: structure finds the heads (:mod:`.attention`); the adapter adds only what structure
+    #: cannot tell: its :meth:`resize` runs after the structural one, :meth:`reattach` on load
+    structural: bool = False
 
     def matches(self, module: nn.Module) -> bool:
         return all(isinstance(_get(module, p), nn.Linear) for p in (self.q, self.k, self.v, self.o))
@@ -158,6 +161,10 @@ class HeadAdapter:
     def drop(self, module: nn.Module, heads: list[int]) -> None:
         """Called before :meth:`resize` with the query heads (indices before slicing) that
         shrinking removes, for adapters that remember which heads remain."""
+
+    def before_trace(self, module: nn.Module) -> None:
+        """For a :attr:`structural` adapter: drop state that would hide the module's structure
+        from the trace that finds its heads (a cache of tensors computed by an earlier forward)."""
 
     def reattach(self, module: nn.Module) -> None:
         """Restore what :meth:`resize` did beyond size attributes (a module class, a hook) on a
@@ -511,22 +518,29 @@ _HIDDEN_WIDTH = (
     "its forward reshapes the heads' output to the width of its input hidden states (a local "
     "value, not an attribute an adapter could set), so it cannot hold fewer heads"
 )
-REFUSED: dict[str, str] = {
+
+
+def _squeezebert(module: nn.Module) -> str | None:
+    """SqueezeBERT's q/k/v are 1x1 convolutions: with groups (``q_groups`` ...), where structure
+    would read them, every group must lose as many channels at the same local positions."""
+    groups = [m.groups for m in (module.query, module.key, module.value)]
+    if max(groups) == 1:
+        return None
+    return (
+        f"its q/k/v are grouped 1x1 convolutions (groups {groups}): a convolution's groups must "
+        "stay equal, so head j of one group goes only with head j of every other group, a "
+        "strided tie of heads that head pruning does not support (q_groups = k_groups = "
+        "v_groups = 1 works)"
+    )
+
+
+REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
     "LongformerSelfAttention": _HIDDEN_WIDTH,
     "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
-    "ProphetNetAttention": _HIDDEN_WIDTH,
-    "LEDDecoderAttention": _HIDDEN_WIDTH,
-    "SqueezeBertSelfAttention": "its q/k/v are grouped 1x1 convolutions (q_groups, k_groups, "
-    "v_groups) whose groups a head's channels do not follow, and its output projection lives in "
-    "the parent block",
-    "ProphetNetNgramSelfAttention": "its n-gram streams' relative position projection "
-    "(relative_pos_embeddings, num_buckets x heads rows) has no head adapter",
-    "LevitAttention": "its q/k/v rows come from one BN-linear with keys and values of "
-    "different sizes per head, and per-head attention biases indexed by position: no head "
-    "adapter",
-    "LevitAttentionSubsample": "its q/k/v rows come from BN-linears with keys and values of "
-    "different sizes per head, and per-head attention biases indexed by position: no head "
-    "adapter",
+    "SqueezeBertSelfAttention": _squeezebert,
+    "ProphetNetNgramSelfAttention": "its n-gram streams gather their relative position biases "
+    "from rows laid out (token, stream, head) but read as (stream, head, token), so one head's "
+    "relative_pos_embeddings rows reach other heads: removing a head would change the others",
     "LSHSelfAttention": "locality-sensitive hashing shares one query/key projection and draws "
     "its random rotations per head count; no head adapter",
     "LocalSelfAttention": "Reformer's chunked local attention has no head adapter (it comes "
@@ -552,7 +566,8 @@ def adapter_for(module: nn.Module) -> HeadAdapter | None:
 
 def refusal(module: nn.Module) -> str | None:
     """Why the heads of ``module`` cannot be pruned, where its class is known to refuse."""
-    return next((REFUSED[c.__name__] for c in type(module).__mro__ if c.__name__ in REFUSED), None)
+    why = next((REFUSED[c.__name__] for c in type(module).__mro__ if c.__name__ in REFUSED), None)
+    return why(module) if callable(why) else why
 
 
 def _rows(offset: int, heads: list[int], width: int) -> list[int]:
@@ -600,6 +615,7 @@ def head_groups(
     layouts: list[tuple[str, nn.Module, HeadAdapter | StructuralAdapter, Heads]] = []
     generic: list[tuple[str, nn.Module, HeadAdapter]] = []
     known_skip: list[str] = []  # refused by their adapter: structure must not take them either
+    extras: dict[int, HeadAdapter] = {}  # id(module) -> adapter adding to structure's layout
     for name, module in model.named_modules():
         if refusal(module) is not None:
             known_skip.append(name)  # named, with the reason, by the head granularity
@@ -613,24 +629,31 @@ def head_groups(
                 )
             known_skip.append(name)
             continue
-        if adapter is not None and _by_class(module):
+        if adapter is not None and adapter.structural:
+            extras[id(module)] = adapter
+        elif adapter is not None and _by_class(module):
             layouts.append((name, module, adapter, adapter.layout(name, module)))
         elif adapter is not None:
             generic.append((name, module, adapter))
     known = [n for n, *_ in layouts] + known_skip
     unproven: list[Unproven] = []
+    for module in model.modules():
+        if id(module) in extras:
+            extras[id(module)].before_trace(module)
     for found in find_heads(model, example_inputs) if example_inputs is not None else []:
         if any(_nested(found.module, n) for n in known):
             continue
         if isinstance(found, Unproven):
             unproven.append(found)
             continue
-        module = model.get_submodule(found.module)
+        module = _count_holder(model, found.module)
         heads = Heads(found.hq, found.hkv, found.d, q_index=found.q, kv_index=found.kv)
         heads.chunks = next(
             (v for a in CHUNK_ATTRS if isinstance(v := getattr(module, a, None), int)), 1
         )
-        layouts.append((found.module, module, StructuralAdapter(found), heads))
+        structural = StructuralAdapter(found)
+        structural.extra = extras.get(id(module))
+        layouts.append((found.module, module, structural, heads))
     known = [n for n, *_ in layouts] + known_skip
     for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
         if not any(_nested(name, n) for n in known):
@@ -691,6 +714,18 @@ def head_groups(
         )
         groups.append(merged)
     return groups
+
+
+def _count_holder(model: nn.Module, name: str) -> nn.Module:
+    """The module that holds the head count of the attention issued by module ``name``: itself,
+    or where it holds none (a wrapper around the product: SqueezeBERT's ``MatMulWrapper``) its
+    nearest ancestor that does."""
+    path = name.split(".") if name else []
+    for i in range(len(path), -1, -1):
+        module = model.get_submodule(".".join(path[:i]))
+        if any(isinstance(getattr(module, a, None), int) for a in Q_ATTRS):
+            return module
+    return model.get_submodule(name)
 
 
 def _by_class(module: nn.Module) -> bool:

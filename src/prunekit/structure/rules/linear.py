@@ -167,30 +167,3 @@ register("linear", Linear())
 register("matmul", MatMul())
 register("addmm", AddMM())
 register("activation-product", PRODUCT)
-
-
-class ScaledDotProductAttention(Rule):
-    """Attention multiplies q with k and weights v: its channels stay. In head mode
-    (:mod:`..attention`) the call is recorded, and its output gets fresh per-head channel ids
-    ``[1, H, 1, d]`` so that the output projection's columns can be traced back to each head."""
-
-    ops = ("scaled_dot_product_attention",)
-    examples = (Example(lambda: mlp_around(_self_attention), VEC, shrinks=False),)
-
-    def apply(self, call: Call, st: State) -> None:
-        out = call.out
-        if not st.heads or not isinstance(out, torch.Tensor) or out.dim() != 4:
-            PRODUCT.apply(call, st)
-            return
-        _, h, _, d = out.shape
-        slots = st.fresh(h * d).view(1, h, 1, d)
-        st.attention.append((call, slots))
-        st.set(out, slots)
-
-
-def _self_attention(h: torch.Tensor) -> torch.Tensor:
-    x = h.view(len(h), 1, 4, 4).transpose(1, 2)  # [B, heads, T=1, d]
-    return torch.nn.functional.scaled_dot_product_attention(x, x, x).reshape(len(h), 16)
-
-
-register("sdpa", ScaledDotProductAttention())

@@ -1,0 +1,191 @@
+"""Hugging Face attention read by structure where a wrapper or an adapter adds what structure
+cannot tell: SqueezeBERT (1x1-convolution projections, the scores product inside a
+``MatMulWrapper`` whose parent holds the head count), LeViT (values wider than keys, per-head
+biases gathered by position and cached by an eval forward) and ProphetNet's plain attention (an
+adapter whose forward merges fewer heads than the input width); SqueezeBERT with grouped q/k/v is
+refused by name, the model untouched.
+
+Each shrunk model is checked against the ORIGINAL model whose dropped heads are silenced by zeroing
+their output-projection columns (no prunekit code runs on it), and reloaded in a fresh process from
+the checkpoint alone (its config and shape manifest)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.errors import TargetError
+from prunekit.masks import get_mask
+from prunekit.structure.graph import call_model
+
+from .zoo import INPUTS, ZOO
+
+transformers = pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _squeezebert(groups: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.SqueezeBertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, embedding_size=32, q_groups=groups, k_groups=groups,
+        v_groups=groups, num_labels=3,
+    )  # fmt: skip
+    return transformers.SqueezeBertForSequenceClassification(cfg).eval()
+
+
+def _levit() -> torch.nn.Module:
+    model = ZOO["levit"]()
+    with torch.no_grad():  # biases that differ per head and position (they start at zero)
+        for m in model.modules():
+            if hasattr(m, "attention_biases"):
+                m.attention_biases.normal_(generator=torch.Generator().manual_seed(3))
+    return model
+
+
+def _prophetnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.ProphetNetConfig(
+        vocab_size=64, hidden_size=32, encoder_ffn_dim=64, num_encoder_layers=2,
+        num_encoder_attention_heads=4, decoder_ffn_dim=64, num_decoder_layers=1,
+        num_decoder_attention_heads=4, max_position_embeddings=64, num_buckets=8,
+        relative_max_distance=16,
+    )  # fmt: skip
+    return transformers.ProphetNetForConditionalGeneration(cfg).eval()
+
+
+def _led() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LEDConfig(
+        vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, attention_window=4,
+        max_encoder_position_embeddings=64, max_decoder_position_embeddings=64,
+    )  # fmt: skip
+    return transformers.LEDForConditionalGeneration(cfg).eval()
+
+
+def _seq2seq() -> dict:
+    g = torch.Generator().manual_seed(2)
+    return {
+        "input_ids": torch.randint(3, 64, (2, 8), generator=g),
+        "decoder_input_ids": torch.randint(3, 64, (2, 5), generator=g),
+    }
+
+
+#: name -> (factory, inputs, the attention modules' class, the warning naming heads that stay)
+CASES = {
+    # encoder self-attention and decoder cross-attention; the n-gram self-attention is refused
+    "prophetnet": (
+        _prophetnet,
+        _seq2seq,
+        "ProphetNetAttention",
+        r"decoder\.layers\.0\.self_attn \(ProphetNetNgramSelfAttention: its n-gram streams",
+    ),
+    # decoder self- and cross-attention; the encoder's (Longformer's) is refused
+    "led": (
+        _led,
+        _seq2seq,
+        "LEDDecoderAttention",
+        r"encoder\.layers\.0\.self_attn\.longformer_self_attn \(LEDEncoderSelfAttention: its",
+    ),
+    "squeezebert": (lambda: _squeezebert(1), INPUTS["bert"], "SqueezeBertSelfAttention", None),
+    "levit": (_levit, INPUTS["levit"], "LevitAttention", None),
+}
+
+
+def _projection(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, int]:
+    """The output projection's Linear of attention module ``name`` and its columns per head."""
+    attn = model.get_submodule(name)
+    if hasattr(attn, "attention_biases"):  # LeViT: projection = Hardswish, then a BN-linear
+        return attn.projection.linear, attn.attention_ratio * attn.key_dim
+    if hasattr(attn, "out_proj"):  # ProphetNet
+        return attn.out_proj, attn.head_dim
+    layer = model.get_submodule(name.rsplit(".", 1)[0])  # SqueezeBERT: the parent block's conv
+    return layer.post_attention.conv1d, attn.attention_head_size
+
+
+def _reload_in_fresh_process(small, x, tmp_path) -> None:
+    pk.save(small, tmp_path / "m")
+    with torch.no_grad():
+        torch.save((x, call_model(small, x)[0]), tmp_path / "expected.pt")
+    code = (
+        f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); import prunekit as pk\n"
+        "from prunekit.structure.graph import call_model\n"
+        f"x, ref = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        f"m = pk.load({str(tmp_path / 'm')!r}).eval()\n"  # config + shape manifest alone
+        "with torch.no_grad(): assert torch.equal(call_model(m, x)[0], ref)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
+    build, inputs, cls, stays = CASES[name]
+    model, x = build(), inputs()
+    with torch.no_grad():
+        call_model(model, x)  # an eval forward first: LeViT caches its gathered biases
+    original = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    told = [str(w.message) for w in caught if "stay" in str(w.message)]
+    assert len(told) == (stays is not None) and all(re.search(stays, t) for t in told), told
+    small = pk.shrink(model, x)
+    attns = [n for n, m in model.named_modules() if type(m).__name__.startswith(cls)]
+    assert attns
+    silenced = copy.deepcopy(original)
+    for n in attns:
+        proj, width = _projection(model, n)
+        live = get_mask(proj, "weight").reshape(proj.weight.shape[0], -1, width).any(0).any(1)
+        heads = len(live)
+        kept = torch.nonzero(live).flatten()
+        assert len(kept) == heads // 2  # 50% of every layer's heads
+        cols = torch.cat([torch.arange(h * width, (h + 1) * width) for h in kept.tolist()])
+        small_proj = _projection(small, n)[0]
+        assert torch.equal(small_proj.weight, _projection(original, n)[0].weight[:, cols])
+        attn = small.get_submodule(n)
+        count = next(
+            getattr(attn, a)
+            for a in ("num_attention_heads", "num_attn_heads", "num_heads")
+            if hasattr(attn, a)
+        )
+        assert count == len(kept)
+        if hasattr(attn, "attention_biases"):  # the kept heads' bias rows, not the cached ones
+            assert torch.equal(
+                attn.attention_biases, original.get_submodule(n).attention_biases[kept]
+            )
+        with torch.no_grad():
+            w = _projection(silenced, n)[0].weight
+            w.view(w.shape[0], heads, width, -1)[:, ~live] = 0
+    with torch.no_grad():
+        expected, got = call_model(silenced, x)[0], call_model(small, x)[0]
+        before = call_model(original, x)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, before, atol=1e-4)  # heads really went
+    _reload_in_fresh_process(small, x, tmp_path)
+    if isinstance(x, dict) and "decoder_input_ids" in x:  # the replaced forwards' cache paths
+        kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "num_beams": 1}
+        with torch.no_grad():
+            expected_ids = silenced.generate(x["input_ids"], **kw)
+            assert torch.equal(small.generate(x["input_ids"], **kw), expected_ids)
+
+
+def test_grouped_squeezebert_is_refused_by_name_untouched():
+    model, x = _squeezebert(4), INPUTS["bert"]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        TargetError,
+        match=r"transformer\.encoder\.layers\.0\.attention \(SqueezeBertSelfAttention: its q/k/v "
+        r"are grouped 1x1 convolutions \(groups \[4, 4, 4\]\)",
+    ):
+        pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
