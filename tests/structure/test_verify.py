@@ -145,6 +145,35 @@ def test_a_model_refusing_the_cut_is_verified_on_full_inputs(monkeypatch):
         pk.shrink(model, x)
 
 
+class MeanPool(nn.Module):
+    """Averages its tokens over the attention mask: NaN where a sample's mask is all zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(64, 16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.down(torch.relu(self.up(self.emb(input_ids))))
+        m = attention_mask[..., None].float()
+        return (h * m).sum(1) / m.sum(1)
+
+
+def test_a_cut_with_non_finite_outputs_is_verified_on_full_inputs(monkeypatch):
+    x = _tokens(2, 64)
+    x["attention_mask"][:, :32] = 0  # left padding: the cut's first tokens are all padding
+    model = _pruned(MeanPool, x)
+    with torch.no_grad():
+        assert bool(probe(x) is not None and model(**probe(x)).isnan().all())
+    small = pk.shrink(model, x)
+    with torch.no_grad():
+        assert torch.allclose(model(**x), small(**x), atol=1e-6)
+    _corrupt(monkeypatch, "down")
+    with pytest.raises(VerificationError, match="on example_inputs"):
+        pk.shrink(model, x)
+
+
 def test_cached_groups_follow_a_replaced_module():
     x = torch.randn(2, 8)
     torch.manual_seed(0)
