@@ -194,3 +194,19 @@ def test_cached_groups_follow_a_replaced_module():
     groups = shrink_mod.cached_groups(copied, x)
     assert groups is not None
     assert {id(s.module) for g in groups for s in g.slots} <= {id(m) for m in copied.modules()}
+
+
+def test_a_dropped_pruned_model_is_freed_without_the_garbage_collector():
+    import gc
+    import weakref
+
+    x = torch.randn(2, 3, 64, 64)
+    model = _pruned(_cnn, x)  # pk.prune caches its groups on the model
+    small = pk.shrink(model, x)
+    gone = weakref.ref(model), weakref.ref(small), weakref.ref(model[0].weight)
+    gc.disable()
+    try:
+        del model, small
+        assert [r() for r in gone] == [None, None, None]  # no reference cycle holds them
+    finally:
+        gc.enable()

@@ -347,7 +347,9 @@ def signature(model: nn.Module, example_inputs: Any) -> tuple:
     shape of the inputs."""
     state = model.state_dict(keep_vars=True)
     shapes = tuple((n, tuple(t.shape)) for n, t in state.items())
-    same = Same([*model.modules(), *state.values()])
+    # not the model itself: a cache on the model that held it would make a reference cycle,
+    # and a dropped model would wait for the garbage collector to free its memory
+    same = Same([m for m in model.modules() if m is not model] + list(state.values()))
     leaves = tuple(
         (tuple(x.shape), str(x.dtype)) if isinstance(x, torch.Tensor) else repr(x)
         for x in flatten(example_inputs)
