@@ -324,15 +324,38 @@ EXPECTED = (
 _CACHE = "_pk_channel_groups"
 
 
+class Same:
+    """Objects compared by identity (``==`` is ``is`` for each). A deep copy of a model copies
+    them with it, so the copy's cached groups compare equal on the copy."""
+
+    def __init__(self, objects: list[Any]) -> None:
+        self.objects = objects
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Same)
+            and len(self.objects) == len(other.objects)
+            and all(a is b for a, b in zip(self.objects, other.objects, strict=True))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def signature(model: nn.Module, example_inputs: Any) -> tuple:
-    """What the groups depend on: every tensor shape of the model and of the inputs."""
-    shapes = tuple((n, tuple(t.shape)) for n, t in model.state_dict(keep_vars=True).items())
+    """What the groups depend on: every module and tensor of the model (by identity: one
+    replaced by another of the same shapes is another model) with its shape, and every tensor
+    shape of the inputs."""
+    state = model.state_dict(keep_vars=True)
+    shapes = tuple((n, tuple(t.shape)) for n, t in state.items())
+    # not the model itself: a cache on the model that held it would make a reference cycle,
+    # and a dropped model would wait for the garbage collector to free its memory
+    same = Same([m for m in model.modules() if m is not model] + list(state.values()))
     leaves = tuple(
         (tuple(x.shape), str(x.dtype)) if isinstance(x, torch.Tensor) else repr(x)
         for x in flatten(example_inputs)
     )
     keys = tuple(sorted(example_inputs)) if isinstance(example_inputs, dict) else ()
-    return shapes, leaves, keys
+    return shapes, same, leaves, keys
 
 
 def cached_groups(model: nn.Module, example_inputs: Any) -> list[Group] | None:

@@ -19,6 +19,7 @@ from .groups import Group, cached_groups, channel_groups, live_slices
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
 from .layers import dead_layers, drop_layers
+from .probe import probe
 from .resize import resize
 
 Removals = dict[int, dict[int, torch.Tensor]]
@@ -192,6 +193,15 @@ def max_rel_error(ref: Any, out: Any) -> float:
     return worst
 
 
+def _finite(value: Any) -> bool:
+    """Every floating tensor in ``value`` is finite."""
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in flatten(value)
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
+
+
 def _run(model: nn.Module, inputs: Any) -> Any:
     with eval_mode(model), torch.no_grad():
         return call_model(model, inputs)
@@ -201,8 +211,10 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
     """A physically smaller copy of a masked ``model``: every channel group and attention head
     whose slices are all masked off is removed, module attributes are updated, masks are baked.
 
-    The copy is checked against ``model`` on ``example_inputs`` (eval mode): a relative error
-    above ``rtol`` raises :class:`~prunekit.errors.VerificationError`. ``model`` is not changed.
+    The copy is checked against ``model`` (eval mode) on a cut of ``example_inputs`` (one
+    sample, fewer tokens, a smaller image: :mod:`.probe`), or on ``example_inputs`` where the
+    model refuses the cut: a relative error above ``rtol`` raises
+    :class:`~prunekit.errors.VerificationError`. ``model`` is not changed.
     """
     check_inputs(example_inputs)
     ref = None
@@ -243,18 +255,36 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         moes, heads = copy.deepcopy(([g.info["moe"] for g in experts], heads), memo)
         patch_moe(small, moes)
         update_config(small, resize_heads(heads))
+    verify(model, small, example_inputs, ref, rtol)
+    return small
+
+
+def verify(model: nn.Module, small: nn.Module, example_inputs: Any, ref: Any, rtol: float) -> None:
+    """Raise :class:`~prunekit.errors.VerificationError` unless ``small`` computes what the
+    masked ``model`` computes (``ref``: its outputs on ``example_inputs``, if known), within
+    ``rtol``. Both run on a cut of the inputs (:mod:`.probe`) where the masked model accepts
+    it, else on ``example_inputs``."""
+    inputs, what = example_inputs, "example_inputs"
+    cut = probe(example_inputs) if ref is None else None
+    if cut is not None:
+        try:
+            ref = _run(model, cut)  # its masks are armed already: no re-zeroing
+            inputs, what = cut, "a cut of example_inputs (fewer samples, tokens or pixels)"
+        except Exception:  # a model that needs its full inputs: compared on them
+            ref = None
+        if ref is not None and not _finite(ref):  # the cut kept padding only, say
+            ref, inputs, what = None, example_inputs, "example_inputs"
     if ref is None:
-        ref = _run(model, example_inputs)  # its masks are armed already: no re-zeroing
+        ref = _run(model, example_inputs)
     try:
-        out = _run(small, example_inputs)
+        out = _run(small, inputs)
     except Exception as e:  # the shrunk model no longer runs: never hand it out
         raise VerificationError(
-            f"the shrunk {type(model).__name__} fails on example_inputs: {type(e).__name__}: {e}"
+            f"the shrunk {type(model).__name__} fails on {what}: {type(e).__name__}: {e}"
         ) from e
     err = max_rel_error(ref, out)
     if not err <= rtol:
         raise VerificationError(
-            f"the shrunk {type(model).__name__} differs from the masked model on example_inputs: "
+            f"the shrunk {type(model).__name__} differs from the masked model on {what}: "
             f"relative error {err:.2e} > {rtol:g}"
         )
-    return small

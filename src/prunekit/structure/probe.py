@@ -1,0 +1,84 @@
+"""A smaller input cut from ``example_inputs``, on which ``pk.shrink`` compares the masked and the
+shrunk model.
+
+Every channel and head of a convolution, linear, norm or attention takes part in a forward pass
+whatever the batch size, the number of tokens or the image size, so the comparison loses no unit
+on a cut of the example inputs, and costs a fraction of a full pass: the first sample of a
+batch, the first tokens of token ids (their masks, type and position ids cut alike), the
+top-left corner of images. What a cut no longer reaches are table rows indexed by data (token
+ids and positions past the cut), which a removed channel or head slices along every row alike.
+A model that refuses the cut (a fixed sequence length or image size) is compared on
+``example_inputs`` itself (:func:`prunekit.structure.shrink.shrink`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .graph import flatten
+
+#: the fewest tokens a cut keeps, and the fraction of the sequence it keeps at least
+MIN_TOKENS, TOKEN_FRACTION = 16, 8
+#: the smallest image side a cut keeps, and the fraction of the side it keeps at least
+MIN_SIDE, SIDE_FRACTION = 32, 4
+
+
+def probe(inputs: Any) -> Any | None:
+    """``inputs`` cut to one sample, fewer tokens or a smaller image, or None where no cut
+    applies (nothing to cut, or inputs of another form: see the module docstring)."""
+    if not _plain(inputs):
+        return None
+    leaves = [t for t in flatten(inputs) if isinstance(t, torch.Tensor)]
+    if not leaves or any(t.dim() == 0 for t in leaves):
+        return None
+    cut: dict[int, int] = {}  # dimension -> its new size, for every tensor
+    if len({t.shape[0] for t in leaves}) == 1 and leaves[0].shape[0] > 1:
+        cut[0] = 1
+    shapes = {tuple(t.shape) for t in leaves}
+    if len(shapes) == 1:
+        shape = next(iter(shapes))
+        if len(shape) == 2 and any(_is_index(t) for t in leaves):  # token ids [batch, tokens]
+            cut[1] = max(MIN_TOKENS, shape[1] // TOKEN_FRACTION)
+        elif len(shape) == 4 and all(t.is_floating_point() for t in leaves):  # images
+            cut[2] = max(MIN_SIDE, shape[2] // SIDE_FRACTION)
+            cut[3] = max(MIN_SIDE, shape[3] // SIDE_FRACTION)
+    cut = {d: n for d, n in cut.items() if n < leaves[0].shape[d]}
+    return _map(inputs, lambda t: _cut(t, cut)) if cut else None
+
+
+def _plain(value: Any) -> bool:
+    """Tensors and plain values (numbers, strings, None) in plain tuples, lists and dicts: a
+    named tuple, a tokenizer's encoding, a KV cache or any other object is not rebuilt or cut."""
+    if type(value) in (tuple, list):
+        return all(_plain(v) for v in value)
+    if type(value) is dict:
+        return all(_plain(v) for v in value.values())
+    return value is None or isinstance(value, (torch.Tensor, bool, int, float, str))
+
+
+def _is_index(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _cut(t: torch.Tensor, cut: dict[int, int]) -> torch.Tensor:
+    out = t
+    for dim, n in cut.items():
+        out = out.narrow(dim, 0, n)
+    fmt = torch.channels_last
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=fmt):
+        return out.contiguous(memory_format=fmt)  # the layout the caller chose
+    return out.contiguous()
+
+
+def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with every tensor inside its tuples, lists and dicts replaced by ``fn(t)``."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map(v, fn) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map(v, fn) for v in value)
+    return value
