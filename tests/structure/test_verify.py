@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import VerificationError
+from prunekit.errors import ConfigError, VerificationError
 from prunekit.structure.probe import probe
 
 shrink_mod = importlib.import_module("prunekit.structure.shrink")
@@ -210,3 +210,25 @@ def test_a_dropped_pruned_model_is_freed_without_the_garbage_collector():
         assert [r() for r in gone] == [None, None, None]  # no reference cycle holds them
     finally:
         gc.enable()
+
+
+def test_full_verification_reaches_what_the_cut_leaves(monkeypatch):
+    """A corrupted embedding row of a token that only appears past the cut slips through the
+    cut; ``verify_on="full"`` compares on every token and catches it."""
+    x = _tokens(2, 64)
+    x["input_ids"] = x["input_ids"] % 32  # ids 0-31 everywhere ...
+    x["input_ids"][:, 40] = 63  # ... and 63 only past the cut's 16 tokens
+    model = _pruned(MeanPool, x)
+    real = shrink_mod.update_config
+
+    def corrupted(small, heads):
+        with torch.no_grad():
+            small.emb.weight[63] += 1.0
+        return real(small, heads)
+
+    monkeypatch.setattr(shrink_mod, "update_config", corrupted)
+    pk.shrink(model, x)  # the cut never reads row 63
+    with pytest.raises(VerificationError, match="on example_inputs"):
+        pk.shrink(model, x, verify_on="full")
+    with pytest.raises(ConfigError, match="valid choices"):
+        pk.shrink(model, x, verify_on="some")

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import VerificationError
+from ..errors import ConfigError, VerificationError
 from ..masks import mask_names, mul_mask_, unmask
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
@@ -207,15 +207,24 @@ def _run(model: nn.Module, inputs: Any) -> Any:
         return call_model(model, inputs)
 
 
-def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.Module:
+VERIFY = ("cut", "full")
+
+
+def shrink(
+    model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4, verify_on: str = "cut"
+) -> nn.Module:
     """A physically smaller copy of a masked ``model``: every channel group and attention head
     whose slices are all masked off is removed, module attributes are updated, masks are baked.
 
     The copy is checked against ``model`` (eval mode) on a cut of ``example_inputs`` (one
     sample, fewer tokens, a smaller image: :mod:`.probe`), or on ``example_inputs`` where the
     model refuses the cut: a relative error above ``rtol`` raises
-    :class:`~prunekit.errors.VerificationError`. ``model`` is not changed.
+    :class:`~prunekit.errors.VerificationError`. ``verify_on="full"`` always compares on the
+    whole ``example_inputs`` (every position and token id they hold, one more masked forward).
+    ``model`` is not changed.
     """
+    if verify_on not in VERIFY:
+        raise ConfigError(f"unknown verify_on {verify_on!r}; valid choices: {VERIFY}")
     check_inputs(example_inputs)
     ref = None
     with torch_threads(1):  # hundreds of small ops
@@ -255,17 +264,19 @@ def shrink(model: nn.Module, example_inputs: Any, *, rtol: float = 1e-4) -> nn.M
         moes, heads = copy.deepcopy(([g.info["moe"] for g in experts], heads), memo)
         patch_moe(small, moes)
         update_config(small, resize_heads(heads))
-    verify(model, small, example_inputs, ref, rtol)
+    verify(model, small, example_inputs, ref, rtol, on_cut=verify_on == "cut")
     return small
 
 
-def verify(model: nn.Module, small: nn.Module, example_inputs: Any, ref: Any, rtol: float) -> None:
+def verify(
+    model: nn.Module, small: nn.Module, example_inputs: Any, ref: Any, rtol: float, on_cut: bool = True
+) -> None:
     """Raise :class:`~prunekit.errors.VerificationError` unless ``small`` computes what the
     masked ``model`` computes (``ref``: its outputs on ``example_inputs``, if known), within
     ``rtol``. Both run on a cut of the inputs (:mod:`.probe`) where the masked model accepts
-    it, else on ``example_inputs``."""
+    it and ``on_cut`` is true, else on ``example_inputs``."""
     inputs, what = example_inputs, "example_inputs"
-    cut = probe(example_inputs) if ref is None else None
+    cut = probe(example_inputs) if ref is None and on_cut else None
     if cut is not None:
         try:
             ref = _run(model, cut)  # its masks are armed already: no re-zeroing
