@@ -269,7 +269,12 @@ def shrink(
 
 
 def verify(
-    model: nn.Module, small: nn.Module, example_inputs: Any, ref: Any, rtol: float, on_cut: bool = True
+    model: nn.Module,
+    small: nn.Module,
+    example_inputs: Any,
+    ref: Any,
+    rtol: float,
+    on_cut: bool = True,
 ) -> None:
     """Raise :class:`~prunekit.errors.VerificationError` unless ``small`` computes what the
     masked ``model`` computes (``ref``: its outputs on ``example_inputs``, if known), within
