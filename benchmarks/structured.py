@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -292,6 +294,15 @@ def latency(models: list[nn.Module], inputs: Callable[[int], Any], rounds: int) 
     return [{b: statistics.median(t[b]) for b in (1, 8)} for t in times]
 
 
+def optimized(model: nn.Module, x: Any) -> tuple[nn.Module, Any]:
+    """``model`` as deployed: ``prunekit.optimize_for_inference`` (BatchNorm folded into the conv
+    before it, checked against ``model``); also imported by Torch-Pruning's worker, from src/."""
+    from prunekit.runtime.fuse import inference_report, optimize_for_inference
+
+    fast = optimize_for_inference(model, x)
+    return fast, inference_report(fast)
+
+
 @dataclass
 class Row:
     method: str
@@ -300,12 +311,19 @@ class Row:
     lat: dict[int, float] = field(default_factory=dict)  # ratio to dense, by batch
     prune_s: list[float] = field(default_factory=list)
     notes: str = ""
+    #: with --optimize: the ratios of the models as pruned (no BatchNorm folded), same rounds
+    lat_plain: dict[int, float] = field(default_factory=dict)
+    #: with --optimize: "folded dense/pruned BatchNorms, max relative error"
+    optimized: str = ""
 
 
 def measure(
     dense: nn.Module, prune: Callable[[nn.Module], tuple[nn.Module, dict]], case: Case, args
 ) -> tuple[Row, dict]:
-    """Prune ``--repeat`` fresh copies (timed), then measure the last one against ``dense``."""
+    """Prune ``--repeat`` fresh copies (timed), then measure the last one against ``dense``.
+
+    With ``--optimize`` both are timed as deployed too (:func:`optimized`), in the same
+    interleaved rounds as the plain pair, which gives ``Row.lat`` (``Row.lat_plain``: plain)."""
     x1 = case.inputs(1)
     times, split, small = [], {}, None
     for _ in range(args.repeat):
@@ -316,13 +334,25 @@ def measure(
         small.eval()
         with torch.no_grad():
             call_model(small, case.inputs(8))  # must run at another batch size too
-    (ld, ls) = latency([dense, small], case.inputs, args.rounds)
+    models, note = [dense, small], ""
+    if args.optimize:
+        (fd, rd), (fs, rs) = optimized(dense, x1), optimized(small, x1)
+        if rd.folded or rs.folded:  # else the optimised pair is the plain one
+            models += [fd, fs]
+        note = (
+            f"{len(rd.folded)}/{len(rs.folded)} BN folded, "
+            f"err {max(rd.max_rel_error, rs.max_rel_error):.0e}"
+        )
+    lats = latency(models, case.inputs, args.rounds)
+    ld, ls = lats[-2:]
     row = Row(
         "",
         params(small) / params(dense),
         macs(small, x1) / macs(dense, x1),
         {b: ls[b] / ld[b] for b in (1, 8)},
         times,
+        lat_plain={b: lats[1][b] / lats[0][b] for b in (1, 8)} if len(lats) == 4 else {},
+        optimized=note,
     )
     return row, {"dense_lat": ld, **split}
 
@@ -352,13 +382,19 @@ def run_tp(case: Case, target_macs: float, args) -> Row:
     for flag in ("ratio", "rounds", "repeat", "bisect"):
         cmd += [f"--{flag}", str(getattr(args, flag))]
     cmd += ["--quick"] * args.quick + ["--channels-last"] * args.channels_last
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd += ["--optimize" if args.optimize else "--no-optimize"]
+    env = os.environ
+    if args.optimize:  # the worker imports prunekit.runtime.fuse (only) from this checkout
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         print(proc.stderr[-3000:], file=sys.stderr)
         return Row("Torch-Pruning", notes=f"fails: {last[:70]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    row = Row(**{**out["row"], "lat": {int(k): v for k, v in out["row"]["lat"].items()}})
+    lat = {k: {int(b): v for b, v in out["row"][k].items()} for k in ("lat", "lat_plain")}
+    row = Row(**{**out["row"], **lat})
     row.method = "Torch-Pruning"
     row.notes = f"ratio {out['ratio']:.3f}" + (
         " (width+heads: no block removal)" if "layer" in case.granularities else ""
@@ -389,6 +425,10 @@ def run_case(case: Case, args) -> tuple[list[Row], dict]:
     return rows, info
 
 
+def _pair(lat: dict[int, float]) -> str:
+    return f"{lat[1]:.2f}/{lat[8]:.2f}"
+
+
 def _span(xs: list[float]) -> str:
     return f"{min(xs):.2f}-{max(xs):.2f}" if xs else "-"
 
@@ -407,6 +447,14 @@ def main() -> None:
         action="store_true",
         help="CNN weights and images in channels-last memory format (every method and dense)",
     )
+    parser.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time every model (dense, prunekit, Torch-Pruning) as deployed, after "
+        "prunekit.optimize_for_inference folds BatchNorm into the conv before it; the unfolded "
+        "models are timed in the same rounds (default: on)",
+    )
     parser.add_argument("--tp-worker", help=argparse.SUPPRESS)
     parser.add_argument("--target-macs", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -417,12 +465,21 @@ def main() -> None:
     from rich.table import Table
 
     torch.set_num_threads(1)
-    table = Table(
-        title=f"structured pruning at ratio {args.ratio}, Torch-Pruning at equal MACs (1 thread, "
+    title = (
+        f"structured pruning at ratio {args.ratio}, Torch-Pruning at equal MACs (1 thread, "
         f"thread CPU time, median of {args.rounds} interleaved rounds; prune s: range of "
-        f"{args.repeat})"
+        f"{args.repeat}); lat: latency ratio to dense at batch 1 / 8"
     )
-    cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b8", "prune s")
+    if args.optimize:
+        title += (
+            ". Every model (dense, prunekit, Torch-Pruning) is timed as deployed: "
+            "prunekit.optimize_for_inference folded its BatchNorms into the conv before them "
+            "(checked against the unfolded model); 'unfolded b1/b8': the same models without "
+            "folding, timed in the same rounds"
+        )
+    table = Table(title=title)
+    cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b1", "lat/MACs b8")
+    cols += ("unfolded b1/b8",) * args.optimize + ("prune s",)
     for col in (*cols, "notes"):
         table.add_column(col, justify="left" if col in ("model", "method", "notes") else "right")
     every = cases(args.quick, args.channels_last)
@@ -444,14 +501,16 @@ def main() -> None:
             f"{info['macs'] / 1e9:.2f}G",
             f"{lat[1] * 1e3:.1f}ms",
             f"{lat[8] * 1e3:.1f}ms",
-            "",
-            "",
-            "",
+            *[""] * (len(cols) - 5),
         )
         for r in rows:
             if not r.lat:
-                table.add_row(case.name, r.method, *["-"] * 5, _span(r.prune_s), r.notes)
+                table.add_row(
+                    case.name, r.method, *["-"] * (len(cols) - 3), _span(r.prune_s), r.notes
+                )
                 continue
+            unfolded = [_pair(r.lat_plain) if r.lat_plain else "same"] * args.optimize
+            notes = "; ".join(filter(None, [r.notes, r.optimized]))
             table.add_row(
                 case.name,
                 r.method,
@@ -459,9 +518,11 @@ def main() -> None:
                 f"{r.macs:.3f}",
                 f"{r.lat[1]:.2f}",
                 f"{r.lat[8]:.2f}",
+                f"{r.lat[1] / r.macs:.2f}",
                 f"{r.lat[8] / r.macs:.2f}",
+                *unfolded,
                 _span(r.prune_s),
-                r.notes,
+                notes,
             )
         table.add_section()
     Console(width=200).print(table)

@@ -169,9 +169,10 @@ class _Readers(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _find_pairs(
-    model: nn.Module, inputs: Any
-) -> tuple[Any, list[tuple[str, str]], dict[str, str]]:
+Pairs = list[tuple[str, str]]
+
+
+def _find_pairs(model: nn.Module, inputs: Any) -> tuple[Any, Pairs, dict[str, str]]:
     """Run ``model`` once, recording calls; returns its outputs, the (layer, BatchNorm) pairs
     that fold and why every other BatchNorm stays."""
     stack = [""]
