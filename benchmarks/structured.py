@@ -339,10 +339,10 @@ def measure(
         (fd, rd), (fs, rs) = optimized(dense, x1), optimized(small, x1)
         if rd.folded or rs.folded:  # else the optimised pair is the plain one
             models += [fd, fs]
-        note = (
-            f"{len(rd.folded)}/{len(rs.folded)} BN folded, "
-            f"err {max(rd.max_rel_error, rs.max_rel_error):.0e}"
-        )
+            note = (
+                f"{len(rd.folded)}/{len(rs.folded)} BN folded, "
+                f"err {max(rd.max_rel_error, rs.max_rel_error):.0e}"
+            )
     lats = latency(models, case.inputs, args.rounds)
     ld, ls = lats[-2:]
     row = Row(
@@ -509,7 +509,7 @@ def main() -> None:
                     case.name, r.method, *["-"] * (len(cols) - 3), _span(r.prune_s), r.notes
                 )
                 continue
-            unfolded = [_pair(r.lat_plain) if r.lat_plain else "same"] * args.optimize
+            unfolded = [_pair(r.lat_plain) if r.lat_plain else "no BN"] * args.optimize
             notes = "; ".join(filter(None, [r.notes, r.optimized]))
             table.add_row(
                 case.name,
