@@ -294,12 +294,17 @@ def latency(models: list[nn.Module], inputs: Callable[[int], Any], rounds: int) 
     return [{b: statistics.median(t[b]) for b in (1, 8)} for t in times]
 
 
-def optimized(model: nn.Module, x: Any) -> tuple[nn.Module, Any]:
+#: --optimize choices: what prunekit.optimize_for_inference is asked for
+OPTIMIZE = {"none": None, "fold": False, "fold+channels-last": True}
+
+
+def optimized(model: nn.Module, x: Any, how: str) -> tuple[nn.Module, Any]:
     """``model`` as deployed: ``prunekit.optimize_for_inference`` (BatchNorm folded into the conv
-    before it, checked against ``model``); also imported by Torch-Pruning's worker, from src/."""
+    before it, with ``how="fold+channels-last"`` 4-D weights in channels-last; checked against
+    ``model``). Torch-Pruning's worker imports it from this checkout's src/."""
     from prunekit.runtime.fuse import inference_report, optimize_for_inference
 
-    fast = optimize_for_inference(model, x)
+    fast = optimize_for_inference(model, x, channels_last=OPTIMIZE[how])
     return fast, inference_report(fast)
 
 
@@ -311,7 +316,7 @@ class Row:
     lat: dict[int, float] = field(default_factory=dict)  # ratio to dense, by batch
     prune_s: list[float] = field(default_factory=list)
     notes: str = ""
-    #: with --optimize: the ratios of the models as pruned (no BatchNorm folded), same rounds
+    #: with --optimize: the ratios of the models as pruned (not optimised), same rounds
     lat_plain: dict[int, float] = field(default_factory=dict)
     #: with --optimize: "folded dense/pruned BatchNorms, max relative error"
     optimized: str = ""
@@ -335,13 +340,16 @@ def measure(
         with torch.no_grad():
             call_model(small, case.inputs(8))  # must run at another batch size too
     models, note = [dense, small], ""
-    if args.optimize:
-        (fd, rd), (fs, rs) = optimized(dense, x1), optimized(small, x1)
-        if rd.folded or rs.folded:  # else the optimised pair is the plain one
+    if args.optimize != "none":
+        fd, rd = optimized(dense, x1, args.optimize)
+        fs, rs = optimized(small, x1, args.optimize)
+        conv2d = any(isinstance(m, nn.Conv2d) for m in dense.modules())
+        if rd.folded or rs.folded or (rd.channels_last and conv2d):  # else: the plain pair
             models += [fd, fs]
             note = (
-                f"{len(rd.folded)}/{len(rs.folded)} BN folded, "
-                f"err {max(rd.max_rel_error, rs.max_rel_error):.0e}"
+                f"{len(rd.folded)}/{len(rs.folded)} BN folded"
+                + ", channels-last" * rd.channels_last
+                + f", err {max(rd.max_rel_error, rs.max_rel_error):.0e}"
             )
     lats = latency(models, case.inputs, args.rounds)
     ld, ls = lats[-2:]
@@ -382,9 +390,11 @@ def run_tp(case: Case, target_macs: float, args) -> Row:
     for flag in ("ratio", "rounds", "repeat", "bisect"):
         cmd += [f"--{flag}", str(getattr(args, flag))]
     cmd += ["--quick"] * args.quick + ["--channels-last"] * args.channels_last
-    cmd += ["--optimize" if args.optimize else "--no-optimize"]
+    cmd += ["--optimize", args.optimize]
     env = os.environ
-    if args.optimize:  # the worker imports prunekit.runtime.fuse (only) from this checkout
+    if (
+        args.optimize != "none"
+    ):  # the worker imports prunekit.runtime.fuse (only) from this checkout
         src = str(Path(__file__).resolve().parents[1] / "src")
         env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -449,11 +459,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--optimize",
-        action=argparse.BooleanOptionalAction,
-        default=True,
+        choices=sorted(OPTIMIZE),
+        default="fold+channels-last",
         help="time every model (dense, prunekit, Torch-Pruning) as deployed, after "
-        "prunekit.optimize_for_inference folds BatchNorm into the conv before it; the unfolded "
-        "models are timed in the same rounds (default: on)",
+        "prunekit.optimize_for_inference (BatchNorm folded into the conv before it; 4-D weights "
+        "channels-last, inputs as they are); the plain models are timed in the same rounds "
+        "(default: fold+channels-last)",
     )
     parser.add_argument("--tp-worker", help=argparse.SUPPRESS)
     parser.add_argument("--target-macs", type=float, help=argparse.SUPPRESS)
@@ -470,16 +481,17 @@ def main() -> None:
         f"thread CPU time, median of {args.rounds} interleaved rounds; prune s: range of "
         f"{args.repeat}); lat: latency ratio to dense at batch 1 / 8"
     )
-    if args.optimize:
+    optimize = args.optimize != "none"
+    if optimize:
         title += (
             ". Every model (dense, prunekit, Torch-Pruning) is timed as deployed: "
-            "prunekit.optimize_for_inference folded its BatchNorms into the conv before them "
-            "(checked against the unfolded model); 'unfolded b1/b8': the same models without "
-            "folding, timed in the same rounds"
+            f"prunekit.optimize_for_inference ({args.optimize}: BatchNorms folded into the conv "
+            "before them, checked against the plain model); 'plain b1/b8': the same models "
+            "not optimised, timed in the same rounds"
         )
     table = Table(title=title)
     cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b1", "lat/MACs b8")
-    cols += ("unfolded b1/b8",) * args.optimize + ("prune s",)
+    cols += ("plain b1/b8",) * optimize + ("prune s",)
     for col in (*cols, "notes"):
         table.add_column(col, justify="left" if col in ("model", "method", "notes") else "right")
     every = cases(args.quick, args.channels_last)
@@ -509,7 +521,7 @@ def main() -> None:
                     case.name, r.method, *["-"] * (len(cols) - 3), _span(r.prune_s), r.notes
                 )
                 continue
-            unfolded = [_pair(r.lat_plain) if r.lat_plain else "no BN"] * args.optimize
+            unfolded = [_pair(r.lat_plain) if r.lat_plain else "no change"] * optimize
             notes = "; ".join(filter(None, [r.notes, r.optimized]))
             table.add_row(
                 case.name,
