@@ -273,3 +273,14 @@ def test_cli_bench_optimize(tmp_path, capsys):
         assert len(rep["folded"]) == 3 and rep["channels_last"] and rep["max_rel_error"] < 1e-4
     assert main(bench) == 0
     assert json.loads(capsys.readouterr().out)["optimized"] == {}
+
+
+def test_a_bfloat16_model_folds_within_its_precision():
+    model = _net().to(torch.bfloat16)
+    x = X.to(torch.bfloat16)
+    fused = optimize_for_inference(model, x)  # the fold is computed in float64, then rounded
+    rep = inference_report(fused)
+    assert len(rep.folded) == 3 and 0 < rep.max_rel_error < 1e-2
+    assert fused.conv.weight.dtype == torch.bfloat16
+    with pytest.raises(VerificationError):
+        optimize_for_inference(model, x, rtol=1e-6)

@@ -90,7 +90,7 @@ def optimize_for_inference(
     example_inputs: Any,
     *,
     channels_last: bool = False,
-    rtol: float = 1e-4,
+    rtol: float | None = None,
     inplace: bool = False,
 ) -> nn.Module:
     """An inference copy of ``model`` (eval mode) with every foldable BatchNorm folded into the
@@ -99,7 +99,8 @@ def optimize_for_inference(
     NCHW). ``inplace`` changes ``model`` itself instead of a copy.
 
     The result is checked against ``model`` on ``example_inputs`` (a tensor, a tuple of positional
-    inputs or a dict of keyword inputs): a relative error above ``rtol`` raises
+    inputs or a dict of keyword inputs): a relative error above ``rtol`` (default 1e-4, 1e-2 for
+    a model in 16-bit floats) raises
     :class:`~prunekit.errors.VerificationError` and leaves ``model`` as it was.
     :func:`inference_report` gives what was folded and the error. Masked (pruned, not yet shrunk)
     models fold too: a masked channel's weights stay zero. This is a transform for running the
@@ -115,8 +116,10 @@ def optimize_for_inference(
         )
     if example_inputs is None:
         raise ConfigError("optimize_for_inference needs example_inputs to find and check folds")
-    if not rtol > 0:
-        raise ConfigError(f"rtol must be positive, got {rtol!r}")
+    if rtol is None:
+        rtol = 1e-2 if _half(model) else 1e-4
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0:
+        raise ConfigError(f"rtol must be a positive number, got {rtol!r}")
     work = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
         ref, pairs, kept = _find_pairs(work, example_inputs)
@@ -313,15 +316,14 @@ def _bn_tensors(bn: nn.Module) -> tuple:
 
 
 def _to_channels_last(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every 4-D parameter and buffer to channels-last (in place); returns what to restore."""
+    """Every 2-D convolution's weight to channels-last (in place, the same Parameter); the
+    activations follow. Other 4-D tensors (attention-mask buffers) stay. Returns an undo list."""
     changed = []
     for m in model.modules():
-        for store in (m._parameters, m._buffers):
-            for t in store.values():
-                if t is not None and t.dim() == 4:
-                    before = t.data
-                    t.data = t.data.contiguous(memory_format=torch.channels_last)
-                    changed.append((t, before))
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.modules.conv._ConvNd) and isinstance(w, torch.Tensor) and w.dim() == 4:
+            changed.append((w, w.data))
+            w.data = w.data.contiguous(memory_format=torch.channels_last)
     return changed
 
 
@@ -331,6 +333,14 @@ def _restore_formats(changed: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _half(model: nn.Module) -> bool:
+    """The model computes in a 16-bit float type (its first floating-point parameter does)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype in (torch.float16, torch.bfloat16)
+    return False
+
+
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         yield value
