@@ -137,6 +137,23 @@ def test_a_conv_output_read_elsewhere_is_not_folded():
         assert torch.equal(fused(X), model(X))
 
 
+class ReadsTheShape(ReadTwice):
+    """Reading the conv output's shape and dtype is not reading its values: the fold goes on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) * y.shape[1] * y.size(2) * (y.dtype == torch.float32)
+
+
+def test_a_shape_query_does_not_block_the_fold():
+    torch.manual_seed(0)
+    model = _randomise_bn(ReadsTheShape()).eval()
+    fused = optimize_for_inference(model, X)
+    assert inference_report(fused).folded == [("conv", "bn")]
+    with torch.no_grad():
+        assert torch.allclose(fused(X), model(X), rtol=1e-5, atol=1e-4)
+
+
 class Awkward(nn.Module):
     """BatchNorms that must stay: after a ReLU, without running statistics, over a linear's
     sequence dimension, and behind a conv that runs twice."""

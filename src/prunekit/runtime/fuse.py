@@ -1,5 +1,5 @@
 """``pk.optimize_for_inference(model, example_inputs)``: fold eval-mode BatchNorm into the
-convolution or linear layer that feeds it, and optionally move 4-D weights to channels-last.
+convolution or linear layer that feeds it, and optionally move conv weights to channels-last.
 
 A BatchNorm in eval mode is an affine map per channel, ``y = (x - mean) / sqrt(var + eps) * γ +
 β``, so when its input is a convolution's (or a linear's) output and nothing else reads that
@@ -43,11 +43,13 @@ REPORT_ATTR = "_pk_inference_report"
 #: layers a BatchNorm folds into: their stock forward is one conv / linear call
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
-#: calls that read a tensor's metadata, not its values
+#: calls and properties that read a tensor's metadata, not its values
 _METADATA = {
     "__get__", "size", "dim", "numel", "__len__", "is_floating_point", "stride", "is_contiguous",
     "element_size", "get_device", "nelement", "ndimension", "has_names", "storage_offset",
-    "__hash__", "data_ptr", "untyped_storage", "__repr__", "__format__",
+    "__hash__", "data_ptr", "untyped_storage", "shape", "dtype", "device", "ndim", "is_cuda",
+    "requires_grad", "grad_fn", "layout", "is_sparse", "is_quantized", "is_meta", "names",
+    "itemsize", "nbytes", "is_leaf", "is_mkldnn",
 }  # fmt: skip
 
 
@@ -94,14 +96,15 @@ def optimize_for_inference(
     inplace: bool = False,
 ) -> nn.Module:
     """An inference copy of ``model`` (eval mode) with every foldable BatchNorm folded into the
-    conv or linear before it, and with ``channels_last`` its 4-D weights in channels-last memory
-    format (the layout oneDNN's CPU convolutions and pooling run fastest in; the inputs may stay
-    NCHW). ``inplace`` changes ``model`` itself instead of a copy.
+    conv or linear before it, and with ``channels_last`` its 2-D convolutions' weights in
+    channels-last memory format (the layout oneDNN's CPU convolutions and pooling run fastest in;
+    the activations follow, the inputs may stay NCHW). ``inplace`` changes ``model`` itself
+    instead of a copy.
 
     The result is checked against ``model`` on ``example_inputs`` (a tensor, a tuple of positional
     inputs or a dict of keyword inputs): a relative error above ``rtol`` (default 1e-4, 1e-2 for
-    a model in 16-bit floats) raises
-    :class:`~prunekit.errors.VerificationError` and leaves ``model`` as it was.
+    a model in 16-bit floats) raises :class:`~prunekit.errors.VerificationError` and leaves
+    ``model`` as it was.
     :func:`inference_report` gives what was folded and the error. Masked (pruned, not yet shrunk)
     models fold too: a masked channel's weights stay zero. This is a transform for running the
     model; see the module docstring for what it means for training, saving and export.
@@ -163,7 +166,7 @@ class _Readers(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name == "__get__":  # a property: only the transposes read values
+        if name == "__get__":  # a property: .shape, .dtype ... read no values; .T, .data do
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         if name not in _METADATA:
             for t in _tensors((args, kwargs)):
