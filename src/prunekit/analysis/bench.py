@@ -84,7 +84,8 @@ class BenchResult:
     warnings: list[str] = field(default_factory=list)
     #: the pruned model with dense kernels, when sparsify swapped layers (attributes the gain)
     pruned_dense: Latency | None = None
-    #: what optimize_for_inference did to each model ("baseline", "pruned"), when asked to
+    #: what optimize_for_inference did to each model ("baseline", "pruned"; a dense twin is a
+    #: copy of the optimised pruned model), when asked to
     optimized: dict[str, InferenceReport] = field(default_factory=dict)
 
     def ratios(self) -> dict[str, float | None]:

@@ -118,9 +118,9 @@ class BenchCommand(Command):
     The baseline is the model that prunekit prune recorded (or --baseline MODEL), so structured
     pruning shows its real speedup; without one, the pruned model's dense twin. The pruned model
     moves to sparse kernels where they are measured faster (prunekit.sparsify); --optimize folds
-    BatchNorm into the layer before it in both models first. Both run on the
-    example inputs recorded at prune time, interleaved, on 1 thread by default; min/median/max
-    and the machine's load are printed, with a warning when the load makes them unreliable.
+    BatchNorm into the layer before it in both models first. Both run on the example inputs
+    recorded at prune time, interleaved, on 1 thread by default; min/median/max and the
+    machine's load are printed, with a warning when the load makes them unreliable.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -154,7 +154,7 @@ class BenchCommand(Command):
         parser.add_argument(
             "--channels-last",
             action="store_true",
-            help="with --optimize, 4-D weights in channels-last memory format too (implies it)",
+            help="with --optimize, conv weights in channels-last memory format too (implies it)",
         )
         parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
