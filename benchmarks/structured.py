@@ -16,7 +16,11 @@ against its own dense copy (interleaved rounds), so every ratio is measured with
 Times are this thread's CPU time at one thread (``time.thread_time``: it resists the load of
 other processes); prune times are the range over ``--repeat`` fresh copies, each pruner having
 pruned once untimed before (Torch-Pruning's ratio search; one prunekit prune), so neither pays
-its imports and first calls in them::
+its imports and first calls in them. Every model, dense, prunekit's and Torch-Pruning's, is timed
+as deployed, after ``prunekit.optimize_for_inference`` (``--optimize``, by default
+``fold+channels-last``: BatchNorm folded into the conv before it, conv weights channels-last,
+checked against the plain model; Torch-Pruning's worker imports it from ``src/``), and the plain
+models in the same rounds (the "plain" column)::
 
     python3 -m venv /work/tpvenv
     /work/tpvenv/bin/pip install -c constraints.txt torch==2.13.0 transformers torch-pruning
