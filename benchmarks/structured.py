@@ -16,7 +16,11 @@ against its own dense copy (interleaved rounds), so every ratio is measured with
 Times are this thread's CPU time at one thread (``time.thread_time``: it resists the load of
 other processes); prune times are the range over ``--repeat`` fresh copies, each pruner having
 pruned once untimed before (Torch-Pruning's ratio search; one prunekit prune), so neither pays
-its imports and first calls in them::
+its imports and first calls in them. Every model, dense, prunekit's and Torch-Pruning's, is timed
+as deployed, after ``prunekit.optimize_for_inference`` (``--optimize``, by default
+``fold+channels-last``: BatchNorm folded into the conv before it, conv weights channels-last,
+checked against the plain model; Torch-Pruning's worker imports it from ``src/``), and the plain
+models in the same rounds (the "plain" column)::
 
     python3 -m venv /work/tpvenv
     /work/tpvenv/bin/pip install -c constraints.txt torch==2.13.0 transformers torch-pruning
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +42,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -292,6 +298,20 @@ def latency(models: list[nn.Module], inputs: Callable[[int], Any], rounds: int) 
     return [{b: statistics.median(t[b]) for b in (1, 8)} for t in times]
 
 
+#: --optimize choices: what prunekit.optimize_for_inference is asked for
+OPTIMIZE = {"none": None, "fold": False, "fold+channels-last": True}
+
+
+def optimized(model: nn.Module, x: Any, how: str) -> tuple[nn.Module, Any]:
+    """``model`` as deployed: ``prunekit.optimize_for_inference`` (BatchNorm folded into the conv
+    before it, with ``how="fold+channels-last"`` 4-D weights in channels-last; checked against
+    ``model``). Torch-Pruning's worker imports it from this checkout's src/."""
+    from prunekit.runtime.fuse import inference_report, optimize_for_inference
+
+    fast = optimize_for_inference(model, x, channels_last=OPTIMIZE[how])
+    return fast, inference_report(fast)
+
+
 @dataclass
 class Row:
     method: str
@@ -300,12 +320,19 @@ class Row:
     lat: dict[int, float] = field(default_factory=dict)  # ratio to dense, by batch
     prune_s: list[float] = field(default_factory=list)
     notes: str = ""
+    #: with --optimize: the ratios of the models as pruned (not optimised), same rounds
+    lat_plain: dict[int, float] = field(default_factory=dict)
+    #: with --optimize: "folded dense/pruned BatchNorms, max relative error"
+    optimized: str = ""
 
 
 def measure(
     dense: nn.Module, prune: Callable[[nn.Module], tuple[nn.Module, dict]], case: Case, args
 ) -> tuple[Row, dict]:
-    """Prune ``--repeat`` fresh copies (timed), then measure the last one against ``dense``."""
+    """Prune ``--repeat`` fresh copies (timed), then measure the last one against ``dense``.
+
+    With ``--optimize`` both are timed as deployed too (:func:`optimized`), in the same
+    interleaved rounds as the plain pair, which gives ``Row.lat`` (``Row.lat_plain``: plain)."""
     x1 = case.inputs(1)
     times, split, small = [], {}, None
     for _ in range(args.repeat):
@@ -316,13 +343,28 @@ def measure(
         small.eval()
         with torch.no_grad():
             call_model(small, case.inputs(8))  # must run at another batch size too
-    (ld, ls) = latency([dense, small], case.inputs, args.rounds)
+    models, note = [dense, small], ""
+    if args.optimize != "none":
+        fd, rd = optimized(dense, x1, args.optimize)
+        fs, rs = optimized(small, x1, args.optimize)
+        conv2d = any(isinstance(m, nn.Conv2d) for m in dense.modules())
+        if rd.folded or rs.folded or (rd.channels_last and conv2d):  # else: the plain pair
+            models += [fd, fs]
+            note = (
+                f"{len(rd.folded)}/{len(rs.folded)} BN folded"
+                + ", channels-last" * rd.channels_last
+                + f", err {max(rd.max_rel_error, rs.max_rel_error):.0e}"
+            )
+    lats = latency(models, case.inputs, args.rounds)
+    ld, ls = lats[-2:]
     row = Row(
         "",
         params(small) / params(dense),
         macs(small, x1) / macs(dense, x1),
         {b: ls[b] / ld[b] for b in (1, 8)},
         times,
+        lat_plain={b: lats[1][b] / lats[0][b] for b in (1, 8)} if len(lats) == 4 else {},
+        optimized=note,
     )
     return row, {"dense_lat": ld, **split}
 
@@ -352,13 +394,21 @@ def run_tp(case: Case, target_macs: float, args) -> Row:
     for flag in ("ratio", "rounds", "repeat", "bisect"):
         cmd += [f"--{flag}", str(getattr(args, flag))]
     cmd += ["--quick"] * args.quick + ["--channels-last"] * args.channels_last
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd += ["--optimize", args.optimize]
+    env = os.environ
+    if (
+        args.optimize != "none"
+    ):  # the worker imports prunekit.runtime.fuse (only) from this checkout
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         print(proc.stderr[-3000:], file=sys.stderr)
         return Row("Torch-Pruning", notes=f"fails: {last[:70]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    row = Row(**{**out["row"], "lat": {int(k): v for k, v in out["row"]["lat"].items()}})
+    lat = {k: {int(b): v for b, v in out["row"][k].items()} for k in ("lat", "lat_plain")}
+    row = Row(**{**out["row"], **lat})
     row.method = "Torch-Pruning"
     row.notes = f"ratio {out['ratio']:.3f}" + (
         " (width+heads: no block removal)" if "layer" in case.granularities else ""
@@ -389,6 +439,10 @@ def run_case(case: Case, args) -> tuple[list[Row], dict]:
     return rows, info
 
 
+def _pair(lat: dict[int, float]) -> str:
+    return f"{lat[1]:.2f}/{lat[8]:.2f}"
+
+
 def _span(xs: list[float]) -> str:
     return f"{min(xs):.2f}-{max(xs):.2f}" if xs else "-"
 
@@ -407,6 +461,15 @@ def main() -> None:
         action="store_true",
         help="CNN weights and images in channels-last memory format (every method and dense)",
     )
+    parser.add_argument(
+        "--optimize",
+        choices=sorted(OPTIMIZE),
+        default="fold+channels-last",
+        help="time every model (dense, prunekit, Torch-Pruning) as deployed, after "
+        "prunekit.optimize_for_inference (BatchNorm folded into the conv before it; 4-D weights "
+        "channels-last, inputs as they are); the plain models are timed in the same rounds "
+        "(default: fold+channels-last)",
+    )
     parser.add_argument("--tp-worker", help=argparse.SUPPRESS)
     parser.add_argument("--target-macs", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -417,12 +480,22 @@ def main() -> None:
     from rich.table import Table
 
     torch.set_num_threads(1)
-    table = Table(
-        title=f"structured pruning at ratio {args.ratio}, Torch-Pruning at equal MACs (1 thread, "
+    title = (
+        f"structured pruning at ratio {args.ratio}, Torch-Pruning at equal MACs (1 thread, "
         f"thread CPU time, median of {args.rounds} interleaved rounds; prune s: range of "
-        f"{args.repeat})"
+        f"{args.repeat}); lat: latency ratio to dense at batch 1 / 8"
     )
-    cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b8", "prune s")
+    optimize = args.optimize != "none"
+    if optimize:
+        title += (
+            ". Every model (dense, prunekit, Torch-Pruning) is timed as deployed: "
+            f"prunekit.optimize_for_inference ({args.optimize}: BatchNorms folded into the conv "
+            "before them, checked against the plain model); 'plain b1/b8': the same models "
+            "not optimised, timed in the same rounds"
+        )
+    table = Table(title=title)
+    cols = ("model", "method", "params", "MACs", "lat b1", "lat b8", "lat/MACs b1", "lat/MACs b8")
+    cols += ("plain b1/b8",) * optimize + ("prune s",)
     for col in (*cols, "notes"):
         table.add_column(col, justify="left" if col in ("model", "method", "notes") else "right")
     every = cases(args.quick, args.channels_last)
@@ -444,14 +517,16 @@ def main() -> None:
             f"{info['macs'] / 1e9:.2f}G",
             f"{lat[1] * 1e3:.1f}ms",
             f"{lat[8] * 1e3:.1f}ms",
-            "",
-            "",
-            "",
+            *[""] * (len(cols) - 5),
         )
         for r in rows:
             if not r.lat:
-                table.add_row(case.name, r.method, *["-"] * 5, _span(r.prune_s), r.notes)
+                table.add_row(
+                    case.name, r.method, *["-"] * (len(cols) - 3), _span(r.prune_s), r.notes
+                )
                 continue
+            unfolded = [_pair(r.lat_plain) if r.lat_plain else "no change"] * optimize
+            notes = "; ".join(filter(None, [r.notes, r.optimized]))
             table.add_row(
                 case.name,
                 r.method,
@@ -459,9 +534,11 @@ def main() -> None:
                 f"{r.macs:.3f}",
                 f"{r.lat[1]:.2f}",
                 f"{r.lat[8]:.2f}",
+                f"{r.lat[1] / r.macs:.2f}",
                 f"{r.lat[8] / r.macs:.2f}",
+                *unfolded,
                 _span(r.prune_s),
-                r.notes,
+                notes,
             )
         table.add_section()
     Console(width=200).print(table)

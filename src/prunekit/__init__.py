@@ -57,6 +57,7 @@ _EXPORTS = {
     "MaskState": ".masks",
     "Pruner": ".pruner",
     "sparsify": ".runtime",
+    "optimize_for_inference": ".runtime.fuse",
     "Cubic": ".schedule",
     "Iterative": ".schedule",
     "OneShot": ".schedule",
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from .masks import MaskState
     from .pruner import Pruner
     from .runtime import sparsify
+    from .runtime.fuse import optimize_for_inference
     from .schedule import Cubic, Iterative, OneShot
     from .structure.shrink import shrink
 
@@ -165,6 +167,7 @@ __all__ = [
     "finalize",
     "load",
     "load_recipe",
+    "optimize_for_inference",
     "prune",
     "report",
     "save",

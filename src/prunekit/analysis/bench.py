@@ -6,6 +6,11 @@ a physically shrunk model shows its real speedup. Without one, the baseline is t
 *dense twin*: the same network before :func:`~prunekit.runtime.sparsify` moves layers to sparse
 kernels, sized as a plain safetensors file of its state dict.
 
+With ``optimize`` both models are first put through
+:func:`~prunekit.runtime.fuse.optimize_for_inference` (BatchNorm folded into the conv before it,
+``channels_last`` optionally), each checked against its unoptimised self, so that the comparison
+is between the two models as they would be deployed; the result records what was folded.
+
 Latency: the models run in interleaved rounds (rotating order, so that load hits all alike); each
 reports min / median / max per call. At one thread the clock is the calling thread's CPU time,
 which other processes' load does not inflate; the wall-clock time and the load average are
@@ -31,6 +36,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..example_inputs import call, for_model
 from ..runtime import DecisionCache, SparsifyReport, sparsify, sparsify_report, weight_bytes
+from ..runtime.fuse import InferenceReport, inference_report, optimize_for_inference
 from ..runtime.report import as_text
 from ..runtime.timing import default_clock
 
@@ -78,6 +84,9 @@ class BenchResult:
     warnings: list[str] = field(default_factory=list)
     #: the pruned model with dense kernels, when sparsify swapped layers (attributes the gain)
     pruned_dense: Latency | None = None
+    #: what optimize_for_inference did to each model ("baseline", "pruned"; a dense twin is a
+    #: copy of the optimised pruned model), when asked to
+    optimized: dict[str, InferenceReport] = field(default_factory=dict)
 
     def ratios(self) -> dict[str, float | None]:
         """baseline / pruned for size on disk, weight memory and latency (> 1: better)."""
@@ -113,6 +122,7 @@ class BenchResult:
                 None if self.pruned_dense is None else self.pruned_dense.to_dict()
             ),
             "sparsify": None if self.sparsify is None else self.sparsify.to_dict(),
+            "optimized": {k: v.to_dict() for k, v in self.optimized.items()},
         }  # fmt: skip
 
     def __rich__(self) -> Table:
@@ -146,6 +156,8 @@ class BenchResult:
             f" -> {self.load['after']:.2f} on {self.load['cpus']:.0f} CPUs; {swapped} layers on "
             "sparse kernels; ratios are baseline / pruned (above 1 is better)"
         )
+        for side, rep in self.optimized.items():
+            table.caption += f"\n{side} optimised for inference: {rep}"
         return table
 
     def __str__(self) -> str:
@@ -262,6 +274,8 @@ def bench(
     sampler: Sampler = interleaved,
     use_sparse_kernels: bool = True,
     cache: DecisionCache | None = None,
+    optimize: bool = False,
+    channels_last: bool = False,
     **sparsify_options: Any,
 ) -> tuple[nn.Module, BenchResult]:
     """Measure ``model`` (saved in folder ``path``) against ``baseline`` (the unpruned model,
@@ -269,11 +283,18 @@ def bench(
 
     ``model`` is first moved to sparse kernels where measured faster (:func:`sparsify`, in place;
     returned). ``inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
+    ``optimize`` (implied by ``channels_last``) times optimised copies of both models
+    (:func:`~prunekit.runtime.fuse.optimize_for_inference`); the one returned is optimised too.
     """
     if rounds < 3:
         raise ConfigError(f"rounds must be at least 3, got {rounds}")
     model.eval()
     load_before = _load()
+    optimized: dict[str, InferenceReport] = {}
+    if optimize or channels_last:
+        model = _optimized(model, inputs, channels_last, optimized, "pruned")
+        if baseline is not None:
+            baseline = _optimized(baseline.eval(), inputs, channels_last, optimized, "baseline")
     twin = copy.deepcopy(model)
     fast, rep = model, None
     if use_sparse_kernels:
@@ -313,9 +334,19 @@ def bench(
         load={"before": load_before, "after": load_after, "cpus": float(os.cpu_count() or 1)},
         sparsify=rep,
         pruned_dense=lat.get("pruned, dense kernels"),
+        optimized=optimized,
     )
     result.warnings = reliability_warnings(result)
     return fast, result
+
+
+def _optimized(
+    model: nn.Module, inputs: Any, channels_last: bool, reports: dict, side: str
+) -> nn.Module:
+    """An optimised copy of ``model`` (eval mode); its report goes to ``reports[side]``."""
+    fast = optimize_for_inference(model, inputs, channels_last=channels_last)
+    reports[side] = inference_report(fast)
+    return fast
 
 
 def reliability_warnings(result: BenchResult) -> list[str]:

@@ -117,9 +117,10 @@ class BenchCommand(Command):
 
     The baseline is the model that prunekit prune recorded (or --baseline MODEL), so structured
     pruning shows its real speedup; without one, the pruned model's dense twin. The pruned model
-    moves to sparse kernels where they are measured faster (prunekit.sparsify). Both run on the
-    example inputs recorded at prune time, interleaved, on 1 thread by default; min/median/max
-    and the machine's load are printed, with a warning when the load makes them unreliable.
+    moves to sparse kernels where they are measured faster (prunekit.sparsify); --optimize folds
+    BatchNorm into the layer before it in both models first. Both run on the example inputs
+    recorded at prune time, interleaved, on 1 thread by default; min/median/max and the
+    machine's load are printed, with a warning when the load makes them unreliable.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -143,6 +144,17 @@ class BenchCommand(Command):
             default=None,
             metavar="FILE.json",
             help="remember sparsify's timing decisions in this file",
+        )
+        parser.add_argument(
+            "--optimize",
+            action="store_true",
+            help="time both models as deployed: BatchNorm folded into the conv or linear before "
+            "it (prunekit.optimize_for_inference, checked against each unoptimised model)",
+        )
+        parser.add_argument(
+            "--channels-last",
+            action="store_true",
+            help="with --optimize, conv weights in channels-last memory format too (implies it)",
         )
         parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -183,6 +195,8 @@ class BenchCommand(Command):
                 rounds=args.rounds,
                 use_sparse_kernels=not args.no_sparse_kernels,
                 cache=cache,
+                optimize=args.optimize,
+                channels_last=args.channels_last,
             )
         for warning in result.warnings:
             print(f"prunekit bench: warning: {warning}", file=sys.stderr)

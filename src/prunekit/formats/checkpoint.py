@@ -289,6 +289,11 @@ def save(
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(model, "_pk_inference_report"):  # runtime.fuse.REPORT_ATTR
+        raise ConfigError(
+            "this model comes from optimize_for_inference (BatchNorm folded away, its state_dict "
+            "no longer the original class's): save the model you optimised, or export_onnx this one"
+        )
     fmt = "dense" if dense else format
     if fmt != AUTO:
         FORMATS.get(fmt)
