@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import prunekit as pk
+from prunekit.outputs import max_rel_error
 from prunekit.structure.graph import call_model, trace
 from prunekit.structure.heads import HEAD_ADAPTERS, adapter_for
 from prunekit.structure.propagate import RULES, rule_for
 from prunekit.structure.resize import RESIZERS
-from prunekit.structure.shrink import max_rel_error
 
 
 def _cases(registry):

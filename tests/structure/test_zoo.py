@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import prunekit as pk
+from prunekit.outputs import max_rel_error
 from prunekit.structure.graph import call_model, flatten
-from prunekit.structure.shrink import max_rel_error
 
 from .zoo import ATTENTION, CHANNEL_GAPS, INPUTS, RELOAD_GAPS, ZOO
 

@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError, VerificationError
 from ..example_inputs import call
+from ..outputs import flatten, max_rel_error
 
 REPORT_ATTR = "_pk_inference_report"
 
@@ -132,7 +133,7 @@ def optimize_for_inference(
         try:
             with _seeded():
                 out = call(work, example_inputs)
-            err = _max_rel_error(ref, out)
+            err = max_rel_error(ref, out)
         except Exception as e:  # a forward that reads a removed BatchNorm: never hand it out
             err, failure = float("inf"), f"{type(e).__name__}: {e}"
         else:
@@ -169,7 +170,7 @@ class _Readers(TorchFunctionMode):
         if name == "__get__":  # a property: .shape, .dtype ... read no values; .T, .data do
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         if name not in _METADATA:
-            for t in _tensors((args, kwargs)):
+            for t in flatten((args, kwargs)):
                 if id(t) in self.watched:
                     self.readers[id(t)].append(self.stack[-1])
         return func(*args, **kwargs)
@@ -211,7 +212,7 @@ def _find_pairs(model: nn.Module, inputs: Any) -> tuple[Any, Pairs, dict[str, st
     finally:
         for h in handles:
             h.remove()
-    outputs = {id(t) for t in _tensors(ref)}
+    outputs = {id(t) for t in flatten(ref) if isinstance(t, torch.Tensor)}
     by_output = {id(t): n for n, t in produced.items()}
     modules = dict(model.named_modules())
     shared = _shared_names(model)
@@ -342,30 +343,6 @@ def _half(model: nn.Module) -> bool:
         if p.is_floating_point():
             return p.dtype in (torch.float16, torch.bfloat16)
     return False
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):  # a Hugging Face ModelOutput is one
-        for v in value.values():
-            yield from _tensors(v)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
-
-
-def _max_rel_error(ref: Any, out: Any) -> float:
-    """max |a - b| / max |a| over the floating-point output tensors."""
-    a = [t for t in _tensors(ref) if t.is_floating_point()]
-    b = [t for t in _tensors(out) if t.is_floating_point()]
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
-        return float("inf")
-    worst = 0.0
-    for x, y in zip(a, b, strict=True):
-        scale = x.double().abs().max().clamp_min(1e-12)
-        worst = max(worst, float((x.double() - y.double()).abs().max() / scale))
-    return worst
 
 
 @contextmanager

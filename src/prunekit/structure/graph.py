@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TargetError
 from ..masks import arm, is_armed, mask_names
+from ..outputs import flatten
 from .shapes import FORMULAS, zeros_like_output
 
 #: calls that only read metadata; never recorded
@@ -118,16 +119,6 @@ class Graph:
     def owner(self, t: torch.Tensor) -> tuple[str, nn.Module, str] | None:
         found = self.owners.get(id(t))
         return found[0] if found else None
-
-
-def flatten(value: Any) -> list[Any]:
-    """Leaves of tuples, lists, dicts and Hugging Face ``ModelOutput``; other objects (a KV
-    cache, for instance) are leaves themselves and hold no interface tensors."""
-    if isinstance(value, dict):  # ModelOutput is a dict
-        return [leaf for v in value.values() for leaf in flatten(v)]
-    if isinstance(value, (tuple, list)):
-        return [leaf for v in value for leaf in flatten(v)]
-    return [value]
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError, VerificationError
 from ..masks import mask_names, mul_mask_, unmask
+from ..outputs import max_rel_error
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
 from .graph import call_model, check_inputs, eps_attr, eval_mode, flatten, is_rms_norm
@@ -175,22 +176,6 @@ def rescale_rms_norms(model: nn.Module, widths: dict[int, int]) -> None:
         m.weight.mul_(ratio**0.5)
         attr = eps_attr(m)
         setattr(m, attr, getattr(m, attr) * ratio)
-
-
-def max_rel_error(ref: Any, out: Any) -> float:
-    """max |a - b| / max |b| over all output tensors (caches excluded)."""
-    a = [t for t in flatten(ref) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    b = [t for t in flatten(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
-        raise VerificationError(
-            "the shrunk model's outputs differ in structure or shape from the masked model's: "
-            f"{[tuple(x.shape) for x in a]} vs {[tuple(y.shape) for y in b]}"
-        )
-    worst = 0.0
-    for x, y in zip(a, b, strict=True):
-        scale = x.detach().abs().max().clamp_min(1e-12)
-        worst = max(worst, float((x.detach() - y.detach()).abs().max() / scale))
-    return worst
 
 
 def _finite(value: Any) -> bool:
