@@ -311,11 +311,14 @@ def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path):
 
 
 _REFUSED = {
-    "LongformerSelfAttention": (  # reshapes to its input's width: a naming fallback fits it
-        "LongformerModel",
-        {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-         "intermediate_size": 64, "attention_window": 4},
-        lambda g: {"input_ids": torch.randint(3, 64, (2, 8), generator=g)},
+    "LocalSelfAttention": (  # Reformer's: comes with LSH attention (random rotations per head)
+        "ReformerModelWithLMHead",
+        {"vocab_size": 64, "hidden_size": 32, "num_attention_heads": 4, "attention_head_size": 8,
+         "attn_layers": ["local", "lsh"], "axial_pos_shape": (4, 4),
+         "axial_pos_embds_dim": (16, 16), "max_position_embeddings": 16,
+         "feed_forward_size": 64, "local_attn_chunk_length": 4, "lsh_attn_chunk_length": 4,
+         "num_buckets": 2, "is_decoder": True},
+        lambda g: {"input_ids": torch.randint(3, 64, (2, 16), generator=g)},
     ),
 }  # fmt: skip
 

@@ -1,9 +1,10 @@
 """Hugging Face attention read by structure where a wrapper or an adapter adds what structure
 cannot tell: SqueezeBERT (1x1-convolution projections, the scores product inside a
 ``MatMulWrapper`` whose parent holds the head count), LeViT (values wider than keys, per-head
-biases gathered by position and cached by an eval forward) and ProphetNet's plain attention (an
-adapter whose forward merges fewer heads than the input width); SqueezeBERT with grouped q/k/v is
-refused by name, the model untouched.
+biases gathered by position and cached by an eval forward), ProphetNet's plain attention, LED's
+decoder and Longformer's sliding-window attention with global tokens (LED's encoder): adapters
+whose forward merges fewer heads than the input width; SqueezeBERT with grouped q/k/v is refused by
+name, the model untouched.
 
 Each shrunk model is checked against the ORIGINAL model whose dropped heads are silenced by zeroing
 their output-projection columns (no prunekit code runs on it), and reloaded in a fresh process from
@@ -72,6 +73,34 @@ def _led() -> torch.nn.Module:
     return transformers.LEDForConditionalGeneration(cfg).eval()
 
 
+def _longformer(dropout: float = 0.1) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LongformerConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, attention_window=4, attention_probs_dropout_prob=dropout,
+    )  # fmt: skip
+    return transformers.LongformerForMaskedLM(cfg).eval()
+
+
+def _long_inputs() -> dict:
+    """11 tokens (the model pads them to a multiple of the window), the second sequence padded
+    after 8, global attention on one token of the first and two of the second."""
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, 8:] = 0
+    global_mask = torch.zeros(2, 11, dtype=torch.long)
+    global_mask[0, 0] = global_mask[1, 0] = global_mask[1, 3] = 1
+    return {
+        "input_ids": torch.randint(3, 64, (2, 11), generator=g),
+        "attention_mask": mask,
+        "global_attention_mask": global_mask,
+    }
+
+
+def _led_inputs() -> dict:
+    return {**_long_inputs(), "decoder_input_ids": _seq2seq()["decoder_input_ids"]}
+
+
 def _seq2seq() -> dict:
     g = torch.Generator().manual_seed(2)
     return {
@@ -80,7 +109,8 @@ def _seq2seq() -> dict:
     }
 
 
-#: name -> (factory, inputs, the attention modules' class, the warning naming heads that stay)
+#: name -> (factory, inputs, the attention modules' class (or classes), the warning naming heads
+#: that stay)
 CASES = {
     # encoder self-attention and decoder cross-attention; the n-gram self-attention is refused
     "prophetnet": (
@@ -89,21 +119,28 @@ CASES = {
         "ProphetNetAttention",
         r"decoder\.layers\.0\.self_attn \(ProphetNetNgramSelfAttention: its n-gram streams",
     ),
-    # decoder self- and cross-attention; the encoder's (Longformer's) is refused
-    "led": (
-        _led,
-        _seq2seq,
-        "LEDDecoderAttention",
-        r"encoder\.layers\.0\.self_attn\.longformer_self_attn \(LEDEncoderSelfAttention: its",
-    ),
+    # decoder self- and cross-attention, and the encoder's Longformer attention
+    "led": (_led, _seq2seq, ("LEDDecoderAttention", "LEDEncoderAttention"), None),
+    # the encoder's with padding and global tokens
+    "led_global": (_led, _led_inputs, ("LEDDecoderAttention", "LEDEncoderAttention"), None),
+    "longformer": (_longformer, _long_inputs, "LongformerAttention", None),
     "squeezebert": (lambda: _squeezebert(1), INPUTS["bert"], "SqueezeBertSelfAttention", None),
     "levit": (_levit, INPUTS["levit"], "LevitAttention", None),
 }
 
 
+def _holder(attn: torch.nn.Module) -> torch.nn.Module:
+    """The module holding the head count: Longformer's self-attention inside its parent."""
+    return getattr(attn, "longformer_self_attn", None) or getattr(attn, "self", None) or attn
+
+
 def _projection(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, int]:
     """The output projection's Linear of attention module ``name`` and its columns per head."""
     attn = model.get_submodule(name)
+    if hasattr(attn, "longformer_self_attn"):  # LED's encoder
+        return attn.output, attn.longformer_self_attn.head_dim
+    if hasattr(attn, "self"):  # Longformer
+        return attn.output.dense, attn.self.head_dim
     if hasattr(attn, "attention_biases"):  # LeViT: projection = Hardswish, then a BN-linear
         return attn.projection.linear, attn.attention_ratio * attn.key_dim
     if hasattr(attn, "out_proj"):  # ProphetNet
@@ -151,13 +188,18 @@ def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
         cols = torch.cat([torch.arange(h * width, (h + 1) * width) for h in kept.tolist()])
         small_proj = _projection(small, n)[0]
         assert torch.equal(small_proj.weight, _projection(original, n)[0].weight[:, cols])
-        attn = small.get_submodule(n)
+        attn = _holder(small.get_submodule(n))
         count = next(
             getattr(attn, a)
             for a in ("num_attention_heads", "num_attn_heads", "num_heads")
             if hasattr(attn, a)
         )
         assert count == len(kept)
+        if hasattr(attn, "query_global"):  # Longformer: the kept heads' global rows too
+            rows = torch.cat([torch.arange(h * width, (h + 1) * width) for h in kept.tolist()])
+            was = _holder(original.get_submodule(n))
+            for p in ("query_global", "key_global", "value_global"):
+                assert torch.equal(getattr(attn, p).bias, getattr(was, p).bias[rows])
         if hasattr(attn, "attention_biases"):  # the kept heads' bias rows, not the cached ones
             assert torch.equal(
                 attn.attention_biases, original.get_submodule(n).attention_biases[kept]
@@ -176,6 +218,30 @@ def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
         with torch.no_grad():
             expected_ids = silenced.generate(x["input_ids"], **kw)
             assert torch.equal(small.generate(x["input_ids"], **kw), expected_ids)
+
+
+def test_longformer_forward_is_the_original_in_train_mode():
+    """The forward given to pruned Longformer attention, on unpruned heads, equals the original
+    in train mode (attention dropout drawn in the same order), with padding, global tokens and
+    the local and global attention probabilities returned."""
+    from prunekit.structure.heads import pruned_class
+    from prunekit.structure.longformer import _forward
+
+    model, x = _longformer(dropout=0.3).train(), _long_inputs()
+    replaced = copy.deepcopy(model)
+    for m in replaced.modules():
+        if type(m).__name__ == "LongformerSelfAttention":
+            m.__class__ = pruned_class(type(m), _forward)
+    outs = []
+    for m in (model, replaced):
+        torch.manual_seed(5)
+        outs.append(m(**x, output_attentions=True))
+    for key in ("logits", "attentions", "global_attentions"):
+        a, b = outs[0][key], outs[1][key]
+        a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True)), key
+    torch.manual_seed(6)
+    assert not torch.equal(replaced(**x).logits, outs[1].logits)  # dropout really draws
 
 
 def test_grouped_squeezebert_is_refused_by_name_untouched():

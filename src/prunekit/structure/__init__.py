@@ -23,6 +23,7 @@ from . import (  # noqa: F401
     funnel,
     led,
     levit,
+    longformer,
     masked_norm,
     mha,
     prophetnet,

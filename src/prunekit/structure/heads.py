@@ -514,12 +514,6 @@ class GPT2Attention(HeadAdapter):
 #: projections, BERT's self.query/.../output.dense) where the module holds a head size
 GENERIC = ("proj", "out-proj", "bert")
 #: attention classes whose heads cannot be removed, and why (named in the refusal)
-_HIDDEN_WIDTH = (
-    "its forward reshapes the heads' output to the width of its input hidden states (a local "
-    "value, not an attribute an adapter could set), so it cannot hold fewer heads"
-)
-
-
 def _squeezebert(module: nn.Module) -> str | None:
     """SqueezeBERT's q/k/v are 1x1 convolutions: with groups (``q_groups`` ...), where structure
     would read them, every group must lose as many channels at the same local positions."""
@@ -535,8 +529,6 @@ def _squeezebert(module: nn.Module) -> str | None:
 
 
 REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
-    "LongformerSelfAttention": _HIDDEN_WIDTH,
-    "LEDEncoderSelfAttention": _HIDDEN_WIDTH,
     "SqueezeBertSelfAttention": _squeezebert,
     "ProphetNetNgramSelfAttention": "its n-gram streams gather their relative position biases "
     "from rows laid out (token, stream, head) but read as (stream, head, token), so one head's "

@@ -6,7 +6,7 @@ heads. Its heads are plain blocks of ``q_proj``/
 ``k_proj``/``v_proj`` rows and ``out_proj`` columns. After pruning the module's class becomes a
 subclass whose forward merges the heads into ``num_heads * head_dim`` channels; a checkpoint gets
 it back from its shapes (:meth:`LEDDecoderAttention.reattach`). LED's encoder attention
-(Longformer's) stays refused (see ``heads.REFUSED``).
+(Longformer's) is served by :mod:`.longformer`.
 """
 
 from __future__ import annotations
