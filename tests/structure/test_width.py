@@ -96,3 +96,33 @@ def test_width_pruned_hf_folder_reloads_from_its_own_config(tmp_path):
     assert back.config.hidden_size < ZOO["llama"]().config.hidden_size
     with torch.no_grad():
         assert torch.equal(back(**x).logits, small(**x).logits)
+
+
+def _tiny(cls_name: str, config_name: str, **cfg):
+    import transformers
+
+    torch.manual_seed(0)
+    return getattr(transformers, cls_name)(getattr(transformers, config_name)(**cfg)).eval()
+
+
+def test_width_pruned_model_whose_config_derives_attention_width_reloads(tmp_path):
+    """BERT and Longformer size their attention by ``hidden_size``: a config with the narrowed
+    width would rebuild narrower q/k/v than the shrunk model holds, so the width stays in the
+    config and the shape manifest narrows the rebuilt model; pk.load(DIR) gives the same
+    logits. Longformer's self-attention also learns its narrowed input width."""
+    x = {"input_ids": torch.randint(3, 64, (2, 16), generator=torch.Generator().manual_seed(0))}
+    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64)  # fmt: skip
+    for name, model in [
+        ("bert", _tiny("BertForSequenceClassification", "BertConfig", **common)),
+        ("longformer", _tiny("LongformerForMaskedLM", "LongformerConfig", attention_window=4,
+                             **common)),
+    ]:  # fmt: skip
+        pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+        small = pk.shrink(model, x)
+        assert small.get_input_embeddings().embedding_dim == 16
+        assert small.config.hidden_size == 32
+        pk.save(small, tmp_path / name)
+        back = pk.load(tmp_path / name)
+        with torch.no_grad():
+            assert torch.equal(back(**x).logits, small(**x).logits), name

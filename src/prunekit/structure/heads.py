@@ -513,6 +513,8 @@ class GPT2Attention(HeadAdapter):
 #: adapters that serve, by their naming alone, attention classes registered nowhere (q/k/v/o
 #: projections, BERT's self.query/.../output.dense) where the module holds a head size
 GENERIC = ("proj", "out-proj", "bert")
+
+
 #: attention classes whose heads cannot be removed, and why (named in the refusal)
 def _squeezebert(module: nn.Module) -> str | None:
     """SqueezeBERT's q/k/v are 1x1 convolutions: with groups (``q_groups`` ...), where structure

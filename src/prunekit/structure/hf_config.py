@@ -83,6 +83,13 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
         for fld in HIDDEN_FIELDS:
             if getattr(config, fld, None) == old:
                 setattr(config, fld, width)
+    if not _holds(model, config):
+        # the config derives other widths from these (BERT's attention width is its hidden
+        # size): a model rebuilt from it would be narrower than the shrunk one, so the widths
+        # stay as they were and the shape manifest narrows the rebuilt model
+        for fld, value in before.items():
+            if value is not None:
+                setattr(config, fld, value)
     _sync_module_copies(model, config, before)
     eps = {getattr(m, a) for m in model.modules() for a in EPS_ATTRS if _is_float(m, a)}
     for fld in EPS_FIELDS:  # RMS norms fold a width change into eps (shrink.rescale_rms_norms)
@@ -130,6 +137,29 @@ def _rebuilds_heads(model: nn.Module, config: object) -> bool:
         for a in HEAD_SIZES
         if isinstance(v := m.__dict__.get(a), int)
     ) and _same_eps(model, built)
+
+
+def _holds(model: nn.Module, config: object) -> bool:
+    """A model built from ``config`` (on the meta device) is at least as large as ``model`` in
+    every dimension of every parameter and buffer, so a shape manifest can narrow it to
+    ``model``; True where the class cannot be rebuilt from its config (nothing to compare)."""
+    build = getattr(type(model), "_from_config", None)
+    if build is None:
+        return True
+    try:
+        with torch.device("meta"):
+            fresh = build(config)
+    except Exception:  # judged by the head check and the loader, as before
+        return True
+    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+
+    def fits(key: str, t: torch.Tensor) -> bool:
+        built = shapes.get(key)
+        return built is None or (
+            len(built) == t.dim() and all(a >= b for a, b in zip(built, t.shape, strict=True))
+        )
+
+    return all(fits(k, v) for k, v in model.state_dict().items())
 
 
 def _set(config: object, field: str, value: int) -> None:

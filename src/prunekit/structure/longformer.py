@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .heads import BertAttention, Heads, _get, _linear_slots, hf_example, pruned_class, register
+from .resize import RESIZERS
 
 
 def _local_scores(self: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor):
@@ -131,10 +132,7 @@ class LongformerAttention(BertAttention):
         self.reattach(module)
 
     def reattach(self, module: nn.Module) -> None:
-        attn = _get(module, self.holder)
-        narrow = attn.num_heads * attn.head_dim != attn.embed_dim
-        if narrow and type(attn).forward is not _forward:
-            attn.__class__ = pruned_class(type(attn), _forward)
+        _self_attention(_get(module, self.holder))
 
 
 @register(
@@ -149,3 +147,23 @@ class LEDEncoderAttention(LongformerAttention):
     o = "output"
     holder = "longformer_self_attn"
     global_paths = tuple(f"longformer_self_attn.{p}_global" for p in ("query", "key", "value"))
+
+
+@RESIZERS.register(
+    "LongformerSelfAttention",
+    examples=[
+        hf_example(
+            "LongformerForMaskedLM", vocab_size=64, hidden_size=32, num_hidden_layers=1,
+            num_attention_heads=4, intermediate_size=64, attention_window=4,
+        )
+    ],
+)  # fmt: skip
+@RESIZERS.register("LEDEncoderSelfAttention", examples=[hf_example("LEDModel", **_LED)])
+def _self_attention(attn: nn.Module) -> None:
+    """``embed_dim`` is the width of the input (the hidden width, which channel pruning may
+    narrow); where the heads' width differs from it, the forward that merges
+    ``num_heads * head_dim`` channels."""
+    attn.embed_dim = attn.query.in_features
+    narrow = attn.num_heads * attn.head_dim != attn.embed_dim
+    if narrow and type(attn).forward is not _forward:
+        attn.__class__ = pruned_class(type(attn), _forward)
