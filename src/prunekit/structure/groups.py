@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ..masks import get_mask
+from ..memo import TensorMemo
 from ..targets import Target, is_hf_conv1d, is_prunable
 from ..threads import torch_threads
 from .experts import find_moe, is_expert_weight
@@ -118,33 +118,19 @@ class Group:
         return f"Group({self.kind} {self.name!r}, units={self.units}, slots={len(self.slots)})"
 
 
-#: mask -> (its version counter, dim -> live slices): what :func:`live_slices` found, or what
-#: :func:`know_live` was told; stale once the mask is written in place (its version moves)
-_LIVE: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """``t``'s version counter (every in-place write moves it); None for an inference tensor."""
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors keep no version counter
-        return None
+#: mask -> dim -> live slices: what :func:`live_slices` found, or what :func:`know_live` was told
+_LIVE = TensorMemo()
 
 
 def live_slices(mask: torch.Tensor, dim: int) -> torch.Tensor:
     """bool ``[mask.shape[dim]]`` (CPU, not to be modified): the slice at each index along
     ``dim`` keeps some entry. Remembered until the mask is written again. (A max over the mask's
     bytes: ``Tensor.any`` over a dimension of a bool tensor is far slower.)"""
-    version = _version(mask)
-    known = _LIVE.get(mask)
-    if known is not None and known[0] == version and dim in known[1]:
-        return known[1][dim]
-    rest = [d for d in range(mask.dim()) if d != dim]
-    live = (mask.view(torch.uint8).amax(rest) > 0).cpu() if rest else mask.cpu()
-    if version is not None:
-        if known is None or known[0] != version:
-            known = _LIVE[mask] = (version, {})
-        known[1][dim] = live
+    live = _LIVE.get(mask).get(dim)
+    if live is None:
+        rest = [d for d in range(mask.dim()) if d != dim]
+        live = (mask.view(torch.uint8).amax(rest) > 0).cpu() if rest else mask.cpu()
+        _LIVE.values(mask)[dim] = live
     return live
 
 
@@ -152,12 +138,9 @@ def know_live(mask: torch.Tensor, keeps: dict[int, torch.Tensor]) -> None:
     """Record that ``mask`` is, as it stands now, the outer product of ``keeps`` (dim -> bool
     ``[size]``; a dimension left out keeps every index), so that :func:`live_slices` need not
     read it back until it is written again."""
-    version = _version(mask)
-    if version is None:
-        return
     full = [keeps.get(d, torch.ones(n, dtype=torch.bool)).cpu() for d, n in enumerate(mask.shape)]
     some = all(bool(k.any()) for k in full)
-    _LIVE[mask] = (version, {d: k if some else torch.zeros_like(k) for d, k in enumerate(full)})
+    _LIVE.values(mask).update({d: k if some else torch.zeros_like(k) for d, k in enumerate(full)})
 
 
 def components(count: int, edges: list[torch.Tensor]) -> torch.Tensor:
