@@ -123,3 +123,13 @@ def test_like_input_covers_calls_whose_output_is_shaped_like_their_input_only():
     last = torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last)
     out = like_input("batch_norm", (last, torch.zeros(4), torch.ones(4)), {})
     assert out.shape == last.shape and out.stride() == last.stride()
+
+
+def test_in_place_names_the_calls_that_write_their_first_argument():
+    from prunekit.structure.shapes import in_place
+
+    x = torch.randn(2, 3)
+    assert in_place("relu_", (x,), {}) and in_place("__iadd__", (x, x), {})
+    assert in_place("relu", (x,), {"inplace": True}) and in_place("leaky_relu", (x, 0.1, True), {})
+    assert not in_place("relu", (x,), {}) and not in_place("relu", (x,), {"inplace": False})
+    assert not in_place("batch_norm", (x, None, None, None, None, True), {})

@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TargetError
 from ..masks import arm, is_armed, mask_names
-from .shapes import ELEMENTWISE, FORMULAS, IN_PLACE, LIKE_INPUT, like_input, like_output
+from .shapes import ELEMENTWISE, FORMULAS, LIKE_INPUT, in_place, like_input, like_output
 
 #: calls that only read metadata; never recorded
 _METADATA = {
@@ -237,7 +237,7 @@ class _Recorder(TorchFunctionMode):
         if name in FORMULAS:  # the costly ops: a tensor of their output's shape
             out = like_output(name, args, kwargs)
             touched = touched or out is not None
-        elif touched and name in IN_PLACE and args and id(args[0]) in self.unknown:
+        elif touched and args and id(args[0]) in self.unknown and in_place(name, args, kwargs):
             out = args[0]  # stays unknown: nothing to compute
         elif touched and (name in LIKE_INPUT or name in ELEMENTWISE):
             out = like_input(name, args, kwargs)

@@ -105,6 +105,16 @@ IN_PLACE = {
     "relu_", "add_", "sub_", "mul_", "div_", "clamp_", "clamp_min_", "hardtanh_", "sigmoid_",
     "tanh_", "silu_", "leaky_relu_", "elu_", "__iadd__", "__isub__", "__imul__", "__itruediv__",
 }  # fmt: skip
+#: activations with an ``inplace`` flag (``nn.ReLU(inplace=True)``)
+INPLACE_FLAG = {"relu", "silu", "hardtanh", "relu6", "leaky_relu", "elu"}
+
+
+def in_place(name: str, args: tuple, kwargs: dict) -> bool:
+    """The call writes its result into its first argument, elementwise, and returns it."""
+    if name in IN_PLACE:
+        return True
+    flag = kwargs.get("inplace", any(a is True for a in args[1:]))
+    return name in INPLACE_FLAG and flag is True
 
 
 def like_input(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
