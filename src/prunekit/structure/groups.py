@@ -48,7 +48,14 @@ class Slot:
 
     def target(self) -> Target | None:
         """The prunable weight this slot slices, if it is one (Linear, Conv, Conv1D, a 3-D
-        MoE expert weight)."""
+        MoE expert weight). Found once per slot."""
+        found = self.__dict__.get("_target", self)
+        if found is self:
+            found = self._find_target()
+            object.__setattr__(self, "_target", found)  # frozen: a cache, not a field
+        return found
+
+    def _find_target(self) -> Target | None:
         if self.attr == "weight" and is_prunable(self.module):
             return Target(self.name.rpartition(".")[0], self.module, "weight")
         if is_expert_weight(self.module, self.attr):
@@ -221,13 +228,13 @@ def _units(
     key = row_group * width + ent
     order = torch.argsort(key, stable=True)
     keys, seg = torch.unique_consecutive(key[order], return_counts=True)
-    members = torch.bincount(group_of)
+    members = torch.bincount(group_of).tolist()
     out: dict[int, tuple[list[Slot], list[torch.Tensor]]] = {}
     for k, rows in zip(keys.tolist(), torch.split(pos[order], seg.tolist()), strict=True):
         g, e = divmod(k, width)
         slots, index = out.setdefault(g, ([], []))
         slots.append(entries[e][0])
-        index.append(rows.view(int(members[g]), -1))  # [units, k]
+        index.append(rows.view(members[g], -1))  # [units, k]
     return [out[g] for g in sorted(out)]
 
 
