@@ -15,15 +15,40 @@ from .zoo import INPUTS, ZOO
 
 
 @pytest.mark.parametrize(
-    "shape", [(3000, 700), (700, 3000), (64, 32, 3, 3), (5,), (1, 2_000_000), (40_000, 30)]
+    "shape",
+    [
+        (3000, 700),
+        (700, 3000),
+        (64, 32, 3, 3),
+        (64, 32, 1, 1),
+        (6, 5, 4),
+        (5,),
+        (1, 2_000_000),
+        (40_000, 30),
+    ],
 )
 @pytest.mark.parametrize("fn", [torch.abs, torch.square])
 def test_slice_sums_match_the_full_reduction(shape, fn):
     w = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    for dim in range(w.dim()):
-        rest = [d for d in range(w.dim()) if d != dim]
-        full = fn(w).sum(rest) if rest else fn(w)
-        assert torch.allclose(slice_sums(w, dim, fn), full, rtol=1e-5, atol=1e-3)
+    for dims in (range(w.dim()), reversed(range(w.dim())), [0, 0, 1, 1]):  # from one pass or two
+        for dim in dims:
+            dim = dim % w.dim()
+            rest = [d for d in range(w.dim()) if d != dim]
+            full = fn(w).sum(rest) if rest else fn(w)
+            got = slice_sums(w, dim, fn, fn.__name__)
+            assert torch.allclose(got, full, rtol=1e-5, atol=1e-3)
+
+
+def test_slice_sums_left_over_from_a_pass_are_dropped_once_the_weight_changes():
+    w = nn.Conv2d(8, 6, 3).weight
+    col = w.detach().abs().sum((0, 2, 3))
+    slice_sums(w, 0, torch.abs, "abs")  # the columns are kept for the next call
+    with torch.no_grad():
+        w[:, 2] = 0.0  # written in place (the way a mask zeroes it)
+    assert float(slice_sums(w, 1, torch.abs, "abs")[2]) == 0.0 != float(col[2])
+    slice_sums(w, 0, torch.abs, "abs")
+    square = slice_sums(w, 1, torch.square, "square")  # another function: its own sums
+    assert torch.allclose(square, w.detach().square().sum((0, 2, 3)))
 
 
 @pytest.mark.parametrize("criterion", [Magnitude, L2])

@@ -108,3 +108,28 @@ def test_an_activation_written_into_a_buffer_is_the_real_one():
     assert graph.exact
     with torch.no_grad():
         assert torch.allclose(model.last, model.fc1(x).relu().mean(0))
+
+
+def test_like_input_covers_calls_whose_output_is_shaped_like_their_input_only():
+    from prunekit.structure.shapes import like_input
+
+    x = torch.randn(2, 3)
+    assert like_input("add", (x, x.clone()), {}).shape == (2, 3)
+    assert like_input("add", (x, torch.randn(3)), {}) is None  # broadcasting: computed
+    assert like_input("mul", (x, 2.0), {}) is None  # a scalar: computed
+    assert like_input("add", (x, x.double()), {}) is None  # type promotion: computed
+    assert like_input("relu", (x,), {"inplace": True}) is None
+    assert like_input("softmax", (x,), {}) is None  # not one it covers
+    last = torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last)
+    out = like_input("batch_norm", (last, torch.zeros(4), torch.ones(4)), {})
+    assert out.shape == last.shape and out.stride() == last.stride()
+
+
+def test_in_place_names_the_calls_that_write_their_first_argument():
+    from prunekit.structure.shapes import in_place
+
+    x = torch.randn(2, 3)
+    assert in_place("relu_", (x,), {}) and in_place("__iadd__", (x, x), {})
+    assert in_place("relu", (x,), {"inplace": True}) and in_place("leaky_relu", (x, 0.1, True), {})
+    assert not in_place("relu", (x,), {}) and not in_place("relu", (x,), {"inplace": False})
+    assert not in_place("batch_norm", (x, None, None, None, None, True), {})

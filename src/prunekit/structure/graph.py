@@ -7,8 +7,10 @@ touches a tensor, with its real input and output tensors and the qualified name 
 run: nothing is symbolically traced, so any model that runs can be analysed.
 
 The channel rules read shapes and index values, never the values of activations, so the trace
-first runs *shape-only*: convolutions, linears, matmuls and attention return zeros of their
-output's shape (:mod:`.shapes`), and every tensor computed from such a zero is *unknown*. Index
+first runs *shape-only*: convolutions, linears, matmuls and attention return uninitialised
+tensors of their output's shape (:mod:`.shapes`), and every tensor computed from such a one is
+*unknown*; norms, activations and elementwise arithmetic on unknown tensors are not computed
+either (their values are never read). Index
 tensors and the model's inputs stay exact. If the model reads an unknown value (``bool``,
 ``item``, a comparison, a cast to integers: routing, data-dependent control flow) or stores one
 in a parameter, buffer or module attribute, the trace starts over with every op computed
@@ -29,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import TargetError
 from ..masks import arm, is_armed, mask_names
 from ..outputs import flatten
-from .shapes import FORMULAS, zeros_like_output
+from .shapes import ELEMENTWISE, FORMULAS, LIKE_INPUT, in_place, like_input, like_output
 
 #: calls that only read metadata; never recorded
 _METADATA = {
@@ -223,9 +225,13 @@ class _Recorder(TorchFunctionMode):
         if touched and name in _READS_VALUES:
             raise _NeedsValues(name)
         out = None
-        if name in FORMULAS:  # the costly ops: zeros of their output's shape
-            out = zeros_like_output(name, args, kwargs)
+        if name in FORMULAS:  # the costly ops: a tensor of their output's shape
+            out = like_output(name, args, kwargs)
             touched = touched or out is not None
+        elif touched and args and id(args[0]) in self.unknown and in_place(name, args, kwargs):
+            out = args[0]  # stays unknown: nothing to compute
+        elif touched and (name in LIKE_INPUT or name in ELEMENTWISE):
+            out = like_input(name, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
         if not touched:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..masks import get_mask
+from ..memo import TensorMemo
 from ..targets import Target, is_hf_conv1d, is_prunable
 from ..threads import torch_threads
 from .experts import find_moe, is_expert_weight
@@ -47,7 +48,14 @@ class Slot:
 
     def target(self) -> Target | None:
         """The prunable weight this slot slices, if it is one (Linear, Conv, Conv1D, a 3-D
-        MoE expert weight)."""
+        MoE expert weight). Found once per slot."""
+        found = self.__dict__.get("_target", self)
+        if found is self:
+            found = self._find_target()
+            object.__setattr__(self, "_target", found)  # frozen: a cache, not a field
+        return found
+
+    def _find_target(self) -> Target | None:
         if self.attr == "weight" and is_prunable(self.module):
             return Target(self.name.rpartition(".")[0], self.module, "weight")
         if is_expert_weight(self.module, self.attr):
@@ -117,11 +125,29 @@ class Group:
         return f"Group({self.kind} {self.name!r}, units={self.units}, slots={len(self.slots)})"
 
 
+#: mask -> dim -> live slices: what :func:`live_slices` found, or what :func:`know_live` was told
+_LIVE = TensorMemo()
+
+
 def live_slices(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """bool ``[mask.shape[dim]]``: the slice at each index along ``dim`` keeps some entry. (A max
-    over the mask's bytes: ``Tensor.any`` over a dimension of a bool tensor is far slower.)"""
-    rest = [d for d in range(mask.dim()) if d != dim]
-    return (mask.view(torch.uint8).amax(rest) > 0).cpu() if rest else mask.cpu()
+    """bool ``[mask.shape[dim]]`` (CPU, not to be modified): the slice at each index along
+    ``dim`` keeps some entry. Remembered until the mask is written again. (A max over the mask's
+    bytes: ``Tensor.any`` over a dimension of a bool tensor is far slower.)"""
+    live = _LIVE.get(mask).get(dim)
+    if live is None:
+        rest = [d for d in range(mask.dim()) if d != dim]
+        live = (mask.view(torch.uint8).amax(rest) > 0).cpu() if rest else mask.cpu()
+        _LIVE.values(mask)[dim] = live
+    return live
+
+
+def know_live(mask: torch.Tensor, keeps: dict[int, torch.Tensor]) -> None:
+    """Record that ``mask`` is, as it stands now, the outer product of ``keeps`` (dim -> bool
+    ``[size]``; a dimension left out keeps every index), so that :func:`live_slices` need not
+    read it back until it is written again."""
+    full = [keeps.get(d, torch.ones(n, dtype=torch.bool)).cpu() for d, n in enumerate(mask.shape)]
+    some = all(bool(k.any()) for k in full)
+    _LIVE.values(mask).update({d: k if some else torch.zeros_like(k) for d, k in enumerate(full)})
 
 
 def components(count: int, edges: list[torch.Tensor]) -> torch.Tensor:
@@ -202,13 +228,13 @@ def _units(
     key = row_group * width + ent
     order = torch.argsort(key, stable=True)
     keys, seg = torch.unique_consecutive(key[order], return_counts=True)
-    members = torch.bincount(group_of)
+    members = torch.bincount(group_of).tolist()
     out: dict[int, tuple[list[Slot], list[torch.Tensor]]] = {}
     for k, rows in zip(keys.tolist(), torch.split(pos[order], seg.tolist()), strict=True):
         g, e = divmod(k, width)
         slots, index = out.setdefault(g, ([], []))
         slots.append(entries[e][0])
-        index.append(rows.view(int(members[g]), -1))  # [units, k]
+        index.append(rows.view(members[g], -1))  # [units, k]
     return [out[g] for g in sorted(out)]
 
 

@@ -72,6 +72,10 @@ def rule_for(op: str) -> Rule | None:
     return _BY_OP.get(op) or _BY_OP.get(op.rstrip("_"))
 
 
+#: joins of more pairs than this drop repeated pairs (an edge list of fewer costs nothing)
+_DEDUP = 4096
+
+
 class State:
     """Atoms of every tensor seen so far, plus the joins and blocks recorded by the rules."""
 
@@ -182,11 +186,17 @@ class State:
     # -- links -----------------------------------------------------------------------------------
     def join(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge ``a`` and ``b`` elementwise (same shape) where both are tracked."""
-        a, b = compact(*torch.broadcast_tensors(a, b))
-        both = (a >= 0) & (b >= 0) & (a != b)
-        if both.any():
-            keys = torch.unique((a[both] << 32) | b[both])  # pairs as one int64: fast dedup
-            self.edges.append(torch.stack([keys >> 32, keys & 0xFFFFFFFF]))
+        if a.shape != b.shape:
+            a, b = torch.broadcast_tensors(a, b)
+        a, b = compact(a, b)
+        both = (a != b) & (torch.minimum(a, b) >= 0)
+        if not both.any():
+            return
+        a, b = a[both], b[both]
+        if a.numel() > _DEDUP:
+            keys = torch.unique((a << 32) | b)  # pairs as one int64: fast dedup
+            a, b = keys >> 32, keys & 0xFFFFFFFF
+        self.edges.append(torch.stack([a, b]))
 
     def block(self, atoms: torch.Tensor | None, call: Call | None, why: str) -> None:
         if atoms is None:
@@ -219,7 +229,9 @@ def compress(a: torch.Tensor) -> torch.Tensor:
 
 def compact(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop the broadcast (stride 0) dimensions that all of ``ts`` share: same pairs, less work."""
-    dims = [d for d in range(ts[0].dim()) if all(t.stride(d) == 0 for t in ts)]
+    dims = [d for d, n in enumerate(ts[0].shape) if n > 1 and all(t.stride(d) == 0 for t in ts)]
+    if not dims:
+        return ts
     out = []
     for t in ts:
         for d in dims:

@@ -13,11 +13,11 @@ from ..allocation import Allocation
 from ..criteria import CRITERIA, Criterion, ScoreContext
 from ..errors import ConfigError, WeightError
 from ..granularity.structured import Structured
-from ..masks import shrink_mask
+from ..masks import get_mask, shrink_mask
 from ..targets import Target
 from ..threads import torch_threads
 from .experts import alignment, is_expert_weight
-from .groups import Group, Slot
+from .groups import Group, Slot, know_live
 
 
 def _element_scores(
@@ -241,7 +241,10 @@ def apply_masks(groups: list[Group], pruned: list[torch.Tensor]) -> None:
             view[dim] = shape[dim]
             kept = (~drop).view(view).view(torch.uint8)  # broadcasts along the other dims
             keep = kept if keep is None else keep * kept  # as bytes: bool & is far slower
-        shrink_mask(module, attr, keep.expand(shape).view(torch.bool))  # copied once there
+        fresh = get_mask(module, attr) is None
+        mask = shrink_mask(module, attr, keep.expand(shape).view(torch.bool))  # copied there
+        if fresh:  # the mask is the product of the keeps: its live slices are known
+            know_live(mask, {d: ~drop for d, drop in by_dim.items()})
 
 
 def prune_groups(

@@ -96,10 +96,56 @@ FORMULAS: dict[str, Callable[[tuple, dict], Shape | None]] = {
 }
 
 
-def zeros_like_output(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Zeros shaped like what op ``name`` returns on ``args`` (floating inputs of one dtype and
-    device; a 4-D channels-last input gives a channels-last output), or None if no formula
-    covers the call."""
+#: out-of-place ops whose output is shaped like their first tensor (eval-mode norms, activations)
+#: or, for elementwise arithmetic, like all their tensors when those agree in shape and layout
+LIKE_INPUT = {"batch_norm", "relu", "gelu", "silu", "sigmoid", "tanh", "hardtanh", "relu6"}
+ELEMENTWISE = {"add", "__add__", "__radd__", "sub", "__sub__", "mul", "__mul__", "__rmul__"}
+#: in-place elementwise ops: on a tensor whose values are unknown, they leave it unknown
+IN_PLACE = {
+    "relu_", "add_", "sub_", "mul_", "div_", "clamp_", "clamp_min_", "hardtanh_", "sigmoid_",
+    "tanh_", "silu_", "leaky_relu_", "elu_", "__iadd__", "__isub__", "__imul__", "__itruediv__",
+}  # fmt: skip
+#: activations with an ``inplace`` flag (``nn.ReLU(inplace=True)``)
+INPLACE_FLAG = {"relu", "silu", "hardtanh", "relu6", "leaky_relu", "elu"}
+
+
+def in_place(name: str, args: tuple, kwargs: dict) -> bool:
+    """The call writes its result into its first argument, elementwise, and returns it."""
+    if name in IN_PLACE:
+        return True
+    flag = kwargs.get("inplace", any(a is True for a in args[1:]))
+    return name in INPLACE_FLAG and flag is True
+
+
+def like_input(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """An uninitialised tensor shaped (and laid out) like the first tensor argument of a
+    :data:`LIKE_INPUT` or :data:`ELEMENTWISE` op, or None where the call is not one they
+    cover."""
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    if (
+        not tensors
+        or "out" in kwargs
+        or kwargs.get("inplace")
+        or not tensors[0].is_floating_point()
+    ):
+        return None
+    x = tensors[0]
+    if name in ELEMENTWISE:
+        if any(a is not x and not isinstance(a, torch.Tensor) for a in args[:2]) or any(
+            t.shape != x.shape or t.dtype != x.dtype or t.stride() != x.stride()
+            or t.device != x.device
+            for t in tensors
+        ):  # fmt: skip
+            return None  # scalars, broadcasting or type promotion: computed
+    elif name not in LIKE_INPUT or any(a is True for a in args[1:]):  # inplace=True positional
+        return None
+    return torch.empty_like(x)
+
+
+def like_output(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """An uninitialised tensor (its values are never read) shaped like what op ``name``
+    returns on ``args`` (floating inputs of one dtype and device; a 4-D channels-last input
+    gives a channels-last output), or None if no formula covers the call."""
     formula = FORMULAS.get(name)
     tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
     if formula is None or "out" in kwargs or len(tensors) < 2:
@@ -119,4 +165,4 @@ def zeros_like_output(name: str, args: tuple, kwargs: dict) -> torch.Tensor | No
         and not x.is_contiguous()
         else torch.contiguous_format
     )  # fmt: skip
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout).zero_()
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
