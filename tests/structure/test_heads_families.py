@@ -155,6 +155,7 @@ def _reload_in_fresh_process(small, x, tmp_path) -> None:
         torch.save((x, call_model(small, x)[0]), tmp_path / "expected.pt")
     code = (
         f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); import prunekit as pk\n"
+        "torch.set_num_threads(1)\n"  # the parent's kernels (conftest's one thread): equal bits
         "from prunekit.structure.graph import call_model\n"
         f"x, ref = torch.load({str(tmp_path / 'expected.pt')!r})\n"
         f"m = pk.load({str(tmp_path / 'm')!r}).eval()\n"  # config + shape manifest alone

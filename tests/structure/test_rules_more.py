@@ -247,6 +247,7 @@ import sys, torch
 sys.path.insert(0, {root!r})
 import prunekit as pk
 from tests.structure.test_rules_more import _weight_normed
+torch.set_num_threads(1)  # the parent's kernels (conftest's one thread): equal bits
 model = pk.load({path!r}, model=_weight_normed(2))
 with torch.no_grad():
     torch.save(model(torch.load({path!r} + "/x.pt")), {path!r} + "/out.pt")
