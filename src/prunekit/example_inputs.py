@@ -10,12 +10,15 @@ deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
+from .outputs import flatten
 
 SHAPE_HELP = "an input shape like 1,3,32,32 (language models: batch,tokens)"
 
@@ -125,3 +128,17 @@ def call(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, tuple):
         return model(*inputs)
     return model(inputs)
+
+
+@contextmanager
+def seeded(inputs: Any, seed: int = 0) -> Iterator[None]:
+    """Inside: the CPU generator, and that of every CUDA device holding a tensor of ``inputs``,
+    start from ``seed``; outside: the caller's random state is untouched (``fork_rng``)."""
+    cuda = sorted(
+        {t.device.index or 0 for t in flatten(inputs) if isinstance(t, torch.Tensor) and t.is_cuda}
+    )
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for i in cuda:
+            torch.cuda.default_generators[i].manual_seed(seed)
+        yield

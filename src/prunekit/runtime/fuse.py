@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from torch.overrides import TorchFunctionMode
 
 from ..errors import ConfigError, VerificationError
-from ..example_inputs import call
+from ..example_inputs import call, seeded
 from ..outputs import flatten, max_rel_error
 
 REPORT_ATTR = "_pk_inference_report"
@@ -131,7 +129,7 @@ def optimize_for_inference(
         if channels_last:
             formats = _to_channels_last(work)
         try:
-            with _seeded():
+            with seeded(example_inputs):
                 out = call(work, example_inputs)
             err = max_rel_error(ref, out)
         except Exception as e:  # a forward that reads a removed BatchNorm: never hand it out
@@ -207,7 +205,7 @@ def _find_pairs(model: nn.Module, inputs: Any) -> tuple[Any, Pairs, dict[str, st
         for m in model.modules():
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post, always_call=True))
-        with rec, _seeded():
+        with rec, seeded(inputs):
             ref = call(model, inputs)
     finally:
         for h in handles:
@@ -343,11 +341,3 @@ def _half(model: nn.Module) -> bool:
         if p.is_floating_point():
             return p.dtype in (torch.float16, torch.bfloat16)
     return False
-
-
-@contextmanager
-def _seeded(seed: int = 0) -> Iterator[None]:
-    """The same CPU random draws in the reference and the optimised forward."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

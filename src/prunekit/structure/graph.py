@@ -29,6 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import TargetError
+from ..example_inputs import seeded
 from ..masks import arm, is_armed, mask_names
 from ..outputs import flatten
 from .shapes import ELEMENTWISE, FORMULAS, LIKE_INPUT, in_place, like_input, like_output
@@ -134,20 +135,6 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
         if isinstance(inputs, (tuple, list)):
             return model(*inputs)
         return model(inputs)
-
-
-@contextmanager
-def seeded(inputs: Any, seed: int = 0) -> Iterator[None]:
-    """Inside: the CPU generator, and that of every CUDA device holding a tensor of ``inputs``,
-    start from ``seed``; outside: the caller's random state is untouched (``fork_rng``)."""
-    cuda = sorted(
-        {t.device.index or 0 for t in flatten(inputs) if isinstance(t, torch.Tensor) and t.is_cuda}
-    )
-    with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for i in cuda:
-            torch.cuda.default_generators[i].manual_seed(seed)
-        yield
 
 
 @contextmanager
