@@ -1,11 +1,13 @@
-"""A model's outputs as tensors: the leaves of nested outputs, and how far two models' are apart.
+"""A model's inputs and outputs as nests of tensors: their leaves, a copy with every tensor
+mapped, and how far two models' outputs are apart.
 
-Shared by the stages that check one model against another (``structure.shrink``,
-``runtime.fuse``).
+Shared by the stages that move batches (``calibrate``), cut example inputs and check one model
+against another (``structure.shrink``, ``runtime.fuse``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +23,20 @@ def flatten(value: Any) -> list[Any]:
     if isinstance(value, (tuple, list)):
         return [leaf for v in value for leaf in flatten(v)]
     return [value]
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with every tensor inside its tuples, lists and dicts replaced by ``fn(t)``; a
+    named tuple, like any other object, is a leaf and stays as it is."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(map_tensors(v, fn) for v in value)
+    if isinstance(value, list):
+        return [map_tensors(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    return value
 
 
 def max_rel_error(ref: Any, out: Any) -> float:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..outputs import map_tensors
 from ..targets import Target
 
 #: one batch as (positional args, keyword args)
@@ -91,15 +92,7 @@ def _normalise(i: int, b: Any) -> Batch:
 
 def to_device(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(to_device(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [to_device(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=True))
 
 
 def describe(batch: Batch) -> str:

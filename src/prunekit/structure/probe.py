@@ -13,12 +13,11 @@ A model that refuses the cut (a fixed sequence length or image size) is compared
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .graph import flatten
+from ..outputs import flatten, map_tensors
 
 #: the fewest tokens a cut keeps, and the fraction of the sequence it keeps at least
 MIN_TOKENS, TOKEN_FRACTION = 16, 8
@@ -46,7 +45,7 @@ def probe(inputs: Any) -> Any | None:
             cut[2] = max(MIN_SIDE, shape[2] // SIDE_FRACTION)
             cut[3] = max(MIN_SIDE, shape[3] // SIDE_FRACTION)
     cut = {d: n for d, n in cut.items() if n < leaves[0].shape[d]}
-    return _map(inputs, lambda t: _cut(t, cut)) if cut else None
+    return map_tensors(inputs, lambda t: _cut(t, cut)) if cut else None
 
 
 def _plain(value: Any) -> bool:
@@ -71,14 +70,3 @@ def _cut(t: torch.Tensor, cut: dict[int, int]) -> torch.Tensor:
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=fmt):
         return out.contiguous(memory_format=fmt)  # the layout the caller chose
     return out.contiguous()
-
-
-def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``value`` with every tensor inside its tuples, lists and dicts replaced by ``fn(t)``."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: _map(v, fn) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_map(v, fn) for v in value)
-    return value
