@@ -120,15 +120,28 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
         config.__dict__.update(saved)
 
 
+def _meta_build(model: nn.Module, config: object) -> nn.Module | None:
+    """``model``'s class built from ``config`` on the meta device (no memory, no init), or None
+    where the class has no ``_from_config`` or the config does not build (describes nothing)."""
+    build = getattr(type(model), "_from_config", None)
+    if build is None:
+        return None
+    try:
+        with torch.device("meta"):
+            return build(config)
+    except Exception:
+        return None
+
+
 def _rebuilds_heads(model: nn.Module, config: object) -> bool:
     """A model built from ``config`` (on the meta device) has every attention module's head
     size that ``model`` has, and every norm's epsilon."""
-    build = getattr(type(model), "_from_config", None)
     try:
         type(config).from_dict(config.to_dict())  # its validators (XLNet: d_head * n_head)
-        with torch.device("meta"):
-            fresh = build(config)
     except Exception:  # a config the class cannot be built from describes nothing
+        return False
+    fresh = _meta_build(model, config)
+    if fresh is None:
         return False
     built = dict(fresh.named_modules())
     return all(
@@ -143,13 +156,8 @@ def _holds(model: nn.Module, config: object) -> bool:
     """A model built from ``config`` (on the meta device) is at least as large as ``model`` in
     every dimension of every parameter and buffer, so a shape manifest can narrow it to
     ``model``; True where the class cannot be rebuilt from its config (nothing to compare)."""
-    build = getattr(type(model), "_from_config", None)
-    if build is None:
-        return True
-    try:
-        with torch.device("meta"):
-            fresh = build(config)
-    except Exception:  # judged by the head check and the loader, as before
+    fresh = _meta_build(model, config)
+    if fresh is None:  # judged by the head check and the loader, as before
         return True
     shapes = {k: v.shape for k, v in fresh.state_dict().items()}
 
@@ -175,13 +183,8 @@ def describes(model: nn.Module) -> bool:
     """The model's config rebuilds exactly its parameter and buffer shapes (checked on the
     ``meta`` device); False for models without a Hugging Face config."""
     config = getattr(model, "config", None)
-    build = getattr(type(model), "_from_config", None)
-    if config is None or build is None:
-        return False
-    try:
-        with torch.device("meta"):
-            fresh = build(config)
-    except Exception:  # a config the class cannot be built from describes nothing
+    fresh = None if config is None else _meta_build(model, config)
+    if fresh is None:
         return False
     shapes = {k: v.shape for k, v in fresh.state_dict().items()}
     if any(shapes.get(k) != v.shape for k, v in model.state_dict().items()):
