@@ -408,6 +408,11 @@ class StructuralAdapter:
         if self.extra is not None:
             self.extra.resize(module)
 
+    def reattach(self, module: nn.Module) -> None:
+        """The class adapter's (:attr:`extra`), if any: run after :meth:`resize`."""
+        if self.extra is not None:
+            self.extra.reattach(module)
+
     def counts(self, module: nn.Module) -> tuple[int, int, int]:
         """(query heads, KV heads, head size) after the last :meth:`resize`."""
         return self.now

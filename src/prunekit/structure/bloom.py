@@ -107,7 +107,6 @@ class BloomAttention(HeadAdapter):
     def resize(self, module: nn.Module) -> None:
         module.num_heads = module.dense.weight.shape[1] // module.head_dim
         module.split_size = module.num_heads * module.head_dim  # the width of its heads
-        self.reattach(module)
 
     def reattach(self, module: nn.Module) -> None:
         if getattr(module, ATTR, None) is not None and not _hooked(module):
@@ -153,7 +152,6 @@ class MptAttention(BloomAttention):
 
     def resize(self, module: nn.Module) -> None:
         module.n_heads = module.out_proj.weight.shape[1] // module.head_dim
-        self.reattach(module)
 
     def hook(self) -> AlibiOfKeptHeads:
         return AlibiOfKeptHeads("position_bias", per_batch=False)

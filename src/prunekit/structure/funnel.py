@@ -52,7 +52,7 @@ class FunnelAttention(HeadAdapter):
         return heads
 
     def resize(self, module: nn.Module) -> None:
-        self.reattach(module)
+        """The counts live in the layer's own config copy, which :meth:`reattach` makes."""
 
     def reattach(self, module: nn.Module) -> None:
         n = module.q_head.weight.shape[0] // module.config.d_head

@@ -167,8 +167,10 @@ class HeadAdapter:
         from the trace that finds its heads (a cache of tensors computed by an earlier forward)."""
 
     def reattach(self, module: nn.Module) -> None:
-        """Restore what :meth:`resize` did beyond size attributes (a module class, a hook) on a
-        module that a checkpoint's shape manifest has just resized (see :func:`reattach`)."""
+        """Set up what size attributes cannot hold (a module class, a hook, a config copy), from
+        the module's shapes: after :meth:`resize` at shrink time, and on a module that a
+        checkpoint's shape manifest has just resized (see :func:`reattach`). Runs again on a
+        module it set up already: it must change nothing then."""
 
 
 @functools.cache
@@ -752,6 +754,7 @@ def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
                 if isinstance(adapter, HeadAdapter):
                     adapter.drop(module, sorted(set(dropped.get(id(module), []))))
                 adapter.resize(module)
+                adapter.reattach(module)
                 if getattr(adapter, "writes_config", True):
                     counts.append(adapter.counts(module))
     return counts

@@ -64,10 +64,6 @@ def _forward(
 class LEDDecoderAttention(OutProjAttention):
     """LED's decoder: ``q_proj``/``k_proj``/``v_proj`` rows and ``out_proj`` columns."""
 
-    def resize(self, module: nn.Module) -> None:
-        super().resize(module)
-        self.reattach(module)
-
     def reattach(self, module: nn.Module) -> None:
         narrow = module.num_heads * module.head_dim != module.out_proj.out_features
         if narrow and type(module).forward is not _forward:

@@ -44,7 +44,6 @@ class LevitAttention(HeadAdapter):
 
     def resize(self, module: nn.Module) -> None:
         module.attention_bias_cache = {}
-        self.reattach(module)
 
     def reattach(self, module: nn.Module) -> None:
         module.out_dim_projection = module.projection.linear.weight.shape[1]

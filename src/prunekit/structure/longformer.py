@@ -127,10 +127,6 @@ class LongformerAttention(BertAttention):
         heads.kv += _linear_slots(prefix, module, k, True) + _linear_slots(prefix, module, v, True)
         return heads
 
-    def resize(self, module: nn.Module) -> None:
-        super().resize(module)
-        self.reattach(module)
-
     def reattach(self, module: nn.Module) -> None:
         _self_attention(_get(module, self.holder))
 

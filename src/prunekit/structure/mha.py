@@ -164,7 +164,6 @@ class TorchMultiheadAttention(HeadAdapter):
 
     def resize(self, module: nn.Module) -> None:
         module.num_heads = module.out_proj.weight.shape[1] // module.head_dim
-        self.reattach(module)
 
     def reattach(self, module: nn.Module) -> None:
         if module.num_heads * module.head_dim != module.embed_dim:

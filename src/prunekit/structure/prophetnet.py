@@ -70,10 +70,6 @@ class ProphetNetAttention(HeadAdapter):
 
     q, k, v, o = "query_proj", "key_proj", "value_proj", "out_proj"
 
-    def resize(self, module: nn.Module) -> None:
-        super().resize(module)
-        self.reattach(module)
-
     def reattach(self, module: nn.Module) -> None:
         narrow = module.num_attn_heads * module.head_dim != module.out_proj.out_features
         if narrow and type(module).forward is not _forward:

@@ -62,10 +62,6 @@ class PvtV2Attention(HeadAdapter):
 
     q, k, v, o = "query", "key", "value", "proj"
 
-    def resize(self, module: nn.Module) -> None:
-        super().resize(module)
-        self.reattach(module)
-
     def reattach(self, module: nn.Module) -> None:
         if module.all_head_size != module.hidden_size and type(module).forward is not _forward:
             module.__class__ = pruned_class(type(module), _forward)

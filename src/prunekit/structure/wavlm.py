@@ -102,7 +102,6 @@ class WavLMAttention(OutProjAttention):
         module.num_heads = module.out_proj.weight.shape[1] // module.head_dim
         if isinstance(getattr(module, "rel_attn_embed", None), nn.Embedding):
             module.rel_attn_embed.embedding_dim = module.num_heads
-        self.reattach(module)
 
     def reattach(self, module: nn.Module) -> None:
         if getattr(module, ATTR, None) is not None and type(module).forward is not _forward:
