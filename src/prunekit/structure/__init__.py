@@ -29,6 +29,7 @@ from . import (  # noqa: F401
     prophetnet,
     pvt_v2,
     rules,
+    squeezebert,
     wavlm,
     xlnet,
 )
