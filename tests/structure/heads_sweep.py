@@ -98,7 +98,9 @@ FAMILIES: dict[str, tuple[str, dict, Callable[[], Any]]] = {
     "layoutlm": ("LayoutLMForMaskedLM", TEXT, ids()),
     "mobilebert": ("MobileBertForMaskedLM", {**TEXT, "embedding_size": 32,
                    "intra_bottleneck_size": 16, "num_feedforward_networks": 1}, ids()),
-    "squeezebert": ("SqueezeBertForMaskedLM", {**TEXT, "embedding_size": 32}, ids()),
+    # the default groups (q/k/v 4): 8 heads, two per block of the groups
+    "squeezebert": ("SqueezeBertForMaskedLM", {**TEXT, "embedding_size": 32,
+                    "num_attention_heads": 8}, ids()),
     "squeezebert_1g": ("SqueezeBertForMaskedLM", {**TEXT, "embedding_size": 32, "q_groups": 1,
                        "k_groups": 1, "v_groups": 1}, ids()),
     "longformer": ("LongformerForMaskedLM", {**TEXT, "attention_window": 4}, ids()),

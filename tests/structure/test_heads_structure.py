@@ -195,6 +195,27 @@ class Einsum(Separate):
         return self.proj(out.reshape(b, t, -1))
 
 
+class MatMul(nn.Module):
+    """A product issued inside its own module (SqueezeBERT's ``MatMulWrapper``)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b
+
+
+class Wrapped(Separate):
+    """Scores and context computed by child modules that hold no head count: the count is read
+    from the nearest ancestor that does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores, self.context = MatMul(), MatMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(x)
+        s = self.scores(q, k.transpose(-2, -1)) / D**0.5
+        return self.proj(_merge(self.context(s.softmax(-1), v)))
+
+
 class Block(nn.Module):
     """Two attentions with a residual, so layers can keep different heads."""
 
@@ -222,6 +243,7 @@ CASES = {
     "bmm-folded": (Folded, "proj", [("to_q", 1), ("to_k", 1), ("to_v", 1)]),
     "bmm-folded-outer": (lambda: Folded(outer=True), "proj", [("to_q", 1), ("to_v", 1)]),
     "sdpa-folded": (lambda: Folded(sdpa=True), "proj", [("to_q", 1), ("to_k", 1)]),
+    "wrapped-products": (Wrapped, "proj", [("to_q", 1), ("to_k", 1), ("to_v", 1)]),
 }
 CASES.update(
     {

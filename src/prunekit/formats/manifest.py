@@ -265,6 +265,13 @@ def _ratio_fits(c: int, v: int, shapes: Shapes) -> bool:
     return not cands or v in cands
 
 
+def _grouped_conv(module: nn.Module) -> bool:
+    """A grouped convolution: its ``in_channels`` is no dimension of its weight (an equal
+    ``out_channels`` is: a coincidence that :func:`_describes` must not read)."""
+    conv = isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+    return conv and module.groups > 1
+
+
 def _plan_attrs(name: str, module: nn.Module, recorded: dict[str, Any], plan: ManifestPlan) -> None:
     """Check every size attribute of ``module``, recorded or kept, against the planned tensors."""
     fresh = {
@@ -284,11 +291,12 @@ def _plan_attrs(name: str, module: nn.Module, recorded: dict[str, Any], plan: Ma
             for x, o in zip(new, old, strict=False)
         ):
             raise _bad(f"attribute {name}.{a} = {v!r} is not a positive size of at most {c!r}")
-        fits = (
-            _ratio_fits(c, v, _shapes(name, module, plan, children=True))
-            if a in GROWING_ATTRS
-            else _describes(c, v, shapes)
-        )
+        if a in GROWING_ATTRS:
+            fits = _ratio_fits(c, v, _shapes(name, module, plan, children=True))
+        elif a == "in_channels" and _grouped_conv(module):  # weight [out, in / groups, *k]
+            fits = v == final["groups"] * plan.shapes.get(f"{name}.weight", module.weight.shape)[1]
+        else:
+            fits = _describes(c, v, shapes)
         if not fits:
             raise _bad(f"attribute {name}.{a} = {v!r} does not describe the saved tensors")
     for a, b, w in PRODUCTS:

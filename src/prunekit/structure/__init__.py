@@ -30,6 +30,7 @@ from . import (  # noqa: F401
     prophetnet_ngram,
     pvt_v2,
     rules,
+    squeezebert,
     wavlm,
     xlnet,
 )

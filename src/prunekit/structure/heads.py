@@ -53,8 +53,9 @@ class Heads:
     #: (slot, index [hq, k]) and (slot, index [hkv, k]): slices of each head, found by structure
     q_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
     kv_index: list[tuple[Slot, torch.Tensor]] = field(default_factory=list)
-    #: the fused projection is cut into this many equal blocks of consecutive heads by a count
-    #: the code reads once (CodeGen's ``mp_num``): every block must lose the same number
+    #: the projections are cut into this many equal blocks of consecutive heads, by a count the
+    #: code reads once (CodeGen's ``mp_num``) or by grouped convolutions (SqueezeBERT's q/k/v
+    #: groups, :mod:`.squeezebert`): every block must lose the same number
     chunks: int = 1
 
     @property
@@ -518,22 +519,7 @@ GENERIC = ("proj", "out-proj", "bert")
 
 
 #: attention classes whose heads cannot be removed, and why (named in the refusal)
-def _squeezebert(module: nn.Module) -> str | None:
-    """SqueezeBERT's q/k/v are 1x1 convolutions: with groups (``q_groups`` ...), where structure
-    would read them, every group must lose as many channels at the same local positions."""
-    groups = [m.groups for m in (module.query, module.key, module.value)]
-    if max(groups) == 1:
-        return None
-    return (
-        f"its q/k/v are grouped 1x1 convolutions (groups {groups}): a convolution's groups must "
-        "stay equal, so head j of one group goes only with head j of every other group, a "
-        "strided tie of heads that head pruning does not support (q_groups = k_groups = "
-        "v_groups = 1 works)"
-    )
-
-
 REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
-    "SqueezeBertSelfAttention": _squeezebert,
     "LSHSelfAttention": "locality-sensitive hashing shares one query/key projection and draws "
     "its random rotations per head count; no head adapter",
     "LocalSelfAttention": "Reformer's chunked local attention has no head adapter (it comes "
