@@ -28,6 +28,7 @@ from . import (  # noqa: F401
     mha,
     prophetnet,
     pvt_v2,
+    reformer,
     rules,
     wavlm,
     xlnet,

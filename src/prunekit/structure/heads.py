@@ -537,10 +537,6 @@ REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
     "ProphetNetNgramSelfAttention": "its n-gram streams gather their relative position biases "
     "from rows laid out (token, stream, head) but read as (stream, head, token), so one head's "
     "relative_pos_embeddings rows reach other heads: removing a head would change the others",
-    "LSHSelfAttention": "locality-sensitive hashing shares one query/key projection and draws "
-    "its random rotations per head count; no head adapter",
-    "LocalSelfAttention": "Reformer's chunked local attention has no head adapter (it comes "
-    "with LSH attention layers)",
 }
 
 
