@@ -45,16 +45,10 @@ class _Rotating:
         their heads' original indices among ``config.num_attention_heads`` (the removed heads
         zero, as in the masked model), hashed by the original code (which draws every head's
         rotations), and the kept heads' buckets returned."""
-        kept = getattr(self, ATTR)
-        total = self.config.num_attention_heads
-        if len(kept) != self.num_attention_heads or max(kept) >= total:
-            raise RuntimeError(
-                f"{type(self).__name__}: {ATTR} {kept} are not {self.num_attention_heads} of the "
-                f"config's {total} heads"
-            )
-        index = torch.tensor(kept, device=vectors.device)
+        total = self.config.num_attention_heads  # the original count: pruning keeps it there
+        index = torch.tensor(getattr(self, ATTR), device=vectors.device)
         full = vectors.new_zeros(vectors.shape[0], total, *vectors.shape[2:])
-        full[:, index] = vectors
+        full[:, index] = vectors.detach()  # the original detaches them too
         heads, self.num_attention_heads = self.num_attention_heads, total  # read by the original
         try:
             buckets = super()._hash_vectors(full, num_hashes, attention_mask, increase_num_buckets)
@@ -65,6 +59,8 @@ class _Rotating:
 
 @functools.cache
 def _rotating_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """``cls`` (LSH self-attention, same parameters and ``state_dict`` keys) with
+    :class:`_Rotating`'s hashing."""
     return type(f"HeadPruned{cls.__name__}", (_Rotating, cls), {})
 
 
