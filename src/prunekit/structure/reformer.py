@@ -22,6 +22,7 @@ residual stream and the axial position embeddings hold no heads and are left as 
 from __future__ import annotations
 
 import functools
+
 import torch
 from torch import nn
 
