@@ -14,10 +14,7 @@ same random stream) but not head 3's.
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +22,9 @@ import torch
 import prunekit as pk
 from prunekit.structure.graph import call_model
 
+from .test_heads_families import _reload_in_fresh_process
+
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[2]
 KEPT = [0, 3]  # heads 1 and 2 of every layer are made the smallest
 DROPPED = [1, 2]
 
@@ -136,21 +134,10 @@ def test_shrunk_reformer_hashes_kept_heads_with_their_original_rotations(hash_se
 
 
 def test_shrunk_reformer_reloads_identically_in_a_fresh_process(tmp_path):
+    """From the checkpoint alone (config + shape manifest): a layer that came back without its
+    kept heads' rotations would hash head 3 otherwise (see the test above)."""
     _, _, small = _shrunk(None)
-    x = _inputs()
-    pk.save(small, tmp_path / "m")
-    torch.save((x, _logits(small, x)), tmp_path / "expected.pt")
-    code = (
-        f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); import prunekit as pk\n"
-        "torch.set_num_threads(1)\n"  # the parent's kernels (conftest's one thread): equal bits
-        "from prunekit.structure.graph import call_model\n"
-        f"x, ref = torch.load({str(tmp_path / 'expected.pt')!r})\n"
-        f"m = pk.load({str(tmp_path / 'm')!r}).eval()\n"  # config + shape manifest alone
-        "lsh = [l.attention.self_attention for l in m.reformer.encoder.layers[1:]]\n"
-        f"assert all(a.rotation_heads == {KEPT!r} for a in lsh)\n"
-        "with torch.no_grad(): assert torch.equal(call_model(m, x).logits, ref)\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT))
+    _reload_in_fresh_process(small, _inputs(), tmp_path)
 
 
 def test_plain_transformers_refuses_the_shrunk_reformer(tmp_path):
