@@ -1,7 +1,7 @@
 """Hugging Face attention read by structure where a wrapper or an adapter adds what structure
 cannot tell: SqueezeBERT (1x1-convolution projections, the scores product inside a
 ``MatMulWrapper`` whose parent holds the head count), LeViT (values wider than keys, per-head
-biases gathered by position and cached by an eval forward), ProphetNet's plain attention, LED's
+biases gathered by position and cached by an eval forward), ProphetNet's attention, LED's
 decoder and Longformer's sliding-window attention with global tokens (LED's encoder): adapters
 whose forward merges fewer heads than the input width; SqueezeBERT with grouped q/k/v is refused by
 name, the model untouched.
@@ -112,12 +112,12 @@ def _seq2seq() -> dict:
 #: name -> (factory, inputs, the attention modules' class (or classes), the warning naming heads
 #: that stay)
 CASES = {
-    # encoder self-attention and decoder cross-attention; the n-gram self-attention is refused
+    # encoder self-attention, decoder cross-attention and n-gram self-attention
     "prophetnet": (
         _prophetnet,
         _seq2seq,
-        "ProphetNetAttention",
-        r"decoder\.layers\.0\.self_attn \(ProphetNetNgramSelfAttention: its n-gram streams",
+        ("ProphetNetAttention", "ProphetNetNgramSelfAttention"),
+        None,
     ),
     # decoder self- and cross-attention, and the encoder's Longformer attention
     "led": (_led, _seq2seq, ("LEDDecoderAttention", "LEDEncoderAttention"), None),

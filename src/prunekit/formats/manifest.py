@@ -50,6 +50,7 @@ MANIFEST_ATTRS: set[str] = {
 MANIFEST_INDEX_ATTRS: dict[str, tuple[str, ...]] = {
     "alibi_heads": ("num_heads", "n_heads"),
     "gate_heads": ("num_heads",),  # WavLM: the input block gating each head (structure.wavlm)
+    "bias_heads": ("num_attn_heads",),  # ProphetNet: the bias each head takes (prophetnet_ngram)
     "rotation_heads": ("num_attention_heads",),  # Reformer LSH: rotations (structure.reformer)
 }
 

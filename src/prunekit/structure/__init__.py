@@ -27,6 +27,7 @@ from . import (  # noqa: F401
     masked_norm,
     mha,
     prophetnet,
+    prophetnet_ngram,
     pvt_v2,
     reformer,
     rules,

@@ -534,9 +534,6 @@ def _squeezebert(module: nn.Module) -> str | None:
 
 REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
     "SqueezeBertSelfAttention": _squeezebert,
-    "ProphetNetNgramSelfAttention": "its n-gram streams gather their relative position biases "
-    "from rows laid out (token, stream, head) but read as (stream, head, token), so one head's "
-    "relative_pos_embeddings rows reach other heads: removing a head would change the others",
 }
 
 

@@ -7,8 +7,7 @@ plain blocks of ``query_proj``/``key_proj``/``value_proj`` rows and ``out_proj``
 pruning the module's class becomes a subclass whose forward merges the heads into
 ``num_attn_heads * head_dim`` channels and reads the mask's first head row (every row is the
 same); a checkpoint gets it back from its shapes (:meth:`ProphetNetAttention.reattach`). The
-decoder's n-gram self-attention stays refused (see ``heads.REFUSED``): its heads are not
-separable.
+decoder's n-gram self-attention is served by :mod:`.prophetnet_ngram`.
 """
 
 from __future__ import annotations
