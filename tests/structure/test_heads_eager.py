@@ -9,7 +9,6 @@ heads that the masks kept."""
 from __future__ import annotations
 
 import copy
-import re
 import subprocess
 import sys
 import warnings
@@ -308,37 +307,3 @@ def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path):
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.pt")], check=True, cwd=root)
     assert torch.equal(torch.load(tmp_path / "o.pt"), expected)
-
-
-_REFUSED = {
-    "LocalSelfAttention": (  # Reformer's: comes with LSH attention (random rotations per head)
-        "ReformerModelWithLMHead",
-        {"vocab_size": 64, "hidden_size": 32, "num_attention_heads": 4, "attention_head_size": 8,
-         "attn_layers": ["local", "lsh"], "axial_pos_shape": (4, 4),
-         "axial_pos_embds_dim": (16, 16), "max_position_embeddings": 16,
-         "feed_forward_size": 64, "local_attn_chunk_length": 4, "lsh_attn_chunk_length": 4,
-         "num_buckets": 2, "is_decoder": True},
-        lambda g: {"input_ids": torch.randint(3, 64, (2, 16), generator=g)},
-    ),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("cls", sorted(_REFUSED))
-def test_attention_that_cannot_hold_fewer_heads_is_refused_with_its_reason(cls):
-    """Attention whose forward needs heads x head size = the hidden width is refused up front,
-    by module name and reason, even where a naming fallback or structure would find its heads
-    (they did, and shrink then failed); the model stays bit-identical."""
-    import transformers
-
-    from prunekit.structure.heads import REFUSED
-
-    name, cfg, inputs = _REFUSED[cls]
-    torch.manual_seed(0)
-    model_cls = getattr(transformers, name)
-    model = model_cls(model_cls.config_class(**cfg)).eval()
-    x = inputs(torch.Generator().manual_seed(0))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    attn = next(n for n, m in model.named_modules() if type(m).__name__ == cls)
-    with pytest.raises(TargetError, match=re.escape(f"{attn} ({cls}: {REFUSED[cls]})")):
-        pk.prune(model, 0.5, granularity="head", example_inputs=x)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

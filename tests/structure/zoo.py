@@ -579,3 +579,26 @@ hf(
     d_inner=128,
     num_labels=3,
 )
+# Reformer: chunked local and LSH attention (LSH draws random rotations per head), reversible
+# residual layers, chunked feed-forward, axial position embeddings
+hf(
+    "reformer",
+    tokens(),
+    "ReformerModelWithLMHead",
+    True,
+    "the axial position embeddings' channels stay: the table of each axis is broadcast, cut by "
+    "position (__getitem__) and concatenated along the channels",
+    vocab_size=64,
+    hidden_size=32,
+    num_attention_heads=4,
+    attention_head_size=8,
+    attn_layers=["local", "lsh"],
+    axial_pos_shape=(4, 4),
+    axial_pos_embds_dim=(16, 16),
+    max_position_embeddings=16,
+    feed_forward_size=64,
+    local_attn_chunk_length=4,
+    lsh_attn_chunk_length=4,
+    num_buckets=2,
+    is_decoder=True,
+)

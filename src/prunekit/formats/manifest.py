@@ -51,6 +51,7 @@ MANIFEST_INDEX_ATTRS: dict[str, tuple[str, ...]] = {
     "alibi_heads": ("num_heads", "n_heads"),
     "gate_heads": ("num_heads",),  # WavLM: the input block gating each head (structure.wavlm)
     "bias_heads": ("num_attn_heads",),  # ProphetNet: the bias each head takes (prophetnet_ngram)
+    "rotation_heads": ("num_attention_heads",),  # Reformer LSH: rotations (structure.reformer)
 }
 
 #: float attributes recorded and restored: structured shrinking folds a width change into the
@@ -272,6 +273,14 @@ def _grouped_conv(module: nn.Module) -> bool:
     return conv and module.groups > 1
 
 
+def _weight_columns(name: str, module: nn.Module, plan: ManifestPlan) -> int:
+    """Dimension 1 of the module's planned weight; a parametrized weight's from its original
+    (weight norm's ``v``: ``original1``)."""
+    keys = ("weight", "parametrizations.weight.original", "parametrizations.weight.original1")
+    shape = next((plan.shapes[k] for k in (f"{name}.{k}" for k in keys) if k in plan.shapes), None)
+    return (shape or module.weight.shape)[1]
+
+
 def _plan_attrs(name: str, module: nn.Module, recorded: dict[str, Any], plan: ManifestPlan) -> None:
     """Check every size attribute of ``module``, recorded or kept, against the planned tensors."""
     fresh = {
@@ -294,7 +303,7 @@ def _plan_attrs(name: str, module: nn.Module, recorded: dict[str, Any], plan: Ma
         if a in GROWING_ATTRS:
             fits = _ratio_fits(c, v, _shapes(name, module, plan, children=True))
         elif a == "in_channels" and _grouped_conv(module):  # weight [out, in / groups, *k]
-            fits = v == final["groups"] * plan.shapes.get(f"{name}.weight", module.weight.shape)[1]
+            fits = v == final["groups"] * _weight_columns(name, module, plan)
         else:
             fits = _describes(c, v, shapes)
         if not fits:

@@ -41,21 +41,14 @@ class Head(Structured):
             model, kv_groups=self.kv_groups, example_inputs=example_inputs, refuse=True
         )
         left = _uncovered_attention(model, groups)
-        refused = [e for e in left if e[2]]  # known to refuse: named first, with the reason
-        listed = _named(refused + [e for e in left if not e[2]])
-        sep = "; " if refused else ", "  # reasons hold commas
         if not groups:
-            plain = (
-                "no head adapter and no scaled_dot_product_attention call or matmul-softmax-matmul "
-                "chain that structure can read"
+            why = (
+                f"its attention modules ({', '.join(left[:3])}) have no head adapter and no "
+                "scaled_dot_product_attention call or matmul-softmax-matmul chain that structure "
+                "can read"
+                if left
+                else "none has a head adapter or runs attention that structure can read"
             )
-            if not left:
-                why = "none has a head adapter or runs attention that structure can read"
-            elif refused:
-                others = len(refused) < len(left)
-                why = "; ".join(listed[:3]) + (f"; the others have {plain}" if others else "")
-            else:
-                why = f"its attention modules ({', '.join(listed[:3])}) have {plain}"
             raise TargetError(
                 f"{type(model).__name__} has no attention module that prunekit can prune by "
                 f"head: {why} (see prunekit.structure.heads.HEAD_ADAPTERS)"
@@ -63,34 +56,21 @@ class Head(Structured):
         if left:
             warnings.warn(
                 f"prunekit: the heads of {len(left)} attention module(s) stay, no head adapter "
-                f"serves them and structure cannot read them: {sep.join(listed[:5])}",
+                f"serves them and structure cannot read them: {', '.join(left[:5])}",
                 stacklevel=3,
             )
         return groups
 
 
-def _uncovered_attention(model: nn.Module, groups: list[Any]) -> list[tuple[str, str, str | None]]:
-    """Modules whose class is named ``...Attention`` and holds weights, that no head group
-    covers (inside, around or equal to a covered module): (name, class, why its class refuses
-    or None)."""
-    from ..structure.heads import refusal
-
+def _uncovered_attention(model: nn.Module, groups: list[Any]) -> list[str]:
+    """``name (Class)`` of the modules whose class is named ``...Attention`` and holds weights,
+    that no head group covers (inside, around or equal to a covered module)."""
     ids = {id(m) for g in groups for m in g.info.get("modules", [g.info.get("module")])}
     covered = {n for n, m in model.named_modules() if id(m) in ids}
     return [
-        (n, type(m).__name__, refusal(m))
+        f"{n} ({type(m).__name__})"
         for n, m in model.named_modules()
         if type(m).__name__.endswith("Attention")
         and any(True for _ in m.parameters())
         and not any(n == c or n.startswith(c + ".") or c.startswith(n + ".") for c in covered)
     ]
-
-
-def _named(entries: list[tuple[str, str, str | None]]) -> list[str]:
-    """``name (Class)``; the first module of a class that refuses also says why."""
-    told: set[str] = set()
-    out = []
-    for name, cls, why in entries:
-        out.append(f"{name} ({cls}: {why})" if why and cls not in told else f"{name} ({cls})")
-        told.add(cls)
-    return out

@@ -29,6 +29,7 @@ from . import (  # noqa: F401
     prophetnet,
     prophetnet_ngram,
     pvt_v2,
+    reformer,
     rules,
     squeezebert,
     wavlm,

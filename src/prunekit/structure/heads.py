@@ -518,15 +518,6 @@ class GPT2Attention(HeadAdapter):
 GENERIC = ("proj", "out-proj", "bert")
 
 
-#: attention classes whose heads cannot be removed, and why (named in the refusal)
-REFUSED: dict[str, str | Callable[[nn.Module], str | None]] = {
-    "LSHSelfAttention": "locality-sensitive hashing shares one query/key projection and draws "
-    "its random rotations per head count; no head adapter",
-    "LocalSelfAttention": "Reformer's chunked local attention has no head adapter (it comes "
-    "with LSH attention layers)",
-}
-
-
 def adapter_for(module: nn.Module) -> HeadAdapter | None:
     for cls in type(module).__mro__:
         found = _BY_CLASS.get(cls.__name__)
@@ -541,12 +532,6 @@ def adapter_for(module: nn.Module) -> HeadAdapter | None:
                 continue
             return generic
     return None
-
-
-def refusal(module: nn.Module) -> str | None:
-    """Why the heads of ``module`` cannot be pruned, where its class is known to refuse."""
-    why = next((REFUSED[c.__name__] for c in type(module).__mro__ if c.__name__ in REFUSED), None)
-    return why(module) if callable(why) else why
 
 
 def _rows(offset: int, heads: list[int], width: int) -> list[int]:
@@ -596,9 +581,6 @@ def head_groups(
     known_skip: list[str] = []  # refused by their adapter: structure must not take them either
     extras: dict[int, HeadAdapter] = {}  # id(module) -> adapter adding to structure's layout
     for name, module in model.named_modules():
-        if refusal(module) is not None:
-            known_skip.append(name)  # named, with the reason, by the head granularity
-            continue
         adapter = adapter_for(module)
         why = adapter.unsupported(module) if adapter is not None else None
         if why is not None:
