@@ -126,3 +126,19 @@ def test_width_pruned_model_whose_config_derives_attention_width_reloads(tmp_pat
         back = pk.load(tmp_path / name)
         with torch.no_grad():
             assert torch.equal(back(**x).logits, small(**x).logits), name
+
+
+def test_width_pruned_model_whose_narrowed_config_does_not_build_reloads(tmp_path):
+    """Reformer's axial position widths must sum to ``hidden_size``: channel pruning narrows one
+    axis's table, so a config with the narrowed hidden width fails to build. The config keeps
+    the width it had, and pk.load(DIR) rebuilds the model from it plus the shape manifest (its
+    LSH layers draw random rotations: call_model seeds each call)."""
+    model, x = ZOO["reformer"](), INPUTS["reformer"]()
+    pk.prune(model, 0.5, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert small.get_input_embeddings().embedding_dim < 32
+    assert small.config.hidden_size == 32
+    pk.save(small, tmp_path / "m")
+    back = pk.load(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(call_model(back, x).logits, call_model(small, x).logits)

@@ -155,10 +155,14 @@ def _rebuilds_heads(model: nn.Module, config: object) -> bool:
 def _holds(model: nn.Module, config: object) -> bool:
     """A model built from ``config`` (on the meta device) is at least as large as ``model`` in
     every dimension of every parameter and buffer, so a shape manifest can narrow it to
-    ``model``; True where the class cannot be rebuilt from its config (nothing to compare)."""
-    fresh = _meta_build(model, config)
-    if fresh is None:  # judged by the head check and the loader, as before
+    ``model``; True where the class cannot be rebuilt from a config (nothing to compare), False
+    where this config does not build (Reformer's axial position widths must sum to the hidden
+    size)."""
+    if getattr(type(model), "_from_config", None) is None:
         return True
+    fresh = _meta_build(model, config)
+    if fresh is None:
+        return False
     shapes = {k: v.shape for k, v in fresh.state_dict().items()}
 
     def fits(key: str, t: torch.Tensor) -> bool:
