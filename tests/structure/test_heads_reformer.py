@@ -150,3 +150,35 @@ def test_plain_transformers_refuses_the_shrunk_reformer(tmp_path):
     small.save_pretrained(tmp_path / "hf")
     with pytest.raises(Exception, match="mismatch"):
         transformers.ReformerModelWithLMHead.from_pretrained(tmp_path / "hf")
+
+
+def test_shrink_checks_lsh_hashing_on_inputs_longer_than_a_chunk(monkeypatch):
+    """On sequences up to its chunk length LSH attention skips hashing, so shrink's check on a
+    cut of 1/8 of 160 tokens (20; chunk length 32) would never run the pruned layers' hashing:
+    the cut keeps two of the model's longest chunks, and a pruned layer that hashed its kept
+    heads with the wrong rotations is caught. (Channels pruned too: shrink then reuses
+    pk.prune's groups and checks on the cut.)"""
+    from prunekit.errors import VerificationError
+    from prunekit.structure import reformer
+
+    torch.manual_seed(0)
+    cfg = transformers.ReformerConfig(
+        vocab_size=64, hidden_size=32, num_attention_heads=4, attention_head_size=8,
+        attn_layers=["lsh", "lsh"], axial_pos_shape=(16, 16), axial_pos_embds_dim=(16, 16),
+        max_position_embeddings=256, feed_forward_size=64, lsh_attn_chunk_length=32,
+        num_buckets=4, is_decoder=True,
+    )  # fmt: skip
+    model = transformers.ReformerModelWithLMHead(cfg).eval()
+    x = {"input_ids": torch.randint(3, 64, (2, 160), generator=torch.Generator().manual_seed(2))}
+    pk.prune(model, 0.5, granularity="head", example_inputs=x)
+    pk.prune(model, 0.25, granularity="channel", example_inputs=x)
+    right = reformer._Rotating._hash_vectors
+
+    def wrong(self, vectors, *args, **kwargs):  # the kept heads' rotations swapped
+        return right(self, vectors.flip(1), *args, **kwargs).flip(1)
+
+    monkeypatch.setattr(reformer._Rotating, "_hash_vectors", wrong)
+    with pytest.raises(VerificationError):
+        pk.shrink(copy.deepcopy(model), x)
+    monkeypatch.setattr(reformer._Rotating, "_hash_vectors", right)
+    pk.shrink(model, x)

@@ -12,7 +12,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.errors import ConfigError, VerificationError
-from prunekit.structure.probe import probe
+from prunekit.structure.probe import probe, window_tokens
 
 shrink_mod = importlib.import_module("prunekit.structure.shrink")
 
@@ -79,6 +79,26 @@ def test_probe_cuts_samples_tokens_and_images():
     assert small.is_contiguous(memory_format=torch.channels_last)  # the caller's layout
     pair = probe((torch.randn(4, 8, 3), torch.randn(4, 5)))  # one sample, nothing else
     assert [tuple(t.shape) for t in pair] == [(1, 8, 3), (1, 5)]
+
+
+def test_probe_keeps_two_windows_of_windowed_attention():
+    """A model whose attention runs another path up to a window or chunk length is cut to at
+    least two of its longest windows (a per-layer list counts its largest; None is no window)."""
+    from types import SimpleNamespace
+
+    def model(**config) -> torch.nn.Module:
+        m = torch.nn.Linear(1, 1)
+        m.config = SimpleNamespace(**config)
+        return m
+
+    assert window_tokens(torch.nn.Linear(1, 1)) == 0
+    assert window_tokens(model(sliding_window=None, use_cache=True)) == 0
+    assert window_tokens(model(attention_window=[4, 32, 8])) == 64
+    assert window_tokens(model(lsh_attn_chunk_length=64, local_attn_chunk_length=128)) == 256
+    x = {"input_ids": torch.zeros(2, 512, dtype=torch.long)}
+    assert probe(x)["input_ids"].shape == (1, 64)  # 1/8 of the tokens
+    assert probe(x, min_tokens=256)["input_ids"].shape == (1, 256)
+    assert probe(x, min_tokens=1024)["input_ids"].shape == (1, 512)  # one sample, every token
 
 
 def test_probe_leaves_what_it_cannot_cut():

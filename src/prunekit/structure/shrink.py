@@ -20,7 +20,7 @@ from .groups import Group, cached_groups, channel_groups, live_slices
 from .heads import head_groups, resize_heads
 from .hf_config import update_config
 from .layers import dead_layers, drop_layers
-from .probe import probe
+from .probe import probe, window_tokens
 from .resize import resize
 
 Removals = dict[int, dict[int, torch.Tensor]]
@@ -255,7 +255,7 @@ def verify(
     ``rtol``. Both run on a cut of the inputs (:mod:`.probe`) where the masked model accepts
     it and ``on_cut`` is true, else on ``example_inputs``."""
     inputs, what = example_inputs, "example_inputs"
-    cut = probe(example_inputs) if ref is None and on_cut else None
+    cut = probe(example_inputs, window_tokens(model)) if ref is None and on_cut else None
     if cut is not None:
         try:
             ref = _run(model, cut)  # its masks are armed already: no re-zeroing
