@@ -244,9 +244,25 @@ def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads | Unpro
     found = model.__dict__.get(_CACHE)
     if found is not None and found[0] == key:
         return found[1]
-    found = heads_of(trace(model, example_inputs))
+    found = heads_of(trace(model, example_inputs), adapter_served(model))
     model.__dict__[_CACHE] = (key, found)
     return found
+
+
+def adapter_served(model: nn.Module) -> list[str]:
+    """Names of the modules whose heads :func:`.heads.head_groups` takes from their class's
+    adapter, or refuses by class: it sets aside what structure finds in or around them, so
+    :func:`heads_of` need not look."""
+    from .heads import _by_class, adapter_for, refusal  # (heads builds on this module)
+
+    out = []
+    for name, m in model.named_modules():
+        adapter = adapter_for(m)
+        if refusal(m) is not None or (
+            adapter is not None and not adapter.structural and _by_class(m)
+        ):
+            out.append(name)
+    return out
 
 
 def remember_heads(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
@@ -260,7 +276,8 @@ def remember_heads(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
     if any(call.name == "scaled_dot_product_attention" for call in graph.calls) or (
         eager_attention(graph)
     ):
-        model.__dict__[_CACHE] = (signature(model, example_inputs), heads_of(graph))
+        found = heads_of(graph, adapter_served(model))
+        model.__dict__[_CACHE] = (signature(model, example_inputs), found)
 
 
 @dataclass
@@ -272,16 +289,26 @@ class Unproven:
     why: str
 
 
-def heads_of(graph: Graph) -> list[FoundHeads | Unproven]:
+def heads_of(graph: Graph, served: list[str] | None = None) -> list[FoundHeads | Unproven]:
     """The head layout of every attention call of a trace (eager matmul-softmax-matmul chains
-    included), or why structure cannot tell it."""
+    included), or why structure cannot tell it. Calls in or around the ``served`` modules
+    (:func:`adapter_served`) are left out; where no other remains, nothing is propagated."""
+    from .heads import _nested  # (heads builds on this module)
+
     graph = with_eager_attention(graph)
+    served = served or []
+
+    def left_out(call: Call) -> bool:
+        return any(_nested(call.module, n) for n in served)
+
+    if all(left_out(c) for c in graph.calls if c.name == "scaled_dot_product_attention"):
+        return []  # (st.attention records these calls only)
     st = propagate(graph, heads=True)
     lab = components(st.count, st.edges)
     by_module: dict[str, FoundHeads | Unproven] = {}
     weights, data = _Labels(st.wdims, lab), _Labels(st.data, lab)
     for call, slots in st.attention:  # per module: its first layout, else why none
-        if isinstance(by_module.get(call.module), FoundHeads):
+        if isinstance(by_module.get(call.module), FoundHeads) or left_out(call):
             continue
         heads = _layout(st, lab, call, slots, weights, data)
         if isinstance(heads, FoundHeads) or call.module not in by_module:
