@@ -251,16 +251,14 @@ def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads | Unpro
 
 def adapter_served(model: nn.Module) -> list[str]:
     """Names of the modules whose heads :func:`.heads.head_groups` takes from their class's
-    adapter, or refuses by class: it sets aside what structure finds in or around them, so
-    :func:`heads_of` need not look."""
-    from .heads import _by_class, adapter_for, refusal  # (heads builds on this module)
+    adapter: it sets aside what structure finds in or around them, so :func:`heads_of` need not
+    look."""
+    from .heads import _by_class, adapter_for  # (heads builds on this module)
 
     out = []
     for name, m in model.named_modules():
         adapter = adapter_for(m)
-        if refusal(m) is not None or (
-            adapter is not None and not adapter.structural and _by_class(m)
-        ):
+        if adapter is not None and not adapter.structural and _by_class(m):
             out.append(name)
     return out
 
