@@ -251,6 +251,7 @@ def test_fresh_process_gives_identical_outputs(tmp_path):
     expected = net(ids())
     script = (
         "import sys, torch, prunekit as pk\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"  # the parent's: equal sums
         "from tests.ckpt_models import Net, ids\n"
         "model = pk.load(sys.argv[1], model=Net()).eval()\n"
         "masks = pk.MaskState(model).state_dict()\n"
