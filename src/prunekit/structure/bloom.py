@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .heads import HeadAdapter, Heads, _slot, hf_example, register
+from .heads import HeadAdapter, Heads, _slot, hf_example, keep_indices, register
 
 ATTR = "alibi_heads"
 
@@ -99,10 +99,7 @@ class BloomAttention(HeadAdapter):
         return h, h, module.head_dim
 
     def drop(self, module: nn.Module, heads: list[int]) -> None:
-        if not heads:
-            return
-        kept = getattr(module, ATTR, list(range(getattr(module, self.count))))
-        setattr(module, ATTR, [k for i, k in enumerate(kept) if i not in set(heads)])
+        keep_indices(module, ATTR, getattr(module, self.count), heads)
 
     def resize(self, module: nn.Module) -> None:
         module.num_heads = module.dense.weight.shape[1] // module.head_dim

@@ -181,6 +181,16 @@ def pruned_class(cls: type[nn.Module], forward: Callable[..., Any]) -> type[nn.M
     return type(f"HeadPruned{cls.__name__}", (cls,), {"forward": forward})
 
 
+def keep_indices(holder: nn.Module, attr: str, count: int, dropped: list[int]) -> None:
+    """Record in ``holder.<attr>`` the original indices of the heads that remain once the
+    current heads ``dropped`` go (``count``: the heads before any went); the shape manifest
+    carries it (``MANIFEST_INDEX_ATTRS``), for adapters whose forward follows each head's origin."""
+    if not dropped:
+        return
+    kept, gone = getattr(holder, attr, range(count)), set(dropped)
+    setattr(holder, attr, [k for i, k in enumerate(kept) if i not in gone])
+
+
 def _get(module: nn.Module, path: str) -> nn.Module | None:
     try:
         return module.get_submodule(path) if path else module

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .heads import HeadAdapter, hf_example, pruned_class, register
+from .heads import HeadAdapter, hf_example, keep_indices, pruned_class, register
 
 #: the original indices of the heads a layer kept (recorded in the shape manifest)
 ATTR = "bias_heads"
@@ -157,9 +157,7 @@ class ProphetNetNgramSelfAttention(HeadAdapter):
     writes_config = False  # the config's head size and table are those of all heads
 
     def drop(self, module: nn.Module, heads: list[int]) -> None:
-        if heads:
-            kept = getattr(module, ATTR, range(module.num_attn_heads))
-            setattr(module, ATTR, [k for i, k in enumerate(kept) if i not in heads])
+        keep_indices(module, ATTR, module.num_attn_heads, heads)
 
     def reattach(self, module: nn.Module) -> None:
         if getattr(module, ATTR, None) is not None and type(module).forward is not _forward:

@@ -26,7 +26,7 @@ import functools
 import torch
 from torch import nn
 
-from .heads import HeadAdapter, Heads, _linear_slots, hf_example, register
+from .heads import HeadAdapter, Heads, _linear_slots, hf_example, keep_indices, register
 
 #: the original indices of the heads an LSH layer kept (recorded in the shape manifest)
 ATTR = "rotation_heads"
@@ -111,9 +111,8 @@ class ReformerAttention(HeadAdapter):
 
     def drop(self, module: nn.Module, heads: list[int]) -> None:
         attn = module.self_attention
-        if heads and hasattr(attn, "query_key"):
-            kept = getattr(attn, ATTR, list(range(attn.num_attention_heads)))
-            setattr(attn, ATTR, [k for i, k in enumerate(kept) if i not in set(heads)])
+        if hasattr(attn, "query_key"):  # LSH: its rotations follow the original heads
+            keep_indices(attn, ATTR, attn.num_attention_heads, heads)
 
     def reattach(self, module: nn.Module) -> None:
         attn = module.self_attention

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import OutProjAttention, hf_example, pruned_class, register
+from .heads import OutProjAttention, hf_example, keep_indices, pruned_class, register
 from .propagate import Example
 
 #: the original indices of the heads a layer kept (recorded in the shape manifest)
@@ -93,10 +93,7 @@ class WavLMAttention(OutProjAttention):
         return prefix.rsplit(".layers.", 1)[0]  # the encoder: its first layer's bias is shared
 
     def drop(self, module: nn.Module, heads: list[int]) -> None:
-        if not heads:
-            return
-        kept = getattr(module, ATTR, list(range(module.num_heads)))
-        setattr(module, ATTR, [k for i, k in enumerate(kept) if i not in set(heads)])
+        keep_indices(module, ATTR, module.num_heads, heads)
 
     def resize(self, module: nn.Module) -> None:
         module.num_heads = module.out_proj.weight.shape[1] // module.head_dim
