@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -274,8 +275,21 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_attention_flops(q: list[int], k: list[int], v: list[int], *_, **__) -> int:
+    """FLOPs of ``softmax(q kᵀ) v`` for (batch, heads, tokens, width) shapes; k and v may have
+    fewer heads (GQA), every query head still reads them all."""
+    *lead, tokens, width = q
+    return 2 * math.prod(lead) * tokens * k[-2] * (width + v[-1])
+
+
+#: torch's counter has no formula for the CPU kernel of scaled_dot_product_attention (it counts
+#: 0 there), so the attention matmuls get theirs
+_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def macs(model: nn.Module, x: Any) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Multiply-accumulates of one call: every matmul, attention's included."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_FORMULAS) as counter:
         call_model(model, x)
     return counter.get_total_flops() / 2
 

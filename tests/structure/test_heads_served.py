@@ -9,7 +9,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.structure.attention import FoundHeads, find_heads
-from prunekit.structure.heads import head_groups
+from prunekit.structure.heads import head_groups, served_by_class
 
 from .test_heads_structure import Separate
 
@@ -41,7 +41,9 @@ def _model_and_inputs() -> tuple[nn.Module, torch.Tensor]:
 
 def test_structure_skips_attention_its_adapter_serves():
     model, ids = _model_and_inputs()
-    found = find_heads(model, ids)
+    served = served_by_class(model)
+    assert served == ["bert.encoder.layer.0.attention"]
+    found = find_heads(model, ids, served)
     assert [f.module for f in found] == ["plain"]  # not bert.encoder.layer.0.attention.self
     assert isinstance(found[0], FoundHeads) and (found[0].hq, found[0].d) == (4, 8)
     names = sorted(g.name for g in head_groups(model, example_inputs=ids))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention_pattern import eager_attention, heads_fold, unfold_heads, with_eager_attention
+from .attention_pattern import heads_fold, unfold_heads, with_eager_attention
 from .graph import Call, Graph, trace
 from .groups import Slot, components, signature
 from .propagate import State, arg, compress, propagate, varying
@@ -236,46 +236,33 @@ def _add(found: FoundHeads, slot: Slot, owner: torch.Tensor) -> bool:
 _CACHE = "_pk_found_heads"
 
 
-def find_heads(model: nn.Module, example_inputs: Any) -> list[FoundHeads | Unproven]:
-    """The head layout of every attention call of ``model`` that structure can tell. The result
-    is kept on the model (and follows it through a deepcopy, as ``pk.shrink`` makes) until a
-    shape of the model or of the inputs changes."""
+def find_heads(
+    model: nn.Module, example_inputs: Any, served: list[str]
+) -> list[FoundHeads | Unproven]:
+    """The head layout of every attention call of ``model`` that structure can tell, leaving
+    out the ``served`` modules (those a class adapter serves: :func:`.heads.served_by_class`).
+    The result is kept on the model (and follows it through a deepcopy, as ``pk.shrink`` makes)
+    until a shape of the model or of the inputs changes."""
     key = signature(model, example_inputs)
     found = model.__dict__.get(_CACHE)
     if found is not None and found[0] == key:
         return found[1]
-    found = heads_of(trace(model, example_inputs), adapter_served(model))
-    model.__dict__[_CACHE] = (key, found)
+    return remember_heads(model, example_inputs, trace(model, example_inputs), served)
+
+
+def remember_heads(
+    model: nn.Module, example_inputs: Any, graph: Graph, served: list[str]
+) -> list[FoundHeads | Unproven]:
+    """The head layouts of a trace of ``model`` (:func:`heads_of`), kept on the model, so that
+    a trace made for channels serves heads too and :func:`find_heads` needs no trace of its own."""
+    found = heads_of(graph, served)
+    model.__dict__[_CACHE] = (signature(model, example_inputs), found)
     return found
 
 
-def adapter_served(model: nn.Module) -> list[str]:
-    """Names of the modules whose heads :func:`.heads.head_groups` takes from their class's
-    adapter: it sets aside what structure finds in or around them, so :func:`heads_of` need not
-    look."""
-    from .heads import _by_class, adapter_for  # (heads builds on this module)
-
-    out = []
-    for name, m in model.named_modules():
-        adapter = adapter_for(m)
-        if adapter is not None and not adapter.structural and _by_class(m):
-            out.append(name)
-    return out
-
-
-def remember_heads(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
-    """Keep the head layouts of a trace made for channels (one trace serves both), where the
-    trace holds an attention call; :func:`find_heads` then needs no trace of its own. Not where
-    an adapter must prepare a module before the trace that reads its heads (LeViT's bias cache)."""
-    from .heads import adapter_for  # (heads builds on this module)
-
-    if any(getattr(adapter_for(m), "structural", False) for m in model.modules()):
-        return
-    if any(call.name == "scaled_dot_product_attention" for call in graph.calls) or (
-        eager_attention(graph)
-    ):
-        found = heads_of(graph, adapter_served(model))
-        model.__dict__[_CACHE] = (signature(model, example_inputs), found)
+def nested(a: str, b: str) -> bool:
+    """Module name ``a`` is ``b``, inside it, or holds it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not b or not a
 
 
 @dataclass
@@ -287,17 +274,14 @@ class Unproven:
     why: str
 
 
-def heads_of(graph: Graph, served: list[str] | None = None) -> list[FoundHeads | Unproven]:
+def heads_of(graph: Graph, served: list[str]) -> list[FoundHeads | Unproven]:
     """The head layout of every attention call of a trace (eager matmul-softmax-matmul chains
-    included), or why structure cannot tell it. Calls in or around the ``served`` modules
-    (:func:`adapter_served`) are left out; where no other remains, nothing is propagated."""
-    from .heads import _nested  # (heads builds on this module)
-
+    included), or why structure cannot tell it. Calls in or around the ``served`` modules are
+    left out; where no other remains, nothing is propagated."""
     graph = with_eager_attention(graph)
-    served = served or []
 
     def left_out(call: Call) -> bool:
-        return any(_nested(call.module, n) for n in served)
+        return any(nested(call.module, n) for n in served)
 
     if all(left_out(c) for c in graph.calls if c.name == "scaled_dot_product_attention"):
         return []  # (st.attention records these calls only)

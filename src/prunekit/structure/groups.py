@@ -395,12 +395,12 @@ def cached_groups(model: nn.Module, example_inputs: Any) -> list[Group] | None:
 
 def channel_groups(model: nn.Module, example_inputs: Any, *, warn: bool = True) -> ChannelAnalysis:
     """Trace ``model`` on ``example_inputs`` and return its coupled channel groups."""
-    from .attention import remember_heads  # attention builds on this module
+    from .heads import remember_channel_trace  # heads builds on this module
 
     graph = trace(model, example_inputs)
     analysis = analyse(graph)
     model.__dict__[_CACHE] = (signature(model, example_inputs), analysis.groups)
-    remember_heads(model, example_inputs, graph)
+    remember_channel_trace(model, example_inputs, graph)
     # a router's rows are its experts' logits, pruned by granularity="expert", not channels
     routers = tuple(f"in module {moe.router_name})" for moe in find_moe(model))
     unexpected = {

@@ -28,7 +28,17 @@ from torch import nn
 
 from ..errors import TargetError
 from ..registry import Registry
-from .attention import CHUNK_ATTRS, Q_ATTRS, StructuralAdapter, Unproven, find_heads
+from .attention import (
+    CHUNK_ATTRS,
+    Q_ATTRS,
+    StructuralAdapter,
+    Unproven,
+    find_heads,
+    nested,
+    remember_heads,
+)
+from .attention_pattern import eager_attention
+from .graph import Graph
 from .groups import Group, Slot
 from .propagate import Example
 
@@ -590,8 +600,11 @@ def head_groups(
     generic: list[tuple[str, nn.Module, HeadAdapter]] = []
     known_skip: list[str] = []  # refused by their adapter: structure must not take them either
     extras: dict[int, HeadAdapter] = {}  # id(module) -> adapter adding to structure's layout
+    served: list[str] = []  # class adapters serve these: structure need not look at them
     for name, module in model.named_modules():
         adapter = adapter_for(module)
+        if _serves(adapter, module):
+            served.append(name)
         why = adapter.unsupported(module) if adapter is not None else None
         if why is not None:
             if refuse:
@@ -611,8 +624,9 @@ def head_groups(
     for module in model.modules():
         if id(module) in extras:
             extras[id(module)].before_trace(module)
-    for found in find_heads(model, example_inputs) if example_inputs is not None else []:
-        if any(_nested(found.module, n) for n in known):
+    found_all = [] if example_inputs is None else find_heads(model, example_inputs, served)
+    for found in found_all:
+        if any(nested(found.module, n) for n in known):
             continue
         if isinstance(found, Unproven):
             unproven.append(found)
@@ -627,11 +641,11 @@ def head_groups(
         layouts.append((found.module, module, structural, heads))
     known = [n for n, *_ in layouts] + known_skip
     for name, module, adapter in generic:  # the q/k/v/o naming fallback, where structure failed
-        if not any(_nested(name, n) for n in known):
+        if not any(nested(name, n) for n in known):
             layouts.append((name, module, adapter, adapter.layout(name, module)))
     known = [n for n, *_ in layouts]
     for u in unproven:  # attention that structure found but cannot prove, and nothing else serves
-        if refuse and not any(_nested(u.module, n) for n in known):
+        if refuse and not any(nested(u.module, n) for n in known):
             cls = type(model.get_submodule(u.module)).__name__
             raise TargetError(f"cannot prune the heads of {u.module or '<root>'} ({cls}): {u.why}")
     groups: list[Group] = []
@@ -704,9 +718,27 @@ def _by_class(module: nn.Module) -> bool:
     return any(c.__name__ in _BY_CLASS for c in type(module).__mro__)
 
 
-def _nested(a: str, b: str) -> bool:
-    """Module ``a`` is ``b``, inside it, or holds it."""
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not b or not a
+def _serves(adapter: HeadAdapter | None, module: nn.Module) -> bool:
+    """``adapter`` is ``module``'s class adapter and takes its heads from it, not structure."""
+    return adapter is not None and not adapter.structural and _by_class(module)
+
+
+def served_by_class(model: nn.Module) -> list[str]:
+    """Names of the modules whose heads :func:`head_groups` takes from their class's adapter:
+    it sets aside what structure finds in or around them, so structure need not look."""
+    return [n for n, m in model.named_modules() if _serves(adapter_for(m), m)]
+
+
+def remember_channel_trace(model: nn.Module, example_inputs: Any, graph: Graph) -> None:
+    """Keep the head layouts of a trace made for channels (one trace serves both), where the
+    trace holds an attention call. Not where an adapter must prepare a module before the trace
+    that reads its heads (LeViT's bias cache)."""
+    if any(getattr(adapter_for(m), "structural", False) for m in model.modules()):
+        return
+    if any(call.name == "scaled_dot_product_attention" for call in graph.calls) or (
+        eager_attention(graph)
+    ):
+        remember_heads(model, example_inputs, graph, served_by_class(model))
 
 
 def resize_heads(groups: list[Group]) -> list[tuple[int, int, int]]:
