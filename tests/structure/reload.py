@@ -60,6 +60,7 @@ class Loader:
     def run(self, code: str, **values: object) -> None:
         """Run ``code`` in the loader with ``values`` (JSON, paths as strings) as its globals;
         raise ``ReloadError`` with the loader's traceback if it fails."""
+        __tracebackhide__ = True  # pytest shows the test's line and the loader's words
         job = json.dumps({"code": code, "values": values}, default=os.fspath)
         self.start()
         proc = self._proc
