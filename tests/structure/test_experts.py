@@ -3,10 +3,7 @@ tiny random-weight Mixtral, Qwen2-MoE and Qwen3-MoE models."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -226,12 +223,10 @@ def test_fused_expert_channels_shrink_and_stay_aligned(sparsity):
 
 
 _RELOAD = """
-import sys, torch
-torch.set_num_threads(1)
-sys.path.insert(0, {root!r})
+import torch
 import prunekit as pk
 from tests.structure.zoo import ZOO, INPUTS
-for job in {jobs!r}:
+for job in jobs:
     name, path = job
     model = pk.load(path, model=ZOO[name]()).eval()
     with torch.no_grad():
@@ -240,7 +235,7 @@ for job in {jobs!r}:
 
 
 @pytest.mark.slow
-def test_save_then_load_in_a_fresh_process_is_identical(tmp_path):
+def test_save_then_load_in_a_fresh_process_is_identical(tmp_path, loader):
     """Uniform and per-layer expert counts, shrunk, and a masked (unshrunk) model: identical
     logits after pk.save then pk.load in a fresh process."""
     cases = {
@@ -257,9 +252,7 @@ def test_save_then_load_in_a_fresh_process_is_identical(tmp_path):
         pk.save(model, path)
         expected[path] = outputs(model, INPUTS[name]())
         jobs.append((name, path))
-    root = str(Path(__file__).resolve().parents[2])
-    code = _RELOAD.format(root=root, jobs=jobs)
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    loader.run(_RELOAD, jobs=jobs)
     for path, want in expected.items():
         assert torch.equal(torch.load(path + ".pt", weights_only=True), want), path
 

@@ -9,10 +9,7 @@ heads that the masks kept."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -95,7 +92,7 @@ def test_shrunk_attention_equals_the_original_with_dropped_heads_silenced(name):
     assert 0 < sum(counts) < len(counts) * 4  # some heads went, none of the layers is empty
 
 
-def test_bloom_keeps_the_alibi_slopes_of_its_kept_heads(tmp_path):
+def test_bloom_keeps_the_alibi_slopes_of_its_kept_heads(tmp_path, loader):
     """Layer by layer: the fused rows of the kept heads, and the model's ALiBi rows of the kept
     heads handed to the layer; a fresh process reloads the same logits from the checkpoint
     alone (config, shapes and kept-head indices)."""
@@ -124,14 +121,11 @@ def test_bloom_keeps_the_alibi_slopes_of_its_kept_heads(tmp_path):
         expected = small(**x).logits
     pk.save(small, tmp_path / "m")
     code = (
-        "import sys, torch; torch.set_num_threads(1); sys.path.insert(0, '.');"
-        "import prunekit as pk;"
-        "from tests.structure.zoo import ZOO, INPUTS;"
-        f"m = pk.load({str(tmp_path / 'm')!r});"
-        "torch.save(m(**INPUTS['bloom']()).logits.detach(), sys.argv[1])"
+        "import torch; import prunekit as pk; from tests.structure.zoo import INPUTS\n"
+        "m = pk.load(saved)\n"
+        "torch.save(m(**INPUTS['bloom']()).logits.detach(), out)\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.pt")], check=True, cwd=root)
+    loader.run(code, saved=tmp_path / "m", out=tmp_path / "o.pt")
     assert torch.equal(torch.load(tmp_path / "o.pt"), expected)
 
 
@@ -265,7 +259,7 @@ def test_mpnet_layers_keep_the_same_heads_as_the_shared_position_bias():
         assert a.num_attention_heads == 2
 
 
-def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path):
+def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path, loader):
     """MPT's ALiBi ``position_bias`` ``[heads, 1, S]`` is built from the model's head count: the
     shrunk model computes what the original does with the dropped heads' output columns zeroed
     (so each layer got its kept heads' slopes), and a fresh process reloads the same logits from
@@ -299,11 +293,10 @@ def test_mpt_layers_keep_the_alibi_slopes_of_their_kept_heads(tmp_path):
         torch.testing.assert_close(expected, silenced(**x).logits, rtol=1e-5, atol=1e-6)
     pk.save(small, tmp_path / "m")
     code = (
-        "import sys, torch; torch.set_num_threads(1); import prunekit as pk;"
-        f"m = pk.load({str(tmp_path / 'm')!r}); ids = torch.load({str(tmp_path / 'x.pt')!r});"
-        "torch.save(m(input_ids=ids).logits.detach(), sys.argv[1])"
+        "import torch; import prunekit as pk\n"
+        "m = pk.load(saved); ids = torch.load(ids)\n"
+        "torch.save(m(input_ids=ids).logits.detach(), out)\n"
     )
     torch.save(x["input_ids"], tmp_path / "x.pt")
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.pt")], check=True, cwd=root)
+    loader.run(code, saved=tmp_path / "m", ids=tmp_path / "x.pt", out=tmp_path / "o.pt")
     assert torch.equal(torch.load(tmp_path / "o.pt"), expected)

@@ -12,10 +12,7 @@ the checkpoint alone (its config and shape manifest)."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +24,6 @@ from prunekit.structure.graph import call_model
 from .zoo import INPUTS, ZOO
 
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _squeezebert() -> torch.nn.Module:
@@ -144,23 +140,27 @@ def _projection(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, int
     return layer.post_attention.conv1d, attn.attention_head_size
 
 
-def _reload_in_fresh_process(small, x, tmp_path) -> None:
+_RELOAD = """
+import torch
+import prunekit as pk
+from prunekit.structure.graph import call_model
+x, ref = torch.load(expected)
+m = pk.load(saved).eval()  # config + shape manifest alone
+with torch.no_grad():
+    assert torch.equal(call_model(m, x)[0], ref)
+"""
+
+
+def _reload_in_fresh_process(loader, small, x, tmp_path) -> None:
+    """Save ``small``; the loader process loads it and gets the same first output on ``x``."""
     pk.save(small, tmp_path / "m")
     with torch.no_grad():
         torch.save((x, call_model(small, x)[0]), tmp_path / "expected.pt")
-    code = (
-        f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); import prunekit as pk\n"
-        "torch.set_num_threads(1)\n"  # the parent's kernels (conftest's one thread): equal bits
-        "from prunekit.structure.graph import call_model\n"
-        f"x, ref = torch.load({str(tmp_path / 'expected.pt')!r})\n"
-        f"m = pk.load({str(tmp_path / 'm')!r}).eval()\n"  # config + shape manifest alone
-        "with torch.no_grad(): assert torch.equal(call_model(m, x)[0], ref)\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT))
+    loader.run(_RELOAD, saved=tmp_path / "m", expected=tmp_path / "expected.pt")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
+def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path, loader):
     build, inputs, cls = CASES[name]
     model, x = build(), inputs()
     with torch.no_grad():
@@ -208,7 +208,7 @@ def test_heads_found_by_structure_with_what_it_cannot_tell(name, tmp_path):
         before = call_model(original, x)[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, before, atol=1e-4)  # heads really went
-    _reload_in_fresh_process(small, x, tmp_path)
+    _reload_in_fresh_process(loader, small, x, tmp_path)
     if isinstance(x, dict) and "decoder_input_ids" in x:  # the replaced forwards' cache paths
         kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "num_beams": 1}
         with torch.no_grad():

@@ -11,9 +11,6 @@ in a fresh process from the checkpoint alone. Generation with a cache runs in
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +21,6 @@ from prunekit.masks import get_mask
 from .test_heads_families import _prophetnet, _seq2seq
 
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[2]
 ATTN = "prophetnet.decoder.layers.0.self_attn"
 
 
@@ -51,7 +47,18 @@ def test_predict_streams_mix_the_heads_of_the_bias_table():
     assert not torch.equal(predict[:, :, 1:], predict2[:, :, 1:])
 
 
-def test_ngram_heads_keep_their_biases_masked_equals_shrunk_and_reload(tmp_path):
+_RELOAD = """
+import torch
+import prunekit as pk
+x, ref = torch.load(expected)
+m = pk.load(saved).eval()  # config + shape manifest alone
+assert m.get_submodule(attn).bias_heads == kept
+with torch.no_grad():
+    assert torch.equal(m(**x).logits, ref)
+"""
+
+
+def test_ngram_heads_keep_their_biases_masked_equals_shrunk_and_reload(tmp_path, loader):
     model, x = _prophetnet(), _seq2seq()
     original = copy.deepcopy(model)
     pk.prune(model, 0.5, granularity="head", example_inputs=x)
@@ -87,15 +94,13 @@ def test_ngram_heads_keep_their_biases_masked_equals_shrunk_and_reload(tmp_path)
 
     pk.save(small, tmp_path / "m")
     torch.save((x, got), tmp_path / "expected.pt")
-    code = (
-        f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); import prunekit as pk\n"
-        "torch.set_num_threads(1)\n"  # the parent's kernels (conftest's one thread): equal bits
-        f"x, ref = torch.load({str(tmp_path / 'expected.pt')!r})\n"
-        f"m = pk.load({str(tmp_path / 'm')!r}).eval()\n"  # config + shape manifest alone
-        f"assert m.get_submodule({ATTN!r}).bias_heads == {kept.tolist()!r}\n"
-        "with torch.no_grad(): assert torch.equal(m(**x).logits, ref)\n"
+    loader.run(
+        _RELOAD,
+        expected=tmp_path / "expected.pt",
+        saved=tmp_path / "m",
+        attn=ATTN,
+        kept=kept.tolist(),
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT))
 
 
 def test_ngram_forward_is_the_original_in_train_mode():

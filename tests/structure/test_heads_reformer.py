@@ -133,11 +133,11 @@ def test_shrunk_reformer_hashes_kept_heads_with_their_original_rotations(hash_se
     torch.testing.assert_close(scores[1], scores[0], rtol=1e-5, atol=1e-6)
 
 
-def test_shrunk_reformer_reloads_identically_in_a_fresh_process(tmp_path):
+def test_shrunk_reformer_reloads_identically_in_a_fresh_process(tmp_path, loader):
     """From the checkpoint alone (config + shape manifest): a layer that came back without its
     kept heads' rotations would hash head 3 otherwise (see the test above)."""
     _, _, small = _shrunk(None)
-    _reload_in_fresh_process(small, _inputs(), tmp_path)
+    _reload_in_fresh_process(loader, small, _inputs(), tmp_path)
 
 
 def test_plain_transformers_refuses_the_shrunk_reformer(tmp_path):

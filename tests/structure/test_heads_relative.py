@@ -10,10 +10,7 @@ per-head tensors against the original's slices of the kept heads."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -173,19 +170,18 @@ def test_xlnet_heads_ranked_by_the_magnitude_of_their_parameters():
 
 
 _RELOAD = """
-import sys, torch
-sys.path.insert(0, {root!r})
+import torch
 import prunekit as pk
 from tests.structure.zoo import INPUTS
 from prunekit.structure.graph import call_model
-for name in {names!r}:
-    model = pk.load({base!r} + "/" + name)  # the checkpoint alone: config + shape manifest
+for name in names:
+    model = pk.load(base + "/" + name)  # the checkpoint alone: config + shape manifest
     with torch.no_grad():
-        torch.save(call_model(model.eval(), INPUTS[name]()).logits, {base!r} + f"/{{name}}.pt")
+        torch.save(call_model(model.eval(), INPUTS[name]()).logits, base + f"/{name}.pt")
 """
 
 
-def test_uneven_heads_reload_from_the_checkpoint_alone_in_a_fresh_process(tmp_path):
+def test_uneven_heads_reload_from_the_checkpoint_alone_in_a_fresh_process(tmp_path, loader):
     """Layers that keep different head counts (scope global): Funnel's per-layer config copies
     and XLNet's counts come back from the saved config and shapes, with the same logits."""
     names = ["funnel", "xlnet", "deberta", "convbert"]
@@ -198,9 +194,7 @@ def test_uneven_heads_reload_from_the_checkpoint_alone_in_a_fresh_process(tmp_pa
         pk.save(small, tmp_path / name)
         with torch.no_grad():
             expected[name] = call_model(small, x).logits
-    root = str(Path(__file__).resolve().parents[2])
-    code = _RELOAD.format(root=root, base=str(tmp_path), names=names)
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    loader.run(_RELOAD, base=tmp_path, names=names)
     for name in names:
         assert torch.equal(torch.load(tmp_path / f"{name}.pt", weights_only=True), expected[name])
 

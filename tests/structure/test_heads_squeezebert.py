@@ -46,7 +46,7 @@ def _layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     [{}, {"q_groups": 2, "k_groups": 4, "v_groups": 1}],
     ids=["default", "q2-k4-v1"],
 )
-def test_grouped_qkv_heads_go_evenly_per_block(groups, tmp_path):
+def test_grouped_qkv_heads_go_evenly_per_block(groups, tmp_path, loader):
     model, x = _squeezebert(**groups), INPUTS["bert"]()
     conv = _layers(model)[0].attention
     blocks = math.lcm(conv.query.groups, conv.key.groups, conv.value.groups)
@@ -78,7 +78,7 @@ def test_grouped_qkv_heads_go_evenly_per_block(groups, tmp_path):
         torch.testing.assert_close(got, call_model(silenced, x)[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got, call_model(model, x)[0], rtol=1e-5, atol=1e-6)
         assert not torch.allclose(got, call_model(original, x)[0], atol=1e-4)  # heads went
-    _reload_in_fresh_process(small, x, tmp_path)
+    _reload_in_fresh_process(loader, small, x, tmp_path)
     # the manifest's check of a grouped convolution's in_channels: groups x weight columns
     query = "encoder.layers.0.attention.query"
     resign(

@@ -11,9 +11,6 @@ Attention whose heads meet outside the attention is refused by name, the model u
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +22,6 @@ from prunekit.errors import TargetError
 from prunekit.masks import get_mask
 
 E, H, D, T = 32, 4, 8, 6  # width, heads, head size, tokens
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sdpa: bool) -> torch.Tensor:
@@ -279,8 +275,18 @@ def _rows(heads: list[int], parts: int) -> torch.Tensor:
     )
 
 
+_RELOAD = """
+import torch
+import prunekit as pk
+from tests.structure.test_heads_structure import build, inputs
+m = pk.load(saved, model=build(name)).eval()
+with torch.no_grad():
+    assert torch.equal(m(inputs()), torch.load(ref))
+"""
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_structure_finds_heads_of_unnamed_attention(name, tmp_path):
+def test_structure_finds_heads_of_unnamed_attention(name, tmp_path, loader):
     _, out, parts = CASES[name]
     model, x = build(name), inputs()
     original = copy.deepcopy(model)
@@ -316,14 +322,7 @@ def test_structure_finds_heads_of_unnamed_attention(name, tmp_path):
             assert torch.equal(small.get_submodule(f"{m}.wk").weight, wk[kv_rows])
     pk.save(small, tmp_path / "m")
     torch.save(got, tmp_path / "expected.pt")
-    root, saved, ref = (str(p) for p in (ROOT, tmp_path / "m", tmp_path / "expected.pt"))
-    code = (
-        f"import sys, torch; sys.path.insert(0, {root!r}); import prunekit as pk\n"
-        "from tests.structure.test_heads_structure import build, inputs\n"
-        f"m = pk.load({saved!r}, model=build({name!r})).eval()\n"
-        f"with torch.no_grad(): assert torch.equal(m(inputs()), torch.load({ref!r}))\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    loader.run(_RELOAD, saved=tmp_path / "m", ref=tmp_path / "expected.pt", name=name)
 
 
 class TalkingHeads(Separate):

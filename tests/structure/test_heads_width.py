@@ -11,10 +11,7 @@ fresh process."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -98,7 +95,7 @@ def _slices(t: torch.Tensor, dim: int, rows: int, kept: list[int]) -> torch.Tens
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_shrunk_model_equals_the_original_with_dropped_heads_silenced(name, tmp_path):
+def test_shrunk_model_equals_the_original_with_dropped_heads_silenced(name, tmp_path, loader):
     *_, cls, out, per_head, field = CASES[name]
     model, x = _build(name)
     original, silenced = copy.deepcopy(model), copy.deepcopy(model)
@@ -148,11 +145,11 @@ def test_shrunk_model_equals_the_original_with_dropped_heads_silenced(name, tmp_
     pk.save(small, tmp_path / "m")
     torch.save(x, tmp_path / "x.pt")
     code = (
-        "import sys, torch; torch.set_num_threads(1); import prunekit as pk;"
-        "from prunekit.structure.graph import call_model;"
-        f"m = pk.load({str(tmp_path / 'm')!r}).eval(); x = torch.load({str(tmp_path / 'x.pt')!r});"
-        f"torch.save(getattr(call_model(m, x), {field!r}).detach(), sys.argv[1])"
+        "import torch; import prunekit as pk; from prunekit.structure.graph import call_model\n"
+        "m = pk.load(saved).eval(); x = torch.load(inputs)\n"
+        "torch.save(getattr(call_model(m, x), field).detach(), out)\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.pt")], check=True, cwd=root)
+    loader.run(
+        code, saved=tmp_path / "m", inputs=tmp_path / "x.pt", field=field, out=tmp_path / "o.pt"
+    )
     assert torch.equal(torch.load(tmp_path / "o.pt"), mine)

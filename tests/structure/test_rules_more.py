@@ -243,28 +243,20 @@ def test_weight_norm_per_output_row_keeps_its_rows_with_a_warning():
 
 
 _LOAD_WEIGHT_NORM = """
-import sys, torch
-sys.path.insert(0, {root!r})
+import torch
 import prunekit as pk
 from tests.structure.test_rules_more import _weight_normed
-torch.set_num_threads(1)  # the parent's kernels (conftest's one thread): equal bits
-model = pk.load({path!r}, model=_weight_normed(2))
+model = pk.load(path, model=_weight_normed(2))
 with torch.no_grad():
-    torch.save(model(torch.load({path!r} + "/x.pt")), {path!r} + "/out.pt")
+    torch.save(model(torch.load(path + "/x.pt")), path + "/out.pt")
 """
 
 
-def test_a_shrunk_weight_norm_reloads_in_a_fresh_process(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_a_shrunk_weight_norm_reloads_in_a_fresh_process(tmp_path, loader):
     model, x = _weight_normed(2), torch.randn(2, 3, 12)
     small = _prune_quietly(model, x)
     pk.save(small, tmp_path)
     torch.save(x, tmp_path / "x.pt")
-    root = str(Path(__file__).resolve().parents[2])
-    code = _LOAD_WEIGHT_NORM.format(root=root, path=str(tmp_path))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    loader.run(_LOAD_WEIGHT_NORM, path=tmp_path)
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), small(x))

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,25 +55,22 @@ def test_interface_width_stays_where_it_is_the_output():
 
 
 _LOAD_MASKED = """
-import sys, torch
-sys.path.insert(0, {root!r})
+import torch
 import prunekit as pk
 from tests.structure.zoo import ZOO, INPUTS
-model = pk.load({path!r}, model=ZOO["vit"]())
+model = pk.load(path, model=ZOO["vit"]())
 with torch.no_grad():
-    torch.save(model(INPUTS["vit"]()).logits, {path!r} + "/out.pt")
+    torch.save(model(INPUTS["vit"]()).logits, path + "/out.pt")
 """
 
 
-def test_masked_width_survives_save_and_load_in_a_fresh_process(tmp_path):
+def test_masked_width_survives_save_and_load_in_a_fresh_process(tmp_path, loader):
     model, x = ZOO["vit"](), INPUTS["vit"]()
     pk.prune(model, 0.5, granularity="channel", example_inputs=x)
     with torch.no_grad():
         expected = call_model(model, x).logits
     pk.save(model, tmp_path / "vit")
-    root = str(Path(__file__).resolve().parents[2])
-    code = _LOAD_MASKED.format(root=root, path=str(tmp_path / "vit"))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    loader.run(_LOAD_MASKED, path=tmp_path / "vit")
     got = torch.load(tmp_path / "vit" / "out.pt", weights_only=True)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     small = pk.shrink(model, x)
