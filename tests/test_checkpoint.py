@@ -122,6 +122,24 @@ def test_dense_writes_plain_names(tmp_path):
     assert torch.equal(stored["fc1.weight"], net.fc1.weight)
 
 
+@pytest.mark.parametrize(("layer", "compressed"), [(2, False), (1, True)])
+def test_auto_compresses_only_where_it_saves_one_percent(tmp_path, layer, compressed):
+    """90% zeros in the 32x10 layer save 0.3% of the file (stored dense, a plain file), in the
+    256x32 layer 8% (stored compressed)."""
+    torch.manual_seed(0)
+    mlp = MLP((256, 256, 32, 10))
+    with torch.no_grad():
+        w = mlp.layers[layer].weight
+        w.mul_(torch.rand_like(w) < 0.1)
+    pk.save(mlp, tmp_path)
+    summary = json.loads((tmp_path / hdr.HEADER_FILE).read_text())["storage"]
+    assert (set(summary["formats"]) != {"dense"}) is compressed
+    assert (tmp_path / ("prunekit.safetensors" if compressed else "model.safetensors")).exists()
+    saving = 1 - summary["bytes"] / summary["dense_bytes"]
+    assert saving > 0.05 if compressed else saving == 0
+    assert same_state(pk.load(tmp_path, model=MLP((256, 256, 32, 10))), mlp)
+
+
 def test_bad_arguments_raise_prunekit_errors(tmp_path):
     net = trained()
     with pytest.raises(pk.UnknownChoiceError):

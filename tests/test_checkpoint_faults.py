@@ -45,6 +45,14 @@ def same(a: dict, b: dict) -> bool:
     )
 
 
+def assert_load_refused(directory: Path, fresh: nn.Module, match: str | None = None) -> None:
+    """Loading ``directory`` into ``fresh`` raises CheckpointError and leaves it bit-identical."""
+    before = snapshot(fresh)
+    with pytest.raises(CheckpointError, match=match):
+        pk.load(directory, model=fresh)
+    assert same(before, snapshot(fresh))
+
+
 def resign(directory: Path, edit) -> None:
     """Apply ``edit`` to prunekit.json and re-sign it, as an attacker who knows the format would."""
     path = directory / hdr.HEADER_FILE
@@ -165,11 +173,7 @@ FAILING_LOADS = {
 def test_failed_load_leaves_a_fresh_model_bit_identical(tmp_path, edit):
     pk.save(hand_shrunk().half(), tmp_path)  # the load would resize, cast and mask
     resign(tmp_path, edit)
-    fresh = MLP()
-    before = snapshot(fresh)
-    with pytest.raises(CheckpointError):
-        pk.load(tmp_path, model=fresh)
-    assert same(before, snapshot(fresh))
+    assert_load_refused(tmp_path, MLP())
 
 
 def test_failed_load_into_a_masked_model_keeps_its_masks(tmp_path):
@@ -209,11 +213,7 @@ def test_manifest_attributes_must_describe_their_tensors(tmp_path, edit):
     x = torch.randn(3, 24)
     assert torch.equal(pk.load(tmp_path, model=MLP()).eval()(x), small.eval()(x))  # genuine: fine
     resign(tmp_path, edit)
-    fresh = MLP()
-    before = snapshot(fresh)
-    with pytest.raises(CheckpointError, match="manifest"):
-        pk.load(tmp_path, model=fresh)
-    assert same(before, snapshot(fresh))
+    assert_load_refused(tmp_path, MLP(), match="manifest")
 
 
 def _tiny(name: str):

@@ -293,11 +293,22 @@ def test_prune_hf_folder_is_complete(bert_dir, tmp_path, capsys):
 
 def test_prune_heads_shrinks_and_patches_the_config(bert_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, err = run_main(
+    code, text, err = run_main(
         "prune", str(bert_dir), "--granularity", "head", "--sparsity", "0.5", "-o", str(out),
         capsys=capsys,
     )  # fmt: skip
     assert code == 0, err
+    assert (out / "prunekit.safetensors").exists()  # a fresh BERT's zero biases compress
+    assert "32x32 → 16x32" in text and "before shrink" in text and "loads it too" not in text
+    assert "plain `transformers` refuses the folder" in (out / "README.md").read_text()
+    out = tmp_path / "dense"
+    with pytest.warns(UserWarning, match="plain transformers refuses"):  # BERT: head size = h / n
+        run_main("prune", str(bert_dir), "--granularity", "head", "--sparsity", "0.5", "-o",
+                 str(out), "--format", "dense", capsys=capsys)  # fmt: skip
+    from transformers import AutoModel
+
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # refused, not misread
+        AutoModel.from_pretrained(out)
     small = pk.load(out)
     assert type(small).__name__ == "BertModel"
     assert small.encoder.layer[0].attention.self.query.out_features == 16  # 2 of 4 heads left
@@ -305,6 +316,36 @@ def test_prune_heads_shrinks_and_patches_the_config(bert_dir, tmp_path, capsys):
     assert config["num_attention_heads"] * config.get("head_dim", 8) <= 32
     spec = json.loads((out / "prunekit.json").read_text())["example_inputs"]
     assert spec["kind"] == "dict" and spec["items"]["input_ids"]["shape"][0] == 1
+
+
+def test_a_uniform_channel_prune_writes_a_folder_plain_transformers_loads(bert_dir, tmp_path,
+                                                                         capsys):  # fmt: skip
+    from transformers import AutoModel
+
+    out = tmp_path / "out"
+    code, text, err = run_main(
+        "prune",
+        str(bert_dir),
+        "--granularity",
+        "channel",
+        "--sparsity",
+        "0.5",
+        "-o",
+        str(out),
+        "--format",
+        "dense",
+        capsys=capsys,
+    )  # fmt: skip (a fresh BERT's zero biases compress: auto would take 3% off with rice)
+    assert code == 0, err
+    assert "plain transformers loads it too" in text
+    assert "Plain `transformers` loads it too" in (out / "README.md").read_text()
+    plain, ours = AutoModel.from_pretrained(out).eval(), pk.load(out).eval()
+    assert plain.config.intermediate_size == 32
+    x = torch.randint(5, 64, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(
+            plain(input_ids=x).last_hidden_state, ours(input_ids=x).last_hidden_state
+        )
 
 
 def test_prune_channels_shrinks_a_factory_model(tmp_path, capsys):

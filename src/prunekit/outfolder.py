@@ -96,8 +96,12 @@ def model_card(
     carried: list[str],
     input_bytes: int | None,
     output_bytes: int,
+    described: bool | None = None,
 ) -> str:
-    """The README.md of the output folder: what was done, the sizes, the report, how to load."""
+    """The README.md of the output folder: what was done, the sizes, the report, how to load.
+
+    ``described``: whether the folder's config.json rebuilds the model (None: not a Hugging Face
+    model, or it cannot be checked)."""
     from . import __version__
 
     storage = header.get("storage") or {}
@@ -135,11 +139,24 @@ def model_card(
         "```",
         "",
     ]
-    if not all_dense:
+    if described is False:
+        lines += [
+            "config.json cannot describe these shapes (this architecture derives a size from "
+            "others, or the layers differ): plain `transformers` refuses the folder; "
+            "`pk.load` loads it exactly.",
+            "",
+        ]
+    elif not all_dense:
         lines += [
             "The weights are stored compressed (`prunekit.safetensors`), which plain "
             "`transformers` refuses to load rather than misread; `prunekit prune ... --format "
             "dense` writes a folder that it loads.",
+            "",
+        ]
+    elif described:
+        lines += [
+            "Plain `transformers` loads it too (config.json holds the new widths and counts): "
+            '`AutoModel.from_pretrained("THIS_FOLDER")` or the model\'s own class.',
             "",
         ]
     lines += ["## Report", "", "```", report_text.rstrip(), "```", ""]

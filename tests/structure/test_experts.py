@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import prunekit as pk
 from prunekit.criteria import ScoreContext
 from prunekit.criteria.reap import Reap
+from prunekit.formats.config_fit import describes
 from prunekit.outputs import max_rel_error
 from prunekit.structure.experts import expert_groups
-from prunekit.structure.hf_config import describes
 from tests.test_bad_input import assert_untouched, snapshot
 
 from .plain_load import reload_matches

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import prunekit as pk
+from prunekit.formats.config_fit import describes
 from prunekit.structure.graph import call_model
-from prunekit.structure.hf_config import describes
 
 from .zoo import INPUTS, ZOO
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import prunekit as pk
-from prunekit.structure.hf_config import describes
+from prunekit.formats.config_fit import describes
 
 from .plain_load import reload_matches
 from .zoo import INPUTS, LLAMA_LIKE, ZOO
@@ -49,6 +49,19 @@ def test_dense_export_loads_and_pk_load_patches_the_config(tmp_path):
         ref = small(**x).logits
         torch.testing.assert_close(loaded(**x).logits, ref, rtol=0, atol=1e-6)
         torch.testing.assert_close(again(**x).logits, ref, rtol=0, atol=1e-6)
+
+
+def test_the_default_save_of_a_shrunk_model_is_the_plain_file(tmp_path):
+    """format="auto" gains next to nothing on a shrunk model's dense weights: it writes
+    model.safetensors, which plain transformers loads, instead of prunekit.safetensors."""
+    small, x = _width_and_heads("llama")
+    pk.save(small, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "model.safetensors", "prunekit.json"
+    ]  # fmt: skip
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, small(**x).logits, rtol=0, atol=1e-6)
 
 
 def test_rms_norms_of_two_widths_cannot_share_one_config_eps():

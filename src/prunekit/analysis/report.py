@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 from ..granularity import parse_granularity
 from ..granularity.nm import NM
 from ..masks import get_mask, granularity_of, mask_names
+from ..provenance import params_before, shape_before
 from ..structure.experts import is_expert_weight
 from ..targets import Target, is_target_type, select_targets
 
@@ -28,6 +30,12 @@ class LayerRow:
     numel: int
     #: True/False for N:M layers (every group holds), None otherwise
     nm_valid: bool | None
+    #: the shape before ``shrink`` removed channels or heads; None if it was not resized
+    before: list[int] | None = None
+
+    @property
+    def numel_before(self) -> int:
+        return math.prod(self.before) if self.before is not None else self.numel
 
 
 @dataclass
@@ -36,6 +44,8 @@ class Report:
     total_params: int
     total_nonzero: int
     dense_bytes: int
+    #: the model's parameter count before ``shrink``; None if it was not shrunk
+    params_before: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -47,6 +57,12 @@ class Report:
         total = self.target_params
         return 1.0 - sum(r.nonzero for r in self.layers) / total if total else 0.0
 
+    @property
+    def target_removed(self) -> float:
+        """The share of the pruned layers' entries that shrink removed."""
+        before = sum(r.numel_before for r in self.layers)
+        return 1.0 - self.target_params / before if before else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layers": [asdict(r) for r in self.layers],
@@ -56,35 +72,37 @@ class Report:
                 "target_params": self.target_params,
                 "target_sparsity": self.target_sparsity,
                 "dense_bytes": self.dense_bytes,
+                **({} if self.params_before is None else {"params_before": self.params_before}),
                 **self.extra,
             },
         }
 
     def __rich__(self) -> Table:
+        shrunk = any(r.before is not None for r in self.layers)
+        nm = any(r.nm_valid is not None for r in self.layers)
         table = Table(title="prunekit report", show_lines=False)
-        for col in ("layer", "shape", "granularity", "sparsity", "N:M ok", "nonzero"):
-            table.add_column(col, justify="left" if col in ("layer", "granularity") else "right")
+        columns = ["layer", "shape", "granularity"] + ["removed"] * shrunk + ["sparsity"]
+        for col in columns + ["N:M ok"] * nm + ["nonzero"]:
+            left = col in ("layer", "granularity")  # a long layer name folds, whole, not cut
+            table.add_column(col, justify="left" if left else "right", overflow="fold")
         for r in self.layers:
-            ok = "-" if r.nm_valid is None else ("yes" if r.nm_valid else "NO")
-            table.add_row(
-                r.name,
-                "x".join(map(str, r.shape)),
-                r.granularity,
-                f"{r.sparsity:.2%}",
-                ok,
-                f"{r.nonzero:,}",
-            )
+            shape = "x".join(map(str, r.shape))
+            if r.before is not None:
+                shape = f"{'x'.join(map(str, r.before))} → {shape}"
+            cells = [r.name, shape, r.granularity]
+            cells += [f"{1 - r.numel / r.numel_before:.2%}"] * shrunk + [f"{r.sparsity:.2%}"]
+            cells += ["-" if r.nm_valid is None else ("yes" if r.nm_valid else "NO")] * nm
+            table.add_row(*cells, f"{r.nonzero:,}")
         table.add_section()
-        table.add_row(
-            "targets",
-            "",
-            "",
-            f"{self.target_sparsity:.2%}",
-            "",
-            f"{sum(r.nonzero for r in self.layers):,}",
-        )
+        totals = ["targets", "", ""] + [f"{self.target_removed:.2%}"] * shrunk
+        totals += [f"{self.target_sparsity:.2%}"] + [""] * nm
+        table.add_row(*totals, f"{sum(r.nonzero for r in self.layers):,}")
+        params = f"params {self.total_params:,}"
+        if self.params_before is not None:
+            share = self.total_params / self.params_before
+            params += f" ({share:.1%} of {self.params_before:,} before shrink)"
         table.caption = (
-            f"params {self.total_params:,} | nonzero {self.total_nonzero:,} | "
+            f"{params} | nonzero {self.total_nonzero:,} | "
             f"dense size {self.dense_bytes / 2**20:.2f} MiB"
         )
         return table
@@ -139,7 +157,8 @@ def report(model: nn.Module) -> Report:
         valid = gran.holds(matrix) if isinstance(gran, NM) else None
         weight = getattr(module, param, None)
         shape = list((weight if isinstance(weight, torch.Tensor) else matrix).shape)
-        rows.append(LayerRow(qualname, shape, spec, 1 - nnz / numel, nnz, numel, valid))
+        before = shape_before(module, param)
+        rows.append(LayerRow(qualname, shape, spec, 1 - nnz / numel, nnz, numel, valid, before))
         if not isinstance(weight, torch.Tensor):  # swapped for a sparse kernel: not a parameter
             packed.append((numel, nnz, numel * matrix.element_size()))
     params = list(model.parameters())
@@ -149,6 +168,7 @@ def report(model: nn.Module) -> Report:
         total_nonzero=sum(int(torch.count_nonzero(p)) for p in params)
         + sum(z for _, z, _ in packed),
         dense_bytes=_dense_state_bytes(model) + sum(b for _, _, b in packed),
+        params_before=params_before(model),
     )
 
 

@@ -293,6 +293,7 @@ def write_output(
     from ..analysis.bench import directory_bytes
     from ..analysis.report import report
     from ..example_inputs import describe
+    from ..formats.config_fit import described
     from ..formats.header import read_header
     from ..outfolder import CARD_FILE, carry_over, model_card, write_atomically
     from ..runtime.report import as_text
@@ -309,17 +310,26 @@ def write_output(
     save(model, out, format=args.format, config=config, extra=extra)
     carried = carry_over(Path(args.model), out) if Path(args.model).is_dir() else []
     command = "prunekit " + " ".join(shlex.quote(a) for a in getattr(args, "_argv", sys.argv[1:]))
+    header = read_header(out)
+    loadable = described(model)  # None: not a Hugging Face model
+    dense = all(e["format"] == "dense" for e in header["tensors"].values())
     card = model_card(
         source=args.model,
         command=command,
-        header=read_header(out),
+        header=header,
         report_text=as_text(report(model)),
         carried=carried,
         input_bytes=baseline_bytes,
         output_bytes=directory_bytes(out),  # without the card itself
+        described=loadable,
     )
     write_atomically(out / CARD_FILE, card.encode())
-    return {"bytes": directory_bytes(out), "input_bytes": baseline_bytes, "carried": carried}
+    return {
+        "bytes": directory_bytes(out),
+        "input_bytes": baseline_bytes,
+        "carried": carried,
+        "transformers_loads": loadable and dense,
+    }
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -389,11 +399,13 @@ class PruneCommand(Command):
             Pruner(model, config, data=data, example_inputs=traced, progress=True).step()
         model = shrink(model, example) if structured else finalize(model)
         facts = write_output(model, args, config, example, baseline_bytes, recovery)
-        Console(width=max(Console().width, 100)).print(report(model))
+        Console(width=max(Console().width, 120)).print(report(model))
         ratio = facts["bytes"] / facts["input_bytes"]
         print(
             f"wrote {args.output}: {facts['bytes']:,} bytes, {ratio:.1%} of the input's "
             f"{facts['input_bytes']:,} ({1 / ratio:.2f}x smaller); carried over "
             f"{len(facts['carried'])} file(s)"
         )
+        if facts["transformers_loads"]:
+            print(f"plain transformers loads it too: AutoModel.from_pretrained({args.output!r})")
         return 0

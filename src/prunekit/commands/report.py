@@ -27,5 +27,5 @@ class ReportCommand(Command):
         if args.json:
             print(json.dumps(rep.to_dict(), indent=2))
         else:
-            Console(width=max(Console().width, 100)).print(rep)
+            Console(width=max(Console().width, 120)).print(rep)
         return 0

@@ -7,6 +7,14 @@ import torch
 from .base import FORMATS, Encoded
 
 AUTO = "auto"
+#: ``"auto"`` stores a whole checkpoint dense when compressing saves less than this share of its
+#: dense size: a plain file that other libraries load is worth more than a saving that small
+MIN_SAVING = 0.01
+
+
+def worth_compressing(stored_bytes: int, dense_bytes: int) -> bool:
+    """Whether a checkpoint's compressed size saves at least :data:`MIN_SAVING` of its dense one."""
+    return stored_bytes <= (1 - MIN_SAVING) * dense_bytes
 
 
 def encode(t: torch.Tensor, fmt: str = AUTO) -> tuple[str, Encoded]:

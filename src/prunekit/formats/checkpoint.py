@@ -50,9 +50,11 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, PrunekitError
 from ..granularity import parse_granularity
 from ..masks import MaskState, record_granularity, shrink_mask
+from ..provenance import restore as restore_provenance
 from ..targets import is_hf_conv1d, is_prunable
-from .auto import AUTO, encode
+from .auto import AUTO, encode, worth_compressing
 from .base import DTYPES, FORMATS, dtype_name
+from .config_fit import misdescribes
 from .dirlock import locked
 from .header import (
     COMPRESSED_FILE,
@@ -188,17 +190,13 @@ def _hf_config_json(model: nn.Module) -> str | None:
 
 
 def _warn_if_not_transformers_loadable(model: nn.Module) -> None:
-    """A dense export of a physically shrunk HF model no longer matches its config.json."""
-    try:
-        with torch.device("meta"):
-            fresh = type(model)._from_config(model.config)
-    except Exception:  # some classes cannot be built on the meta device: skip the check
-        return
-    fresh_shapes = {k: v.shape for k, v in fresh.state_dict().items()}
-    if any(fresh_shapes.get(k) != v.shape for k, v in model.state_dict().items()):
+    """A plain export of an HF model whose config.json cannot describe it: say so."""
+    if misdescribes(model):
         warnings.warn(
-            "this model's shapes differ from what its config describes (was it shrunk?): plain "
-            "transformers refuses the dense export, but pk.load(DIR) can load it",
+            "config.json cannot describe this model's shapes (was it shrunk? some architectures "
+            "derive a size from others, and layers may differ): plain transformers refuses the "
+            "folder (or, where only a norm's epsilon differs, computes slightly different "
+            "outputs); pk.load(DIR) loads it exactly",
             stacklevel=3,
         )
 
@@ -247,6 +245,14 @@ def _encode_state(
     return parts, entries
 
 
+def _pays(entries: dict[str, dict[str, Any]]) -> bool:
+    """Whether the compressed formats ``"auto"`` chose save enough to give up a plain file."""
+    summary = storage_summary(entries)
+    return summary["formats"].keys() == {"dense"} or worth_compressing(
+        summary["bytes"], summary["dense_bytes"]
+    )
+
+
 def _checkpoint_directory(directory: str | os.PathLike) -> Path:
     """``directory``, created if needed; a clear error where it cannot be one."""
     directory = Path(directory)
@@ -273,9 +279,10 @@ def save(
 ) -> Path:
     """Write ``model`` to ``directory`` (created if needed), atomically; returns its path.
 
-    ``format`` is ``"auto"`` (smallest per tensor) or a registered format name applied to every
-    tensor it can hold; ``dense=True`` stores plain tensors under their own names in
-    ``model.safetensors``, so that a Hugging Face model loads with ``transformers``'
+    ``format`` is ``"auto"`` (smallest per tensor; every tensor dense, the plain file below, when
+    that saves less than 1% of the dense size, as after a structured prune) or a registered format
+    name applied to every tensor it can hold; ``dense=True`` stores plain tensors under their own
+    names in ``model.safetensors``, so that a Hugging Face model loads with ``transformers``'
     ``from_pretrained``. Compressed tensors go to ``prunekit.safetensors``, which ``transformers``
     does not read (it raises rather than load random weights). A masked model is saved with its
     masks applied, and the masks are recorded so that :func:`load` re-attaches them. ``config`` (a
@@ -303,6 +310,8 @@ def save(
         raise ConfigError(f"extra may not set the reserved keys {sorted(clash)}")
 
     parts, entries = _encode_state(model, fmt)
+    if fmt == AUTO and not _pays(entries):
+        parts, entries = _encode_state(model, "dense")  # a shrunk model: a plain, portable file
     header: dict[str, Any] = {
         "prunekit": {"version": __version__, "schema": SCHEMA},
         "tensors": entries,
@@ -539,6 +548,19 @@ def _decode_masks(
 
 def _granularities(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, str]]:
     """Each pruned layer's granularity from the saved report (for N:M checks), checked."""
+    out = []
+    for module, param, row in _report_rows(model, report):
+        spec = row["granularity"]
+        try:
+            parse_granularity(spec)
+        except PrunekitError as e:
+            raise CheckpointError(f"prunekit.json: report row {row['name']!r}: {e}") from None
+        out.append((module, param, spec))
+    return out
+
+
+def _report_rows(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, dict[str, Any]]]:
+    """``(module, parameter name, row)`` of each pruned layer's row in the saved report."""
     if report is None:
         return []
     rows = report.get("layers") if isinstance(report, dict) else None
@@ -556,12 +578,35 @@ def _granularities(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, 
         module = modules.get(mod_name)
         if module is None or not isinstance(getattr(module, param, None), torch.Tensor):
             raise CheckpointError(f"prunekit.json: report names unknown parameter {name!r}")
-        try:
-            parse_granularity(spec)
-        except PrunekitError as e:
-            raise CheckpointError(f"prunekit.json: report row {name!r}: {e}") from None
-        out.append((module, param, spec))
+        out.append((module, param, row))
     return out
+
+
+def _shrunk_from(
+    model: nn.Module, report: Any, shapes: dict[str, list[int]]
+) -> tuple[dict[str, list[int]], int | None]:
+    """The pre-shrink shapes (qualified name -> shape) and parameter count the saved report
+    holds, checked against the checkpoint's ``shapes``."""
+    before = {}
+    for _, _, row in _report_rows(model, report):
+        shape, name = row.get("before"), row["name"]
+        if shape is None:
+            continue
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(n, int) and n > 0 for n in shape)
+            or len(shape) != len(shapes.get(name, ()))
+        ):
+            raise CheckpointError(
+                f"prunekit.json: report row {name!r}: malformed before {shape!r:.80}"
+            )
+        before[name] = shape
+    params = report.get("totals", {}).get("params_before") if isinstance(report, dict) else None
+    if params is not None and (not isinstance(params, int) or params <= 0):
+        raise CheckpointError(
+            f"prunekit.json: report.totals.params_before {params!r:.40} is not a count"
+        )
+    return before, params
 
 
 @torch.no_grad()
@@ -643,6 +688,9 @@ def load(
     dense_entries = {n: e for n, e in entries.items() if n not in packed}
     recorded_masks = _decode_masks(model, dense_entries, decoded, stored)
     granularities = _granularities(model, header.get("report"))
+    shrunk_from = _shrunk_from(
+        model, header.get("report"), {n: e.get("shape", []) for n, e in entries.items()}
+    )
 
     plan.apply()  # everything is checked: from here on the model changes
     from ..structure.heads import reattach
@@ -667,6 +715,7 @@ def load(
             shrink_mask(module, pname, mask)
     for module, param, spec in granularities:
         record_granularity(module, param, spec)
+    restore_provenance(model, *shrunk_from)
     if packed:
         from ..runtime.nm_load import install_packed
 

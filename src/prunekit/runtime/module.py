@@ -13,6 +13,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..masks import granularity_of, record_granularity
+from ..provenance import restore as restore_provenance
+from ..provenance import shape_before
 from ..targets import Target, is_hf_conv1d
 from .kernels import get_kernel
 
@@ -36,10 +38,14 @@ def is_sparsifiable(module: nn.Module) -> bool:
 
 
 def _carry_granularity(src: nn.Module, dst: nn.Module) -> None:
-    """Keep the pruned granularity across a swap, for reports and N:M checks."""
+    """Keep the pruned granularity (and the pre-shrink shape) across a swap, for reports and
+    N:M checks."""
     spec = granularity_of(src, "weight")
     if spec is not None:
         record_granularity(dst, "weight", spec)
+    before = shape_before(src, "weight")
+    if before is not None:
+        restore_provenance(dst, {"weight": before}, None)
 
 
 class SparseLinear(nn.Module):

@@ -4,8 +4,9 @@ Widths that differ from layer to layer (``scope="global"``) cannot be written in
 live in the shape manifest (:mod:`prunekit.formats.manifest`). Uniform values are written: MLP
 widths, the hidden (residual) width, head counts, and the head size where the config has a
 field for it (so a model rebuilt from the config keeps it), and the norms' epsilon where one
-value holds for all. :func:`describes` says whether the patched config rebuilds exactly the
-shrunk shapes and epsilons (then ``from_pretrained`` loads the model and computes the same).
+value holds for all. :func:`~prunekit.formats.config_fit.describes` says whether the patched
+config rebuilds exactly the shrunk shapes and epsilons (then ``from_pretrained`` loads the model
+and computes the same).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..formats.config_fit import EPS_ATTRS, is_float, meta_build, same_eps
 from ..targets import is_hf_conv1d
 
 #: config field -> module-name suffixes whose output width is that field
@@ -30,8 +32,7 @@ WIDTH_FIELDS: dict[str, tuple[str, ...]] = {
 HIDDEN_FIELDS = ("hidden_size", "word_embed_proj_dim", "embedding_size")
 #: config fields of an input embedding width that may differ from the hidden width
 EMBED_FIELDS = ("embedding_size", "input_embedding_size")
-#: norm attributes holding epsilon, and the config fields they come from
-EPS_ATTRS = ("variance_epsilon", "eps")
+#: config fields that norms take their epsilon from
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
 #: module attributes that hold an attention's head size
 HEAD_SIZES = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
@@ -91,7 +92,7 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
             if value is not None:
                 setattr(config, fld, value)
     _sync_module_copies(model, config, before)
-    eps = {getattr(m, a) for m in model.modules() for a in EPS_ATTRS if _is_float(m, a)}
+    eps = {getattr(m, a) for m in model.modules() for a in EPS_ATTRS if is_float(m, a)}
     for fld in EPS_FIELDS:  # RMS norms fold a width change into eps (shrink.rescale_rms_norms)
         if isinstance(getattr(config, fld, None), float) and len(eps) == 1:
             setattr(config, fld, eps.pop())
@@ -120,19 +121,6 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
         config.__dict__.update(saved)
 
 
-def _meta_build(model: nn.Module, config: object) -> nn.Module | None:
-    """``model``'s class built from ``config`` on the meta device (no memory, no init), or None
-    where the class has no ``_from_config`` or the config does not build (describes nothing)."""
-    build = getattr(type(model), "_from_config", None)
-    if build is None:
-        return None
-    try:
-        with torch.device("meta"):
-            return build(config)
-    except Exception:
-        return None
-
-
 def _rebuilds_heads(model: nn.Module, config: object) -> bool:
     """A model built from ``config`` (on the meta device) has every attention module's head
     size that ``model`` has, and every norm's epsilon."""
@@ -140,7 +128,7 @@ def _rebuilds_heads(model: nn.Module, config: object) -> bool:
         type(config).from_dict(config.to_dict())  # its validators (XLNet: d_head * n_head)
     except Exception:  # a config the class cannot be built from describes nothing
         return False
-    fresh = _meta_build(model, config)
+    fresh = meta_build(model, config)
     if fresh is None:
         return False
     built = dict(fresh.named_modules())
@@ -149,7 +137,7 @@ def _rebuilds_heads(model: nn.Module, config: object) -> bool:
         for n, m in model.named_modules()
         for a in HEAD_SIZES
         if isinstance(v := m.__dict__.get(a), int)
-    ) and _same_eps(model, built)
+    ) and same_eps(model, built)
 
 
 def _holds(model: nn.Module, config: object) -> bool:
@@ -160,7 +148,7 @@ def _holds(model: nn.Module, config: object) -> bool:
     size)."""
     if getattr(type(model), "_from_config", None) is None:
         return True
-    fresh = _meta_build(model, config)
+    fresh = meta_build(model, config)
     if fresh is None:
         return False
     shapes = {k: v.shape for k, v in fresh.state_dict().items()}
@@ -181,33 +169,6 @@ def _set(config: object, field: str, value: int) -> None:
         return
     with contextlib.suppress(AttributeError):
         setattr(config, field, value)
-
-
-def describes(model: nn.Module) -> bool:
-    """The model's config rebuilds exactly its parameter and buffer shapes (checked on the
-    ``meta`` device); False for models without a Hugging Face config."""
-    config = getattr(model, "config", None)
-    fresh = None if config is None else _meta_build(model, config)
-    if fresh is None:
-        return False
-    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
-    if any(shapes.get(k) != v.shape for k, v in model.state_dict().items()):
-        return False
-    return _same_eps(model, dict(fresh.named_modules()))
-
-
-def _same_eps(model: nn.Module, built: dict[str, nn.Module]) -> bool:
-    """Every norm of ``model`` has its epsilon in the rebuilt modules ``built`` (by name)."""
-    return all(
-        getattr(built.get(n), a, None) == getattr(m, a)
-        for n, m in model.named_modules()
-        for a in EPS_ATTRS
-        if _is_float(m, a)
-    )
-
-
-def _is_float(module: nn.Module, attr: str) -> bool:
-    return isinstance(module.__dict__.get(attr), float)
 
 
 def _sync_module_copies(model: nn.Module, config: object, before: dict[str, object]) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ConfigError, VerificationError
 from ..masks import mask_names, mul_mask_, unmask
 from ..outputs import max_rel_error
+from ..provenance import record
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
 from .graph import call_model, check_inputs, eps_attr, eval_mode, flatten, is_rms_norm
@@ -197,6 +198,13 @@ def shrink(
     whole ``example_inputs`` (every position and token id they hold, one more masked forward).
     ``model`` is not changed.
     """
+    if not isinstance(model, nn.Module):
+        hint = (
+            " (pk.prune returns a Pruner: pass the model it pruned)"
+            if hasattr(model, "step")
+            else ""
+        )
+        raise ConfigError(f"shrink takes a torch.nn.Module, got {type(model).__name__}{hint}")
     if verify_on not in VERIFY:
         raise ConfigError(f"unknown verify_on {verify_on!r}; valid choices: {VERIFY}")
     check_inputs(example_inputs)
@@ -238,6 +246,7 @@ def shrink(
         moes, heads = copy.deepcopy(([g.info["moe"] for g in experts], heads), memo)
         patch_moe(small, moes)
         update_config(small, resize_heads(heads))
+        record(model, small, memo)
     verify(model, small, example_inputs, ref, rtol, on_cut=verify_on == "cut")
     return small
 
