@@ -215,7 +215,10 @@ def test_owl_and_global_work_on_channel_groups():
         pruner = pk.prune(model, 0.4, granularity="channel", scope=scope, example_inputs=x)
         units = sum(g.units for g in pruner.groups())
         pruned = sum(int(g.dead().sum()) for g in pruner.groups())  # every masked slice empty
-        assert pruned == round(0.4 * units), scope
+        # the hidden width keeps a multiple of the 4 heads (LlamaConfig's rule): up to 3 less
+        (hidden,) = [g for g in pruner.groups() if "fits" in g.info]
+        assert (hidden.units - int(hidden.dead().sum())) % 4 == 0, scope
+        assert 0 <= round(0.4 * units) - pruned < 4, scope
 
 
 def test_a_one_shot_iterator_is_read_once_and_kept_for_two_passes():

@@ -139,3 +139,35 @@ def test_width_only_keeps_the_config_head_size(tmp_path):
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**x).logits, small(**x).logits, rtol=0, atol=1e-6)
+
+
+def test_the_hidden_width_stays_a_count_the_config_accepts(tmp_path):
+    """LlamaConfig requires hidden_size % num_attention_heads == 0: 30% of 32 channels would
+    keep 22 (or 23), so the hidden width keeps 24 and plain transformers loads the result."""
+    model, x = _llama(2), INPUTS["llama"]()
+    pk.prune(model, 0.3, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert small.config.hidden_size == 24 and describes(small)
+    assert {b.mlp.up_proj.out_features for b in small.model.layers} == {90}  # 128 - 38: as asked
+    reload_matches(small, tmp_path / "hf", x["input_ids"], new_tokens=4)
+
+
+def test_a_width_the_config_refuses_stays_out_of_it_and_reloads(tmp_path, monkeypatch):
+    """Without the rounding the hidden width is 22, which LlamaConfig's validators refuse:
+    the config keeps 32, so pk.load rebuilds the model and narrows it from the manifest
+    (exact), save_pretrained writes a valid config, and plain transformers refuses the weights
+    rather than load them wrongly; pk.save says so."""
+    monkeypatch.setattr("prunekit.structure.hf_config.mark_hidden_width", lambda *a: None)
+    model, x = _llama(2), INPUTS["llama"]()
+    pk.prune(model, 0.3, granularity="channel", example_inputs=x)
+    small = pk.shrink(model, x)
+    assert small.model.embed_tokens.embedding_dim == 22 and small.config.hidden_size == 32
+    assert not describes(small)
+    with pytest.warns(UserWarning, match="plain transformers refuses"):
+        pk.save(small, tmp_path / "pk")
+    loaded = pk.load(tmp_path / "pk")
+    with torch.no_grad():
+        assert torch.equal(loaded(**x).logits, small(**x).logits)
+    small.save_pretrained(tmp_path / "hf")
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")

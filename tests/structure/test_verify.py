@@ -252,3 +252,28 @@ def test_full_verification_reaches_what_the_cut_leaves(monkeypatch):
         pk.shrink(model, x, verify_on="full")
     with pytest.raises(ConfigError, match="valid choices"):
         pk.shrink(model, x, verify_on="some")
+
+
+def test_float32_rounding_is_told_from_a_real_difference_in_float64(monkeypatch):
+    """A difference above rtol in float32 is checked again on float64 copies: rounding alone
+    (here a tolerance below float32's resolution) passes, a changed weight still fails, and the
+    masked model keeps its dtype and masks."""
+    x = _tokens()
+    model = _pruned(_bert, x, ("channel", "head"))
+    masks = set(pk.MaskState(model).masks)
+    small = pk.shrink(model, x)
+    with torch.no_grad():
+        rounding = shrink_mod.max_rel_error(model(**x).logits, small(**x).logits)
+    assert 0 < rounding < 1e-5  # float32 rounding, not zero
+    calls = []
+    real = shrink_mod._error_in_float64
+    monkeypatch.setattr(
+        shrink_mod, "_error_in_float64", lambda *a: calls.append(real(*a)) or calls[-1]
+    )
+    small = pk.shrink(model, x, rtol=1e-12, verify_on="full")  # float64: below 1e-12
+    assert len(calls) == 1 and calls[0] < 1e-12
+    assert all(p.dtype == torch.float32 for p in [*model.parameters(), *small.parameters()])
+    assert set(pk.MaskState(model).masks) == masks
+    _corrupt(monkeypatch, "bert.encoder.layer.0.output.dense")
+    with pytest.raises(VerificationError, match=r"in float64: \d"):
+        pk.shrink(model, x, rtol=1e-12)

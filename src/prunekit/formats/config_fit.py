@@ -24,6 +24,16 @@ def meta_build(model: nn.Module, config: object) -> nn.Module | None:
         return None
 
 
+def validates(config: object) -> bool:
+    """The config passes its class's validators, as ``from_pretrained`` runs them (Llama: the
+    hidden size a multiple of the head count; XLNet: ``d_head * n_head == d_model``)."""
+    try:
+        type(config).from_dict(config.to_dict())
+    except Exception:
+        return False
+    return True
+
+
 def describes(model: nn.Module) -> bool:
     """The model's config rebuilds exactly its parameter and buffer shapes (checked on the
     ``meta`` device); False for models without a Hugging Face config."""
@@ -43,6 +53,8 @@ def described(model: nn.Module) -> bool | None:
     fresh = None if config is None else meta_build(model, config)
     if fresh is None:
         return None
+    if not validates(config):  # from_pretrained refuses it
+        return False
     shapes = {k: v.shape for k, v in fresh.state_dict().items()}
     if any(shapes.get(k) != v.shape for k, v in model.state_dict().items()):
         return False

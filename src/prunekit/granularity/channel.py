@@ -37,5 +37,8 @@ class Channel(Structured):
 
     def groups(self, model: nn.Module, example_inputs: Any) -> list[Any]:
         from ..structure.groups import channel_groups
+        from ..structure.hf_config import mark_hidden_width
 
-        return channel_groups(model, example_inputs).groups
+        groups = channel_groups(model, example_inputs).groups
+        mark_hidden_width(model, groups)
+        return groups

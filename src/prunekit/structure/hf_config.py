@@ -12,11 +12,13 @@ and computes the same).
 from __future__ import annotations
 
 import contextlib
+import copy
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..formats.config_fit import EPS_ATTRS, is_float, meta_build, same_eps
+from ..formats.config_fit import EPS_ATTRS, is_float, meta_build, same_eps, validates
 from ..targets import is_hf_conv1d
 
 #: config field -> module-name suffixes whose output width is that field
@@ -124,9 +126,7 @@ def update_config(model: nn.Module, heads: list[tuple[int, int, int]]) -> None:
 def _rebuilds_heads(model: nn.Module, config: object) -> bool:
     """A model built from ``config`` (on the meta device) has every attention module's head
     size that ``model`` has, and every norm's epsilon."""
-    try:
-        type(config).from_dict(config.to_dict())  # its validators (XLNet: d_head * n_head)
-    except Exception:  # a config the class cannot be built from describes nothing
+    if not validates(config):  # XLNet: d_head * n_head == d_model
         return False
     fresh = meta_build(model, config)
     if fresh is None:
@@ -148,6 +148,8 @@ def _holds(model: nn.Module, config: object) -> bool:
     size)."""
     if getattr(type(model), "_from_config", None) is None:
         return True
+    if not validates(config):  # Llama: hidden_size a multiple of num_attention_heads
+        return False
     fresh = meta_build(model, config)
     if fresh is None:
         return False
@@ -160,6 +162,37 @@ def _holds(model: nn.Module, config: object) -> bool:
         )
 
     return all(fits(k, v) for k, v in model.state_dict().items())
+
+
+def mark_hidden_width(model: nn.Module, groups: list[Any]) -> None:
+    """Give the residual-stream group of a Hugging Face model (the input embeddings' width) an
+    ``info["fits"]`` check, kept count -> bool: whether the config's validators accept it as the
+    hidden size (Llama: a multiple of ``num_attention_heads``), so that the shrunk model's
+    config.json still loads in plain transformers."""
+    config = getattr(model, "config", None)
+    old = getattr(config, "hidden_size", None)
+    if not hasattr(config, "to_dict") or not isinstance(old, int) or not validates(config):
+        return
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return
+    seen: dict[int, bool] = {}
+
+    def fits(kept: int) -> bool:
+        if kept not in seen:
+            narrow = copy.deepcopy(config)
+            for fld in HIDDEN_FIELDS:
+                if getattr(narrow, fld, None) == old:
+                    _set(narrow, fld, kept)
+            seen[kept] = validates(narrow)
+        return seen[kept]
+
+    for g in groups:
+        if g.units == old and any(
+            s.module is embeddings and s.attr == "weight" and s.dim == 1 for s in g.slots
+        ):
+            g.info["fits"] = fits
 
 
 def _set(config: object, field: str, value: int) -> None:

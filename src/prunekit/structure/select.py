@@ -174,6 +174,15 @@ def _keep_count(units: int, prune: int, round_to: int, max_ratio: float) -> int:
     return keep
 
 
+def _fitting(group: Group, keep: int, step: int) -> int:
+    """``keep``, raised by ``step`` until the group's ``info["fits"]`` accepts it (a hidden
+    width the model's config must be able to state)."""
+    fits = group.info.get("fits")
+    while fits is not None and keep < group.units and not fits(keep):
+        keep = min(group.units, keep + step)
+    return keep
+
+
 def choose(
     groups: list[Group],
     scores: list[torch.Tensor],
@@ -187,7 +196,8 @@ def choose(
 
     The allocation sees each group as a layer of units (keyed by group name); ``uniform`` then
     gives every group of one :func:`role` the mean of their counts, ``round_to`` and
-    ``max_ratio`` adjust each group's count, and tied groups keep the same width.
+    ``max_ratio`` adjust each group's count (a hidden width then grows to one its config can
+    state), and tied groups keep the same width.
     """
     names = [f"{g.name}#{i}" for i, g in enumerate(groups)]  # group names may repeat
     budget = allocation.layer_sparsities(dict(zip(names, scores, strict=True)), sparsity)
@@ -200,10 +210,10 @@ def choose(
             mean = round(sum(prune[i] for i in members) / len(members))
             for i in members:
                 prune[i] = mean
-    keep = [
-        _keep_count(g.units, p, math.lcm(round_to, alignment(g)), max_ratio)
-        for g, p in zip(groups, prune, strict=True)
-    ]
+    keep = []
+    for g, p in zip(groups, prune, strict=True):
+        step = math.lcm(round_to, alignment(g))
+        keep.append(_fitting(g, _keep_count(g.units, p, step, max_ratio), step))
     ties: dict[str, int] = {}
     for g, k in zip(groups, keep, strict=True):
         if g.tie is not None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError, VerificationError
 from ..masks import mask_names, mul_mask_, unmask
-from ..outputs import max_rel_error
+from ..outputs import map_tensors, max_rel_error
 from ..provenance import record
 from ..threads import torch_threads
 from .experts import expert_groups, patch_moe
@@ -282,8 +282,30 @@ def verify(
             f"the shrunk {type(model).__name__} fails on {what}: {type(e).__name__}: {e}"
         ) from e
     err = max_rel_error(ref, out)
-    if not err <= rtol:
-        raise VerificationError(
-            f"the shrunk {type(model).__name__} differs from the masked model on {what}: "
-            f"relative error {err:.2e} > {rtol:g}"
-        )
+    if err <= rtol:
+        return
+    exact = _error_in_float64(model, small, inputs)
+    if exact is not None and exact <= rtol:
+        return  # float32 rounding, amplified (a final norm over massive activations, say)
+    in64 = "" if exact is None else f" (in float64: {exact:.2e})"
+    raise VerificationError(
+        f"the shrunk {type(model).__name__} differs from the masked model on {what}: "
+        f"relative error {err:.2e}{in64} > {rtol:g}"
+    )
+
+
+def _error_in_float64(model: nn.Module, small: nn.Module, inputs: Any) -> float | None:
+    """The relative error of float64 copies of both models, where rounding does not hide
+    whether they compute the same function: deep LLMs' massive residual activations (10^4 on
+    SmolLM2), renormalised by the final norm, lift float32 rounding above 1e-4 at the logits,
+    while float64 gives 0. None where float64 cannot run (memory, an op without it)."""
+
+    def wide(t: torch.Tensor) -> torch.Tensor:
+        return t.double() if t.is_floating_point() else t
+
+    try:
+        x = map_tensors(inputs, wide)
+        ref = _run(copy.deepcopy(model).double(), x)
+        return max_rel_error(ref, _run(copy.deepcopy(small).double(), x))
+    except Exception:  # out of memory, or an op or kernel without float64
+        return None
