@@ -79,6 +79,18 @@ def test_report_rows_totals_and_dict():
     assert "2:4" in text and "50.00%" in text and "yes" in text
 
 
+def test_report_counts_tied_embeddings_once():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, tie_word_embeddings=True)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    rep = pk.report(model)
+    assert rep.total_params == sum(p.numel() for p in model.parameters())  # torch: once
+    assert rep.dense_bytes == 4 * rep.total_params  # the embedding once, not twice
+
+
 def test_report_flags_broken_nm_groups():
     model, _ = make("mlp")
     pk.prune(model, granularity="2:4")

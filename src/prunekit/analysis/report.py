@@ -173,7 +173,8 @@ def report(model: nn.Module) -> Report:
 
 
 def _dense_state_bytes(model: nn.Module) -> int:
-    """Bytes of the state dict, leaving out the packed arrays of sparse-kernel layers."""
+    """Bytes of the state dict, a tensor shared by several entries (tied input and output
+    embeddings) once, leaving out the packed arrays of sparse-kernel layers."""
     from ..runtime.module import SparseLinear
 
     packed = {
@@ -182,5 +183,9 @@ def _dense_state_bytes(model: nn.Module) -> int:
         if isinstance(m, SparseLinear)
         for buf in m.packed
     }
-    state = model.state_dict()
-    return sum(v.numel() * v.element_size() for k, v in state.items() if k not in packed)
+    unique = {
+        (v.data_ptr(), v.dtype, v.shape): v
+        for k, v in model.state_dict().items()
+        if k not in packed
+    }
+    return sum(v.numel() * v.element_size() for v in unique.values())
