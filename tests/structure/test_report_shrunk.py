@@ -91,17 +91,18 @@ def test_the_record_survives_save_and_load(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "edit",
+    ("edit", "match"),
     [
-        lambda h: h["report"]["layers"][0].update(before=[32]),
-        lambda h: h["report"]["layers"][0].update(before=[32, 0]),
-        lambda h: h["report"]["layers"][0].update(before="32x32"),
-        lambda h: h["report"]["totals"].update(params_before=-1),
+        (lambda h: h["report"]["layers"][0].update(before=[32]), "before"),
+        (lambda h: h["report"]["layers"][0].update(before=[32, 0]), "before"),
+        (lambda h: h["report"]["layers"][0].update(before="32x32"), "before"),
+        (lambda h: h["report"]["totals"].update(params_before=-1), "before"),
+        (lambda h: h["report"].update(totals=[1]), "totals"),
     ],
-    ids=["wrong rank", "zero size", "not a list", "negative count"],
+    ids=["wrong rank", "zero size", "not a list", "negative count", "totals not an object"],
 )
-def test_a_tampered_record_is_refused_and_the_model_kept(tmp_path, edit):
+def test_a_tampered_record_is_refused_and_the_model_kept(tmp_path, edit, match):
     _, small = _pruned("channel")
     pk.save(small, tmp_path)
     resign(tmp_path, edit)
-    assert_load_refused(tmp_path, _llama(), match="before")
+    assert_load_refused(tmp_path, _llama(), match=match)

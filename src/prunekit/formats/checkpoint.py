@@ -245,9 +245,9 @@ def _encode_state(
     return parts, entries
 
 
-def _pays(entries: dict[str, dict[str, Any]]) -> bool:
-    """Whether the compressed formats ``"auto"`` chose save enough to give up a plain file."""
-    summary = storage_summary(entries)
+def _pays(summary: dict[str, Any]) -> bool:
+    """Whether the compressed formats ``"auto"`` chose (``summary``: their storage summary)
+    save enough to give up a plain file."""
     return summary["formats"].keys() == {"dense"} or worth_compressing(
         summary["bytes"], summary["dense_bytes"]
     )
@@ -310,15 +310,17 @@ def save(
         raise ConfigError(f"extra may not set the reserved keys {sorted(clash)}")
 
     parts, entries = _encode_state(model, fmt)
-    if fmt == AUTO and not _pays(entries):
+    storage = storage_summary(entries)
+    if fmt == AUTO and not _pays(storage):
         parts, entries = _encode_state(model, "dense")  # a shrunk model: a plain, portable file
+        storage = storage_summary(entries)
     header: dict[str, Any] = {
         "prunekit": {"version": __version__, "schema": SCHEMA},
         "tensors": entries,
         "manifest": shape_manifest(model),
         "config": _config_dict(config),
         "report": _report(model),
-        "storage": storage_summary(entries),
+        "storage": storage,
         **extra,
     }
     try:
@@ -546,10 +548,14 @@ def _decode_masks(
     return out
 
 
-def _granularities(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, str]]:
-    """Each pruned layer's granularity from the saved report (for N:M checks), checked."""
+Rows = list[tuple[nn.Module, str, dict[str, Any]]]
+
+
+def _granularities(rows: Rows) -> list[tuple[nn.Module, str, str]]:
+    """Each pruned layer's granularity from the saved report's ``rows`` (for N:M checks),
+    checked."""
     out = []
-    for module, param, row in _report_rows(model, report):
+    for module, param, row in rows:
         spec = row["granularity"]
         try:
             parse_granularity(spec)
@@ -559,7 +565,7 @@ def _granularities(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, 
     return out
 
 
-def _report_rows(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, dict[str, Any]]]:
+def _report_rows(model: nn.Module, report: Any) -> Rows:
     """``(module, parameter name, row)`` of each pruned layer's row in the saved report."""
     if report is None:
         return []
@@ -583,12 +589,12 @@ def _report_rows(model: nn.Module, report: Any) -> list[tuple[nn.Module, str, di
 
 
 def _shrunk_from(
-    model: nn.Module, report: Any, shapes: dict[str, list[int]]
+    rows: Rows, report: Any, shapes: dict[str, list[int]]
 ) -> tuple[dict[str, list[int]], int | None]:
     """The pre-shrink shapes (qualified name -> shape) and parameter count the saved report
-    holds, checked against the checkpoint's ``shapes``."""
+    (and its pruned layers' ``rows``) holds, checked against the checkpoint's ``shapes``."""
     before = {}
-    for _, _, row in _report_rows(model, report):
+    for _, _, row in rows:
         shape, name = row.get("before"), row["name"]
         if shape is None:
             continue
@@ -601,7 +607,10 @@ def _shrunk_from(
                 f"prunekit.json: report row {name!r}: malformed before {shape!r:.80}"
             )
         before[name] = shape
-    params = report.get("totals", {}).get("params_before") if isinstance(report, dict) else None
+    totals = report.get("totals", {}) if isinstance(report, dict) else {}
+    if not isinstance(totals, dict):
+        raise CheckpointError("prunekit.json: report.totals must be an object")
+    params = totals.get("params_before")
     if params is not None and (not isinstance(params, int) or params <= 0):
         raise CheckpointError(
             f"prunekit.json: report.totals.params_before {params!r:.40} is not a count"
@@ -687,9 +696,10 @@ def load(
     decoded.update({n: decoded[e["alias"]] for n, e in entries.items() if "alias" in e})
     dense_entries = {n: e for n, e in entries.items() if n not in packed}
     recorded_masks = _decode_masks(model, dense_entries, decoded, stored)
-    granularities = _granularities(model, header.get("report"))
+    rows = _report_rows(model, header.get("report"))
+    granularities = _granularities(rows)
     shrunk_from = _shrunk_from(
-        model, header.get("report"), {n: e.get("shape", []) for n, e in entries.items()}
+        rows, header.get("report"), {n: e.get("shape", []) for n, e in entries.items()}
     )
 
     plan.apply()  # everything is checked: from here on the model changes
